@@ -1,0 +1,49 @@
+# napari-lsr: one-command set-up, tests, lint, demo.
+SHELL := /bin/bash
+PY ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: setup test lint demo bench docs clean sysdeps
+
+setup: $(STAMP)
+
+# torch is pinned exactly: any other spec pulls gigabytes of CUDA wheels.
+$(STAMP): setup.cfg pyproject.toml
+	test -x $(BIN)/python || $(PY) -m venv $(VENV)
+	$(BIN)/python -m pip install --upgrade pip
+	$(BIN)/python -m pip install torch==2.13.0
+	$(BIN)/python -m pip install -e ".[dev]"
+	touch $(STAMP)
+
+# Headless Qt needs a real X server (Xvfb) and a few xcb libraries.
+sysdeps:
+	@if command -v Xvfb >/dev/null && ldconfig -p | grep -q libxcb-icccm.so.4 && ldconfig -p | grep -q libxcb-keysyms.so.1 && ldconfig -p | grep -q libEGL.so.1 && ldconfig -p | grep -q libxkbcommon-x11.so.0; then \
+	  true; \
+	elif [ "$$(id -u)" = 0 ]; then \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
+	    xvfb xauth libxcb-icccm4 libxcb-keysyms1 libxcb-image0 libxcb-randr0 libxcb-render-util0 \
+	    libxcb-xinerama0 libxcb-xkb1 libxkbcommon-x11-0 libxcb-shape0 libxcb-cursor0 libegl1 libgl1 \
+	    libdbus-1-3 libfontconfig1 >/dev/null; \
+	else \
+	  echo "Headless GUI tests need: xvfb xauth libxcb-icccm4 libxcb-keysyms1 libxkbcommon-x11-0 libegl1."; \
+	  echo "Install them with: sudo apt-get install -y xvfb xauth libxcb-icccm4 libxcb-keysyms1 libxkbcommon-x11-0 libegl1"; \
+	  exit 1; \
+	fi
+
+test: setup sysdeps
+	QT_QPA_PLATFORM=xcb $(BIN)/python -m pytest $(PYTEST_ARGS)
+
+lint: setup
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+demo: setup
+	$(BIN)/lsr demo --out demo-out
+
+bench: setup
+	$(BIN)/python benchmarks/run_all.py
+
+clean:
+	rm -rf $(VENV) build *.egg-info src/*.egg-info

@@ -1,0 +1,37 @@
+"""The ``lsr`` command line: one typer app, one sub-module per command group."""
+
+from __future__ import annotations
+
+import sys
+
+import typer
+
+from lsr.errors import LsrInputError
+
+app = typer.Typer(
+    name="lsr",
+    help="Label super-resolution: train cancer segmentation from low-resolution labels.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+
+
+def _register() -> None:
+    """Attach the command groups (imported here so ``import lsr.cli`` stays cheap)."""
+    from lsr.cli import table
+
+    app.add_typer(table.app, name="table")
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Entry point of the ``lsr`` script: user errors print one line, not a traceback."""
+    _register()
+    try:
+        app(args=argv, prog_name="lsr")
+    except LsrInputError as err:
+        typer.secho(f"error: {err}", fg="red", err=True)
+        sys.exit(2)
+    except FileNotFoundError as err:
+        typer.secho(f"error: file not found: {err.filename}", fg="red", err=True)
+        sys.exit(2)
