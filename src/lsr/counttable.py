@@ -1,0 +1,533 @@
+"""The count table p(c_l | z): what fraction of a block is of class l, given its label z.
+
+For every low-resolution label ``z`` (the bin of a patch classifier's cancer probability)
+and every high-resolution class ``l``, the table holds a Gaussian ``N(eta, rho^2)`` of the
+*fraction* of the block's pixels that are of class ``l``. An expert builds it by
+estimating the cancer percentage of 10-12 sampled blocks per bin: ``eta`` is the mean and
+``rho`` the sample standard deviation of those estimates (non-cancer = 100 - cancer).
+
+Units: everything in this module's arrays is a fraction in [0, 1]; percent appears only in
+the CSV written for people and in :meth:`CountTable.format_rows`.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+import warnings
+from collections.abc import Iterable, Sequence
+from dataclasses import asdict, dataclass, field
+from datetime import datetime, timezone
+from os import PathLike
+from pathlib import Path
+
+import numpy as np
+
+from lsr.atomic import atomic_write_text
+from lsr.errors import LsrInputError
+
+#: The paper's bin edges, as fractions: 0-20, 20-30, ..., 90-95, 95-100 percent.
+PAPER_EDGES: tuple[float, ...] = (0.0, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 1.0)
+#: Default high-resolution classes; the first is the one the expert estimates.
+DEFAULT_CLASSES: tuple[str, ...] = ("cancer", "non-cancer")
+#: Smallest usable standard deviation (fraction): a Gaussian with rho = 0 has no density.
+RHO_FLOOR = 1e-3
+#: Paper Table 1: cancer percentage per bin, (mean, std).
+PAPER_TABLE1_PERCENT: tuple[tuple[float, float], ...] = (
+    (0.0, 0.1), (1.0, 0.4), (2.0, 0.4), (5.0, 0.8), (6.0, 1.0),
+    (8.0, 1.0), (10.0, 1.0), (10.0, 1.0), (20.0, 2.0), (70.0, 5.0),
+)  # fmt: skip
+
+JSON_FORMAT = "napari-lsr count table"
+JSON_VERSION = 1
+
+PathType = str | PathLike[str]
+
+
+@dataclass(frozen=True)
+class Estimate:
+    """One expert estimate of one block: ``percent_cancer`` in 0-100 (None when skipped)."""
+
+    z: int
+    percent_cancer: float | None
+    expert: str = ""
+    slide: str = ""
+    block: str = ""
+    time: str = ""
+    skipped: str = ""  # reason when the expert skipped the block (artefact, unsure, ...)
+
+
+def bin_probabilities(p: np.ndarray | float, edges: Sequence[float] = PAPER_EDGES) -> np.ndarray:
+    """Map classifier cancer probabilities (0-1) to bins ``z`` in ``0 .. len(edges) - 2``.
+
+    Bins are closed on the left and open on the right, except the last, which also holds
+    ``p == 1``. NaN or values outside [0, 1] raise :class:`LsrInputError`.
+    """
+    arr = np.asarray(p, dtype=np.float64)
+    if np.isnan(arr).any():
+        raise LsrInputError(f"{int(np.isnan(arr).sum())} probabilities are NaN")
+    lo, hi = float(edges[0]), float(edges[-1])
+    bad = (arr < lo) | (arr > hi)
+    if bad.any():
+        first = arr[bad].flat[0]
+        raise LsrInputError(
+            f"{int(bad.sum())} probabilities lie outside [{lo:g}, {hi:g}] (e.g. {first:g}); "
+            "probabilities are fractions, not percent"
+        )
+    z = np.searchsorted(np.asarray(edges, dtype=np.float64), arr, side="right") - 1
+    return np.minimum(z, len(edges) - 2).astype(np.int64)
+
+
+def _percent(x: float) -> str:
+    return f"{100.0 * x:.1f}"
+
+
+def _edge_label(lo: float, hi: float) -> str:
+    return f"{100 * lo:g}–{100 * hi:g}"
+
+
+@dataclass
+class CountTable:
+    """Count table p(c_l | z) with ``eta`` and ``rho`` of shape (Z, L), as fractions.
+
+    ``n`` (Z,) and ``estimates`` are set for tables built from an expert's estimates;
+    ``flagged`` maps a bin to the reason it is unreliable (too few estimates, std 0, filled
+    from a fallback table).
+    """
+
+    eta: np.ndarray
+    rho: np.ndarray
+    edges: tuple[float, ...] = PAPER_EDGES
+    class_names: tuple[str, ...] = DEFAULT_CLASSES
+    n: np.ndarray | None = None
+    estimates: list[Estimate] = field(default_factory=list)
+    provenance: dict = field(default_factory=dict)
+    flagged: dict[int, str] = field(default_factory=dict)
+    name: str = ""
+
+    def __post_init__(self) -> None:
+        self.eta = np.asarray(self.eta, dtype=np.float64)
+        self.rho = np.asarray(self.rho, dtype=np.float64)
+        self.edges = tuple(float(e) for e in self.edges)
+        self.class_names = tuple(self.class_names)
+        z, n_classes = self.n_bins, len(self.class_names)
+        if self.eta.shape != (z, n_classes) or self.rho.shape != (z, n_classes):
+            raise LsrInputError(
+                f"eta and rho must have shape (bins, classes) = ({z}, {n_classes}), "
+                f"got {self.eta.shape} and {self.rho.shape}"
+            )
+        if not np.all(np.diff(self.edges) > 0):
+            raise LsrInputError(f"bin edges must increase strictly, got {self.edges}")
+        if not (np.isfinite(self.eta).all() and np.isfinite(self.rho).all()):
+            raise LsrInputError("eta and rho must be finite (no NaN or infinity)")
+        if (self.eta < 0).any() or (self.eta > 1).any():
+            raise LsrInputError("eta must be fractions in [0, 1]")
+        if (self.rho < 0).any() or (self.rho > 1).any():
+            raise LsrInputError("rho must be fractions in [0, 1]")
+        if self.n is not None:
+            self.n = np.asarray(self.n, dtype=np.int64)
+
+    # ------------------------------------------------------------------ construction
+    @property
+    def n_bins(self) -> int:
+        """Number of low-resolution labels Z."""
+        return len(self.edges) - 1
+
+    @classmethod
+    def paper_table1(cls) -> CountTable:
+        """Paper Table 1 exactly (cancer mean ± std per bin; non-cancer = 100 - cancer)."""
+        cancer = np.array(PAPER_TABLE1_PERCENT) / 100.0
+        eta = np.stack([cancer[:, 0], 1.0 - cancer[:, 0]], axis=1)
+        rho = np.stack([cancer[:, 1], cancer[:, 1]], axis=1)
+        return cls(eta=eta, rho=rho, name="paper-table1", provenance={"source": "paper Table 1"})
+
+    @classmethod
+    def from_estimates(
+        cls,
+        z: Sequence[int] | np.ndarray,
+        percent_cancer: Sequence[float] | np.ndarray,
+        *,
+        edges: Sequence[float] = PAPER_EDGES,
+        class_names: Sequence[str] = DEFAULT_CLASSES,
+        fallback: CountTable | None = None,
+        experts: Sequence[str] | None = None,
+        slides: Sequence[str] | None = None,
+        blocks: Sequence[str] | None = None,
+        provenance: dict | None = None,
+    ) -> CountTable:
+        """Build a two-class table from an expert's block estimates.
+
+        ``z`` (N,) integer bins; ``percent_cancer`` (N,) in 0-100. Per bin: eta = mean,
+        rho = sample standard deviation (ddof = 1) of the estimates. Bins with fewer than
+        two estimates or a std of 0 are flagged (warning; see :attr:`flagged`) and their rho
+        floored at :data:`RHO_FLOOR`. A bin without any estimate is an error unless
+        ``fallback`` (a table with the same edges) is given to fill it.
+        """
+        zs = np.asarray(z)
+        pc = np.asarray(percent_cancer, dtype=np.float64)
+        if zs.ndim != 1 or pc.shape != zs.shape:
+            raise LsrInputError(
+                f"z and percent_cancer must be 1-D of equal length, got {zs.shape} and {pc.shape}"
+            )
+        if len(class_names) != 2:
+            raise LsrInputError("estimates give cancer vs non-cancer: exactly two classes")
+        n_bins = len(edges) - 1
+        if zs.size and (not np.issubdtype(zs.dtype, np.integer)):
+            if not np.all(np.isfinite(zs.astype(np.float64))) or np.any(zs != np.round(zs)):
+                raise LsrInputError("z must be integer bin indices")
+            zs = zs.astype(np.int64)
+        zs = zs.astype(np.int64)
+        if ((zs < 0) | (zs >= n_bins)).any():
+            raise LsrInputError(f"z must lie in 0..{n_bins - 1}, got {sorted(set(zs.tolist()))}")
+        if np.isnan(pc).any():
+            raise LsrInputError(f"{int(np.isnan(pc).sum())} estimates are NaN")
+        if ((pc < 0) | (pc > 100)).any():
+            raise LsrInputError("cancer percentages must lie in 0-100")
+        if fallback is not None and tuple(fallback.edges) != tuple(float(e) for e in edges):
+            raise LsrInputError("the fallback table has different bin edges")
+
+        eta = np.zeros((n_bins, 2))
+        rho = np.zeros((n_bins, 2))
+        counts = np.bincount(zs, minlength=n_bins)
+        flagged: dict[int, str] = {}
+        missing = [b for b in range(n_bins) if counts[b] == 0]
+        if missing and fallback is None:
+            raise LsrInputError(
+                f"bins {missing} have no estimate; estimate at least two blocks in each, "
+                "or pass a fallback table (e.g. the paper preset) to fill them"
+            )
+        for b in range(n_bins):
+            vals = pc[zs == b] / 100.0
+            if vals.size == 0:
+                eta[b], rho[b] = fallback.eta[b], fallback.rho[b]  # type: ignore[union-attr]
+                flagged[b] = "no estimate: filled from the fallback table"
+                continue
+            mean = float(vals.mean())
+            std = float(vals.std(ddof=1)) if vals.size >= 2 else 0.0
+            if vals.size < 2:
+                flagged[b] = f"only {vals.size} estimate: std unknown, floored"
+            elif std == 0.0:
+                flagged[b] = f"all {vals.size} estimates equal: std 0, floored"
+            std = max(std, RHO_FLOOR)
+            eta[b] = (mean, 1.0 - mean)
+            rho[b] = (std, std)
+        if flagged:
+            warnings.warn(
+                "count table: unreliable bins: "
+                + "; ".join(
+                    f"bin {b} ({_edge_label(edges[b], edges[b + 1])}%): {why}"
+                    for b, why in flagged.items()
+                ),
+                stacklevel=2,
+            )
+        n_est = len(zs)
+
+        def _col(values: Sequence[str] | None) -> list[str]:
+            if values is None:
+                return [""] * n_est
+            if len(values) != n_est:
+                raise LsrInputError("experts/slides/blocks must have one entry per estimate")
+            return [str(v) for v in values]
+
+        estimates = [
+            Estimate(int(zi), float(p), e, s, k)
+            for zi, p, e, s, k in zip(zs, pc, _col(experts), _col(slides), _col(blocks))
+        ]
+        prov = {
+            "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            "experts": sorted({e.expert for e in estimates if e.expert}),
+            "slides": sorted({e.slide for e in estimates if e.slide}),
+        }
+        prov.update(provenance or {})
+        return cls(
+            eta=eta, rho=rho, edges=tuple(edges), class_names=tuple(class_names),
+            n=counts, estimates=estimates, provenance=prov, flagged=flagged,
+        )  # fmt: skip
+
+    @classmethod
+    def from_estimate_list(cls, estimates: Iterable[Estimate], **kwargs: object) -> CountTable:
+        """Build a table from :class:`Estimate` records (skipped ones are kept, not counted)."""
+        est = list(estimates)
+        used = [e for e in est if e.percent_cancer is not None and not e.skipped]
+        table = cls.from_estimates(
+            [e.z for e in used], [float(e.percent_cancer) for e in used],  # type: ignore[arg-type]
+            experts=[e.expert for e in used], slides=[e.slide for e in used],
+            blocks=[e.block for e in used], **kwargs,  # type: ignore[arg-type]
+        )  # fmt: skip
+        table.estimates = est
+        return table
+
+    @classmethod
+    def merge(cls, tables: Sequence[CountTable], **kwargs: object) -> CountTable:
+        """Pool the raw estimates of several experts' tables (each estimate keeps its expert)."""
+        if not tables:
+            raise LsrInputError("nothing to merge")
+        if any(not t.estimates for t in tables):
+            raise LsrInputError("only tables built from estimates can be merged")
+        if len({t.edges for t in tables}) != 1:
+            raise LsrInputError("tables to merge have different bin edges")
+        kwargs.setdefault("edges", tables[0].edges)
+        return cls.from_estimate_list([e for t in tables for e in t.estimates], **kwargs)
+
+    # ------------------------------------------------------------------ use
+    def lookup(self, z: np.ndarray | Sequence[int]) -> tuple[np.ndarray, np.ndarray]:
+        """Targets for blocks with labels ``z`` (B,): ``eta`` and ``rho`` of shape (B, L)."""
+        zs = np.asarray(z, dtype=np.int64)
+        if ((zs < 0) | (zs >= self.n_bins)).any():
+            raise LsrInputError(f"labels z must lie in 0..{self.n_bins - 1}")
+        return self.eta[zs], self.rho[zs]
+
+    def bin_labels(self) -> list[str]:
+        """Human labels of the bins in percent, e.g. ``'0–20'``."""
+        return [_edge_label(a, b) for a, b in zip(self.edges[:-1], self.edges[1:])]
+
+    def format_rows(self) -> list[list[str]]:
+        """Rows as paper Table 1 shows them: bin, per class 'mean ± std' (percent), n."""
+        rows = []
+        for b, label in enumerate(self.bin_labels()):
+            row = [label]
+            row += [
+                f"{_percent(self.eta[b, c])} ± {_percent(self.rho[b, c])}"
+                for c in range(len(self.class_names))
+            ]
+            row.append("" if self.n is None else str(int(self.n[b])))
+            rows.append(row)
+        return rows
+
+    def header(self) -> list[str]:
+        """Column titles matching :meth:`format_rows`."""
+        return ["bin (%)", *[f"{c} (%)" for c in self.class_names], "n"]
+
+    # ------------------------------------------------------------------ files
+    def to_dict(self) -> dict:
+        """Machine-readable form (fractions), with raw estimates and provenance."""
+        return {
+            "format": JSON_FORMAT,
+            "version": JSON_VERSION,
+            "name": self.name,
+            "edges": list(self.edges),
+            "class_names": list(self.class_names),
+            "eta": self.eta.tolist(),
+            "rho": self.rho.tolist(),
+            "n": None if self.n is None else self.n.tolist(),
+            "flagged": {str(k): v for k, v in self.flagged.items()},
+            "estimates": [asdict(e) for e in self.estimates],
+            "provenance": self.provenance,
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict, path: PathType | None = None) -> CountTable:
+        """Inverse of :meth:`to_dict`; malformed content raises naming ``path``."""
+        if not isinstance(data, dict):
+            raise LsrInputError("expected a JSON object", path)
+        if data.get("format") != JSON_FORMAT:
+            raise LsrInputError(f'not a count table (missing "format": "{JSON_FORMAT}")', path)
+        for key in ("edges", "class_names", "eta", "rho"):
+            if key not in data:
+                raise LsrInputError(f"missing key '{key}'", path)
+        try:
+            eta = np.asarray(data["eta"], dtype=np.float64)
+            rho = np.asarray(data["rho"], dtype=np.float64)
+            edges = tuple(float(e) for e in data["edges"])
+        except (TypeError, ValueError) as err:
+            raise LsrInputError(f"non-numeric eta/rho/edges ({err})", path) from None
+        if eta.ndim != 2 or rho.shape != eta.shape:
+            raise LsrInputError(f"eta and rho must be (bins, classes), got {eta.shape}, {rho.shape}",
+                                path)  # fmt: skip
+        if eta.shape[0] != len(edges) - 1:
+            raise LsrInputError(
+                f"wrong number of bins: {eta.shape[0]} rows for {len(edges) - 1} bins", path
+            )
+        for b in range(eta.shape[0]):
+            where = f"bin {b}"
+            if not (np.isfinite(eta[b]).all() and np.isfinite(rho[b]).all()):
+                raise LsrInputError("non-finite eta or rho", path, where)
+            if (eta[b] < 0).any() or (eta[b] > 1).any():
+                raise LsrInputError("mean outside [0, 1] (fractions expected)", path, where)
+            if (rho[b] < 0).any():
+                raise LsrInputError("negative std", path, where)
+        try:
+            estimates = [Estimate(**e) for e in data.get("estimates") or []]
+        except TypeError as err:
+            raise LsrInputError(f"malformed estimate ({err})", path) from None
+        try:
+            return cls(
+                eta=eta, rho=rho, edges=edges, class_names=tuple(data["class_names"]),
+                n=None if data.get("n") is None else np.asarray(data["n"]),
+                estimates=estimates, provenance=dict(data.get("provenance") or {}),
+                flagged={int(k): str(v) for k, v in (data.get("flagged") or {}).items()},
+                name=str(data.get("name") or ""),
+            )  # fmt: skip
+        except LsrInputError as err:
+            raise LsrInputError(err.problem, path) from None
+
+    def to_json(self, path: PathType) -> None:
+        """Write the machine-readable JSON (atomic)."""
+        atomic_write_text(path, json.dumps(self.to_dict(), indent=2) + "\n")
+
+    @classmethod
+    def from_json(cls, path: PathType) -> CountTable:
+        """Read a table written by :meth:`to_json`."""
+        text = _read_text(path)
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as err:
+            raise LsrInputError(f"invalid JSON: {err.msg}", path, f"line {err.lineno}") from None
+        return cls.from_dict(data, path)
+
+    def csv_columns(self) -> list[str]:
+        """CSV header: bin, low, high (percent), per class mean and std (percent), n."""
+        cols = ["bin", "low", "high"]
+        for c in self.class_names:
+            cols += [f"{c}_mean", f"{c}_std"]
+        return [*cols, "n"]
+
+    def to_csv(self, path: PathType) -> None:
+        """Write the people-readable CSV (percent, one row per bin, like Table 1; atomic)."""
+        buf = io.StringIO()
+        writer = csv.writer(buf, lineterminator="\n")
+        writer.writerow(self.csv_columns())
+        for b in range(self.n_bins):
+            row: list[object] = [b, f"{100 * self.edges[b]:g}", f"{100 * self.edges[b + 1]:g}"]
+            for c in range(len(self.class_names)):
+                row += [f"{100 * self.eta[b, c]:.4g}", f"{100 * self.rho[b, c]:.4g}"]
+            row.append("" if self.n is None else int(self.n[b]))
+            writer.writerow(row)
+        atomic_write_text(path, buf.getvalue())
+
+    @classmethod
+    def from_csv(cls, path: PathType, *, edges: Sequence[float] | None = None) -> CountTable:
+        """Read a CSV written by :meth:`to_csv` (or by hand in the same layout).
+
+        Columns ``bin``, ``<class>_mean`` and ``<class>_std`` (percent) are required for
+        every class (default ``cancer`` and ``non-cancer``; a file with only the cancer
+        columns gets non-cancer = 100 - cancer); ``low``/``high`` (percent) give the bin
+        edges, else ``edges`` or the paper's. Every problem raises naming the file and row.
+        """
+        text = _read_text(path)
+        reader = csv.DictReader(io.StringIO(text))
+        header = [h.strip() for h in (reader.fieldnames or [])]
+        reader.fieldnames = header
+        if "bin" not in header:
+            raise LsrInputError("missing column 'bin'", path, "header")
+        classes = [h[: -len("_mean")] for h in header if h.endswith("_mean")]
+        if not classes:
+            raise LsrInputError("missing column 'cancer_mean'", path, "header")
+        for c in classes:
+            if f"{c}_std" not in header:
+                raise LsrInputError(f"missing column '{c}_std'", path, "header")
+        has_edges = "low" in header and "high" in header
+        rows: dict[int, dict[str, float]] = {}
+        for i, raw in enumerate(reader, start=2):  # line 1 is the header
+            where = f"row {i}"
+            if not any((v or "").strip() for v in raw.values() if isinstance(v, str)):
+                continue
+            rec: dict[str, float] = {}
+            for key in ["bin", *(["low", "high"] if has_edges else [])] + [
+                f"{c}_{s}" for c in classes for s in ("mean", "std")
+            ]:
+                val = (raw.get(key) or "").strip()
+                try:
+                    rec[key] = float(val)
+                except ValueError:
+                    raise LsrInputError(
+                        f"column '{key}' is not a number: {val!r}", path, where
+                    ) from None
+                if not math.isfinite(rec[key]):
+                    raise LsrInputError(f"column '{key}' is not finite", path, where)
+            n_val = (raw.get("n") or "").strip()
+            if n_val:
+                try:
+                    rec["n"] = int(n_val)
+                except ValueError:
+                    raise LsrInputError(f"column 'n' is not an integer: {n_val!r}", path,
+                                        where) from None  # fmt: skip
+            b = rec["bin"]
+            if b != int(b) or b < 0:
+                raise LsrInputError(f"bin must be a non-negative integer, got {b:g}", path, where)
+            b = int(b)
+            if b in rows:
+                raise LsrInputError(f"bin {b} appears twice", path, where)
+            for c in classes:
+                m, s = rec[f"{c}_mean"], rec[f"{c}_std"]
+                if not 0 <= m <= 100:
+                    raise LsrInputError(f"{c}_mean {m:g} is outside 0-100 (percent)", path, where)
+                if s < 0:
+                    raise LsrInputError(f"{c}_std {s:g} is negative", path, where)
+            rec["_line"] = i
+            rows[b] = rec
+        if not rows:
+            raise LsrInputError("no rows", path)
+        n_bins = len(rows)
+        if sorted(rows) != list(range(n_bins)):
+            raise LsrInputError(f"bins must be numbered 0..{n_bins - 1}, got {sorted(rows)}", path)
+        if has_edges:
+            file_edges = [rows[0]["low"] / 100] + [rows[b]["high"] / 100 for b in range(n_bins)]
+            for b in range(1, n_bins):
+                if rows[b]["low"] != rows[b - 1]["high"]:
+                    raise LsrInputError("bin edges are not contiguous (low != previous high)",
+                                        path, f"row {int(rows[b]['_line'])}")  # fmt: skip
+            if edges is not None and not np.allclose(file_edges, edges):
+                raise LsrInputError(f"bin edges {file_edges} differ from the expected {list(edges)}",
+                                    path)  # fmt: skip
+            use_edges = tuple(file_edges)
+        else:
+            use_edges = tuple(edges) if edges is not None else PAPER_EDGES
+        if n_bins != len(use_edges) - 1:
+            raise LsrInputError(
+                f"wrong number of bins: {n_bins} rows, expected {len(use_edges) - 1}", path
+            )
+        class_names = list(classes)
+        if class_names == ["cancer"]:
+            class_names = ["cancer", "non-cancer"]
+        eta = np.zeros((n_bins, len(class_names)))
+        rho = np.zeros_like(eta)
+        for b in range(n_bins):
+            for j, c in enumerate(class_names):
+                if c in classes:
+                    eta[b, j] = rows[b][f"{c}_mean"] / 100
+                    rho[b, j] = rows[b][f"{c}_std"] / 100
+                else:  # complement of the single given class
+                    eta[b, j] = 1 - rows[b][f"{classes[0]}_mean"] / 100
+                    rho[b, j] = rows[b][f"{classes[0]}_std"] / 100
+        n = np.array([rows[b]["n"] for b in range(n_bins)]) if all(
+            "n" in rows[b] for b in range(n_bins)) else None  # fmt: skip
+        try:
+            return cls(eta=eta, rho=rho, edges=use_edges, class_names=tuple(class_names), n=n,
+                       name=Path(path).stem)  # fmt: skip
+        except LsrInputError as err:
+            raise LsrInputError(err.problem, path) from None
+
+    @classmethod
+    def load(cls, source: PathType) -> CountTable:
+        """Load ``paper-table1`` (preset name), a ``.json`` or a ``.csv`` table."""
+        if str(source) in ("paper", "paper-table1"):
+            return cls.paper_table1()
+        p = Path(source)
+        if p.suffix.lower() == ".json":
+            return cls.from_json(p)
+        if p.suffix.lower() in (".csv", ".txt"):
+            return cls.from_csv(p)
+        raise LsrInputError("unknown count-table format (expected .json or .csv)", p)
+
+    def save(self, path: PathType) -> None:
+        """Write ``.json`` or ``.csv`` by suffix (atomic)."""
+        suffix = Path(path).suffix.lower()
+        if suffix == ".json":
+            self.to_json(path)
+        elif suffix == ".csv":
+            self.to_csv(path)
+        else:
+            raise LsrInputError("count tables are saved as .json or .csv", path)
+
+
+def _read_text(path: PathType) -> str:
+    p = Path(path)
+    if not p.exists():
+        raise LsrInputError("file not found", p)
+    try:
+        return p.read_text(encoding="utf-8-sig")
+    except UnicodeDecodeError:
+        raise LsrInputError("not a text file (cannot decode as UTF-8)", p) from None
