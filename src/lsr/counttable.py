@@ -233,7 +233,9 @@ class CountTable:
 
         estimates = [
             Estimate(int(zi), float(p), e, s, k)
-            for zi, p, e, s, k in zip(zs, pc, _col(experts), _col(slides), _col(blocks))
+            for zi, p, e, s, k in zip(
+                zs, pc, _col(experts), _col(slides), _col(blocks), strict=True
+            )
         ]
         prov = {
             "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
@@ -242,9 +244,15 @@ class CountTable:
         }
         prov.update(provenance or {})
         return cls(
-            eta=eta, rho=rho, edges=tuple(edges), class_names=tuple(class_names),
-            n=counts, estimates=estimates, provenance=prov, flagged=flagged,
-        )  # fmt: skip
+            eta=eta,
+            rho=rho,
+            edges=tuple(edges),
+            class_names=tuple(class_names),
+            n=counts,
+            estimates=estimates,
+            provenance=prov,
+            flagged=flagged,
+        )
 
     @classmethod
     def from_estimate_list(cls, estimates: Iterable[Estimate], **kwargs: object) -> CountTable:
@@ -252,10 +260,13 @@ class CountTable:
         est = list(estimates)
         used = [e for e in est if e.percent_cancer is not None and not e.skipped]
         table = cls.from_estimates(
-            [e.z for e in used], [float(e.percent_cancer) for e in used],  # type: ignore[arg-type]
-            experts=[e.expert for e in used], slides=[e.slide for e in used],
-            blocks=[e.block for e in used], **kwargs,  # type: ignore[arg-type]
-        )  # fmt: skip
+            [e.z for e in used],
+            [float(e.percent_cancer) for e in used],  # type: ignore[arg-type]
+            experts=[e.expert for e in used],
+            slides=[e.slide for e in used],
+            blocks=[e.block for e in used],
+            **kwargs,  # type: ignore[arg-type]
+        )
         table.estimates = est
         return table
 
@@ -281,7 +292,7 @@ class CountTable:
 
     def bin_labels(self) -> list[str]:
         """Human labels of the bins in percent, e.g. ``'0–20'``."""
-        return [_edge_label(a, b) for a, b in zip(self.edges[:-1], self.edges[1:])]
+        return [_edge_label(a, b) for a, b in zip(self.edges[:-1], self.edges[1:], strict=True)]
 
     def format_rows(self) -> list[list[str]]:
         """Rows as paper Table 1 shows them: bin, per class 'mean ± std' (percent), n."""
@@ -334,8 +345,9 @@ class CountTable:
         except (TypeError, ValueError) as err:
             raise LsrInputError(f"non-numeric eta/rho/edges ({err})", path) from None
         if eta.ndim != 2 or rho.shape != eta.shape:
-            raise LsrInputError(f"eta and rho must be (bins, classes), got {eta.shape}, {rho.shape}",
-                                path)  # fmt: skip
+            raise LsrInputError(
+                f"eta and rho must be (bins, classes), got {eta.shape}, {rho.shape}", path
+            )
         if eta.shape[0] != len(edges) - 1:
             raise LsrInputError(
                 f"wrong number of bins: {eta.shape[0]} rows for {len(edges) - 1} bins", path
@@ -354,12 +366,16 @@ class CountTable:
             raise LsrInputError(f"malformed estimate ({err})", path) from None
         try:
             return cls(
-                eta=eta, rho=rho, edges=edges, class_names=tuple(data["class_names"]),
+                eta=eta,
+                rho=rho,
+                edges=edges,
+                class_names=tuple(data["class_names"]),
                 n=None if data.get("n") is None else np.asarray(data["n"]),
-                estimates=estimates, provenance=dict(data.get("provenance") or {}),
+                estimates=estimates,
+                provenance=dict(data.get("provenance") or {}),
                 flagged={int(k): str(v) for k, v in (data.get("flagged") or {}).items()},
                 name=str(data.get("name") or ""),
-            )  # fmt: skip
+            )
         except LsrInputError as err:
             raise LsrInputError(err.problem, path) from None
 
@@ -442,8 +458,9 @@ class CountTable:
                 try:
                     rec["n"] = int(n_val)
                 except ValueError:
-                    raise LsrInputError(f"column 'n' is not an integer: {n_val!r}", path,
-                                        where) from None  # fmt: skip
+                    raise LsrInputError(
+                        f"column 'n' is not an integer: {n_val!r}", path, where
+                    ) from None
             b = rec["bin"]
             if b != int(b) or b < 0:
                 raise LsrInputError(f"bin must be a non-negative integer, got {b:g}", path, where)
@@ -467,11 +484,15 @@ class CountTable:
             file_edges = [rows[0]["low"] / 100] + [rows[b]["high"] / 100 for b in range(n_bins)]
             for b in range(1, n_bins):
                 if rows[b]["low"] != rows[b - 1]["high"]:
-                    raise LsrInputError("bin edges are not contiguous (low != previous high)",
-                                        path, f"row {int(rows[b]['_line'])}")  # fmt: skip
+                    raise LsrInputError(
+                        "bin edges are not contiguous (low != previous high)",
+                        path,
+                        f"row {int(rows[b]['_line'])}",
+                    )
             if edges is not None and not np.allclose(file_edges, edges):
-                raise LsrInputError(f"bin edges {file_edges} differ from the expected {list(edges)}",
-                                    path)  # fmt: skip
+                raise LsrInputError(
+                    f"bin edges {file_edges} differ from the expected {list(edges)}", path
+                )
             use_edges = tuple(file_edges)
         else:
             use_edges = tuple(edges) if edges is not None else PAPER_EDGES
@@ -492,11 +513,20 @@ class CountTable:
                 else:  # complement of the single given class
                     eta[b, j] = 1 - rows[b][f"{classes[0]}_mean"] / 100
                     rho[b, j] = rows[b][f"{classes[0]}_std"] / 100
-        n = np.array([rows[b]["n"] for b in range(n_bins)]) if all(
-            "n" in rows[b] for b in range(n_bins)) else None  # fmt: skip
+        n = (
+            np.array([rows[b]["n"] for b in range(n_bins)])
+            if all("n" in rows[b] for b in range(n_bins))
+            else None
+        )
         try:
-            return cls(eta=eta, rho=rho, edges=use_edges, class_names=tuple(class_names), n=n,
-                       name=Path(path).stem)  # fmt: skip
+            return cls(
+                eta=eta,
+                rho=rho,
+                edges=use_edges,
+                class_names=tuple(class_names),
+                n=n,
+                name=Path(path).stem,
+            )
         except LsrInputError as err:
             raise LsrInputError(err.problem, path) from None
 
