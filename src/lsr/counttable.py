@@ -408,7 +408,7 @@ class CountTable:
         for b in range(self.n_bins):
             row: list[object] = [b, f"{100 * self.edges[b]:g}", f"{100 * self.edges[b + 1]:g}"]
             for c in range(len(self.class_names)):
-                row += [f"{100 * self.eta[b, c]:.4g}", f"{100 * self.rho[b, c]:.4g}"]
+                row += [f"{100 * self.eta[b, c]:.6g}", f"{100 * self.rho[b, c]:.6g}"]
             row.append("" if self.n is None else int(self.n[b]))
             writer.writerow(row)
         atomic_write_text(path, buf.getvalue())
@@ -489,6 +489,12 @@ class CountTable:
                         path,
                         f"row {int(rows[b]['_line'])}",
                     )
+            if file_edges[0] != 0.0 or file_edges[-1] != 1.0:
+                raise LsrInputError(
+                    f"wrong number of bins: the {n_bins} bins cover "
+                    f"{100 * file_edges[0]:g}-{100 * file_edges[-1]:g}%, not 0-100%",
+                    path,
+                )
             if edges is not None and not np.allclose(file_edges, edges):
                 raise LsrInputError(
                     f"bin edges {file_edges} differ from the expected {list(edges)}", path

@@ -1,0 +1,97 @@
+"""``lsr table``: show count tables and build one from an expert's estimates."""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from lsr.counttable import CountTable, Estimate
+from lsr.errors import LsrInputError
+
+app = typer.Typer(help="Count tables p(c|z): show, build from estimates.", no_args_is_help=True)
+
+
+def render(table: CountTable, title: str | None = None) -> Table:
+    """A rich table laid out like paper Table 1 (percent, mean ± std per class, n)."""
+    out = Table(title=title or table.name or None)
+    for col in table.header():
+        out.add_column(col, justify="right")
+    for b, row in enumerate(table.format_rows()):
+        style = "yellow" if b in table.flagged else None
+        out.add_row(*row, style=style)
+    return out
+
+
+@app.command("show")
+def show(source: str = typer.Argument(..., help="'paper-table1', or a table .json/.csv")) -> None:
+    """Print a count table as paper Table 1 does."""
+    table = CountTable.load(source)
+    console = Console()
+    console.print(render(table, title=str(source)))
+    for b, why in table.flagged.items():
+        console.print(f"[yellow]bin {table.bin_labels()[b]}%: {why}[/yellow]")
+
+
+def read_estimates(path: Path) -> list[Estimate]:
+    """Read an estimates CSV: columns ``z`` and ``percent_cancer`` (optional: expert,
+    slide, block, skipped); one row per block the expert looked at."""
+    if not path.exists():
+        raise LsrInputError("file not found", path)
+    with path.open(newline="", encoding="utf-8-sig") as fh:
+        reader = csv.DictReader(fh)
+        header = [h.strip() for h in reader.fieldnames or []]
+        reader.fieldnames = header
+        for col in ("z", "percent_cancer"):
+            if col not in header:
+                raise LsrInputError(f"missing column '{col}'", path, "header")
+        out = []
+        for i, row in enumerate(reader, start=2):
+            skipped = (row.get("skipped") or "").strip()
+            try:
+                z = int(row["z"])
+                pc_text = (row["percent_cancer"] or "").strip()
+                pc = float(pc_text) if pc_text else None
+            except (TypeError, ValueError):
+                raise LsrInputError(
+                    f"z must be an integer and percent_cancer a number, got {row['z']!r}, "
+                    f"{row['percent_cancer']!r}",
+                    path,
+                    f"row {i}",
+                ) from None
+            if pc is None and not skipped:
+                raise LsrInputError(
+                    "percent_cancer is empty (and no skip reason)", path, f"row {i}"
+                )
+            out.append(
+                Estimate(
+                    z, pc, (row.get("expert") or "").strip(), (row.get("slide") or "").strip(),
+                    (row.get("block") or "").strip(), skipped=skipped,
+                )
+            )  # fmt: skip
+    return out
+
+
+@app.command("from-estimates")
+def from_estimates(
+    estimates: Path = typer.Argument(..., help="CSV with columns z, percent_cancer (0-100)"),
+    output: Path = typer.Option(..., "-o", "--output", help="table to write (.json or .csv)"),
+    fallback: str | None = typer.Option(
+        None, help="fill bins without estimates from this table (e.g. 'paper-table1')"
+    ),
+) -> None:
+    """Build a count table from an expert's block estimates."""
+    records = read_estimates(estimates)
+    fb = CountTable.load(fallback) if fallback else None
+    try:
+        table = CountTable.from_estimate_list(
+            records, fallback=fb, provenance={"estimates_file": str(estimates)}
+        )
+    except LsrInputError as err:
+        raise LsrInputError(err.problem, estimates) from None
+    table.save(output)
+    Console().print(render(table, title=str(output)))
+    typer.echo(f"wrote {output}")

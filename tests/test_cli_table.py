@@ -1,0 +1,56 @@
+"""``lsr table`` commands through the real entry point."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import numpy as np
+
+from lsr.counttable import CountTable
+
+
+def run(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "lsr", *args], capture_output=True, text=True, timeout=120
+    )
+
+
+def test_show_paper_table1_prints_ten_rows():
+    res = run("table", "show", "paper-table1")
+    assert res.returncode == 0, res.stderr
+    for label, cell in [("0–20", "0.0 ± 0.1"), ("90–95", "20.0 ± 2.0"), ("95–100", "70.0 ± 5.0")]:
+        line = next(ln for ln in res.stdout.splitlines() if f" {label} " in ln)
+        assert cell in line
+    assert sum("±" in ln for ln in res.stdout.splitlines()) == 10
+
+
+def test_from_estimates_writes_table(tmp_path):
+    rng = np.random.default_rng(0)
+    rows = ["z,percent_cancer,expert"]
+    z = np.repeat(np.arange(10), 4)
+    pc = np.clip(rng.normal(z * 8, 3), 0, 100).round(0)
+    rows += [f"{a},{b},ann" for a, b in zip(z, pc, strict=True)]
+    rows.append("3,,ann")  # an empty estimate without a skip reason is an error
+    est = tmp_path / "est.csv"
+    est.write_text("\n".join(rows) + "\n")
+    res = run("table", "from-estimates", str(est), "-o", str(tmp_path / "t.json"))
+    assert res.returncode == 2 and "row 42" in res.stderr and str(est) in res.stderr
+    header = "z,percent_cancer,expert,skipped"
+    body = [r + "," for r in rows[1:-1]] + ["3,,ann,artefact"]  # a skip with its reason is fine
+    est.write_text("\n".join([header, *body]) + "\n")
+    res = run("table", "from-estimates", str(est), "-o", str(tmp_path / "t.json"))
+    assert res.returncode == 0, res.stderr
+    t = CountTable.from_json(tmp_path / "t.json")
+    np.testing.assert_allclose(t.eta[:, 0], [pc[z == b].mean() / 100 for b in range(10)])
+    assert len(t.estimates) == 41 and t.n.sum() == 40
+    res = run("table", "show", str(tmp_path / "t.json"))
+    assert res.returncode == 0 and sum("±" in ln for ln in res.stdout.splitlines()) == 10
+
+
+def test_show_reports_bad_file_in_one_line(tmp_path):
+    p = tmp_path / "bad.csv"
+    p.write_text("bin,cancer_mean,cancer_std\n0,abc,1\n")
+    res = run("table", "show", str(p))
+    assert res.returncode == 2
+    assert res.stderr.strip().count("\n") == 0 and "row 2" in res.stderr and str(p) in res.stderr

@@ -1,0 +1,269 @@
+"""Count tables: Table 1 preset, estimates -> table, binning, CSV/JSON files and their errors."""
+
+from __future__ import annotations
+
+import itertools
+import json
+import warnings
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from lsr.counttable import (
+    PAPER_EDGES,
+    RHO_FLOOR,
+    CountTable,
+    Estimate,
+    bin_probabilities,
+)
+from lsr.errors import LsrInputError
+
+PAPER_CANCER = [
+    (0.0, 0.1), (1.0, 0.4), (2.0, 0.4), (5.0, 0.8), (6.0, 1.0),
+    (8.0, 1.0), (10.0, 1.0), (10.0, 1.0), (20.0, 2.0), (70.0, 5.0),
+]  # fmt: skip
+
+
+def _estimates(n_per_bin: int = 3, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    z = np.repeat(np.arange(10), n_per_bin)
+    pc = np.clip(rng.normal(10 * z, 5), 0, 100)
+    return z, pc
+
+
+def test_paper_table1_is_table1():
+    t = CountTable.paper_table1()
+    assert t.eta.shape == (10, 2) and t.rho.shape == (10, 2)
+    assert t.edges == PAPER_EDGES
+    np.testing.assert_allclose(t.eta[:, 0] * 100, [m for m, _ in PAPER_CANCER])
+    np.testing.assert_allclose(t.rho[:, 0] * 100, [s for _, s in PAPER_CANCER])
+    np.testing.assert_allclose(t.eta[:, 1], 1 - t.eta[:, 0])
+    np.testing.assert_allclose(t.rho[:, 1], t.rho[:, 0])
+    rows = t.format_rows()
+    assert rows[0][:3] == ["0–20", "0.0 ± 0.1", "100.0 ± 0.1"]
+    assert rows[-1][:3] == ["95–100", "70.0 ± 5.0", "30.0 ± 5.0"]
+
+
+def test_bin_probabilities_edges():
+    p = np.array([0.0, 0.1999, 0.2, 0.3, 0.5, 0.8999, 0.9, 0.95, 0.9999, 1.0])
+    np.testing.assert_array_equal(bin_probabilities(p), [0, 0, 1, 2, 4, 7, 8, 9, 9, 9])
+    # Independent check: the bin index is the number of interior edges <= p (right-closed
+    # only for the last bin).
+    rng = np.random.default_rng(1)
+    q = rng.uniform(0, 1, 1000)
+    expected = np.array([sum(e <= x for e in PAPER_EDGES[1:-1]) for x in q])
+    np.testing.assert_array_equal(bin_probabilities(q), expected)
+
+
+@pytest.mark.parametrize("bad", [np.nan, -0.01, 1.01, 50.0])
+def test_bin_probabilities_rejects(bad):
+    with pytest.raises(LsrInputError):
+        bin_probabilities(np.array([0.5, bad]))
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    st.lists(
+        st.tuples(st.integers(0, 9), st.floats(0, 100, allow_nan=False)), min_size=20, max_size=80
+    )
+)
+def test_from_estimates_matches_numpy(pairs):
+    z = np.array([p[0] for p in pairs] + list(range(10)) * 2)
+    pc = np.array([p[1] for p in pairs] + [37.0] * 10 + [41.5] * 10)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        t = CountTable.from_estimates(z, pc)
+    for b in range(10):
+        vals = pc[z == b] / 100
+        assert t.n[b] == vals.size
+        np.testing.assert_allclose(t.eta[b, 0], np.mean(vals), atol=1e-12)
+        np.testing.assert_allclose(t.eta[b, 1], 1 - np.mean(vals), atol=1e-12)
+        np.testing.assert_allclose(t.rho[b, 0], max(np.std(vals, ddof=1), RHO_FLOOR), atol=1e-12)
+        np.testing.assert_allclose(t.rho[b, 1], t.rho[b, 0])
+
+
+def test_from_estimates_flags_small_and_constant_bins():
+    z, pc = _estimates(3)
+    z = np.concatenate([z[z != 4], [4]])  # bin 4: a single estimate
+    pc = np.concatenate([pc[: len(z) - 1], [20.0]])
+    pc[z == 7] = 30.0  # bin 7: all equal
+    with pytest.warns(UserWarning, match="unreliable bins"):
+        t = CountTable.from_estimates(z, pc)
+    assert set(t.flagged) == {4, 7}
+    assert t.rho[4, 0] == RHO_FLOOR and t.rho[7, 0] == RHO_FLOOR
+
+
+def test_from_estimates_empty_bin_needs_fallback():
+    z, pc = _estimates(3)
+    keep = z != 5
+    with pytest.raises(LsrInputError, match=r"bins \[5\] have no estimate"):
+        CountTable.from_estimates(z[keep], pc[keep])
+    paper = CountTable.paper_table1()
+    with pytest.warns(UserWarning):
+        t = CountTable.from_estimates(z[keep], pc[keep], fallback=paper)
+    np.testing.assert_array_equal(t.eta[5], paper.eta[5])
+    assert "fallback" in t.flagged[5]
+
+
+@pytest.mark.parametrize(
+    ("z", "pc", "match"),
+    [
+        ([0, 1], [10.0, np.nan], "NaN"),
+        ([0, 10], [1.0, 2.0], "0..9"),
+        ([0, 1], [1.0, 101.0], "0-100"),
+    ],
+)
+def test_from_estimates_rejects_bad_values(z, pc, match):
+    with pytest.raises(LsrInputError, match=match):
+        CountTable.from_estimates(z, pc)
+
+
+def test_lookup_gives_per_block_targets():
+    t = CountTable.paper_table1()
+    eta, _rho = t.lookup([9, 0, 9])
+    assert eta.shape == (3, 2)
+    np.testing.assert_allclose(eta[:, 0], [0.7, 0.0, 0.7])
+    with pytest.raises(LsrInputError):
+        t.lookup([10])
+
+
+def test_csv_and_json_round_trip(tmp_path):
+    z, pc = _estimates(4)
+    t = CountTable.from_estimates(z, pc, experts=["ann"] * len(z), slides=["s1"] * len(z))
+    t.to_json(tmp_path / "t.json")
+    t2 = CountTable.from_json(tmp_path / "t.json")
+    np.testing.assert_allclose(t2.eta, t.eta)
+    np.testing.assert_allclose(t2.rho, t.rho)
+    np.testing.assert_array_equal(t2.n, t.n)
+    assert t2.estimates == t.estimates
+    assert t2.provenance["experts"] == ["ann"] and "created" in t2.provenance
+    t.to_csv(tmp_path / "t.csv")
+    t3 = CountTable.from_csv(tmp_path / "t.csv")
+    np.testing.assert_allclose(t3.eta, t.eta, atol=1e-6)  # CSV keeps 6 significant digits
+    np.testing.assert_allclose(t3.rho, t.rho, atol=1e-6)
+    assert t3.edges == t.edges
+    text = (tmp_path / "t.csv").read_text().splitlines()
+    assert text[0] == "bin,low,high,cancer_mean,cancer_std,non-cancer_mean,non-cancer_std,n"
+    assert len(text) == 11
+
+
+def test_paper_table_csv_round_trip_exact(tmp_path):
+    t = CountTable.paper_table1()
+    t.save(tmp_path / "p.csv")
+    np.testing.assert_allclose(CountTable.load(tmp_path / "p.csv").eta, t.eta, atol=1e-12)
+
+
+def test_merge_keeps_each_experts_estimates():
+    z, pc = _estimates(3, seed=1)
+    a = CountTable.from_estimates(z, pc, experts=["a"] * len(z))
+    z2, pc2 = _estimates(3, seed=2)
+    b = CountTable.from_estimates(z2, pc2, experts=["b"] * len(z2))
+    m = CountTable.merge([a, b])
+    assert m.provenance["experts"] == ["a", "b"]
+    assert len(m.estimates) == len(z) + len(z2)
+    allz, allpc = np.concatenate([z, z2]), np.concatenate([pc, pc2])
+    np.testing.assert_allclose(m.eta[3, 0], allpc[allz == 3].mean() / 100)
+
+
+def test_skipped_estimates_are_kept_but_not_counted():
+    z, pc = _estimates(3)
+    est = [Estimate(int(a), float(b), "x") for a, b in zip(z, pc, strict=True)]
+    est.append(Estimate(2, None, "x", skipped="artefact"))
+    t = CountTable.from_estimate_list(est)
+    assert t.n[2] == 3 and len(t.estimates) == len(z) + 1
+
+
+GOOD_CSV = "bin,low,high,cancer_mean,cancer_std,n\n" + "".join(
+    f"{b},{lo * 100:g},{hi * 100:g},{10 * b},2,5\n"
+    for b, (lo, hi) in enumerate(itertools.pairwise(PAPER_EDGES))
+)
+
+
+def test_csv_with_only_cancer_columns(tmp_path):
+    p = tmp_path / "t.csv"
+    p.write_text(GOOD_CSV)
+    t = CountTable.from_csv(p)
+    assert t.class_names == ("cancer", "non-cancer")
+    np.testing.assert_allclose(t.eta[:, 1], 1 - t.eta[:, 0])
+
+
+def _mutate(lines: list[str], row: int, col: int, value: str) -> str:
+    cells = lines[row].split(",")
+    cells[col] = value
+    lines[row] = ",".join(cells)
+    return "\n".join(lines) + "\n"
+
+
+@pytest.mark.parametrize(
+    ("edit", "match"),
+    [
+        (lambda ls: "\n".join([ls[0].replace("cancer_std", "sd"), *ls[1:]]), "missing column"),
+        (lambda ls: _mutate(ls, 3, 3, "abc"), "row 4.*not a number"),
+        (lambda ls: _mutate(ls, 4, 3, "120"), "row 5.*outside 0-100"),
+        (lambda ls: _mutate(ls, 5, 4, "-1"), "row 6.*negative"),
+        (lambda ls: "\n".join(ls[:-1]) + "\n", "wrong number of bins|bins must be numbered"),
+        (lambda ls: _mutate(ls, 3, 0, "1"), "bin 1 appears twice"),
+        (lambda ls: "", "missing column 'bin'"),
+    ],
+    ids=["missing-column", "non-numeric", "mean-range", "negative-std", "bins", "dup", "empty"],
+)
+def test_malformed_csv_names_file_and_row(tmp_path, edit, match):
+    p = tmp_path / "bad.csv"
+    p.write_text(edit(GOOD_CSV.strip().split("\n")))
+    with pytest.raises(LsrInputError, match=match) as err:
+        CountTable.from_csv(p)
+    assert str(p) in str(err.value)
+
+
+def test_wrong_number_of_bins_without_edges(tmp_path):
+    p = tmp_path / "nine.csv"
+    p.write_text("bin,cancer_mean,cancer_std\n" + "".join(f"{b},1,1\n" for b in range(9)))
+    with pytest.raises(LsrInputError, match="wrong number of bins: 9 rows, expected 10"):
+        CountTable.from_csv(p)
+
+
+@pytest.mark.parametrize(
+    ("mutate", "match"),
+    [
+        (lambda d: d.pop("rho"), "missing key 'rho'"),
+        (lambda d: d.__setitem__("eta", d["eta"][:-1]), "eta and rho must be|wrong number"),
+        (lambda d: d["eta"][2].__setitem__(0, "x"), "non-numeric"),
+        (lambda d: d["eta"][2].__setitem__(0, 1.5), "bin 2.*mean outside"),
+        (lambda d: d["rho"][3].__setitem__(0, -0.1), "bin 3.*negative std"),
+        (lambda d: d.__setitem__("format", "other"), "not a count table"),
+    ],
+)
+def test_malformed_json(tmp_path, mutate, match):
+    d = CountTable.paper_table1().to_dict()
+    mutate(d)
+    p = tmp_path / "bad.json"
+    p.write_text(json.dumps(d))
+    with pytest.raises(LsrInputError, match=match) as err:
+        CountTable.from_json(p)
+    assert str(p) in str(err.value)
+
+
+def test_invalid_json_and_missing_file(tmp_path):
+    p = tmp_path / "t.json"
+    p.write_text("{not json")
+    with pytest.raises(LsrInputError, match="invalid JSON"):
+        CountTable.from_json(p)
+    with pytest.raises(LsrInputError, match="file not found"):
+        CountTable.load(tmp_path / "missing.json")
+
+
+def test_save_is_atomic(tmp_path, monkeypatch):
+    p = tmp_path / "t.json"
+    CountTable.paper_table1().to_json(p)
+    before = p.read_text()
+
+    def boom(*args, **kwargs):
+        raise OSError("disk full")
+
+    monkeypatch.setattr("os.replace", boom)
+    with pytest.raises(OSError):
+        CountTable.paper_table1().to_csv(tmp_path / "t.json")
+    assert p.read_text() == before
+    assert [f.name for f in tmp_path.iterdir()] == ["t.json"]  # no temp file left behind
