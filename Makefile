@@ -14,8 +14,13 @@ $(STAMP): setup.cfg pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
 	$(BIN)/python -m pip install --upgrade pip
 	$(BIN)/python -m pip install torch==2.13.0
-	$(BIN)/python -m pip install -e ".[dev]"
+	$(BIN)/python -m pip install -e ".[testing]"
 	touch $(STAMP)
+
+# Benchmarks also compare against MONAI; installed on demand.
+$(VENV)/.installed-dev: $(STAMP)
+	$(BIN)/python -m pip install -e ".[dev]"
+	touch $@
 
 # Headless Qt needs a real X server (Xvfb) and a few xcb libraries.
 sysdeps:
@@ -42,7 +47,7 @@ lint: setup
 demo: setup
 	$(BIN)/lsr demo --out demo-out
 
-bench: setup
+bench: $(VENV)/.installed-dev
 	$(BIN)/python benchmarks/run_all.py
 
 clean:

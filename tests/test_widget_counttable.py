@@ -1,0 +1,45 @@
+"""The Count table dock widget, opened through the npe2 manifest in a real viewer."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from lsr.counttable import CountTable
+
+napari = pytest.importorskip("napari")
+
+
+def open_widget(viewer):
+    dock, widget = viewer.window.add_plugin_dock_widget("napari-lsr", "Count table")
+    return widget
+
+
+def test_widget_from_manifest_shows_table1(make_napari_viewer):
+    viewer = make_napari_viewer()
+    w = open_widget(viewer)
+    assert w.view.rowCount() == 10
+    assert w.view.cell_text(0, 0) == "0–20"
+    assert w.view.cell_text(0, 1) == "0.0 ± 0.1"
+    assert w.view.cell_text(9, 1) == "70.0 ± 5.0"
+    assert w.view.cell_text(9, 2) == "30.0 ± 5.0"
+    w.compare.setChecked(True)
+    assert w.view.columnCount() == 6
+    assert w.view.cell_text(8, 2) == "20.0 ± 2.0"
+
+
+def test_widget_loads_file_and_reports_bad_file(make_napari_viewer, tmp_path):
+    viewer = make_napari_viewer()
+    w = open_widget(viewer)
+    z = np.repeat(np.arange(10), 3)
+    pc = np.array([5.0 * b + (i * 2.0) for b, i in zip(z, np.tile([0, 1, 2], 10), strict=True)])
+    t = CountTable.from_estimates(z, pc)
+    t.to_csv(tmp_path / "mine.csv")
+    w.load(tmp_path / "mine.csv")
+    assert w.view.cell_text(3, 1) == f"{pc[z == 3].mean():.1f} ± {pc[z == 3].std(ddof=1):.1f}"
+    assert w.view.cell_text(3, 3) == "3"
+    bad = tmp_path / "bad.csv"
+    bad.write_text("bin,cancer_mean\n0,1\n")
+    assert w.load(bad) is None
+    assert "missing column" in w.status.text() and str(bad) in w.status.text()
+    assert w.view.cell_text(3, 3) == "3"  # the table shown before stays
