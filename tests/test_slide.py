@@ -1,0 +1,384 @@
+"""Tests for lsr.slide: pyramidal TIFF writing, opening, reading at working resolution."""
+
+from __future__ import annotations
+
+import pickle
+import tracemalloc
+import warnings
+
+import dask.array as da
+import numpy as np
+import pytest
+import tifffile
+import tiffslide
+
+from lsr import slide as slide_mod
+from lsr.errors import LsrInputError
+from lsr.slide import WORKING_MPP, ArraySlide, open_slide, write_pyramidal_tiff
+
+
+def smooth_rgb(h: int, w: int) -> np.ndarray:
+    """A smooth RGB test image (JPEG-friendly) with distinct channels."""
+    yy, xx = np.mgrid[0:h, 0:w]
+    return np.stack(
+        [(yy / 4) % 256, (xx / 6) % 256, (128 + 100 * np.sin((yy + xx) / 40))], axis=-1
+    ).astype(np.uint8)
+
+
+def noisy_rgb(h: int, w: int, seed: int = 0) -> np.ndarray:
+    return np.random.default_rng(seed).integers(0, 256, (h, w, 3), dtype=np.uint8)
+
+
+@pytest.fixture(scope="module")
+def zlib_slide(tmp_path_factory):
+    img = noisy_rgb(1100, 1500)
+    path = tmp_path_factory.mktemp("slides") / "noise.tif"
+    write_pyramidal_tiff(path, img, mpp=0.5, compression="zlib", min_size=256)
+    return path, img
+
+
+# --- writer + reader round trips ---------------------------------------------------------
+
+
+def test_zlib_round_trip_exact_pixels_mpp_and_levels(zlib_slide):
+    path, img = zlib_slide
+    with open_slide(path) as s:
+        assert s.mpp == pytest.approx(0.5)
+        assert s.level_dimensions[0] == (1500, 1100)
+        # halving (ceil) down to a longer side <= 256
+        assert s.level_dimensions == ((1500, 1100), (750, 550), (375, 275), (188, 138))
+        assert s.level_downsamples[:3] == pytest.approx((1.0, 2.0, 4.0))
+        np.testing.assert_array_equal(s.read_level(0, 0, 0, 1100, 1500), img)
+    # the pixel size is readable by tiffslide itself (resolution tags), not only by us
+    ts = tiffslide.TiffSlide(path)
+    assert float(ts.properties["tiffslide.mpp-x"]) == pytest.approx(0.5)
+    ts.close()
+    with tifffile.TiffFile(path) as tf:
+        page = tf.pages[0]
+        assert page.is_tiled and page.tilewidth == 256
+        assert page.tags["ResolutionUnit"].value == tifffile.RESUNIT.CENTIMETER
+        num, den = page.tags["XResolution"].value
+        assert num / den == pytest.approx(1e4 / 0.5)
+
+
+def test_pyramid_levels_are_2x2_means(zlib_slide):
+    path, img = zlib_slide
+    with open_slide(path) as s:
+        lvl1 = s.read_level(1, 0, 0, 550, 750).astype(np.float64)
+    expected = img.reshape(550, 2, 750, 2, 3).mean(axis=(1, 3))
+    assert np.abs(lvl1 - expected).max() <= 0.5 + 1e-9
+
+
+def test_jpeg_round_trip_close_pixels(tmp_path):
+    img = smooth_rgb(700, 900)
+    path = tmp_path / "smooth.tif"
+    write_pyramidal_tiff(path, img, mpp=0.25)  # jpeg by default
+    with tifffile.TiffFile(path) as tf:
+        assert tf.pages[0].compression == tifffile.COMPRESSION.JPEG
+    with open_slide(path) as s:
+        got = s.read_level(0, 0, 0, 700, 900).astype(int)
+        assert s.mpp == pytest.approx(0.25)
+    assert np.abs(got - img).mean() < 2.0
+    assert np.abs(got - img).max() < 30
+
+
+def test_svs_like_aperio_description_is_read_by_tiffslide(tmp_path):
+    img = smooth_rgb(1200, 1000)
+    path = tmp_path / "slide.svs"
+    desc = (
+        "Aperio Image Library v12.0.0\n1000x1200 [0,0 1000x1200] (256x256) JPEG/RGB Q=90"
+        "|AppMag = 40|MPP = 0.2525"
+    )
+    write_pyramidal_tiff(path, img, mpp=0.2525, description=desc, min_size=256)
+    ts = tiffslide.TiffSlide(path)
+    assert ts.properties["tiffslide.vendor"] == "aperio"
+    assert float(ts.properties["tiffslide.mpp-x"]) == pytest.approx(0.2525)
+    assert ts.level_count == 4
+    ts.close()
+    with open_slide(path) as s:
+        assert s.mpp == pytest.approx(0.2525)
+        assert s.level_dimensions[1] == (500, 600)
+        assert np.abs(s.read_level(0, 0, 0, 1200, 1000).astype(int) - img).mean() < 2.0
+
+
+def test_single_channel_float_and_bool_maps_are_lossless(tmp_path):
+    rng = np.random.default_rng(1)
+    prob = rng.random((600, 700)).astype(np.float32)
+    write_pyramidal_tiff(tmp_path / "p.tif", prob, mpp=WORKING_MPP, min_size=128)
+    with open_slide(tmp_path / "p.tif") as s:
+        assert s.channels == 0 and s.dtype == np.float32
+        assert s.mpp == pytest.approx(WORKING_MPP)
+        np.testing.assert_array_equal(s.read_level(0, 0, 0, 600, 700), prob)
+        lvl1 = s.read_level(1, 0, 0, 300, 350)
+        np.testing.assert_allclose(lvl1, prob.reshape(300, 2, 350, 2).mean((1, 3)), atol=1e-6)
+        with pytest.raises(LsrInputError, match="8-bit RGB"):
+            s.read_working(0, 0, 10, 10)
+    mask = prob > 0.5
+    write_pyramidal_tiff(tmp_path / "m.tif", mask, mpp=WORKING_MPP, compression="jpeg")
+    with tifffile.TiffFile(tmp_path / "m.tif") as tf:
+        assert tf.pages[0].compression != tifffile.COMPRESSION.JPEG  # lossless for non-RGB
+    with open_slide(tmp_path / "m.tif") as s:
+        np.testing.assert_array_equal(s.read_level(0, 0, 0, 600, 700) > 0, mask)
+
+
+def test_written_file_is_atomic_on_failure(tmp_path):
+    path = tmp_path / "out.tif"
+    path.write_bytes(b"old")
+
+    class Exploding:
+        shape, dtype = (600, 600, 3), np.dtype(np.uint8)
+
+        def __getitem__(self, key):
+            raise RuntimeError("source failed")
+
+    with pytest.raises(RuntimeError):
+        write_pyramidal_tiff(path, Exploding(), mpp=0.5)
+    assert path.read_bytes() == b"old"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out.tif"]
+
+
+def test_writer_rejects_bad_input(tmp_path):
+    with pytest.raises(LsrInputError, match="mpp"):
+        write_pyramidal_tiff(tmp_path / "a.tif", np.zeros((8, 8, 3), np.uint8), mpp=0)
+    with pytest.raises(LsrInputError, match="shape"):
+        write_pyramidal_tiff(tmp_path / "a.tif", np.zeros((8, 8, 2), np.uint8), mpp=1)
+    with pytest.raises(LsrInputError, match="compression"):
+        write_pyramidal_tiff(
+            tmp_path / "a.tif", np.zeros((8, 8, 3), np.uint8), mpp=1, compression="webp2000"
+        )
+
+
+def test_dask_write_is_bounded_in_memory(tmp_path):
+    def block(block_info=None):
+        info = block_info[None]
+        r, c, _ = info["chunk-location"]
+        return np.full(info["chunk-shape"], (r * 37 + c * 11) % 256, np.uint8)
+
+    n = 8192
+    big = da.map_blocks(
+        block, dtype=np.uint8, chunks=((512,) * (n // 512), (512,) * (n // 512), (3,))
+    )
+    nbytes = n * n * 3
+    tracemalloc.start()
+    try:
+        write_pyramidal_tiff(tmp_path / "big.tif", big, mpp=0.25)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert peak < nbytes / 4, f"peak {peak / 2**20:.0f} MiB for a {nbytes / 2**20:.0f} MiB image"
+    with open_slide(tmp_path / "big.tif") as s:
+        assert s.level_dimensions[0] == (n, n)
+        assert s.level_dimensions[-1] == (512, 512)
+        # a block of chunk (3, 5) holds its value (JPEG of a flat tile is ~exact)
+        got = s.read_level(0, 3 * 512 + 100, 5 * 512 + 100, 50, 50).astype(int)
+        assert np.abs(got - (3 * 37 + 5 * 11) % 256).max() <= 2
+
+
+# --- read_working ------------------------------------------------------------------------
+
+
+def test_read_working_matches_block_mean_of_level0(zlib_slide):
+    path, img = zlib_slide
+    with open_slide(path) as s:
+        # factor 4 (working 2.0 µm/px on a 0.5 µm/px slide): read from level 2 (rounded twice)
+        assert s.best_level(4.0) == 2
+        got = s.read_working(0, 0, 275, 375, working_mpp=2.0).astype(np.float64)
+        expected = img.reshape(275, 4, 375, 4, 3).mean(axis=(1, 3))
+        assert np.abs(got - expected).max() <= 1.0
+
+
+def test_read_working_non_power_of_two_factor_matches_block_mean(tmp_path):
+    # factor 3 reads level 1 and resamples by 1.5: exact only for smooth images, since a
+    # half level-1 pixel is not a level-0 pixel
+    img = smooth_rgb(960, 1290)
+    write_pyramidal_tiff(tmp_path / "s.tif", img, mpp=0.5, compression="zlib", min_size=256)
+    with open_slide(tmp_path / "s.tif") as s:
+        assert s.best_level(3.0) == 1
+        got = s.read_working(10, 20, 300, 400, working_mpp=1.5).astype(np.float64)
+    expected = img[30:930, 60:1260].reshape(300, 3, 400, 3, 3).mean(axis=(1, 3))
+    assert np.abs(got - expected).mean() < 0.5
+    assert np.abs(got - expected).max() <= 2.0
+
+
+def test_read_working_non_integer_factor_is_exact_area_mean():
+    # Area averaging at factor 2.5 = 5x5 block mean of the image upsampled 2x by repetition.
+    img = noisy_rgb(250, 300, seed=3)
+    s = ArraySlide(img, mpp=1.0)
+    got = s.read_working(0, 0, 100, 120, working_mpp=2.5).astype(np.float64)
+    up = img.repeat(2, axis=0).repeat(2, axis=1).astype(np.float64)
+    expected = up.reshape(100, 5, 120, 5, 3).mean(axis=(1, 3))
+    assert np.abs(got - expected).max() <= 0.5 + 1e-9
+
+
+def test_read_working_chunking_is_seamless(monkeypatch):
+    img = noisy_rgb(400, 500, seed=4)
+    s = ArraySlide(img, mpp=1.0)
+    whole = s.read_working(3, 7, 90, 110, working_mpp=3.3)
+    monkeypatch.setattr(slide_mod, "_CHUNK_SOURCE_PX", 40)  # many small chunks
+    np.testing.assert_array_equal(s.read_working(3, 7, 90, 110, working_mpp=3.3), whole)
+
+
+def test_read_working_out_of_bounds_is_white(zlib_slide):
+    path, img = zlib_slide
+    with open_slide(path) as s:
+        got = s.read_working(-10, -20, 40, 50, working_mpp=0.5)
+        assert (got[:10] == 255).all() and (got[:, :20] == 255).all()
+        np.testing.assert_array_equal(got[10:, 20:], img[:30, :30])
+        hw = s.working_shape(0.5)
+        far = s.read_working(hw[0] - 5, hw[1] - 5, 10, 10, working_mpp=0.5)
+        np.testing.assert_array_equal(far[:5, :5], img[-5:, -5:])
+        assert (far[5:] == 255).all() and (far[:, 5:] == 255).all()
+        assert (s.read_working(5000, 5000, 8, 8) == 255).all()
+
+
+def test_working_shape_and_coordinate_helpers():
+    s = ArraySlide(np.zeros((4000, 2400, 3), np.uint8), mpp=0.25)
+    factor = WORKING_MPP / 0.25
+    assert s.working_shape() == (round(4000 / factor), round(2400 / factor))
+    xy = np.array([[10.0, 20.0], [0.5, 3.25]])
+    np.testing.assert_allclose(s.to_level0(xy, WORKING_MPP), xy * factor)
+    np.testing.assert_allclose(s.to_working(s.to_level0(xy, 2.0), 2.0), xy)
+    with pytest.raises(LsrInputError):
+        s.working_shape(0)
+
+
+def test_thumbnail_and_multiscale(zlib_slide):
+    path, img = zlib_slide
+    with open_slide(path) as s:
+        th = s.thumbnail(300)
+        assert max(th.shape[:2]) <= 300 and th.dtype == np.uint8 and th.shape[2] == 3
+        assert th.shape[:2] == (220, 300)
+        ms = s.multiscale(chunk=256)
+        assert [a.shape[:2][::-1] for a in ms] == list(s.level_dimensions)
+        assert all(isinstance(a, da.Array) and a.dtype == np.uint8 for a in ms)
+        np.testing.assert_array_equal(ms[0][250:270, 500:530].compute(), img[250:270, 500:530])
+    flat = ArraySlide(smooth_rgb(2100, 3000), mpp=1.0).multiscale()
+    assert [a.shape for a in flat] == [(2100, 3000, 3), (1050, 1500, 3), (525, 750, 3)]
+
+
+def test_grey_slide_reads_as_rgb():
+    grey = np.arange(64 * 64, dtype=np.uint32).reshape(64, 64).astype(np.uint8)
+    s = ArraySlide(grey, mpp=1.0)
+    got = s.read_working(0, 0, 64, 64, working_mpp=1.0)
+    assert got.shape == (64, 64, 3)
+    np.testing.assert_array_equal(got[..., 1], grey)
+
+
+def test_tiffslide_slide_pickles_for_worker_processes(zlib_slide):
+    path, img = zlib_slide
+    with open_slide(path) as s:
+        s.read_level(0, 0, 0, 4, 4)
+        clone = pickle.loads(pickle.dumps(s))
+    np.testing.assert_array_equal(clone.read_level(0, 5, 6, 7, 8), img[5:12, 6:14])
+    clone.close()
+
+
+# --- bad input ---------------------------------------------------------------------------
+
+
+def test_truncated_tiff_is_an_input_error_naming_the_file(zlib_slide, tmp_path):
+    path, _ = zlib_slide
+    data = path.read_bytes()
+    cut = tmp_path / "cut.tif"
+    cut.write_bytes(data[: len(data) // 2])
+    with pytest.raises(LsrInputError, match=r"cut\.tif"):
+        open_slide(cut)
+    garbage = tmp_path / "garbage.tif"
+    garbage.write_bytes(
+        b"II*\x00" + bytes(np.random.default_rng(0).integers(0, 256, 5000, np.uint8))
+    )
+    with pytest.raises(LsrInputError, match=r"garbage\.tif"):
+        open_slide(garbage)
+
+
+def test_corrupt_tile_data_is_an_input_error_on_read(tmp_path):
+    img = noisy_rgb(512, 512)
+    path = tmp_path / "bad.tif"
+    write_pyramidal_tiff(path, img, mpp=0.5, compression="zlib", min_size=256)
+    with tifffile.TiffFile(path) as tf:
+        off, n = tf.pages[0].dataoffsets[0], tf.pages[0].databytecounts[0]
+    raw = bytearray(path.read_bytes())
+    raw[off : off + n] = b"\xff" * n
+    path.write_bytes(bytes(raw))
+    with open_slide(path) as s, pytest.raises(LsrInputError, match=r"bad\.tif"):
+        s.read_level(0, 0, 0, 100, 100)
+
+
+def test_missing_mpp_needs_explicit_mpp(tmp_path):
+    img = smooth_rgb(64, 80)
+    plain = tmp_path / "plain.tif"
+    tifffile.imwrite(plain, img, photometric="rgb")  # no resolution unit
+    with pytest.raises(LsrInputError, match="--mpp") as err:
+        open_slide(plain)
+    assert "plain.tif" in str(err.value)
+    with open_slide(plain, mpp=0.5) as s:
+        assert s.mpp == 0.5
+        np.testing.assert_array_equal(s.read_working(0, 0, 64, 80, working_mpp=0.5), img)
+    # 72 dpi (a screen default, 353 µm/px) is not a pixel size: treated as missing
+    dpi = tmp_path / "dpi.tif"
+    tifffile.imwrite(dpi, img, photometric="rgb", resolution=(72, 72), resolutionunit="INCH")
+    with pytest.raises(LsrInputError, match="--mpp"):
+        open_slide(dpi)
+    # explicit mpp overrides the metadata
+    with open_slide(dpi, mpp=2.0) as s:
+        assert s.mpp == 2.0
+    with pytest.raises(LsrInputError, match="mpp"):
+        open_slide(plain, mpp=-1)
+
+
+def test_png_needs_mpp_and_reads(tmp_path):
+    from skimage import io
+
+    img = smooth_rgb(50, 60)
+    png = tmp_path / "img.png"
+    io.imsave(png, img, check_contrast=False)
+    with pytest.raises(LsrInputError, match="--mpp"):
+        open_slide(png)
+    with open_slide(png, mpp=1.0) as s:
+        np.testing.assert_array_equal(s.read_working(0, 0, 50, 60, working_mpp=1.0), img)
+    bad = tmp_path / "bad.png"
+    bad.write_bytes(png.read_bytes()[:100])
+    with pytest.raises(LsrInputError, match=r"bad\.png"):
+        open_slide(bad, mpp=1.0)
+
+
+def test_missing_file_and_unknown_format(tmp_path):
+    with pytest.raises(LsrInputError, match="not found"):
+        open_slide(tmp_path / "nope.svs")
+    other = tmp_path / "x.mrxs"
+    other.write_bytes(b"not a slide at all")
+    with pytest.raises(LsrInputError, match=r"x\.mrxs"):
+        open_slide(other)
+
+
+def test_ome_physical_size_is_used_when_tags_lack_it(tmp_path):
+    path = tmp_path / "ome.ome.tif"
+    tifffile.imwrite(
+        path,
+        smooth_rgb(64, 64),
+        photometric="rgb",
+        metadata={"axes": "YXS", "PhysicalSizeX": 0.3, "PhysicalSizeXUnit": "µm"},
+    )
+    with tifffile.TiffFile(path) as tf:
+        assert tf.pages[0].tags["ResolutionUnit"].value == tifffile.RESUNIT.NONE
+    with open_slide(path) as s:
+        assert s.mpp == pytest.approx(0.3)
+
+
+def test_non_pyramidal_large_tiff_warns(tmp_path, monkeypatch):
+    path = tmp_path / "flat.tif"
+    tifffile.imwrite(
+        path,
+        smooth_rgb(300, 200),
+        photometric="rgb",
+        resolution=(1e4 / 0.5, 1e4 / 0.5),
+        resolutionunit="CENTIMETER",
+        tile=(64, 64),
+    )
+    monkeypatch.setattr(slide_mod, "LARGE_FLAT_PX", 256)
+    with pytest.warns(UserWarning, match="non-pyramidal"), open_slide(path) as s:
+        assert s.level_count == 1
+    monkeypatch.setattr(slide_mod, "LARGE_FLAT_PX", 1000)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        open_slide(path).close()
