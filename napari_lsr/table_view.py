@@ -3,7 +3,13 @@
 from __future__ import annotations
 
 from qtpy.QtGui import QBrush, QColor
-from qtpy.QtWidgets import QAbstractItemView, QHeaderView, QTableWidget, QTableWidgetItem
+from qtpy.QtWidgets import (
+    QAbstractItemView,
+    QAbstractScrollArea,
+    QHeaderView,
+    QTableWidget,
+    QTableWidgetItem,
+)
 
 from lsr.counttable import CountTable
 
@@ -23,6 +29,7 @@ class CountTableView(QTableWidget):
         self.setSelectionBehavior(QAbstractItemView.SelectionBehavior.SelectRows)
         self.verticalHeader().setVisible(False)
         self.horizontalHeader().setSectionResizeMode(QHeaderView.ResizeMode.ResizeToContents)
+        self.setSizeAdjustPolicy(QAbstractScrollArea.SizeAdjustPolicy.AdjustToContents)
         self.table: CountTable | None = None
 
     def set_table(self, table: CountTable, reference: CountTable | None = None) -> None:
@@ -32,7 +39,7 @@ class CountTableView(QTableWidget):
         rows = table.format_rows()
         if reference is not None:
             ref_rows = reference.format_rows()
-            name = reference.name or "reference"
+            name = "paper" if reference.name == "paper-table1" else reference.name or "ref."
             n_cls = len(table.class_names)
             header = [header[0]]
             for c in table.class_names:

@@ -267,3 +267,12 @@ def test_save_is_atomic(tmp_path, monkeypatch):
         CountTable.paper_table1().to_csv(tmp_path / "t.json")
     assert p.read_text() == before
     assert [f.name for f in tmp_path.iterdir()] == ["t.json"]  # no temp file left behind
+
+
+def test_loaded_table_flags_zero_std_and_small_bins(tmp_path):
+    p = tmp_path / "t.csv"
+    p.write_text(GOOD_CSV.replace("\n3,40,50,30,2,5\n", "\n3,40,50,30,0,5\n").replace(
+        "\n5,60,70,50,2,5\n", "\n5,60,70,50,2,1\n"))  # fmt: skip
+    t = CountTable.from_csv(p)
+    assert set(t.flagged) == {3, 5}
+    assert "std 0" in t.flagged[3] and "1 estimate" in t.flagged[5]

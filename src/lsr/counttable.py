@@ -128,6 +128,17 @@ class CountTable:
             raise LsrInputError("rho must be fractions in [0, 1]")
         if self.n is not None:
             self.n = np.asarray(self.n, dtype=np.int64)
+        self._flag_degenerate_bins()
+
+    def _flag_degenerate_bins(self) -> None:
+        """Flag bins that a loaded table cannot support well (std 0, < 2 estimates)."""
+        for b in range(self.n_bins):
+            if b in self.flagged:
+                continue
+            if self.n is not None and self.n[b] < 2:
+                self.flagged[b] = f"only {int(self.n[b])} estimate(s)"
+            elif (self.rho[b] == 0).any():
+                self.flagged[b] = f"std 0: floored at {100 * RHO_FLOOR:g}% for training"
 
     # ------------------------------------------------------------------ construction
     @property
