@@ -1,0 +1,278 @@
+"""Low-resolution labels: one cancer probability (or ready bin ``z``) per block of a slide.
+
+A :class:`BlockGrid` places a (rows, cols) array of labels on the slide at the working
+resolution: block ``(r, c)`` covers working-resolution pixels
+``[oy + r*block_px, oy + (r+1)*block_px) × [ox + c*block_px, ox + (c+1)*block_px)`` where
+``(oy, ox) = origin``. NaN probabilities (or ``z = -1``) mean "no label" (background,
+unscored blocks). Files: ``.npy`` (2-D float probabilities or integer bins), ``.csv`` with
+``row,col,prob`` (or ``row,col,z``) columns, single-channel TIFF (float = probabilities,
+integer = bins).
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import math
+from dataclasses import dataclass, field
+from os import PathLike
+from pathlib import Path
+
+import numpy as np
+
+from lsr.atomic import atomic_path, atomic_write_text
+from lsr.counttable import PAPER_EDGES, bin_probabilities
+from lsr.errors import LsrInputError
+
+N_BINS = len(PAPER_EDGES) - 1
+PathType = str | PathLike[str]
+
+
+@dataclass
+class BlockGrid:
+    """Per-block labels on a slide, in working-resolution pixels.
+
+    ``probs``: (rows, cols) float32 cancer probability per block in [0, 1], NaN = no label.
+    ``block_px``: block side in working-resolution px (240 at 4.17 µm/px).
+    ``origin``: (y, x) working px of block (0, 0)'s top-left corner.
+    ``z_explicit``: (rows, cols) bins given directly (see :meth:`from_z`); -1 = no label.
+    """
+
+    probs: np.ndarray
+    block_px: int
+    origin: tuple[int, int] = (0, 0)
+    z_explicit: np.ndarray | None = field(default=None, repr=False)
+
+    def __post_init__(self) -> None:
+        probs = np.asarray(self.probs, dtype=np.float32)
+        if probs.ndim != 2:
+            raise LsrInputError(f"a block grid must be 2-D (rows, cols), got shape {probs.shape}")
+        finite = probs[~np.isnan(probs)]
+        if finite.size and (finite.min() < 0 or finite.max() > 1):
+            raise LsrInputError(
+                f"block probabilities must lie in [0, 1] (fractions, not percent); found "
+                f"{float(finite.min()):g}..{float(finite.max()):g}"
+            )
+        self.probs = probs
+        if int(self.block_px) != self.block_px or self.block_px <= 0:
+            raise LsrInputError(f"block_px must be a positive integer, got {self.block_px!r}")
+        self.block_px = int(self.block_px)
+        if len(self.origin) != 2:
+            raise LsrInputError(f"origin must be (y, x), got {self.origin!r}")
+        self.origin = (int(self.origin[0]), int(self.origin[1]))
+        if self.z_explicit is not None:
+            z = np.asarray(self.z_explicit)
+            if z.shape != probs.shape:
+                raise LsrInputError(f"z shape {z.shape} differs from probs shape {probs.shape}")
+            self.z_explicit = _check_z(z)
+
+    @classmethod
+    def from_z(cls, z: np.ndarray, block_px: int, origin: tuple[int, int] = (0, 0)) -> BlockGrid:
+        """A grid of ready bins ``z`` (0..9, -1 = no label); its probabilities are NaN."""
+        z = _check_z(np.asarray(z))
+        if z.ndim != 2:
+            raise LsrInputError(f"a block grid must be 2-D (rows, cols), got shape {z.shape}")
+        return cls(np.full(z.shape, np.nan, np.float32), block_px, origin, z_explicit=z)
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        """(rows, cols) of blocks."""
+        return (int(self.probs.shape[0]), int(self.probs.shape[1]))
+
+    @property
+    def z(self) -> np.ndarray:
+        """(rows, cols) int16 bins 0..9 (paper edges), -1 where there is no label."""
+        if self.z_explicit is not None:
+            return self.z_explicit.astype(np.int16)
+        z = np.full(self.probs.shape, -1, dtype=np.int16)
+        known = ~np.isnan(self.probs)
+        if known.any():
+            z[known] = bin_probabilities(self.probs[known])
+        return z
+
+    @property
+    def labelled(self) -> np.ndarray:
+        """(rows, cols) bool: blocks that carry a label."""
+        return self.z >= 0
+
+    def block_box(self, r: int, c: int) -> tuple[int, int, int, int]:
+        """(y, x, h, w) of block (r, c) in working-resolution px."""
+        rows, cols = self.shape
+        if not (0 <= r < rows and 0 <= c < cols):
+            raise IndexError(f"block ({r}, {c}) outside a {rows}x{cols} grid")
+        b = self.block_px
+        return (self.origin[0] + r * b, self.origin[1] + c * b, b, b)
+
+    def check_fits(self, working_shape: tuple[int, int], path: PathType | None = None) -> None:
+        """Raise LsrInputError unless the grid tiles a slide of ``working_shape`` (H, W).
+
+        Along each axis the grid may stop at the last whole block or include the last
+        partial one: rows ∈ {floor, ceil}((H - origin_y) / block_px), same for columns.
+        """
+        h, w = int(working_shape[0]), int(working_shape[1])
+        rows, cols = self.shape
+        b = self.block_px
+        ok = True
+        expected = []
+        for n, size, o in ((rows, h, self.origin[0]), (cols, w, self.origin[1])):
+            lo, hi = math.floor((size - o) / b), math.ceil((size - o) / b)
+            expected.append(f"{lo}" if lo == hi else f"{lo} or {hi}")
+            ok &= lo <= n <= hi and n > 0
+        if not ok:
+            raise LsrInputError(
+                f"block grid of {rows}x{cols} blocks ({b} px each, origin {self.origin}) does not "
+                f"match the slide of {h}x{w} working px, which needs {expected[0]} x "
+                f"{expected[1]} blocks; check block_px, origin and working_mpp",
+                path,
+            )
+
+
+def _check_z(z: np.ndarray, path: PathType | None = None) -> np.ndarray:
+    if z.dtype.kind == "f":
+        finite = z[np.isfinite(z)]
+        if not np.all(np.isfinite(z)) or not np.array_equal(finite, np.round(finite)):
+            raise LsrInputError("bins z must be whole numbers (-1 = no label)", path)
+    elif z.dtype.kind not in "iu":
+        raise LsrInputError(f"bins z must be integers, got {z.dtype}", path)
+    z = z.astype(np.int64)
+    bad = (z < -1) | (z >= N_BINS)
+    if bad.any():
+        raise LsrInputError(
+            f"{int(bad.sum())} bins lie outside -1..{N_BINS - 1} (e.g. {int(z[bad].flat[0])})", path
+        )
+    return z.astype(np.int16)
+
+
+# --- files -------------------------------------------------------------------------------
+
+
+def load_grid(path: PathType, *, block_px: int, origin: tuple[int, int] = (0, 0)) -> BlockGrid:
+    """Read a block grid: ``.npy``, ``.csv`` (row,col,prob or row,col,z) or TIFF.
+
+    Floating-point data are probabilities (NaN = no label), integers are bins z (-1 = none).
+    Malformed files raise LsrInputError naming the file (and the CSV line).
+    """
+    p = Path(path)
+    if not p.exists():
+        raise LsrInputError("file not found", p)
+    suffix = p.suffix.lower()
+    if suffix == ".csv":
+        return _load_csv(p, block_px, origin)
+    if suffix == ".npy":
+        try:
+            arr = np.load(p, allow_pickle=False)
+        except Exception as exc:
+            raise LsrInputError(f"not a readable .npy array: {exc}", p) from exc
+    elif suffix in (".tif", ".tiff"):
+        import tifffile
+
+        try:
+            arr = tifffile.imread(p)
+        except Exception as exc:
+            raise LsrInputError(f"not a readable TIFF: {exc}", p) from exc
+        arr = np.squeeze(arr)
+    else:
+        raise LsrInputError("unknown grid format; use .npy, .csv or .tif", p)
+    if arr.ndim != 2:
+        raise LsrInputError(f"a block grid must be 2-D (rows, cols), got shape {arr.shape}", p)
+    try:
+        if arr.dtype.kind == "f":
+            return BlockGrid(arr.astype(np.float32), block_px, origin)
+        if arr.dtype.kind in "iu":
+            return BlockGrid.from_z(_check_z(arr, p), block_px, origin)
+    except LsrInputError as err:
+        raise LsrInputError(err.problem, p) from None
+    raise LsrInputError(
+        f"grid values must be float probabilities or integer bins, got {arr.dtype}", p
+    )
+
+
+def _load_csv(p: Path, block_px: int, origin: tuple[int, int]) -> BlockGrid:
+    try:
+        text = p.read_text(encoding="utf-8-sig")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise LsrInputError(f"cannot read as text: {exc}", p) from exc
+    reader = csv.reader(io.StringIO(text))
+    header = next(reader, None)
+    if header is None:
+        raise LsrInputError("empty file; expected a header row,col,prob (or row,col,z)", p)
+    names = [h.strip().lower() for h in header]
+    value_col = next((n for n in ("prob", "probability", "z") if n in names), None)
+    if "row" not in names or "col" not in names or value_col is None:
+        raise LsrInputError(
+            f"header {header} must name columns row, col and prob (or z)", p, "line 1"
+        )
+    ir, ic, iv = names.index("row"), names.index("col"), names.index(value_col)
+    is_z = value_col == "z"
+    cells: dict[tuple[int, int], float] = {}
+    for line_no, row in enumerate(reader, start=2):
+        if not row or all(not v.strip() for v in row):
+            continue
+        where = f"line {line_no}"
+        try:
+            r, c = int(row[ir]), int(row[ic])
+            raw = row[iv].strip() if iv < len(row) else ""
+        except (ValueError, IndexError):
+            raise LsrInputError(f"row and col must be integers, got {row}", p, where) from None
+        if r < 0 or c < 0:
+            raise LsrInputError(f"negative block index ({r}, {c})", p, where)
+        if (r, c) in cells:
+            raise LsrInputError(f"block ({r}, {c}) appears twice", p, where)
+        if is_z:
+            try:
+                v = float(int(raw)) if raw else -1.0
+            except ValueError:
+                raise LsrInputError(f"z must be an integer bin, got {raw!r}", p, where) from None
+            if not -1 <= v < N_BINS:
+                raise LsrInputError(f"z must be in -1..{N_BINS - 1}, got {raw}", p, where)
+        else:
+            try:
+                v = float(raw) if raw and raw.lower() != "nan" else math.nan
+            except ValueError:
+                raise LsrInputError(f"prob must be a number, got {raw!r}", p, where) from None
+            if not math.isnan(v) and not 0 <= v <= 1:
+                raise LsrInputError(
+                    f"prob must be a fraction in [0, 1] (not percent), got {raw}", p, where
+                )
+        cells[(r, c)] = v
+    if not cells:
+        raise LsrInputError("no blocks in the file", p)
+    rows = max(r for r, _ in cells) + 1
+    cols = max(c for _, c in cells) + 1
+    if is_z:
+        z = np.full((rows, cols), -1, dtype=np.int16)
+        for (r, c), v in cells.items():
+            z[r, c] = int(v)
+        return BlockGrid.from_z(z, block_px, origin)
+    probs = np.full((rows, cols), np.nan, dtype=np.float32)
+    for (r, c), v in cells.items():
+        probs[r, c] = v
+    return BlockGrid(probs, block_px, origin)
+
+
+def save_grid(grid: BlockGrid, path: PathType) -> None:
+    """Write ``grid`` atomically as .npy, .csv or .tif (bins when the grid holds ready z)."""
+    p = Path(path)
+    suffix = p.suffix.lower()
+    ready_z = grid.z_explicit is not None
+    data = grid.z.astype(np.int16) if ready_z else grid.probs.astype(np.float32)
+    if suffix == ".npy":
+        with atomic_path(p) as tmp, open(tmp, "wb") as fh:
+            np.save(fh, data)
+    elif suffix == ".csv":
+        out = io.StringIO()
+        writer = csv.writer(out, lineterminator="\n")
+        writer.writerow(["row", "col", "z" if ready_z else "prob"])
+        for (r, c), v in np.ndenumerate(data):
+            if ready_z:
+                writer.writerow([r, c, int(v)])
+            else:
+                writer.writerow([r, c, "" if np.isnan(v) else repr(float(v))])
+        atomic_write_text(p, out.getvalue())
+    elif suffix in (".tif", ".tiff"):
+        import tifffile
+
+        with atomic_path(p) as tmp:
+            tifffile.imwrite(tmp, data, photometric="minisblack", compression="zlib")
+    else:
+        raise LsrInputError("unknown grid format; use .npy, .csv or .tif", p)

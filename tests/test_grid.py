@@ -1,0 +1,137 @@
+"""Tests for lsr.grid: block grids, their bins, slide fit checks and file round trips."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import tifffile
+
+from lsr.counttable import PAPER_EDGES
+from lsr.errors import LsrInputError
+from lsr.grid import BlockGrid, load_grid, save_grid
+
+
+def example_probs() -> np.ndarray:
+    probs = np.array(
+        [[0.0, 0.1, 0.25, np.nan], [0.5, 0.949, 0.95, 1.0], [np.nan, 0.35, 0.8, 0.2]],
+        dtype=np.float32,
+    )
+    return probs
+
+
+def test_z_bins_follow_paper_edges_and_mark_nan():
+    g = BlockGrid(example_probs(), block_px=240)
+    z = g.z
+    assert z.dtype == np.int16
+    # independent binning: count edges <= p among the inner edges
+    inner = np.asarray(PAPER_EDGES[1:-1])
+    for (r, c), p in np.ndenumerate(g.probs):
+        if np.isnan(p):
+            assert z[r, c] == -1
+        else:
+            assert z[r, c] == int((inner <= p).sum())
+    assert z[1, 3] == 9 and z[0, 0] == 0 and z[1, 1] == 8
+    np.testing.assert_array_equal(g.labelled, ~np.isnan(g.probs))
+
+
+def test_from_z_keeps_bins_and_rejects_bad_ones():
+    z = np.array([[0, 9], [-1, 4]])
+    g = BlockGrid.from_z(z, 240, (10, 20))
+    np.testing.assert_array_equal(g.z, z)
+    assert np.isnan(g.probs).all()
+    with pytest.raises(LsrInputError, match="outside"):
+        BlockGrid.from_z(np.array([[0, 10]]), 240)
+    with pytest.raises(LsrInputError, match="fractions"):
+        BlockGrid(np.array([[12.0, 50.0]]), 240)
+
+
+def test_block_box_uses_origin_and_block_size():
+    g = BlockGrid(np.zeros((3, 4), np.float32), block_px=240, origin=(10, 20))
+    assert g.block_box(0, 0) == (10, 20, 240, 240)
+    assert g.block_box(2, 3) == (10 + 480, 20 + 720, 240, 240)
+    with pytest.raises(IndexError):
+        g.block_box(3, 0)
+
+
+def test_check_fits_allows_last_partial_block_and_names_both_shapes():
+    g = BlockGrid(np.zeros((3, 4), np.float32), block_px=240)
+    g.check_fits((720, 960))  # exact
+    g.check_fits((700, 950))  # last blocks partial: ceil
+    g.check_fits((790, 1100))  # floor: a strip beyond the last block is left unlabelled
+    with pytest.raises(LsrInputError) as err:
+        g.check_fits((2000, 960), path="grid.csv")
+    msg = str(err.value)
+    assert "3x4 blocks" in msg and "2000x960" in msg and "grid.csv" in msg
+    with pytest.raises(LsrInputError):
+        g.check_fits((720, 480))
+    shifted = BlockGrid(np.zeros((2, 4), np.float32), block_px=240, origin=(240, 0))
+    shifted.check_fits((720, 960))
+
+
+@pytest.mark.parametrize("suffix", [".npy", ".csv", ".tif"])
+def test_probability_grid_round_trips(tmp_path, suffix):
+    g = BlockGrid(example_probs(), block_px=240, origin=(5, 6))
+    path = tmp_path / f"grid{suffix}"
+    save_grid(g, path)
+    back = load_grid(path, block_px=240, origin=(5, 6))
+    np.testing.assert_array_equal(back.probs, g.probs)  # NaN positions equal too
+    np.testing.assert_array_equal(back.z, g.z)
+    assert back.origin == (5, 6) and back.block_px == 240
+
+
+@pytest.mark.parametrize("suffix", [".npy", ".csv", ".tif"])
+def test_z_grid_round_trips(tmp_path, suffix):
+    z = np.array([[0, 1, -1], [9, 5, 3]])
+    path = tmp_path / f"z{suffix}"
+    save_grid(BlockGrid.from_z(z, 240), path)
+    back = load_grid(path, block_px=240)
+    np.testing.assert_array_equal(back.z, z)
+    assert back.z_explicit is not None
+
+
+def test_csv_with_missing_cells_and_any_column_order(tmp_path):
+    path = tmp_path / "sparse.csv"
+    path.write_text("prob,col,row\n0.5,2,0\n0.96,0,1\n")
+    g = load_grid(path, block_px=240)
+    assert g.shape == (2, 3)
+    assert g.probs[0, 2] == pytest.approx(0.5) and g.z[1, 0] == 9
+    assert np.isnan(g.probs[0, 0]) and g.z[0, 0] == -1
+
+
+@pytest.mark.parametrize(
+    ("text", "match"),
+    [
+        ("row,col,prob\n0,0,0.5\n1,x,0.3\n", "line 3"),
+        ("row,col,prob\n0,0,0.5\n0,1,55\n", "line 3.*not percent"),
+        ("row,col,prob\n0,0,0.5\n0,0,0.2\n", "line 3.*twice"),
+        ("row,col,prob\n0,0,abc\n", "line 2"),
+        ("row,col,z\n0,0,11\n", "line 2"),
+        ("row,col,z\n0,0,1.5\n", "line 2"),
+        ("a,b,c\n0,0,0.1\n", "line 1"),
+        ("row,col,prob\n-1,0,0.5\n", "negative"),
+        ("", "empty"),
+        ("row,col,prob\n", "no blocks"),
+    ],
+)
+def test_malformed_csv_names_file_and_line(tmp_path, text, match):
+    path = tmp_path / "bad.csv"
+    path.write_text(text)
+    with pytest.raises(LsrInputError, match=match) as err:
+        load_grid(path, block_px=240)
+    assert "bad.csv" in str(err.value)
+
+
+def test_malformed_npy_and_tif(tmp_path):
+    np.save(tmp_path / "three.npy", np.zeros((2, 2, 2)))
+    with pytest.raises(LsrInputError, match="2-D"):
+        load_grid(tmp_path / "three.npy", block_px=240)
+    (tmp_path / "junk.npy").write_bytes(b"not numpy")
+    with pytest.raises(LsrInputError, match=r"junk\.npy"):
+        load_grid(tmp_path / "junk.npy", block_px=240)
+    tifffile.imwrite(tmp_path / "pct.tif", np.full((2, 2), 50.0, np.float32))
+    with pytest.raises(LsrInputError, match=r"pct\.tif.*fractions"):
+        load_grid(tmp_path / "pct.tif", block_px=240)
+    with pytest.raises(LsrInputError, match="not found"):
+        load_grid(tmp_path / "missing.csv", block_px=240)
+    with pytest.raises(LsrInputError, match="format"):
+        save_grid(BlockGrid(np.zeros((1, 1), np.float32), 240), tmp_path / "g.xlsx")
