@@ -1,0 +1,309 @@
+"""Training checkpoints: safetensors + JSON, written atomically, verified on reading.
+
+Layout of a training output folder::
+
+    OUT/latest.json                     {"checkpoint": "checkpoints/step-000500", "step": 500}
+    OUT/checkpoints/step-000500/
+        checkpoint.json                 metadata: format, step, config, count table, loss,
+                                        distance, seed, network, git revision, versions,
+                                        and the size + SHA-256 of every file below
+        model.safetensors               network weights (and buffers)
+        optimizer.safetensors           optimizer tensors (``state/<param>/<name>``)
+        trainer.json                    optimizer scalars and param groups, sampler position,
+                                        grad-scaler state, collapse monitor, progress
+        rng.safetensors                 torch RNG states (CPU and CUDA)
+
+A checkpoint folder is assembled under a temporary name and renamed into place in one
+step (its files are written with :mod:`lsr.atomic`); ``latest.json`` is replaced
+atomically after that, so a crash never leaves a half checkpoint that looks complete.
+Reading verifies sizes and hashes: a truncated or foreign checkpoint raises
+:class:`LsrInputError`. Nothing is ever unpickled.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import platform
+import shutil
+import subprocess
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load as st_load
+from safetensors.torch import save as st_save
+
+from lsr.atomic import atomic_write_bytes, atomic_write_text
+from lsr.errors import LsrInputError
+
+FORMAT = "napari-lsr checkpoint"
+VERSION = 1
+METADATA = "checkpoint.json"
+MODEL = "model.safetensors"
+OPTIMIZER = "optimizer.safetensors"
+TRAINER = "trainer.json"
+RNG = "rng.safetensors"
+LATEST = "latest.json"
+CHECKPOINTS = "checkpoints"
+
+
+@dataclass
+class Checkpoint:
+    """Everything one checkpoint holds, as read back."""
+
+    path: Path
+    metadata: dict[str, Any]
+    model_state: dict[str, torch.Tensor]
+    optimizer_state: dict[str, Any]
+    trainer_state: dict[str, Any]
+    rng_state: dict[str, torch.Tensor]
+
+    @property
+    def step(self) -> int:
+        return int(self.metadata["step"])
+
+
+# ---------------------------------------------------------------------- provenance
+def git_revision() -> str:
+    """The source tree's git commit (``+dirty`` if modified), or ``""`` when unknown."""
+    here = Path(__file__).resolve().parent
+    try:
+        rev = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=here, capture_output=True, text=True, timeout=5
+        )
+        if rev.returncode != 0:
+            return ""
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"],
+            cwd=here,
+            capture_output=True,
+            text=True,
+            timeout=5,
+        )
+        return rev.stdout.strip() + ("+dirty" if dirty.stdout.strip() else "")
+    except (OSError, subprocess.SubprocessError):
+        return ""
+
+
+def library_versions() -> dict[str, str]:
+    """Versions that matter for reproducing a run."""
+    import numpy
+    import safetensors
+
+    import lsr
+
+    return {
+        "lsr": lsr.__version__,
+        "torch": torch.__version__,
+        "numpy": numpy.__version__,
+        "safetensors": safetensors.__version__,
+        "python": platform.python_version(),
+    }
+
+
+# ---------------------------------------------------------------------- optimizer state
+def _flatten_optimizer(state: dict[str, Any]) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """Split ``optimizer.state_dict()`` into tensors (safetensors) and scalars (JSON)."""
+    tensors: dict[str, torch.Tensor] = {}
+    scalars: dict[str, Any] = {}
+    for pid, pstate in state["state"].items():
+        for name, value in pstate.items():
+            if isinstance(value, torch.Tensor):
+                tensors[f"state/{pid}/{name}"] = value.detach().cpu().contiguous().clone()
+            else:
+                scalars[f"{pid}/{name}"] = value
+    return tensors, {"param_groups": state["param_groups"], "scalars": scalars}
+
+
+def _unflatten_optimizer(tensors: dict[str, torch.Tensor], rest: dict[str, Any]) -> dict[str, Any]:
+    state: dict[int, dict[str, Any]] = {}
+    for key, value in tensors.items():
+        _, pid, name = key.split("/", 2)
+        state.setdefault(int(pid), {})[name] = value
+    for key, value in rest.get("scalars", {}).items():
+        pid, name = key.split("/", 1)
+        state.setdefault(int(pid), {})[name] = value
+    return {"state": state, "param_groups": rest["param_groups"]}
+
+
+# ---------------------------------------------------------------------- writing
+def _sha256(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def step_name(step: int) -> str:
+    return f"step-{step:06d}"
+
+
+def write_checkpoint(
+    out_dir: str | os.PathLike[str],
+    step: int,
+    *,
+    model_state: dict[str, torch.Tensor],
+    metadata: dict[str, Any],
+    optimizer_state: dict[str, Any],
+    trainer_state: dict[str, Any],
+    rng_state: dict[str, torch.Tensor] | None = None,
+    keep: int | None = 3,
+) -> Path:
+    """Write checkpoint ``step`` under ``out_dir/checkpoints`` and point ``latest.json`` at it.
+
+    ``metadata`` is stored in ``checkpoint.json`` (with format, step and file hashes
+    added); keep the ``keep`` newest checkpoints (``None``: all). Returns the folder.
+    """
+    out = Path(out_dir)
+    root = out / CHECKPOINTS
+    root.mkdir(parents=True, exist_ok=True)
+    opt_tensors, opt_rest = _flatten_optimizer(optimizer_state)
+    payload = {
+        MODEL: st_save({k: v.detach().cpu().contiguous() for k, v in model_state.items()}),
+        OPTIMIZER: st_save(opt_tensors),
+        TRAINER: (json.dumps({**trainer_state, "optimizer": opt_rest}, indent=1) + "\n").encode(),
+        RNG: st_save({k: v.cpu().contiguous() for k, v in (rng_state or {}).items()}),
+    }
+    meta = {
+        "format": FORMAT,
+        "version": VERSION,
+        **metadata,
+        "step": int(step),
+        "files": {n: {"bytes": len(b), "sha256": _sha256(b)} for n, b in payload.items()},
+    }
+    final = root / step_name(step)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.tmp-", dir=root))
+    try:
+        for name, data in payload.items():
+            atomic_write_bytes(tmp / name, data)
+        atomic_write_text(tmp / METADATA, json.dumps(meta, indent=1, default=str) + "\n")
+        if final.exists():
+            trash = Path(tempfile.mkdtemp(prefix=f".{final.name}.old-", dir=root))
+            os.replace(final, trash / final.name)
+            os.replace(tmp, final)
+            shutil.rmtree(trash, ignore_errors=True)
+        else:
+            os.replace(tmp, final)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    latest = {"checkpoint": f"{CHECKPOINTS}/{final.name}", "step": int(step)}
+    atomic_write_text(out / LATEST, json.dumps(latest) + "\n")
+    if keep is not None:
+        olds = sorted(p for p in root.glob("step-*") if p.is_dir() and p != final)
+        for old in olds[: max(len(olds) - (keep - 1), 0)]:
+            shutil.rmtree(old, ignore_errors=True)
+    return final
+
+
+# ---------------------------------------------------------------------- reading
+def resolve(path: str | os.PathLike[str]) -> Path:
+    """The checkpoint folder of ``path``: an output folder, a checkpoint folder or a file in one."""
+    p = Path(path)
+    if not p.exists():
+        raise LsrInputError("checkpoint not found", p)
+    if p.is_file():
+        p = p.parent
+    if (p / METADATA).exists():
+        return p
+    latest = p / LATEST
+    if latest.exists():
+        try:
+            rel = json.loads(latest.read_text(encoding="utf-8"))["checkpoint"]
+        except (json.JSONDecodeError, KeyError, TypeError, UnicodeDecodeError):
+            raise LsrInputError("malformed latest.json", latest) from None
+        target = p / rel
+        if not (target / METADATA).exists():
+            raise LsrInputError(f"latest.json points at a missing checkpoint '{rel}'", latest)
+        return target
+    raise LsrInputError(f"not an lsr checkpoint or training folder (no {METADATA} or {LATEST})", p)
+
+
+def _read_verified(folder: Path, name: str, meta: dict[str, Any]) -> bytes:
+    path = folder / name
+    info = meta.get("files", {}).get(name)
+    if info is None:
+        raise LsrInputError(f"{METADATA} does not list {name}", folder)
+    if not path.exists():
+        raise LsrInputError("missing checkpoint file", path)
+    data = path.read_bytes()
+    if len(data) != info.get("bytes") or _sha256(data) != info.get("sha256"):
+        raise LsrInputError(
+            f"file is truncated or modified ({len(data)} bytes, expected {info.get('bytes')})",
+            path,
+        )
+    return data
+
+
+def _load_tensors(data: bytes, path: Path) -> dict[str, torch.Tensor]:
+    try:
+        return st_load(data)
+    except (SafetensorError, ValueError, RuntimeError) as err:
+        raise LsrInputError(f"not a valid safetensors file ({err})", path) from None
+
+
+def read_metadata(path: str | os.PathLike[str]) -> tuple[Path, dict[str, Any]]:
+    """``(checkpoint folder, checkpoint.json)`` after checking it is one of ours."""
+    folder = resolve(path)
+    meta_path = folder / METADATA
+    try:
+        meta = json.loads(meta_path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise LsrInputError(f"malformed checkpoint metadata ({err})", meta_path) from None
+    if not isinstance(meta, dict) or meta.get("format") != FORMAT:
+        raise LsrInputError(f'not an lsr checkpoint (no "format": "{FORMAT}")', meta_path)
+    if int(meta.get("version", -1)) > VERSION:
+        raise LsrInputError(
+            f"checkpoint version {meta.get('version')} is newer than this lsr ({VERSION})",
+            meta_path,
+        )
+    for key in ("step", "model", "files"):
+        if key not in meta:
+            raise LsrInputError(f"checkpoint metadata lacks '{key}'", meta_path)
+    return folder, meta
+
+
+def read_model(path: str | os.PathLike[str]) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """Weights and metadata only (what inference needs)."""
+    folder, meta = read_metadata(path)
+    state = _load_tensors(_read_verified(folder, MODEL, meta), folder / MODEL)
+    meta = {**meta, "path": str(folder)}
+    return state, meta
+
+
+def read_checkpoint(path: str | os.PathLike[str]) -> Checkpoint:
+    """Everything needed to resume training (all files verified)."""
+    folder, meta = read_metadata(path)
+    model_state = _load_tensors(_read_verified(folder, MODEL, meta), folder / MODEL)
+    opt_tensors = _load_tensors(_read_verified(folder, OPTIMIZER, meta), folder / OPTIMIZER)
+    rng = _load_tensors(_read_verified(folder, RNG, meta), folder / RNG)
+    try:
+        trainer = json.loads(_read_verified(folder, TRAINER, meta).decode("utf-8"))
+        opt_rest = trainer.pop("optimizer")
+        optimizer_state = _unflatten_optimizer(opt_tensors, opt_rest)
+    except (json.JSONDecodeError, UnicodeDecodeError, KeyError, ValueError, TypeError) as err:
+        raise LsrInputError(f"malformed trainer state ({err})", folder / TRAINER) from None
+    return Checkpoint(folder, meta, model_state, optimizer_state, trainer, rng)
+
+
+def rng_state() -> dict[str, torch.Tensor]:
+    """Torch's global RNG states (CPU, and CUDA when present) as tensors."""
+    out = {"cpu": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        with contextlib.suppress(RuntimeError):
+            for i, s in enumerate(torch.cuda.get_rng_state_all()):
+                out[f"cuda{i}"] = s
+    return out
+
+
+def set_rng_state(state: dict[str, torch.Tensor]) -> None:
+    """Restore :func:`rng_state` (CUDA states only where the GPUs exist)."""
+    if "cpu" in state:
+        torch.set_rng_state(state["cpu"])
+    if torch.cuda.is_available():
+        for i in range(torch.cuda.device_count()):
+            if f"cuda{i}" in state:
+                torch.cuda.set_rng_state(state[f"cuda{i}"], i)

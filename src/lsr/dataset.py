@@ -1,0 +1,236 @@
+"""Training blocks: image, label ``z`` and table targets, read lazily from slides.
+
+:class:`BlockDataset` indexes every *labelled* block (``z ≥ 0``) of any number of slides,
+each paired with its low-resolution grid, and reads a block only when it is asked for
+(``Slide.read_working``: never a whole slide in memory). Optionally it
+
+- skips background blocks (``min_tissue``: fraction of non-white pixels, tested once at
+  construction on a cheap 8× coarser read of each block);
+- adds a ``context_px`` margin around each block: the network sees ``block + 2 × margin``
+  pixels, and the trainer crops the probabilities back to the central block before the
+  loss (the labels describe the block only);
+- augments (see :mod:`lsr.augment`), seeded by ``(seed, draw)``, so an item is a pure
+  function of the run seed and the sampler's key: identical with any number of workers
+  and on resume.
+
+Units: block boxes and ``context_px`` are working-resolution pixels; ``eta``/``rho`` are
+fractions (B, L) from the count table.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from lsr.augment import NO_AUGMENT, AugmentConfig, augment
+from lsr.errors import LsrInputError
+from lsr.model import normalise_rgb
+
+#: A pixel is background when all of R, G, B are at least this (uint8) — white glass.
+WHITE_LEVEL = 220
+#: Reads for the tissue test are this many times coarser than the working resolution.
+TISSUE_TEST_FACTOR = 8
+
+
+class SlideLike(Protocol):
+    """What the dataset needs from a slide (``lsr.slide.Slide`` and test fakes)."""
+
+    def read_working(self, y: int, x: int, h: int, w: int, working_mpp: float) -> np.ndarray:
+        """``(h, w, 3)`` uint8 RGB at ``working_mpp``; out-of-bounds pixels white."""
+        ...
+
+
+class GridLike(Protocol):
+    """What the dataset needs from a low-resolution grid (``lsr.grid.BlockGrid``)."""
+
+    z: np.ndarray  # (rows, cols) int, -1 = no label
+
+    def block_box(self, r: int, c: int) -> tuple[int, int, int, int]:
+        """``(y, x, h, w)`` of block (r, c) in working-resolution pixels."""
+        ...
+
+
+@dataclass
+class BlockSource:
+    """One slide (a path or a :class:`SlideLike`) and its grid (a path or a :class:`GridLike`)."""
+
+    slide: Any
+    grid: Any
+    name: str = ""
+
+
+def tissue_fraction(rgb: np.ndarray, white_level: int = WHITE_LEVEL) -> float:
+    """Fraction of pixels of ``rgb`` (h, w, 3) uint8 that are not white background."""
+    if rgb.size == 0:
+        return 0.0
+    return float(np.mean(np.any(rgb < white_level, axis=-1)))
+
+
+def _open_grid(grid: Any, block_px: int | None) -> GridLike:
+    if hasattr(grid, "z") and hasattr(grid, "block_box"):
+        return grid
+    from lsr.grid import load_grid
+
+    if block_px is None:
+        return load_grid(grid)
+    return load_grid(grid, block_px=block_px)
+
+
+class BlockDataset(Dataset):
+    """Labelled blocks of several slides; item ``i`` is a dict of tensors (see ``__getitem__``).
+
+    ``table`` is a :class:`lsr.counttable.CountTable` (targets ``eta``, ``rho`` (Z, L)).
+    ``block_px`` overrides the block size read (default: each box's own size);
+    ``context_px`` is the margin on each side. ``labels`` (N,) and ``index`` (N, 4) =
+    (source, row, col, z) describe the kept blocks.
+    """
+
+    def __init__(
+        self,
+        sources: Sequence[BlockSource],
+        table: Any,
+        *,
+        working_mpp: float,
+        block_px: int | None = None,
+        context_px: int = 0,
+        augment_config: AugmentConfig | None = None,
+        seed: int = 0,
+        min_tissue: float = 0.0,
+    ):
+        if context_px < 0:
+            raise LsrInputError(f"context_px must be ≥ 0, got {context_px}")
+        self.sources = list(sources)
+        if not self.sources:
+            raise LsrInputError("no training data: give at least one (slide, grid) pair")
+        self.table = table
+        self.eta = np.asarray(table.eta, dtype=np.float32)
+        self.rho = np.asarray(table.rho, dtype=np.float32)
+        self.working_mpp = float(working_mpp)
+        self.block_px = block_px
+        self.context_px = int(context_px)
+        self.augment_config = augment_config or NO_AUGMENT
+        self.seed = int(seed)
+        self.min_tissue = float(min_tissue)
+        self.epoch = 0
+        self.names = [s.name or Path(str(s.slide)).stem for s in self.sources]
+        self.grids = [_open_grid(s.grid, block_px) for s in self.sources]
+        self._slides: dict[int, SlideLike] = {}
+        self._slides_pid = -1
+        rows = []
+        self.skipped_background = 0
+        for si, grid in enumerate(self.grids):
+            z = np.asarray(grid.z)
+            n_bins = self.eta.shape[0]
+            if (z >= n_bins).any():
+                raise LsrInputError(
+                    f"grid has labels up to {int(z.max())} but the count table has {n_bins} bins",
+                    self.sources[si].grid if not hasattr(self.sources[si].grid, "z") else None,
+                )
+            for r, c in zip(*np.nonzero(z >= 0), strict=True):
+                if self.min_tissue > 0 and not self._has_tissue(si, int(r), int(c)):
+                    self.skipped_background += 1
+                    continue
+                rows.append((si, int(r), int(c), int(z[r, c])))
+        if not rows:
+            raise LsrInputError("no labelled blocks with tissue in the training data")
+        self.index = np.asarray(rows, dtype=np.int64)
+        self.labels = self.index[:, 3].copy()
+
+    # ------------------------------------------------------------------ slides
+    def slide(self, si: int) -> SlideLike:
+        """The slide of source ``si``, opened on first use in *this* process (workers too)."""
+        if self._slides_pid != os.getpid():
+            self._slides = {}
+            self._slides_pid = os.getpid()
+        if si not in self._slides:
+            s = self.sources[si].slide
+            if hasattr(s, "read_working"):
+                self._slides[si] = s
+            else:
+                from lsr.slide import open_slide
+
+                self._slides[si] = open_slide(s)
+        return self._slides[si]
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = self.__dict__.copy()
+        state["_slides"] = {}
+        state["_slides_pid"] = -1
+        return state
+
+    def _box(self, si: int, r: int, c: int) -> tuple[int, int, int, int]:
+        y, x, h, w = (int(v) for v in self.grids[si].block_box(r, c))
+        if self.block_px is not None:
+            h = w = int(self.block_px)
+        return y, x, h, w
+
+    def _has_tissue(self, si: int, r: int, c: int) -> bool:
+        y, x, h, w = self._box(si, r, c)
+        f = TISSUE_TEST_FACTOR
+        rgb = self.slide(si).read_working(
+            y // f, x // f, max(h // f, 1), max(w // f, 1), self.working_mpp * f
+        )
+        return tissue_fraction(rgb) >= self.min_tissue
+
+    # ------------------------------------------------------------------ items
+    def __len__(self) -> int:
+        return int(self.index.shape[0])
+
+    def set_epoch(self, epoch: int) -> None:
+        """For plain integer indexing: items of another epoch get other augmentations."""
+        self.epoch = int(epoch)
+
+    def read_block(self, i: int) -> np.ndarray:
+        """Block ``i`` and its context margin, ``(h + 2m, w + 2m, 3)`` uint8, not augmented."""
+        si, r, c, _ = (int(v) for v in self.index[i])
+        y, x, h, w = self._box(si, r, c)
+        m = self.context_px
+        return self.slide(si).read_working(y - m, x - m, h + 2 * m, w + 2 * m, self.working_mpp)
+
+    def generator(self, draw: int, i: int) -> torch.Generator:
+        """The augmentation generator of draw ``draw`` of item ``i`` (pure function of seed)."""
+        words = np.random.SeedSequence([self.seed, int(draw), int(i)]).generate_state(2)
+        seed = (int(words[0]) << 32 | int(words[1])) & ((1 << 63) - 1)
+        return torch.Generator().manual_seed(seed)
+
+    def __getitem__(self, key: int | Sequence[int]) -> dict[str, Any]:
+        """``key`` is an index or a sampler key ``(index, group, draw)``.
+
+        Returns ``image`` (3, h + 2m, w + 2m) float32 normalised, ``z`` int, ``eta`` and
+        ``rho`` (L,) float32 fractions, ``block`` (dataset index), ``slide`` (source index),
+        ``row``, ``col`` (grid cell), ``group`` (from the key, else −1).
+        """
+        if isinstance(key, (int, np.integer)):
+            i, group, draw = int(key), -1, self.epoch * len(self) + int(key)
+        else:
+            i, group, draw = (int(v) for v in key)
+        if not 0 <= i < len(self):
+            raise IndexError(i)
+        si, r, c, z = (int(v) for v in self.index[i])
+        rgb = self.read_block(i)
+        image = torch.from_numpy(np.ascontiguousarray(rgb)).permute(2, 0, 1).float() / 255.0
+        if self.augment_config.enabled:
+            image = augment(image, self.generator(draw, i), self.augment_config)
+        return {
+            "image": normalise_rgb(image),
+            "z": z,
+            "eta": torch.from_numpy(self.eta[z].copy()),
+            "rho": torch.from_numpy(self.rho[z].copy()),
+            "block": i,
+            "slide": si,
+            "row": r,
+            "col": c,
+            "group": group,
+        }
+
+    def bin_counts(self) -> dict[int, int]:
+        """Number of kept blocks per label ``z`` (for reports and the sampler warning)."""
+        zs, counts = np.unique(self.labels, return_counts=True)
+        return {int(a): int(b) for a, b in zip(zs, counts, strict=True)}

@@ -1,0 +1,238 @@
+"""The segmentation network: a small, configurable U-Net and its input contract.
+
+Input: normalised RGB ``(B, 3, H, W)`` at working resolution (see :func:`normalise_rgb`);
+output: ``(B, L, H, W)`` class logits, for any ``H, W`` (inputs not divisible by
+``2**depth`` are padded by edge replication and the output is cropped back).
+
+Why our own U-Net rather than MONAI's ``BasicUNet`` (docs/training.md): depth and width
+are free parameters here (``BasicUNet`` has a fixed 4 levels), there is no torchvision or
+MONAI dependency at inference time, the normalisation layer is a choice (GroupNorm by
+default, see :data:`NORMS`), and the receptive field is known in closed form
+(:meth:`UNet.halo_px`), which tiled inference needs to size its overlap.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from os import PathLike
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+from torch.nn import functional as F
+
+from lsr.errors import LsrInputError
+
+ARCHITECTURE = "lsr-unet"
+
+#: Per-channel constants that map RGB in [0, 1] to roughly zero mean, unit spread for H&E
+#: slides (bright, pink/purple). Recorded in every checkpoint; inference must use the same.
+INPUT_MEAN: tuple[float, float, float] = (0.7, 0.55, 0.7)
+INPUT_STD: tuple[float, float, float] = (0.2, 0.2, 0.2)
+
+#: ``group``: GroupNorm (default; per-block statistics, independent of the other blocks in
+#: the batch, so the inter loss cannot be satisfied through batch statistics and DDP needs
+#: no synchronisation); ``batch``: BatchNorm (local at inference time); ``none``.
+NORMS: tuple[str, ...] = ("group", "batch", "none")
+
+
+def normalise_rgb(image: np.ndarray | Tensor) -> Tensor:
+    """RGB ``(h, w, 3)`` uint8 (or float in [0, 1]) → normalised ``(3, h, w)`` float32.
+
+    Also accepts a ``(3, h, w)`` float tensor already in [0, 1] (the augmentation output).
+    """
+    t = torch.as_tensor(image)
+    t = t.float().div_(255.0) if t.dtype == torch.uint8 else t.float()
+    if t.ndim != 3:
+        raise ValueError(f"expected one RGB image, got shape {tuple(t.shape)}")
+    if t.shape[-1] == 3 and t.shape[0] != 3:
+        t = t.permute(2, 0, 1)
+    mean = torch.tensor(INPUT_MEAN, dtype=t.dtype).view(3, 1, 1)
+    std = torch.tensor(INPUT_STD, dtype=t.dtype).view(3, 1, 1)
+    return ((t - mean) / std).contiguous()
+
+
+def _norm_layer(kind: str, channels: int) -> nn.Module:
+    if kind == "group":
+        return nn.GroupNorm(math.gcd(channels, 8), channels)
+    if kind == "batch":
+        return nn.BatchNorm2d(channels)
+    return nn.Identity()
+
+
+class _DoubleConv(nn.Sequential):
+    """Two 3×3 convolutions, each followed by normalisation and ReLU."""
+
+    def __init__(self, c_in: int, c_out: int, norm: str):
+        bias = norm == "none"
+        super().__init__(
+            nn.Conv2d(c_in, c_out, 3, padding=1, bias=bias),
+            _norm_layer(norm, c_out),
+            nn.ReLU(inplace=True),
+            nn.Conv2d(c_out, c_out, 3, padding=1, bias=bias),
+            _norm_layer(norm, c_out),
+            nn.ReLU(inplace=True),
+        )
+
+
+class UNet(nn.Module):
+    """U-Net: ``depth`` down-samplings, ``width`` channels at full resolution, doubling.
+
+    Encoder level ``i`` has ``width * 2**i`` channels; the bottleneck ``width * 2**depth``.
+    Down-sampling is 2×2 max-pooling, up-sampling a 2×2 stride-2 transposed convolution,
+    skips are concatenated. The head is a 1×1 convolution to ``num_classes`` logits.
+    """
+
+    def __init__(
+        self,
+        num_classes: int = 2,
+        width: int = 16,
+        depth: int = 4,
+        norm: str = "group",
+        in_channels: int = 3,
+    ):
+        super().__init__()
+        if norm not in NORMS:
+            raise LsrInputError(f"unknown norm '{norm}' (choose one of {', '.join(NORMS)})")
+        if width < 1 or depth < 0 or num_classes < 1:
+            raise LsrInputError(
+                f"bad network size: width={width}, depth={depth}, classes={num_classes}"
+            )
+        self.num_classes = int(num_classes)
+        self.width = int(width)
+        self.depth = int(depth)
+        self.norm = norm
+        self.in_channels = int(in_channels)
+        chans = [width * 2**i for i in range(depth + 1)]
+        self.encoder = nn.ModuleList(
+            [_DoubleConv(in_channels, chans[0], norm)]
+            + [_DoubleConv(chans[i - 1], chans[i], norm) for i in range(1, depth + 1)]
+        )
+        self.upsample = nn.ModuleList(
+            nn.ConvTranspose2d(chans[i + 1], chans[i], 2, stride=2) for i in range(depth)
+        )
+        self.decoder = nn.ModuleList(
+            _DoubleConv(2 * chans[i], chans[i], norm) for i in range(depth)
+        )
+        self.head = nn.Conv2d(chans[0], num_classes, 1)
+
+    # ------------------------------------------------------------------ geometry
+    @property
+    def multiple(self) -> int:
+        """Inputs whose sides are multiples of this need no padding (``2**depth``)."""
+        return 2**self.depth
+
+    @property
+    def halo_px(self) -> int:
+        """One-sided reach of the receptive field, in working-resolution pixels.
+
+        An output pixel depends only on inputs within ``halo_px`` of it (through the
+        convolutions; see the note on GroupNorm below), so tiled inference with an overlap
+        of ``halo_px`` on each side reproduces whole-image predictions away from the slide
+        border. Per level ``i`` (pixel pitch ``2**i``): two 3×3 convs in the encoder (1 px
+        each at that pitch), the pool (1), the up-sampling (1) and two convs in the decoder;
+        plus two convs at the bottleneck: ``6 (2**depth − 1) + 2**(depth + 1)``.
+
+        With ``norm="group"`` the normalisation statistics are computed over the whole
+        input, so predictions also depend (weakly) on the tile's content as a whole; infer
+        with tiles of about the training input size to match training conditions.
+        """
+        return 6 * (2**self.depth - 1) + 2 ** (self.depth + 1)
+
+    def receptive_field(self) -> int:
+        """Side of the (conservative) receptive field in pixels: ``2 * halo_px + 1``."""
+        return 2 * self.halo_px + 1
+
+    # ------------------------------------------------------------------ forward
+    def forward(self, x: Tensor) -> Tensor:
+        """``(B, 3, H, W)`` normalised RGB → ``(B, L, H, W)`` logits."""
+        h, w = x.shape[-2:]
+        m = self.multiple
+        pad_h, pad_w = (-h) % m, (-w) % m
+        if pad_h or pad_w:
+            x = F.pad(x, (0, pad_w, 0, pad_h), mode="replicate")
+        skips = []
+        for i, block in enumerate(self.encoder):
+            if i > 0:
+                x = F.max_pool2d(x, 2)
+            x = block(x)
+            skips.append(x)
+        for i in reversed(range(self.depth)):
+            x = self.upsample[i](x)
+            x = self.decoder[i](torch.cat([skips[i], x], dim=1))
+        logits = self.head(x)
+        if pad_h or pad_w:
+            logits = logits[..., :h, :w]
+        return logits
+
+    # ------------------------------------------------------------------ set-up
+    @torch.no_grad()
+    def init_prior(self, prior: Sequence[float], head_scale: float = 0.1) -> None:
+        """Start from predicting ``prior`` (L,) class fractions everywhere.
+
+        The head's bias is set to ``log(prior)`` (softmax of it is ``prior``) and its weights
+        shrunk by ``head_scale`` so that features move the start only a little. A prior of
+        exactly 0 is clipped to 1e-4 (a logit of −inf would have no gradient).
+        """
+        p = np.clip(np.asarray(prior, dtype=np.float64), 1e-4, 1.0)
+        if p.shape != (self.num_classes,):
+            raise LsrInputError(f"prior must have {self.num_classes} values, got {p.shape}")
+        p = p / p.sum()
+        self.head.bias.copy_(torch.as_tensor(np.log(p), dtype=self.head.bias.dtype))
+        self.head.weight.mul_(head_scale)
+
+    def config(self) -> dict[str, Any]:
+        """What :func:`build` needs to rebuild this network (stored in checkpoints)."""
+        return {
+            "architecture": ARCHITECTURE,
+            "num_classes": self.num_classes,
+            "width": self.width,
+            "depth": self.depth,
+            "norm": self.norm,
+            "in_channels": self.in_channels,
+            "input_mean": list(INPUT_MEAN),
+            "input_std": list(INPUT_STD),
+            "halo_px": self.halo_px,
+        }
+
+
+def build(config: dict[str, Any]) -> UNet:
+    """Rebuild a network from :meth:`UNet.config` (raises :class:`LsrInputError` if foreign)."""
+    if config.get("architecture") != ARCHITECTURE:
+        raise LsrInputError(f"unknown network architecture {config.get('architecture')!r}")
+    try:
+        return UNet(
+            num_classes=int(config["num_classes"]),
+            width=int(config["width"]),
+            depth=int(config["depth"]),
+            norm=str(config["norm"]),
+            in_channels=int(config.get("in_channels", 3)),
+        )
+    except (KeyError, TypeError, ValueError) as err:
+        if isinstance(err, LsrInputError):
+            raise
+        raise LsrInputError(f"malformed network description ({err})") from None
+
+
+def load(
+    path: str | PathLike[str], device: str | torch.device = "cpu"
+) -> tuple[UNet, dict[str, Any]]:
+    """Load a trained network for inference in one call: ``(model in eval mode, metadata)``.
+
+    ``path`` is a training output folder (its latest checkpoint is used), a checkpoint
+    folder, or the ``model.safetensors`` inside one. ``metadata`` holds the training config,
+    the count table (dict), loss, distance, seed, step, versions and ``model`` (see
+    :meth:`UNet.config`). Weights are read with safetensors: nothing is unpickled.
+    """
+    from lsr.checkpoint import read_model
+
+    state, meta = read_model(path)
+    model = build(meta["model"])
+    try:
+        model.load_state_dict(state)
+    except RuntimeError as err:
+        raise LsrInputError(f"weights do not match the network description ({err})", path) from None
+    model.to(device).eval()
+    return model, meta

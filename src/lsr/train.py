@@ -1,0 +1,803 @@
+"""The training loop: blocks → U-Net → softmax → LSR loss → RMSprop, with checkpoints.
+
+:class:`TrainConfig` holds every choice (paper defaults per loss are filled in by
+:meth:`TrainConfig.resolved` for whatever the user left unset); :func:`train` runs it and
+reports through callbacks (:class:`TrainCallback`: ``on_start``, ``on_step``,
+``on_checkpoint``, ``on_end``) that the CLI and the napari widget both implement.
+
+One step, and why it is split this way::
+
+    probs  = softmax(net(images))[central block]         # network forward
+    g      = d loss(probs.detach()) / d probs              # loss forward + backward
+    probs.backward(g)                                      # network backward
+
+The split computes exactly the same gradient as ``loss.backward()`` but lets the step
+time be attributed to the loss and to the network separately, at no cost.
+
+Distributed: under ``torchrun`` (``WORLD_SIZE > 1``) the model is wrapped in
+DistributedDataParallel (NCCL on CUDA, gloo on CPU); every rank computes the same global
+batch plan and draws its own whole groups; only rank 0 writes files and calls callbacks.
+"""
+
+from __future__ import annotations
+
+import collections
+import contextlib
+import dataclasses
+import json
+import math
+import os
+import threading
+import time
+import warnings
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol, runtime_checkable
+
+import numpy as np
+import torch
+from torch import Tensor
+from torch import distributed as dist
+from torch.nn import functional as F
+from torch.utils.data import DataLoader
+
+from lsr import losses
+from lsr.atomic import atomic_write_text
+from lsr.augment import NO_AUGMENT, AugmentConfig
+from lsr.checkpoint import (
+    git_revision,
+    library_versions,
+    read_checkpoint,
+    rng_state,
+    set_rng_state,
+    write_checkpoint,
+)
+from lsr.counttable import CountTable
+from lsr.dataset import BlockDataset, BlockSource
+from lsr.device import describe_device, select_device
+from lsr.errors import LsrInputError
+from lsr.model import UNet
+from lsr.sampler import GroupBatchSampler, SamplerWarning, ShuffledBatchSampler
+
+try:  # Python ≥ 3.11
+    import tomllib
+except ModuleNotFoundError:  # pragma: no cover - Python 3.10: JSON configs only
+    tomllib = None  # type: ignore[assignment]
+
+LOSSES: tuple[str, ...] = ("intra", "inter", "intra_inter")
+LR_SCHEDULES: tuple[str, ...] = ("constant", "cosine")
+#: Paper section 4: RMSprop (α = 0.9); intra: batch 30, lr 1e-5; inter, intra+inter:
+#: 2 groups × 15 blocks, lr 1e-3. Applied to whatever the user leaves unset (None).
+PAPER_DEFAULTS: dict[str, dict[str, Any]] = {
+    "intra": {"batch_size": 30, "lr": 1e-5},
+    "inter": {"groups_per_batch": 2, "group_size": 15, "lr": 1e-3},
+    "intra_inter": {"groups_per_batch": 2, "group_size": 15, "lr": 1e-3},
+}
+RUN_JSON = "run.json"
+
+
+class TrainWarning(UserWarning):
+    """Something about a run the user should know (collapse, AMP unavailable, ...)."""
+
+
+# ====================================================================== configuration
+@dataclass
+class DataPair:
+    """One training slide and its low-resolution grid (paths)."""
+
+    slide: str
+    grid: str
+
+
+@dataclass
+class TrainConfig:
+    """Every setting of a training run. ``None`` means "the paper's default for this loss"."""
+
+    # data
+    data: list[DataPair] = field(default_factory=list)
+    table: str = "paper"  # "paper" or a count-table .json/.csv
+    block_px: int = 240  # working-resolution pixels per block side
+    working_mpp: float = 4.17  # µm per working-resolution pixel
+    context_px: int = 0  # margin the network sees around each block (loss on block only)
+    min_tissue: float = 0.0  # skip blocks with a smaller non-white fraction (0: keep all)
+    augment: bool = True
+    # loss
+    loss: str = "intra_inter"
+    distance: str = "gaussian-nll"
+    variance_norm: str = "n2"
+    rho_floor: float = 1e-3
+    # batches (None: paper default for the loss)
+    batch_size: int | None = None  # intra
+    groups_per_batch: int | None = None  # inter, intra_inter
+    group_size: int | None = None
+    group_policy: str = "uniform"  # or "proportional"
+    # optimiser
+    lr: float | None = None
+    rmsprop_alpha: float = 0.9
+    rmsprop_eps: float = 1e-8
+    momentum: float = 0.0
+    weight_decay: float = 0.0
+    steps: int = 2000
+    warmup_steps: int = 0
+    lr_schedule: str = "constant"
+    grad_clip: float | None = None  # max global gradient norm (None: no clipping)
+    # network
+    width: int = 16
+    depth: int = 4
+    norm: str = "group"
+    prior: str | list[float] = "table"  # "table" (mean η), "none" or L fractions
+    # run
+    seed: int = 0
+    device: str = "auto"
+    amp: bool = False  # mixed precision, CUDA only
+    num_workers: int = 0
+    checkpoint_every: int = 500
+    keep_checkpoints: int = 3
+    out_dir: str = "lsr-run"
+    resume: str | None = None  # training folder or checkpoint to continue from
+    collapse_window: int = 50  # steps
+    collapse_std: float = 1e-4  # fraction
+
+    # ------------------------------------------------------------------ defaults
+    def resolved(self) -> TrainConfig:
+        """A copy with the paper's per-loss defaults filled in where a value is None."""
+        if self.loss not in LOSSES:
+            raise LsrInputError(f"unknown loss '{self.loss}' (choose {', '.join(LOSSES)})")
+        cfg = dataclasses.replace(self, data=[DataPair(d.slide, d.grid) for d in self.data])
+        for key, value in PAPER_DEFAULTS[self.loss].items():
+            if getattr(cfg, key) is None:
+                setattr(cfg, key, value)
+        if cfg.loss == "intra":
+            cfg.groups_per_batch = cfg.groups_per_batch or 0
+            cfg.group_size = cfg.group_size or 0
+        else:
+            cfg.batch_size = cfg.groups_per_batch * cfg.group_size
+        cfg.validate()
+        return cfg
+
+    def validate(self) -> None:
+        """Raise :class:`LsrInputError` naming the first bad setting."""
+
+        def bad(name: str, why: str) -> LsrInputError:
+            return LsrInputError(f"bad setting {name}={getattr(self, name)!r}: {why}")
+
+        choices = {
+            "loss": LOSSES,
+            "distance": losses.DISTANCES,
+            "variance_norm": losses.VARIANCE_NORMS,
+            "lr_schedule": LR_SCHEDULES,
+            "group_policy": ("uniform", "proportional"),
+            "norm": ("group", "batch", "none"),
+        }
+        for name, valid in choices.items():
+            if getattr(self, name) not in valid:
+                raise bad(name, f"choose one of {', '.join(valid)}")
+        positive = ["block_px", "steps", "width", "checkpoint_every", "keep_checkpoints"]
+        for name in positive:
+            if int(getattr(self, name)) < 1:
+                raise bad(name, "must be ≥ 1")
+        for name in ("context_px", "warmup_steps", "num_workers", "depth"):
+            if int(getattr(self, name)) < 0:
+                raise bad(name, "must be ≥ 0")
+        if self.lr is not None and not self.lr > 0:
+            raise bad("lr", "must be > 0")
+        if not self.working_mpp > 0:
+            raise bad("working_mpp", "must be > 0")
+        if not 0 <= self.min_tissue <= 1:
+            raise bad("min_tissue", "a fraction in [0, 1]")
+        if self.loss != "intra" and self.group_size is not None and self.group_size < 2:
+            raise bad("group_size", "groups need at least 2 blocks (a group of 1 has no spread)")
+        if isinstance(self.prior, str) and self.prior not in ("table", "none"):
+            raise bad("prior", "'table', 'none' or a list of class fractions")
+
+    # ------------------------------------------------------------------ files
+    def to_dict(self) -> dict[str, Any]:
+        d = dataclasses.asdict(self)
+        d["data"] = [{"slide": p.slide, "grid": p.grid} for p in self.data]
+        return d
+
+    @classmethod
+    def from_dict(
+        cls,
+        data: dict[str, Any],
+        base_dir: str | os.PathLike[str] | None = None,
+        path: str | os.PathLike[str] | None = None,
+    ) -> TrainConfig:
+        """Build from a dict (TOML/JSON); relative data paths are taken from ``base_dir``."""
+        if not isinstance(data, dict):
+            raise LsrInputError("a training config must be a table/object", path)
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise LsrInputError(f"unknown config keys: {', '.join(unknown)}", path)
+        kwargs = dict(data)
+        pairs = []
+        for i, item in enumerate(kwargs.pop("data", []) or []):
+            if isinstance(item, dict) and {"slide", "grid"} <= set(item):
+                slide, grid = item["slide"], item["grid"]
+            elif isinstance(item, (list, tuple)) and len(item) == 2:
+                slide, grid = item
+            else:
+                raise LsrInputError("each data entry needs a slide and a grid", path, f"data[{i}]")
+            if base_dir is not None:
+                slide, grid = (str(Path(base_dir) / p) for p in (slide, grid))
+            pairs.append(DataPair(str(slide), str(grid)))
+        if base_dir is not None:
+            for key in ("table", "out_dir", "resume"):
+                value = kwargs.get(key)
+                if isinstance(value, str) and value not in ("paper", "paper-table1"):
+                    kwargs[key] = str(Path(base_dir) / value)
+        try:
+            cfg = cls(data=pairs, **kwargs)
+        except TypeError as err:
+            raise LsrInputError(f"malformed config ({err})", path) from None
+        return cfg
+
+    @classmethod
+    def from_file(cls, path: str | os.PathLike[str]) -> TrainConfig:
+        """Read a ``.toml`` or ``.json`` config; data paths are relative to the file."""
+        p = Path(path)
+        if not p.exists():
+            raise LsrInputError("config file not found", p)
+        try:
+            text = p.read_text(encoding="utf-8")
+            if p.suffix.lower() == ".json":
+                data = json.loads(text)
+            elif tomllib is None:
+                raise LsrInputError("TOML configs need Python ≥ 3.11; use JSON", p)
+            else:
+                data = tomllib.loads(text)
+        except (json.JSONDecodeError, UnicodeDecodeError, ValueError) as err:
+            if isinstance(err, LsrInputError):
+                raise
+            raise LsrInputError(f"cannot parse config ({err})", p) from None
+        return cls.from_dict(data, base_dir=p.parent, path=p)
+
+    def save(self, path: str | os.PathLike[str]) -> None:
+        atomic_write_text(path, json.dumps(self.to_dict(), indent=2) + "\n")
+
+
+# ====================================================================== events
+@dataclass
+class StartEvent:
+    config: TrainConfig  # resolved
+    device: str
+    n_blocks: int
+    bin_counts: dict[int, int]
+    start_step: int
+    world_size: int
+    halo_px: int
+
+
+@dataclass
+class StepEvent:
+    step: int  # steps done so far (1-based after the first step)
+    total_steps: int
+    loss: float
+    lr: float
+    blocks_per_s: float
+    eta_s: float  # estimated seconds to the end
+    elapsed_s: float
+    timings: dict[str, float]  # seconds of this step: data, forward, loss, backward, optimizer
+
+
+@runtime_checkable
+class TrainCallback(Protocol):
+    """Progress interface; every method is optional. ``on_step`` may return ``"stop"``."""
+
+    def on_start(self, event: StartEvent) -> None: ...
+
+    def on_step(self, event: StepEvent) -> str | None: ...
+
+    def on_checkpoint(self, path: Path, step: int) -> None: ...
+
+    def on_end(self, result: TrainResult) -> None: ...
+
+
+@dataclass
+class TrainResult:
+    status: str  # "completed", "cancelled" or "failed"
+    failure: str
+    step: int
+    losses: list[float]
+    out_dir: str
+    checkpoint: str  # latest checkpoint folder ("" when none was written)
+    device: str
+    warnings: list[str]
+    blocks_per_s: float
+    timings: dict[str, float]  # mean seconds per step for data/forward/loss/backward/optimizer
+    model: Any = field(default=None, repr=False)  # the trained UNet (not serialised)
+
+    @property
+    def ok(self) -> bool:
+        return self.status == "completed"
+
+    def to_dict(self) -> dict[str, Any]:
+        d = dataclasses.asdict(self)
+        d.pop("model")
+        return d
+
+
+# ====================================================================== helpers
+class CollapseMonitor:
+    """Flags a network whose predicted class fraction no longer depends on the block.
+
+    Keeps the block fractions ``μ_k`` of class 0 from the last ``window`` steps; collapse is
+    their standard deviation falling below ``threshold`` (a fraction) once the window is full.
+    """
+
+    def __init__(self, window: int, threshold: float):
+        self.window = int(window)
+        self.threshold = float(threshold)
+        self.history: collections.deque[list[float]] = collections.deque(maxlen=self.window)
+
+    def update(self, mu: Sequence[float]) -> bool:
+        self.history.append([float(m) for m in mu])
+        return self.collapsed
+
+    @property
+    def spread(self) -> float:
+        values = [m for step in self.history for m in step]
+        return float(np.std(values)) if values else float("nan")
+
+    @property
+    def collapsed(self) -> bool:
+        return len(self.history) == self.window and self.spread < self.threshold
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"history": list(self.history)}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.history.clear()
+        for row in state.get("history", [])[-self.window :]:
+            self.history.append(list(row))
+
+
+def learning_rate(cfg: TrainConfig, step: int) -> float:
+    """Learning rate for (0-based) ``step``: linear warm-up then constant or cosine."""
+    assert cfg.lr is not None
+    lr = float(cfg.lr)
+    if cfg.warmup_steps and step < cfg.warmup_steps:
+        return lr * (step + 1) / cfg.warmup_steps
+    if cfg.lr_schedule == "cosine":
+        span = max(cfg.steps - cfg.warmup_steps, 1)
+        progress = min(max(step - cfg.warmup_steps, 0) / span, 1.0)
+        return lr * 0.5 * (1.0 + math.cos(math.pi * progress))
+    return lr
+
+
+def compute_loss(
+    cfg: TrainConfig, probs: Tensor, eta: Tensor, rho: Tensor, group: Tensor
+) -> Tensor:
+    """The configured LSR loss of ``probs`` (B, L, h, w) for targets ``eta``, ``rho`` (B, L)."""
+    if cfg.loss == "intra":
+        return losses.intra_instance_loss(
+            probs,
+            eta,
+            rho,
+            distance=cfg.distance,
+            variance_norm=cfg.variance_norm,
+            rho_floor=cfg.rho_floor,
+        )
+    if cfg.loss == "inter":
+        return losses.inter_instance_loss(
+            probs, eta, rho, group, distance=cfg.distance, rho_floor=cfg.rho_floor
+        )
+    return losses.intra_inter_instance_loss(
+        probs,
+        eta,
+        rho,
+        group,
+        distance=cfg.distance,
+        variance_norm=cfg.variance_norm,
+        rho_floor=cfg.rho_floor,
+    )
+
+
+def crop_to_block(x: Tensor, context_px: int) -> Tensor:
+    """Drop the ``context_px`` margin of ``x`` (B, C, h + 2m, w + 2m) → (B, C, h, w)."""
+    if context_px <= 0:
+        return x
+    m = context_px
+    return x[..., m:-m, m:-m]
+
+
+def build_dataset(
+    cfg: TrainConfig, table: CountTable, sources: Sequence[BlockSource] | None = None
+) -> BlockDataset:
+    """The block dataset of a (resolved) config, or of ``sources`` given directly."""
+    if sources is None:
+        if not cfg.data:
+            raise LsrInputError("no training data: give at least one --slide/--grid pair")
+        sources = [BlockSource(d.slide, d.grid) for d in cfg.data]
+    return BlockDataset(
+        sources,
+        table,
+        working_mpp=cfg.working_mpp,
+        block_px=cfg.block_px,
+        context_px=cfg.context_px,
+        augment_config=AugmentConfig() if cfg.augment else NO_AUGMENT,
+        seed=cfg.seed,
+        min_tissue=cfg.min_tissue,
+    )
+
+
+def build_sampler(
+    cfg: TrainConfig, dataset: BlockDataset, rank: int = 0, world_size: int = 1
+) -> GroupBatchSampler | ShuffledBatchSampler:
+    """Shuffled batches for the intra loss, same-``z`` groups for the others."""
+    if cfg.loss == "intra":
+        assert cfg.batch_size is not None
+        return ShuffledBatchSampler(
+            len(dataset), cfg.batch_size, cfg.seed, rank, world_size, steps=cfg.steps
+        )
+    assert cfg.groups_per_batch is not None and cfg.group_size is not None
+    return GroupBatchSampler(
+        dataset.labels,
+        cfg.groups_per_batch,
+        cfg.group_size,
+        cfg.group_policy,
+        cfg.seed,
+        rank,
+        world_size,
+        steps=cfg.steps,
+    )
+
+
+def _prior(cfg: TrainConfig, table: CountTable) -> np.ndarray | None:
+    if isinstance(cfg.prior, str):
+        if cfg.prior == "none":
+            return None
+        return np.asarray(table.eta, dtype=np.float64).mean(axis=0)
+    prior = np.asarray(cfg.prior, dtype=np.float64)
+    if prior.shape != (len(table.class_names),) or (prior < 0).any() or prior.sum() <= 0:
+        raise LsrInputError(f"prior must be {len(table.class_names)} fractions, got {cfg.prior}")
+    return prior
+
+
+def _emit(callbacks: Sequence[Any], name: str, *args: Any) -> list[Any]:
+    out = []
+    for cb in callbacks:
+        fn = getattr(cb, name, None)
+        if fn is not None:
+            out.append(fn(*args))
+    return out
+
+
+@contextlib.contextmanager
+def _distributed() -> Any:
+    """Initialise the process group under torchrun (WORLD_SIZE > 1); yield (rank, world)."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    owned = False
+    if world > 1 and not dist.is_initialized():
+        backend = "nccl" if torch.cuda.is_available() else "gloo"
+        dist.init_process_group(backend=backend)
+        owned = True
+    try:
+        if dist.is_initialized():
+            yield dist.get_rank(), dist.get_world_size()
+        else:
+            yield 0, 1
+    finally:
+        if owned:
+            dist.destroy_process_group()
+
+
+def _resume_source(cfg: TrainConfig) -> Any:
+    if not cfg.resume:
+        return None
+    return read_checkpoint(cfg.resume)
+
+
+# ====================================================================== the loop
+def train(
+    config: TrainConfig,
+    callbacks: Sequence[Any] = (),
+    cancel: threading.Event | None = None,
+    sources: Sequence[BlockSource] | None = None,
+) -> TrainResult:
+    """Train a network as ``config`` says; see the module docstring.
+
+    ``callbacks`` receive progress (rank 0 only); ``cancel`` (or an ``on_step`` returning
+    ``"stop"``) ends the run after the current step, with a checkpoint. ``sources`` replaces
+    ``config.data`` with already-opened slides and grids (tests, the GUI).
+    Returns a :class:`TrainResult`; ``run.json`` of the run is written to ``out_dir``.
+    """
+    with _distributed() as (rank, world):
+        return _train(config.resolved(), list(callbacks), cancel, sources, rank, world)
+
+
+def _train(
+    cfg: TrainConfig,
+    callbacks: list[Any],
+    cancel: threading.Event | None,
+    sources: Sequence[BlockSource] | None,
+    rank: int,
+    world: int,
+) -> TrainResult:
+    run_warnings: list[str] = []
+
+    def warn(msg: str) -> None:
+        run_warnings.append(msg)
+        warnings.warn(msg, TrainWarning, stacklevel=3)
+
+    is_main = rank == 0
+    out_dir = Path(cfg.out_dir)
+    ckpt = _resume_source(cfg)
+    device = select_device(cfg.device)
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
+    use_amp = bool(cfg.amp and device.type == "cuda")
+    if cfg.amp and not use_amp:
+        warn(f"mixed precision needs CUDA; training in float32 on {device.type}")
+
+    table = CountTable.load(cfg.table)
+    if ckpt is not None and "table" in ckpt.metadata:
+        table = CountTable.from_dict(ckpt.metadata["table"])
+    dataset = build_dataset(cfg, table, sources)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", SamplerWarning)
+        sampler = build_sampler(cfg, dataset, rank, world)
+    for w in caught:
+        warn(str(w.message))
+
+    torch.manual_seed(cfg.seed)
+    model = UNet(len(table.class_names), cfg.width, cfg.depth, cfg.norm)
+    prior = _prior(cfg, table)
+    if prior is not None:
+        model.init_prior(prior)
+    model.to(device)
+    optimizer = torch.optim.RMSprop(
+        model.parameters(),
+        lr=float(cfg.lr or 0.0),
+        alpha=cfg.rmsprop_alpha,
+        eps=cfg.rmsprop_eps,
+        momentum=cfg.momentum,
+        weight_decay=cfg.weight_decay,
+    )
+    scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
+    monitor = CollapseMonitor(cfg.collapse_window, cfg.collapse_std)
+    loss_history: list[float] = []
+    start = 0
+    if ckpt is not None:
+        if ckpt.metadata["model"] != {**model.config()}:
+            raise LsrInputError(
+                f"checkpoint network {ckpt.metadata['model']} differs from the config's "
+                f"{model.config()}",
+                ckpt.path,
+            )
+        model.load_state_dict(ckpt.model_state)
+        try:
+            optimizer.load_state_dict(ckpt.optimizer_state)
+        except (ValueError, KeyError, RuntimeError) as err:
+            raise LsrInputError(f"optimizer state does not fit ({err})", ckpt.path) from None
+        state = ckpt.trainer_state
+        sampler.load_state_dict(state["sampler"])
+        if state.get("scaler") and use_amp:
+            scaler.load_state_dict(state["scaler"])
+        monitor.load_state_dict(state.get("monitor", {}))
+        loss_history = [float(v) for v in state.get("losses", [])]
+        set_rng_state(ckpt.rng_state)
+        start = ckpt.step
+        if start >= cfg.steps:
+            warn(f"checkpoint is at step {start}, the run asks for {cfg.steps}: nothing to do")
+
+    net: torch.nn.Module = model
+    if world > 1:
+        net = torch.nn.parallel.DistributedDataParallel(
+            model, device_ids=[device.index] if device.type == "cuda" else None
+        )
+    loader = DataLoader(
+        dataset,
+        batch_sampler=sampler,
+        num_workers=cfg.num_workers,
+        pin_memory=device.type == "cuda",
+        persistent_workers=False,
+        prefetch_factor=4 if cfg.num_workers > 0 else None,
+    )
+    device_name = describe_device(device)
+    metadata = {
+        "config": cfg.to_dict(),
+        "table": table.to_dict(),
+        "class_names": list(table.class_names),
+        "loss": cfg.loss,
+        "distance": cfg.distance,
+        "variance_norm": cfg.variance_norm,
+        "seed": cfg.seed,
+        "model": model.config(),
+        "block_px": cfg.block_px,
+        "working_mpp": cfg.working_mpp,
+        "context_px": cfg.context_px,
+        "git": git_revision(),
+        "versions": library_versions(),
+        "device": device_name,
+        "world_size": world,
+    }
+    if is_main:
+        _emit(
+            callbacks,
+            "on_start",
+            StartEvent(
+                cfg, device_name, len(dataset), dataset.bin_counts(), start, world, model.halo_px
+            ),
+        )
+        _write_run_json(out_dir, {"status": "running", "step": start, "config": cfg.to_dict()})
+
+    last_ckpt = ""
+    totals = collections.Counter()
+    timed_steps = 0
+    status, failure = "completed", ""
+    ema_step_s = None
+    t_run = time.perf_counter()
+    blocks_per_step = (cfg.batch_size or 0) * world
+    step = start
+
+    def sync() -> None:
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+
+    def save(step_done: int) -> None:
+        nonlocal last_ckpt
+        if not is_main:
+            return
+        sampler_state = {**sampler.state_dict(), "position": step_done}
+        path = write_checkpoint(
+            out_dir,
+            step_done,
+            model_state=model.state_dict(),
+            metadata={**metadata, "final_loss": loss_history[-1] if loss_history else None},
+            optimizer_state=optimizer.state_dict(),
+            trainer_state={
+                "sampler": sampler_state,
+                "scaler": scaler.state_dict() if use_amp else {},
+                "monitor": monitor.state_dict(),
+                "losses": loss_history,
+            },
+            rng_state=rng_state(),
+            keep=cfg.keep_checkpoints,
+        )
+        last_ckpt = str(path)
+        _emit(callbacks, "on_checkpoint", path, step_done)
+
+    net.train()
+    batches = iter(loader) if start < cfg.steps else iter(())
+    collapse_warned = False
+    while step < cfg.steps:
+        t0 = time.perf_counter()
+        try:
+            batch = next(batches)
+        except StopIteration:  # pragma: no cover - the sampler yields exactly the steps
+            break
+        t1 = time.perf_counter()
+        lr = learning_rate(cfg, step)
+        for group in optimizer.param_groups:
+            group["lr"] = lr
+        images = batch["image"].to(device, non_blocking=True)
+        eta = batch["eta"].to(device)
+        rho = batch["rho"].to(device)
+        gid = batch["group"].to(device)
+        with torch.autocast(device_type=device.type, dtype=torch.float16, enabled=use_amp):
+            logits = net(images)
+        probs = F.softmax(crop_to_block(logits, cfg.context_px).float(), dim=1)
+        sync()
+        t2 = time.perf_counter()
+        probs_d = probs.detach().requires_grad_(True)
+        loss = compute_loss(cfg, probs_d, eta, rho, gid)
+        scaler.scale(loss).backward()
+        sync()
+        t3 = time.perf_counter()
+        loss_value = loss.detach()
+        if world > 1:
+            dist.all_reduce(loss_value)
+            loss_value /= world
+        loss_f = float(loss_value)
+        if not math.isfinite(loss_f):
+            status, failure = "failed", f"loss is {loss_f} at step {step + 1}"
+            warn(f"training stopped: {failure} (weights of step {step} kept)")
+            break
+        optimizer.zero_grad(set_to_none=True)
+        probs.backward(probs_d.grad)
+        sync()
+        t4 = time.perf_counter()
+        if cfg.grad_clip:
+            scaler.unscale_(optimizer)
+            torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+        scaler.step(optimizer)
+        scaler.update()
+        sync()
+        t5 = time.perf_counter()
+        step += 1
+        loss_history.append(loss_f)
+        with torch.no_grad():
+            mu = probs_d.detach()[:, 0].mean(dim=(-2, -1))
+        if monitor.update(mu.cpu().tolist()) and not collapse_warned:
+            collapse_warned = True
+            warn(
+                f"collapse at step {step}: the predicted {table.class_names[0]} fraction "
+                f"varies by only {monitor.spread:.2g} across the blocks of the last "
+                f"{monitor.window} steps"
+            )
+        timings = {
+            "data": t1 - t0,
+            "forward": t2 - t1,
+            "loss": t3 - t2,
+            "backward": t4 - t3,
+            "optimizer": t5 - t4,
+        }
+        if step > start + 1:  # the first step includes start-up (workers, allocations)
+            totals.update(timings)
+            timed_steps += 1
+        step_s = t5 - t0
+        ema_step_s = step_s if ema_step_s is None else 0.9 * ema_step_s + 0.1 * step_s
+        stop = cancel is not None and cancel.is_set()
+        if is_main:
+            event = StepEvent(
+                step,
+                cfg.steps,
+                loss_f,
+                lr,
+                blocks_per_step / max(ema_step_s, 1e-9),
+                ema_step_s * (cfg.steps - step),
+                time.perf_counter() - t_run,
+                timings,
+            )
+            stop = stop or any(r == "stop" for r in _emit(callbacks, "on_step", event))
+        if world > 1:
+            flag = torch.tensor([1.0 if stop else 0.0], device=device)
+            dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+            stop = bool(flag.item() > 0)
+        if stop and step < cfg.steps:
+            status = "cancelled"
+            save(step)
+            break
+        if step % cfg.checkpoint_every == 0 or step == cfg.steps:
+            save(step)
+    if status == "completed" and monitor.collapsed:
+        status = "failed"
+        failure = f"collapsed: predicted fraction spread {monitor.spread:.2g} < {cfg.collapse_std}"
+    if status == "completed" and start < cfg.steps and not last_ckpt and is_main:
+        save(step)  # pragma: no cover - the loop saves at the last step
+    if not last_ckpt and ckpt is not None:
+        last_ckpt = str(ckpt.path)
+    means = {k: v / timed_steps for k, v in totals.items()} if timed_steps else {}
+    step_mean = sum(means.values())
+    result = TrainResult(
+        status=status,
+        failure=failure,
+        step=step,
+        losses=loss_history,
+        out_dir=str(out_dir),
+        checkpoint=last_ckpt,
+        device=device_name,
+        warnings=run_warnings,
+        blocks_per_s=blocks_per_step / step_mean if step_mean > 0 else 0.0,
+        timings=means,
+        model=model,
+    )
+    if is_main:
+        _write_run_json(out_dir, result.to_dict())
+        _emit(callbacks, "on_end", result)
+    if world > 1:
+        dist.barrier()
+    return result
+
+
+def _write_run_json(out_dir: Path, data: dict[str, Any]) -> None:
+    atomic_write_text(out_dir / RUN_JSON, json.dumps(data, indent=1, default=str) + "\n")
+
+
+# ====================================================================== convenience
+class PrintCallback:
+    """Minimal callback printing one line every ``every`` steps (scripts, debugging)."""
+
+    def __init__(self, every: int = 10, echo: Callable[[str], None] = print):
+        self.every = every
+        self.echo = echo
+
+    def on_step(self, event: StepEvent) -> None:
+        if event.step % self.every == 0 or event.step == event.total_steps:
+            self.echo(
+                f"step {event.step}/{event.total_steps} loss {event.loss:.4f} "
+                f"{event.blocks_per_s:.1f} blocks/s ETA {event.eta_s:.0f} s"
+            )
