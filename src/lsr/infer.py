@@ -1,0 +1,320 @@
+"""Tiled whole-slide inference: the loop that joins tiles (:mod:`lsr.tiling`) and the network.
+
+A slide is predicted at the working resolution in large tiles (default 1024 px) each read
+with a halo that covers the network's receptive field; only each tile's core is kept, so the
+result equals one pass of the network over the whole (white-padded) slide, with no seams and
+no blending (see :func:`predict_array` for that one-shot pass and docs/inference.md).
+Tiles are read by a background thread while the network runs (prefetching), stacked into
+batches, moved to the device as uint8 (4× less traffic than float) and normalised there.
+Tiles without tissue are skipped (probability 0). The output is written tile by tile into a
+memory-mapped array, so memory is bounded by the tile size, never by the slide size.
+"""
+
+from __future__ import annotations
+
+import collections
+import contextlib
+import tempfile
+import threading
+import time
+from collections.abc import Callable, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from os import PathLike
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from lsr.errors import LsrInputError
+from lsr.slide import WORKING_MPP, Slide
+from lsr.tiling import Tile, TileGrid, round_up, tile_grid, tiles_with_tissue
+
+#: Size (longer side, px) of the thumbnail on which ``tissue_mask="auto"`` is computed.
+TISSUE_THUMBNAIL_PX = 2048
+
+ProgressCallback = Callable[[int, int], None]
+"""Called as ``progress(tiles_done, tiles_total)`` after each batch (and once at the start)."""
+
+
+class InferenceCancelled(RuntimeError):
+    """Raised by :func:`predict_slide` when its ``cancel`` event was set."""
+
+
+# --- the model's input contract -----------------------------------------------------------
+
+
+class Normalise:
+    """uint8 RGB ``(B, H, W, 3)`` on any device → normalised float32 ``(B, 3, H, W)``.
+
+    ``(x / 255 - mean) / std`` per channel, the same as :func:`lsr.model.normalise_rgb`.
+    """
+
+    def __init__(self, mean: Sequence[float], std: Sequence[float]):
+        self.mean = tuple(float(v) for v in mean)
+        self.std = tuple(float(v) for v in std)
+        if len(self.mean) != 3 or len(self.std) != 3 or min(self.std) <= 0:
+            raise LsrInputError(f"bad input normalisation mean={mean!r} std={std!r}")
+
+    def __call__(self, rgb: Tensor) -> Tensor:
+        x = rgb.permute(0, 3, 1, 2).float().div_(255.0)
+        mean = torch.tensor(self.mean, device=x.device, dtype=x.dtype).view(1, 3, 1, 1)
+        std = torch.tensor(self.std, device=x.device, dtype=x.dtype).view(1, 3, 1, 1)
+        return x.sub_(mean).div_(std)
+
+    def __repr__(self) -> str:
+        return f"Normalise(mean={self.mean}, std={self.std})"
+
+
+def model_normalise(model: nn.Module, metadata: dict[str, Any] | None = None) -> Normalise:
+    """The input normalisation recorded with the model (its config, then the metadata)."""
+    from lsr import model as lsr_model
+
+    config: dict[str, Any] = {}
+    if metadata and isinstance(metadata.get("model"), dict):
+        config = metadata["model"]
+    elif hasattr(model, "config"):
+        with contextlib.suppress(Exception):
+            config = dict(model.config())
+    return Normalise(
+        config.get("input_mean", lsr_model.INPUT_MEAN), config.get("input_std", lsr_model.INPUT_STD)
+    )
+
+
+def model_halo(model: nn.Module) -> int:
+    """Receptive-field reach (px on each side) the model declares as ``halo_px``."""
+    halo = getattr(model, "halo_px", None)
+    if halo is None:
+        raise LsrInputError(
+            f"{type(model).__name__} does not declare its receptive field (halo_px); "
+            "pass halo= explicitly"
+        )
+    return int(halo)
+
+
+def model_multiple(model: nn.Module) -> int:
+    """Down-sampling factor of the model (``multiple``, 1 when not declared)."""
+    return max(1, int(getattr(model, "multiple", 1)))
+
+
+def _class_probability(logits: Tensor, class_index: int) -> Tensor:
+    """(B, L, H, W) logits → (B, H, W) probability of one class (sigmoid when L = 1)."""
+    if logits.shape[1] == 1:
+        return torch.sigmoid(logits[:, 0].float())
+    if not 0 <= class_index < logits.shape[1]:
+        raise LsrInputError(f"class_index {class_index} out of range for {logits.shape[1]} classes")
+    return torch.softmax(logits.float(), dim=1)[:, class_index]
+
+
+def _device(device: str | torch.device) -> torch.device:
+    if isinstance(device, torch.device):
+        return device
+    from lsr.device import select_device
+
+    return select_device(device)
+
+
+# --- one-shot reference -------------------------------------------------------------------
+
+
+@torch.inference_mode()
+def predict_array(
+    model: nn.Module,
+    image: np.ndarray,
+    *,
+    halo: int | None = None,
+    class_index: int = 0,
+    normalise: Normalise | Callable[[Tensor], Tensor] | None = None,
+    device: str | torch.device = "cpu",
+) -> np.ndarray:
+    """One pass of ``model`` over an (H, W, 3) uint8 image in memory → (H, W) float32.
+
+    The image is padded with white (255, as slides are read beyond their edge) by ``halo``
+    rounded up to the model's ``multiple`` on every side, and to a multiple on the bottom and
+    right; the prediction is cropped back. This is what :func:`predict_slide` reproduces
+    tile by tile; use it for regions that fit in memory.
+    """
+    image = np.asarray(image)
+    if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
+        raise LsrInputError(f"expected an (H, W, 3) uint8 image, got {image.shape} {image.dtype}")
+    dev = _device(device)
+    model.eval().to(dev)
+    norm = normalise if normalise is not None else model_normalise(model)
+    m = model_multiple(model)
+    pad = round_up(model_halo(model) if halo is None else halo, m)
+    h, w = image.shape[:2]
+    ph, pw = round_up(h + 2 * pad, m) - h - pad, round_up(w + 2 * pad, m) - w - pad
+    padded = np.pad(image, ((pad, ph), (pad, pw), (0, 0)), constant_values=255)
+    x = norm(torch.from_numpy(padded[None]).to(dev))
+    prob = _class_probability(model(x), class_index)[0, pad : pad + h, pad : pad + w]
+    return prob.cpu().numpy().astype(np.float32)
+
+
+# --- output arrays ------------------------------------------------------------------------
+
+
+def _output_array(out: Any, shape: tuple[int, int]) -> tuple[Any, bool]:
+    """(array to write into, whether it is freshly zeroed)."""
+    if out is None:
+        # an unlinked temporary file: the mapping keeps its own handle, freed when unmapped
+        with tempfile.TemporaryFile(prefix="lsr-prob-") as fh:
+            return np.memmap(fh, dtype=np.float32, mode="w+", shape=shape), True
+    if isinstance(out, (str, PathLike)):
+        return np.lib.format.open_memmap(out, mode="w+", dtype=np.float32, shape=shape), True
+    if tuple(out.shape) != tuple(shape):
+        raise LsrInputError(f"output array has shape {tuple(out.shape)}, the slide needs {shape}")
+    return out, False
+
+
+# --- the tiled loop -----------------------------------------------------------------------
+
+
+def _read_batch(slide: Slide, tiles: list[Tile], working_mpp: float, pin: bool) -> Tensor:
+    """(B, h, w, 3) uint8 tensor of the tiles' read boxes (white beyond the slide)."""
+    rh, rw = tiles[0].read_h, tiles[0].read_w
+    batch = torch.empty((len(tiles), rh, rw, 3), dtype=torch.uint8, pin_memory=pin)
+    view = batch.numpy()
+    for i, t in enumerate(tiles):
+        view[i] = slide.read_working(*t.read_box, working_mpp=working_mpp)
+    return batch
+
+
+def resolve_tissue_mask(
+    slide: Slide, tissue_mask: Any, thumbnail_px: int = TISSUE_THUMBNAIL_PX
+) -> np.ndarray | None:
+    """``None`` (every tile), ``"auto"`` (Otsu on a thumbnail, :mod:`lsr.tissue`) or a mask.
+
+    A given mask is a 2-D bool array covering the whole slide at any resolution.
+    """
+    if tissue_mask is None:
+        return None
+    if isinstance(tissue_mask, str):
+        if tissue_mask != "auto":
+            raise LsrInputError(
+                f"tissue_mask must be None, 'auto' or an array, got {tissue_mask!r}"
+            )
+        from lsr.tissue import tissue_mask as compute_mask
+
+        return compute_mask(slide.thumbnail(thumbnail_px))
+    return np.asarray(tissue_mask, dtype=bool)
+
+
+def predict_slide(
+    model: nn.Module,
+    slide: Slide,
+    *,
+    working_mpp: float = WORKING_MPP,
+    tile: int = 1024,
+    halo: int | None = None,
+    batch_size: int = 1,
+    device: str | torch.device = "cpu",
+    tissue_mask: Any = None,
+    normalise: Normalise | Callable[[Tensor], Tensor] | None = None,
+    class_index: int = 0,
+    out: Any = None,
+    progress: ProgressCallback | None = None,
+    cancel: threading.Event | None = None,
+    prefetch: int = 2,
+    read_threads: int = 1,
+    timings: dict[str, float] | None = None,
+) -> np.ndarray:
+    """Probability of class ``class_index`` over the whole slide at ``working_mpp``.
+
+    Returns an (H, W) float32 array in [0, 1] of shape ``slide.working_shape(working_mpp)``
+    (a memory map: a temporary file, or ``out`` when it is a path to a ``.npy``; ``out`` may
+    also be an array-like such as a zarr array to fill). ``model`` maps normalised RGB
+    ``(B, 3, h, w)`` to logits ``(B, L, h, w)``; it is put in eval mode on ``device``.
+
+    ``tile``: core side in working px; ``halo``: px of context per side (default the model's
+    ``halo_px``); both rounded up to the model's ``multiple``. ``tissue_mask``: None, "auto"
+    or a 2-D bool mask of the whole slide; tiles without tissue are skipped and stay 0.
+    ``normalise``: uint8 (B, h, w, 3) tensor → float (B, 3, h, w); default the model's.
+    ``progress(done, total)`` is called per batch; setting ``cancel`` stops at the next batch
+    with :class:`InferenceCancelled`. ``prefetch`` batches are read ahead by ``read_threads``
+    background threads. ``timings`` (if given) receives ``read_wait_s``, ``forward_s``,
+    ``write_s``, ``total_s``, ``tiles``, ``tiles_total`` and ``overhead`` (input px per
+    output px).
+    """
+    t_start = time.perf_counter()
+    if batch_size < 1 or prefetch < 1 or read_threads < 1:
+        raise LsrInputError("batch_size, prefetch and read_threads must be ≥ 1")
+    dev = _device(device)
+    model.eval().to(dev)
+    norm = normalise if normalise is not None else model_normalise(model)
+    halo = model_halo(model) if halo is None else int(halo)
+    shape = slide.working_shape(working_mpp)
+    grid: TileGrid = tile_grid(shape, tile, halo, model_multiple(model))
+    mask = resolve_tissue_mask(slide, tissue_mask)
+    todo = list(grid.tiles) if mask is None else tiles_with_tissue(grid, mask)
+    result, zeroed = _output_array(out, shape)
+    if not zeroed:
+        kept = {t.index for t in todo}
+        for t in grid.tiles:
+            if t.index not in kept:
+                result[t.core] = 0.0
+    batches = [todo[i : i + batch_size] for i in range(0, len(todo), batch_size)]
+    total, done = len(todo), 0
+    stats = {"read_wait_s": 0.0, "forward_s": 0.0, "write_s": 0.0}
+    if progress is not None:
+        progress(0, total)
+    pin = dev.type == "cuda"
+    pending: collections.deque[tuple[list[Tile], Future[Tensor]]] = collections.deque()
+    with ThreadPoolExecutor(read_threads, thread_name_prefix="lsr-read") as pool:
+        try:
+            queue = iter(batches)
+
+            def refill() -> None:
+                while len(pending) < prefetch:
+                    nxt = next(queue, None)
+                    if nxt is None:
+                        return
+                    pending.append((nxt, pool.submit(_read_batch, slide, nxt, working_mpp, pin)))
+
+            refill()
+            while pending:
+                if cancel is not None and cancel.is_set():
+                    raise InferenceCancelled(f"cancelled after {done} of {total} tiles")
+                tiles, fut = pending.popleft()
+                t0 = time.perf_counter()
+                rgb = fut.result()
+                refill()
+                t1 = time.perf_counter()
+                with torch.inference_mode():
+                    x = norm(rgb.to(dev, non_blocking=pin))
+                    prob = _class_probability(model(x), class_index)
+                    prob = prob.cpu().numpy()
+                t2 = time.perf_counter()
+                for i, t in enumerate(tiles):
+                    result[t.core] = prob[i][t.core_in_output]
+                t3 = time.perf_counter()
+                stats["read_wait_s"] += t1 - t0
+                stats["forward_s"] += t2 - t1
+                stats["write_s"] += t3 - t2
+                done += len(tiles)
+                if progress is not None:
+                    progress(done, total)
+        finally:
+            for _, fut in pending:
+                fut.cancel()
+    if isinstance(result, np.memmap):
+        result.flush()
+    if timings is not None:
+        timings.update(stats)
+        timings.update(
+            total_s=time.perf_counter() - t_start,
+            tiles=float(total),
+            tiles_total=float(len(grid)),
+            overhead=grid.overhead * total / max(len(grid), 1),
+            tile_px=float(grid.tile_h),
+            halo_px=float(grid.halo),
+        )
+    return result
+
+
+def cancer_class_index(metadata: dict[str, Any] | None) -> int:
+    """Index of the "cancer" class in the model's ``class_names`` (0 when not named)."""
+    names = (metadata or {}).get("class_names") or []
+    for i, name in enumerate(names):
+        if str(name).strip().lower() in ("cancer", "tumor", "tumour"):
+            return i
+    return 0
