@@ -72,6 +72,18 @@ def test_empty_slide_falls_back_to_all_tissue_with_warning_or_errors():
         tissue_mask(dusty, on_empty="error")
 
 
+@pytest.mark.parametrize("channel", ["saturation", "grey"])
+def test_all_tissue_stays_tissue_and_noisy_glass_is_empty(channel):
+    rng = np.random.default_rng(2)
+    # tissue of two stains (pale pink and purple): Otsu alone would split it in two
+    tissue = np.where(rng.random((60, 80, 1)) < 0.5, PINK, (150, 90, 160)).astype(np.float64)
+    tissue = np.clip(tissue + rng.normal(0, 6, tissue.shape), 0, 255).astype(np.uint8)
+    assert tissue_mask(tissue, channel=channel).all()
+    glass = np.clip(np.array(GLASS) + rng.normal(0, 4, (60, 80, 3)), 0, 255).astype(np.uint8)
+    with pytest.raises(LsrInputError, match="no tissue"):
+        tissue_mask(glass, channel=channel, on_empty="error")
+
+
 def test_block_tissue_fraction_from_mask_image_and_slide():
     b = 32
     h, w = 3 * b, 4 * b

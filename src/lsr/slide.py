@@ -23,6 +23,7 @@ import contextlib
 import math
 import shutil
 import tempfile
+import uuid
 import warnings
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -303,6 +304,7 @@ class Slide:
         import dask.array as da
 
         rgb = self.dtype == np.uint8 and self.channels in (0, 1, 3, 4)
+        token = uuid.uuid4().hex
         levels = []
         for i in range(self.level_count):
             arr = _LevelArray(self, i, rgb)
@@ -313,7 +315,7 @@ class Slide:
                     asarray=False,
                     fancy=False,
                     meta=np.empty((0,) * arr.ndim, dtype=arr.dtype),
-                    name=f"lsr-slide-{id(self)}-{i}",
+                    name=f"lsr-slide-{token}-{i}",
                 )
             )
         while self.level_count == 1 and max(levels[-1].shape[:2]) > 1024:

@@ -20,6 +20,10 @@ from lsr.slide import WORKING_MPP, ArraySlide, Slide
 
 #: Smallest spread (in [0, 1] units) of the thresholded channel for Otsu to be meaningful.
 MIN_CONTRAST = 0.02
+#: Otsu thresholds are clipped to these ranges (per channel). Otsu assumes two classes; on a
+#: thumbnail that is all tissue (or all glass) it would split one class in two. Glass has a
+#: saturation below ~0.05 and a grey level above ~0.9; stained tissue is well beyond.
+OTSU_CLIP: dict[str, tuple[float, float]] = {"saturation": (0.05, 0.15), "grey": (0.1, 0.25)}
 
 
 def _channel(rgb: np.ndarray, channel: str) -> np.ndarray:
@@ -49,13 +53,13 @@ def tissue_mask(
 ) -> np.ndarray:
     """(H, W) bool tissue mask of an (H, W, 3) RGB thumbnail.
 
-    ``method``: ``"otsu"`` (threshold from the image) or ``"fixed"`` (``threshold``, in
-    [0, 1] on the chosen channel). ``channel``: ``"saturation"`` or ``"grey"`` (uses
-    1 - grey, so tissue is high in both). Connected specks of ≤ ``min_object_px`` px are
-    dropped and holes of ≤ ``max_hole_px`` px filled (thumbnail px). When the tissue
-    fraction is below ``min_fraction`` (or the channel has no contrast): ``on_empty="all"``
-    warns and returns an all-True mask (nothing is skipped), ``"error"`` raises
-    LsrInputError.
+    ``method``: ``"otsu"`` (threshold from the image, clipped to :data:`OTSU_CLIP`) or
+    ``"fixed"`` (``threshold``, in [0, 1] on the chosen channel). ``channel``:
+    ``"saturation"`` or ``"grey"`` (uses 1 - grey, so tissue is high in both). Connected
+    specks of ≤ ``min_object_px`` px are dropped and holes of ≤ ``max_hole_px`` px filled
+    (thumbnail px). When the tissue fraction is below ``min_fraction`` (or the channel has
+    no contrast): ``on_empty="all"`` warns and returns an all-True mask (nothing is
+    skipped), ``"error"`` raises LsrInputError.
     """
     from skimage.filters import threshold_otsu
     from skimage.morphology import remove_small_holes, remove_small_objects
@@ -65,7 +69,10 @@ def tissue_mask(
     values = _channel(np.asarray(thumbnail_rgb), channel)
     if method == "otsu":
         contrast = float(values.max() - values.min()) if values.size else 0.0
-        thr = threshold_otsu(values) if contrast >= MIN_CONTRAST else None
+        thr = None
+        if contrast >= MIN_CONTRAST:
+            lo, hi = OTSU_CLIP[channel]
+            thr = float(np.clip(threshold_otsu(values), lo, hi))
     elif method == "fixed":
         if threshold is None or not 0 <= threshold <= 1:
             raise LsrInputError(f"method 'fixed' needs a threshold in [0, 1], got {threshold!r}")
