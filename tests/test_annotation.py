@@ -1,0 +1,174 @@
+"""The GUI-free annotation session: sampling, walking, the log, autosave, resume, merge."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from lsr.annotation import (
+    AnnotationSession,
+    autosave_path,
+    merge_sessions,
+    open_session,
+    sample_blocks,
+)
+from lsr.errors import LsrInputError
+
+
+def grid_z(seed: int = 0, shape: tuple[int, int] = (20, 30)) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    z = rng.integers(-1, 10, size=shape)
+    z[z == 7] = 3  # bin 7 empty
+    z[0, 0] = 8  # bin 8: a single block
+    z[z == 8] = 2
+    z[0, 0] = 8
+    return z
+
+
+def test_sampling_is_stratified_seeded_and_shuffled():
+    z = grid_z()
+    eligible = np.ones(z.shape, bool)
+    eligible[:, :5] = False
+    eligible[0, 0] = True
+    blocks = sample_blocks(z, per_bin=12, seed=3, eligible=eligible)
+    zs = np.array([b.z for b in blocks])
+    counts = np.bincount(zs, minlength=10)
+    avail = np.bincount(z[eligible & (z >= 0)], minlength=10)
+    assert np.array_equal(counts, np.minimum(avail, 12))
+    assert counts[7] == 0 and counts[8] == 1
+    assert all(z[b.row, b.col] == b.z and eligible[b.row, b.col] for b in blocks)
+    assert len({(b.row, b.col) for b in blocks}) == len(blocks)  # without replacement
+    assert blocks == sample_blocks(z, per_bin=12, seed=3, eligible=eligible)
+    assert blocks != sample_blocks(z, per_bin=12, seed=4, eligible=eligible)
+    # walk order is not grouped by bin: some consecutive blocks differ in z
+    assert (np.diff(zs) != 0).sum() > len(zs) // 2
+    # every block of a bin can be reached: draw all
+    everything = sample_blocks(z, per_bin=10_000, seed=0)
+    assert len(everything) == int((z >= 0).sum())
+
+
+def test_sampling_bad_input():
+    with pytest.raises(LsrInputError, match="at least 1"):
+        sample_blocks(np.zeros((3, 3), int), per_bin=0)
+    with pytest.raises(LsrInputError, match="does not match"):
+        sample_blocks(np.zeros((3, 3), int), eligible=np.ones((2, 3), bool))
+
+
+def make_session(expert: str = "ann", per_bin: int = 3) -> AnnotationSession:
+    z = np.repeat(np.arange(10), 5).reshape(5, 10)
+    return AnnotationSession(
+        expert=expert,
+        slide="s1",
+        blocks=sample_blocks(z, per_bin=per_bin, seed=1),
+        per_bin=per_bin,
+        seed=1,
+        grid={"shape": [5, 10], "block_um": 1000.0, "origin_um": [0.0, 0.0]},
+    )
+
+
+def test_record_skip_back_and_next_bin():
+    s = make_session()
+    first = s.block
+    s.record(12.5)
+    assert s.current == 1 and s.results[0].percent_cancer == 12.5
+    assert s.results[0].block == first.key and s.results[0].expert == "ann"
+    s.skip("artefact")
+    assert s.results[1].skipped == "artefact" and s.results[1].percent_cancer is None
+    s.back()
+    s.back()
+    assert s.current == 0
+    s.record(20)  # correcting block 0 replaces its estimate; moves to the first undone
+    assert s.results[0].percent_cancer == 20 and s.current == 2
+    with pytest.raises(LsrInputError, match="0-100"):
+        s.record(101)
+    with pytest.raises(LsrInputError, match="reason"):
+        s.skip(" ")
+    zb = s.block.z
+    i = s.next_unfinished_bin()
+    assert s.blocks[i].z == (zb + 1) % 10 and not s.is_done(i)
+    counts = s.counts()
+    assert counts.sum() == 1 and counts[s.blocks[0].z] == 1  # the skip is not counted
+
+
+def test_table_mean_std_and_flags():
+    s = make_session(per_bin=3)
+    values = {b: [] for b in range(10)}
+    rng = np.random.default_rng(0)
+    while not s.finished:
+        z = s.block.z
+        v = float(np.round(rng.uniform(0, 100 if z == 9 else 5), 1))
+        values[z].append(v)
+        s.record(v)
+    t = s.table()
+    for b in range(10):
+        v = np.array(values[b]) / 100
+        assert t.n[b] == 3
+        assert t.eta[b, 0] == pytest.approx(v.mean())
+        assert t.rho[b, 0] == pytest.approx(max(v.std(ddof=1), 1e-3))
+    # 3 < 10 estimates: every bin flagged as too few
+    assert all("only 3 of 10" in t.flagged[b] for b in range(10))
+    partial = make_session()
+    partial.record(4)
+    tp = partial.table()
+    zb = partial.blocks[0].z
+    assert tp.n.sum() == 1 and tp.n[zb] == 1 and "only 1 of 10" in tp.flagged[zb]
+    assert all(tp.flagged[b] == "no estimate yet" for b in range(10) if b != zb)
+
+
+def test_spread_flag():
+    z = np.zeros((4, 4), int)
+    s = AnnotationSession("a", "s", sample_blocks(z, per_bin=12, seed=0), per_bin=12)
+    for k in range(12):
+        s.record(0 if k % 2 else 40)
+    t = s.table()
+    assert "spread" in t.flagged[0]
+
+
+def test_autosave_round_trip_and_resume(tmp_path):
+    s = make_session()
+    s.record(3)
+    s.skip("unsure")
+    path = autosave_path(tmp_path, "slide 1.svs", "Dr. Ann")
+    assert path.name == "slide_1.svs.Dr._Ann.lsr-estimates.json"
+    s.save(path)
+    t, msg = open_session(path, lambda: pytest.fail("should resume"), grid=s.grid)
+    assert "2 of" in msg
+    assert t.blocks == s.blocks and t.results == s.results and t.current == s.current
+    with pytest.raises(LsrInputError, match="shape"):
+        open_session(path, make_session, grid={"shape": [6, 10], "block_um": 1000.0})
+    assert json.loads(path.read_text())["results"]["1"]["skipped"] == "unsure"
+
+
+def test_corrupt_autosave_is_kept_aside(tmp_path):
+    path = tmp_path / "x.ann.lsr-estimates.json"
+    path.write_text('{"format": "napari-lsr annotation session", "blocks": [[0, 0')
+    s, msg = open_session(path, make_session)
+    assert "corrupt" in msg and "kept as" in msg
+    kept = list(tmp_path.glob("x.ann.lsr-estimates.corrupt-*.json"))
+    assert len(kept) == 1 and kept[0].read_text().endswith("[[0, 0")
+    assert not path.exists() and s.n_done == 0
+    # a well-formed JSON with a wrong block in it is malformed too
+    bad = make_session().to_dict()
+    bad["results"] = {"0": {"z": 99, "percent_cancer": 5.0, "block": "r0c0"}}
+    path.write_text(json.dumps(bad))
+    with pytest.raises(LsrInputError, match="does not match|malformed"):
+        AnnotationSession.load(path)
+
+
+def test_merge_two_experts_keeps_each_expert():
+    a, b = make_session("ann"), make_session("bob")
+    for s, v in ((a, 10.0), (b, 30.0)):
+        while not s.finished:
+            s.record(v if s.block.z == 5 else 1.0)
+    a.go(0)
+    a.skip("artefact")
+    t = merge_sessions([a, b])
+    assert {e.expert for e in t.estimates} == {"ann", "bob"}
+    assert t.n[5] == 6 - (a.blocks[0].z == 5)
+    used = [e for e in t.estimates if e.z == 5 and not e.skipped]
+    assert t.eta[5, 0] == pytest.approx(np.mean([e.percent_cancer for e in used]) / 100)
+    assert t.provenance["merged_experts"] == ["ann", "bob"]
+    with pytest.raises(LsrInputError):
+        merge_sessions([])
