@@ -4,8 +4,8 @@
 each paired with its low-resolution grid, and reads a block only when it is asked for
 (``Slide.read_working``: never a whole slide in memory). Optionally it
 
-- skips background blocks (``min_tissue``: fraction of non-white pixels, tested once at
-  construction on a cheap 8× coarser read of each block);
+- skips background blocks (``min_tissue``: the block's tissue fraction, tested once at
+  construction on cheap coarse reads, see :meth:`BlockDataset._tissue_fractions`);
 - adds a ``context_px`` margin around each block: the network sees ``block + 2 × margin``
   pixels, and the trainer crops the probabilities back to the central block before the
   loss (the labels describe the block only);
@@ -133,8 +133,9 @@ class BlockDataset(Dataset):
                     f"grid has labels up to {int(z.max())} but the count table has {n_bins} bins",
                     self.sources[si].grid if not hasattr(self.sources[si].grid, "z") else None,
                 )
+            tissue = self._tissue_fractions(si) if self.min_tissue > 0 else None
             for r, c in zip(*np.nonzero(z >= 0), strict=True):
-                if self.min_tissue > 0 and not self._has_tissue(si, int(r), int(c)):
+                if tissue is not None and tissue[r, c] < self.min_tissue:
                     self.skipped_background += 1
                     continue
                 rows.append((si, int(r), int(c), int(z[r, c])))
@@ -171,13 +172,39 @@ class BlockDataset(Dataset):
             h = w = int(self.block_px)
         return y, x, h, w
 
-    def _has_tissue(self, si: int, r: int, c: int) -> bool:
-        y, x, h, w = self._box(si, r, c)
+    def _tissue_fractions(self, si: int) -> np.ndarray:
+        """(rows, cols) tissue fraction of every block of source ``si`` (cheap, coarse reads).
+
+        Slides of :mod:`lsr.slide` with a :class:`lsr.grid.BlockGrid` use the tissue module
+        (one Otsu-thresholded thumbnail of the grid's area); other slide-like objects get a
+        per-block whiteness test on a read :data:`TISSUE_TEST_FACTOR` times coarser.
+        """
+        from lsr.grid import BlockGrid
+        from lsr.slide import Slide
+
+        slide, grid = self.slide(si), self.grids[si]
+        if (
+            isinstance(slide, Slide)
+            and isinstance(grid, BlockGrid)
+            and self.block_px
+            in (
+                None,
+                grid.block_px,
+            )
+        ):
+            from lsr.tissue import block_tissue_fraction
+
+            return np.asarray(block_tissue_fraction(slide, grid, working_mpp=self.working_mpp))
+        z = np.asarray(grid.z)
+        out = np.zeros(z.shape, dtype=np.float64)
         f = TISSUE_TEST_FACTOR
-        rgb = self.slide(si).read_working(
-            y // f, x // f, max(h // f, 1), max(w // f, 1), self.working_mpp * f
-        )
-        return tissue_fraction(rgb) >= self.min_tissue
+        for r, c in zip(*np.nonzero(z >= 0), strict=True):
+            y, x, h, w = self._box(si, int(r), int(c))
+            rgb = slide.read_working(
+                y // f, x // f, max(h // f, 1), max(w // f, 1), self.working_mpp * f
+            )
+            out[r, c] = tissue_fraction(rgb)
+        return out
 
     # ------------------------------------------------------------------ items
     def __len__(self) -> int:

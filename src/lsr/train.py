@@ -730,7 +730,7 @@ def _train(
             timed_steps += 1
         step_s = t5 - t0
         ema_step_s = step_s if ema_step_s is None else 0.9 * ema_step_s + 0.1 * step_s
-        stop = cancel is not None and cancel.is_set()
+        stop = False
         if is_main:
             event = StepEvent(
                 step,
@@ -742,7 +742,8 @@ def _train(
                 time.perf_counter() - t_run,
                 timings,
             )
-            stop = stop or any(r == "stop" for r in _emit(callbacks, "on_step", event))
+            stop = any(r == "stop" for r in _emit(callbacks, "on_step", event))
+        stop = stop or (cancel is not None and cancel.is_set())
         if world > 1:
             flag = torch.tensor([1.0 if stop else 0.0], device=device)
             dist.all_reduce(flag, op=dist.ReduceOp.MAX)

@@ -1,0 +1,202 @@
+"""``lsr train``: train a network from a config file and/or flags, or resume a run.
+
+Examples::
+
+    lsr train run.toml
+    lsr train --slide a.tif --grid a.csv --loss intra --steps 5000 --out-dir runs/intra
+    lsr train --resume runs/intra --steps 8000          # continue, exactly, to step 8000
+    torchrun --nproc-per-node 4 -m lsr train run.toml    # DistributedDataParallel
+
+Flags override the file; unset flags keep the file's value or the paper default of the
+chosen loss. The first Ctrl-C stops after the current step and writes a checkpoint.
+"""
+
+from __future__ import annotations
+
+import signal
+import threading
+from pathlib import Path
+from typing import Any
+
+import typer
+from rich.console import Console
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
+
+from lsr.errors import LsrInputError
+
+app = typer.Typer(help="Train a segmentation network with an LSR loss.")
+
+
+class RichProgress:
+    """Train callback drawing a rich progress bar (loss, blocks/s, ETA)."""
+
+    def __init__(self, console: Console | None = None):
+        self.console = console or Console(stderr=True)
+        self.progress: Progress | None = None
+        self.task: Any = None
+
+    def on_start(self, event: Any) -> None:
+        cfg = event.config
+        self.console.print(
+            f"[bold]lsr train[/bold] loss={cfg.loss} distance={cfg.distance} "
+            f"lr={cfg.lr:g} batch={_batch_text(cfg)} on {event.device}"
+            + (f" × {event.world_size} processes" if event.world_size > 1 else "")
+        )
+        self.console.print(
+            f"{event.n_blocks} labelled blocks; per bin: "
+            + ", ".join(f"z={z}: {n}" for z, n in sorted(event.bin_counts.items()))
+        )
+        self.progress = Progress(
+            TextColumn("[progress.description]{task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TextColumn("loss {task.fields[loss]}"),
+            TextColumn("{task.fields[speed]} blocks/s"),
+            TimeElapsedColumn(),
+            TimeRemainingColumn(),
+            console=self.console,
+        )
+        self.progress.start()
+        self.task = self.progress.add_task(
+            "training", total=cfg.steps, completed=event.start_step, loss="-", speed="-"
+        )
+
+    def on_step(self, event: Any) -> None:
+        if self.progress is not None:
+            self.progress.update(
+                self.task,
+                completed=event.step,
+                loss=f"{event.loss:.4g}",
+                speed=f"{event.blocks_per_s:.1f}",
+            )
+
+    def on_checkpoint(self, path: Path, step: int) -> None:
+        if self.progress is not None:
+            self.progress.console.print(f"checkpoint step {step}: {path}")
+
+    def on_end(self, result: Any) -> None:
+        if self.progress is not None:
+            self.progress.stop()
+        colour = {"completed": "green", "cancelled": "yellow"}.get(result.status, "red")
+        self.console.print(
+            f"[{colour}]{result.status}[/{colour}] at step {result.step}"
+            + (f": {result.failure}" if result.failure else "")
+        )
+        if result.checkpoint:
+            self.console.print(f"latest checkpoint: {result.checkpoint}")
+
+
+def _batch_text(cfg: Any) -> str:
+    if cfg.loss == "intra":
+        return str(cfg.batch_size)
+    return f"{cfg.groups_per_batch}×{cfg.group_size}"
+
+
+def _training_folder(resume: Path) -> Path:
+    """The output folder a resumed run keeps writing to."""
+    from lsr.checkpoint import CHECKPOINTS, resolve
+
+    folder = resolve(resume)
+    if folder.parent.name == CHECKPOINTS:
+        return folder.parent.parent
+    return folder
+
+
+@app.callback(invoke_without_command=True)
+def train(
+    config: Path | None = typer.Argument(None, help="A .toml or .json training config."),
+    slide: list[str] = typer.Option(None, "--slide", help="Training slide (repeatable)."),
+    grid: list[str] = typer.Option(None, "--grid", help="Its low-resolution grid (repeatable)."),
+    table: str | None = typer.Option(None, help="Count table: 'paper' or a .json/.csv."),
+    loss: str | None = typer.Option(None, help="intra, inter or intra_inter."),
+    distance: str | None = typer.Option(
+        None, help="gaussian-nll, lsr-interval, paper-printed or kl."
+    ),
+    variance_norm: str | None = typer.Option(None, help="n2 (default) or n."),
+    rho_floor: float | None = typer.Option(None, help="Floor for the table's std (fraction)."),
+    block_px: int | None = typer.Option(None, help="Block side, working-resolution px."),
+    working_mpp: float | None = typer.Option(None, help="µm per working-resolution pixel."),
+    context_px: int | None = typer.Option(None, help="Margin seen around each block (px)."),
+    min_tissue: float | None = typer.Option(None, help="Skip blocks with less tissue (fraction)."),
+    augment: bool | None = typer.Option(None, "--augment/--no-augment"),
+    batch_size: int | None = typer.Option(None, help="Intra loss: blocks per batch (paper 30)."),
+    groups_per_batch: int | None = typer.Option(None, help="Inter losses: groups (paper 2)."),
+    group_size: int | None = typer.Option(None, help="Inter losses: blocks per group (paper 15)."),
+    group_policy: str | None = typer.Option(None, help="uniform or proportional."),
+    lr: float | None = typer.Option(None, help="Learning rate (paper: 1e-5 intra, 1e-3 inter)."),
+    rmsprop_alpha: float | None = typer.Option(None, help="RMSprop smoothing (paper 0.9)."),
+    steps: int | None = typer.Option(None, help="Total optimisation steps."),
+    warmup_steps: int | None = typer.Option(None),
+    lr_schedule: str | None = typer.Option(None, help="constant or cosine."),
+    grad_clip: float | None = typer.Option(None, help="Max gradient norm."),
+    width: int | None = typer.Option(None, help="U-Net channels at full resolution."),
+    depth: int | None = typer.Option(None, help="U-Net down-samplings."),
+    norm: str | None = typer.Option(None, help="group, batch or none."),
+    seed: int | None = typer.Option(None),
+    device: str | None = typer.Option(None, help="auto, cpu, cuda or mps."),
+    amp: bool | None = typer.Option(None, "--amp/--no-amp", help="Mixed precision (CUDA)."),
+    num_workers: int | None = typer.Option(None, help="Data-loading processes."),
+    checkpoint_every: int | None = typer.Option(None, help="Steps between checkpoints."),
+    out_dir: str | None = typer.Option(None, help="Output folder."),
+    resume: Path | None = typer.Option(None, help="Training folder or checkpoint to continue."),
+    save_config: Path | None = typer.Option(None, help="Also write the resolved config here."),
+) -> None:
+    """Train a network (paper defaults per loss; every setting overridable)."""
+    from lsr.checkpoint import read_metadata
+    from lsr.train import DataPair, TrainConfig
+    from lsr.train import train as run_training
+
+    if config is not None:
+        cfg = TrainConfig.from_file(config)
+    elif resume is not None and not slide:
+        _, meta = read_metadata(resume)
+        cfg = TrainConfig.from_dict(meta.get("config", {}), path=resume)
+        cfg.out_dir = str(_training_folder(resume))
+    else:
+        cfg = TrainConfig()
+    if slide or grid:
+        if len(slide or []) != len(grid or []):
+            raise LsrInputError("give one --grid per --slide")
+        cfg.data = [DataPair(s, g) for s, g in zip(slide, grid, strict=True)]
+    overrides = {
+        "table": table, "loss": loss, "distance": distance, "variance_norm": variance_norm,
+        "rho_floor": rho_floor, "block_px": block_px, "working_mpp": working_mpp,
+        "context_px": context_px, "min_tissue": min_tissue, "augment": augment,
+        "batch_size": batch_size, "groups_per_batch": groups_per_batch,
+        "group_size": group_size, "group_policy": group_policy, "lr": lr,
+        "rmsprop_alpha": rmsprop_alpha, "steps": steps, "warmup_steps": warmup_steps,
+        "lr_schedule": lr_schedule, "grad_clip": grad_clip, "width": width, "depth": depth,
+        "norm": norm, "seed": seed, "device": device, "amp": amp, "num_workers": num_workers,
+        "checkpoint_every": checkpoint_every, "out_dir": out_dir,
+    }  # fmt: skip
+    for key, value in overrides.items():
+        if value is not None:
+            setattr(cfg, key, value)
+    if resume is not None:
+        cfg.resume = str(resume)
+    if save_config is not None:
+        cfg.resolved().save(save_config)
+
+    cancel = threading.Event()
+    previous = signal.getsignal(signal.SIGINT)
+
+    def on_interrupt(signum: int, frame: Any) -> None:
+        cancel.set()
+        signal.signal(signal.SIGINT, previous)  # a second Ctrl-C aborts at once
+
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGINT, on_interrupt)
+    try:
+        result = run_training(cfg, callbacks=[RichProgress()], cancel=cancel)
+    finally:
+        if threading.current_thread() is threading.main_thread():
+            signal.signal(signal.SIGINT, previous)
+    if result.status == "failed":
+        raise typer.Exit(1)

@@ -1,0 +1,284 @@
+"""Trainer: the three losses end to end (CLI), checkpoints, exact resume, cancel, failures."""
+
+from __future__ import annotations
+
+import json
+import threading
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from lsr.checkpoint import LATEST, MODEL, read_checkpoint
+from lsr.errors import LsrInputError
+from lsr.train import (
+    CollapseMonitor,
+    StepEvent,
+    TrainConfig,
+    crop_to_block,
+    learning_rate,
+    train,
+)
+
+BLOCK = 32
+WORKING_MPP = 4.17
+CANCER_RGB = (90, 40, 140)
+NORMAL_RGB = (230, 170, 200)
+
+
+def make_image(
+    seed: int, rows: int = 4, cols: int = 4, b: int = BLOCK
+) -> tuple[np.ndarray, np.ndarray]:
+    """A slide whose blocks are z = 9 (70 % dark 'cancer' rows, paper Table 1) or z = 0 (none)."""
+    rng = np.random.default_rng(seed)
+    img = np.empty((rows * b, cols * b, 3), np.float64)
+    img[:] = NORMAL_RGB
+    z = np.where(np.arange(rows * cols).reshape(rows, cols) % 2 == 0, 0, 9)
+    z = rng.permuted(z, axis=1)
+    for r in range(rows):
+        for c in range(cols):
+            if z[r, c] == 9:
+                img[r * b : r * b + round(0.7 * b), c * b : (c + 1) * b] = CANCER_RGB
+    img += rng.normal(0, 6, img.shape)
+    return np.clip(img, 0, 255).astype(np.uint8), z.astype(np.int16)
+
+
+def make_files(folder: Path, n: int = 2) -> list[tuple[str, str]]:
+    """``n`` pyramidal TIFF slides (4×4 blocks of 32 px) and their .npy bin grids."""
+    from lsr.grid import BlockGrid, save_grid
+    from lsr.slide import write_pyramidal_tiff
+
+    pairs = []
+    for i in range(n):
+        img, z = make_image(i)
+        slide, grid = folder / f"slide{i}.tif", folder / f"slide{i}.grid.npy"
+        write_pyramidal_tiff(slide, img, mpp=WORKING_MPP, tile=64, compression="zlib")
+        save_grid(BlockGrid.from_z(z, BLOCK), grid)
+        pairs.append((str(slide), str(grid)))
+    return pairs
+
+
+def tiny_config(tmp_path: Path, pairs: list[tuple[str, str]], **kw: object) -> TrainConfig:
+    from lsr.train import DataPair
+
+    base = dict(
+        data=[DataPair(s, g) for s, g in pairs],
+        block_px=BLOCK,
+        working_mpp=WORKING_MPP,
+        width=4,
+        depth=2,
+        steps=6,
+        checkpoint_every=3,
+        device="cpu",
+        out_dir=str(tmp_path / "run"),
+        groups_per_batch=2,
+        group_size=4,
+        batch_size=8,
+        lr=1e-3,
+    )
+    base.update(kw)
+    return TrainConfig(**base)  # type: ignore[arg-type]
+
+
+@pytest.fixture(scope="module")
+def pairs(tmp_path_factory: pytest.TempPathFactory) -> list[tuple[str, str]]:
+    return make_files(tmp_path_factory.mktemp("data"))
+
+
+# ---------------------------------------------------------------------- configuration
+def test_paper_defaults_per_loss_and_overrides() -> None:
+    intra = TrainConfig(loss="intra").resolved()
+    assert (intra.batch_size, intra.lr) == (30, 1e-5)
+    for loss in ("inter", "intra_inter"):
+        cfg = TrainConfig(loss=loss).resolved()
+        assert (cfg.groups_per_batch, cfg.group_size, cfg.lr, cfg.batch_size) == (2, 15, 1e-3, 30)
+    assert TrainConfig(loss="intra").rmsprop_alpha == 0.9
+    custom = TrainConfig(loss="inter", lr=5e-4, group_size=5).resolved()
+    assert (custom.lr, custom.group_size, custom.batch_size) == (5e-4, 5, 10)
+    with pytest.raises(LsrInputError, match="group_size"):
+        TrainConfig(loss="inter", group_size=1).resolved()
+    with pytest.raises(LsrInputError, match="loss"):
+        TrainConfig(loss="nope").resolved()
+    with pytest.raises(LsrInputError, match="distance"):
+        TrainConfig(distance="l2").resolved()
+
+
+def test_config_files_toml_and_json(tmp_path: Path) -> None:
+    (tmp_path / "run.toml").write_text(
+        'loss = "intra"\nsteps = 7\n[[data]]\nslide = "a.tif"\ngrid = "a.npy"\n'
+    )
+    cfg = TrainConfig.from_file(tmp_path / "run.toml")
+    assert cfg.loss == "intra" and cfg.steps == 7
+    assert cfg.data[0].slide == str(tmp_path / "a.tif")
+    cfg.save(tmp_path / "run.json")
+    again = TrainConfig.from_file(tmp_path / "run.json")
+    assert again.data[0].grid == str(tmp_path / "a.npy") and again.steps == 7
+    (tmp_path / "bad.toml").write_text("stepz = 3\n")
+    with pytest.raises(LsrInputError, match="stepz"):
+        TrainConfig.from_file(tmp_path / "bad.toml")
+    (tmp_path / "broken.json").write_text("{")
+    with pytest.raises(LsrInputError, match=r"broken\.json"):
+        TrainConfig.from_file(tmp_path / "broken.json")
+
+
+def test_learning_rate_schedule() -> None:
+    cfg = TrainConfig(lr=1.0, steps=10, warmup_steps=2, lr_schedule="cosine").resolved()
+    lrs = [learning_rate(cfg, s) for s in range(10)]
+    assert lrs[0] == pytest.approx(0.5) and lrs[1] == pytest.approx(1.0)
+    assert lrs[2] == pytest.approx(1.0) and all(np.diff(lrs[2:]) <= 0)
+
+
+def test_crop_to_block() -> None:
+    x = torch.arange(2 * 3 * 10 * 10.0).reshape(2, 3, 10, 10)
+    assert torch.equal(crop_to_block(x, 2), x[..., 2:8, 2:8])
+    assert crop_to_block(x, 0) is x
+
+
+def test_collapse_monitor() -> None:
+    mon = CollapseMonitor(window=3, threshold=1e-4)
+    assert not mon.update([0.2, 0.2]) and not mon.update([0.2, 0.2])
+    assert mon.update([0.2, 0.2])  # window full, zero spread
+    assert not mon.update([0.2, 0.5])  # varies again
+    other = CollapseMonitor(3, 1e-4)
+    other.load_state_dict(mon.state_dict())
+    assert other.spread == pytest.approx(mon.spread)
+
+
+# ---------------------------------------------------------------------- end to end
+@pytest.mark.parametrize("loss", ["intra", "inter", "intra_inter"])
+def test_cli_trains_each_loss_and_loss_decreases(
+    loss: str, pairs: list[tuple[str, str]], tmp_path: Path
+) -> None:
+    from lsr.cli import main
+
+    out = tmp_path / "out"
+    args = ["train", "--loss", loss, "--block-px", str(BLOCK), "--working-mpp", str(WORKING_MPP)]
+    for s, g in pairs:
+        args += ["--slide", s, "--grid", g]
+    args += ["--width", "4", "--depth", "2", "--steps", "10", "--checkpoint-every", "5"]
+    args += ["--device", "cpu", "--out-dir", str(out), "--lr", "3e-3", "--no-augment"]
+    args += ["--group-size", "4", "--batch-size", "8"]
+    with pytest.raises(SystemExit) as exc:
+        main(args)
+    assert exc.value.code in (0, None)
+    run = json.loads((out / "run.json").read_text())
+    assert run["status"] == "completed" and run["step"] == 10
+    losses = run["losses"]
+    assert np.isfinite(losses).all()
+    assert np.mean(losses[-3:]) < np.mean(losses[:3]), losses
+    latest = json.loads((out / LATEST).read_text())
+    assert latest["step"] == 10
+    ck = read_checkpoint(out)
+    assert ck.metadata["loss"] == loss and ck.metadata["distance"] == "gaussian-nll"
+    assert ck.metadata["table"]["eta"][9][0] == pytest.approx(0.7)
+    assert (out / "checkpoints" / "step-000005").is_dir()
+
+    # resume from the folder to a later step: continues from 10
+    with pytest.raises(SystemExit) as exc:
+        main(["train", "--resume", str(out), "--steps", "12"])
+    assert exc.value.code in (0, None)
+    run2 = json.loads((out / "run.json").read_text())
+    assert run2["step"] == 12 and run2["losses"][:10] == losses
+
+
+def test_resume_is_exact(pairs: list[tuple[str, str]], tmp_path: Path) -> None:
+    straight = train(tiny_config(tmp_path / "a", pairs, steps=6, checkpoint_every=6))
+    half = train(tiny_config(tmp_path / "b", pairs, steps=3, checkpoint_every=3))
+    assert half.step == 3
+    resumed = train(tiny_config(tmp_path / "b", pairs, steps=6, resume=str(tmp_path / "b/run")))
+    assert resumed.step == 6 and resumed.losses == straight.losses
+    for (name, a), (_, b) in zip(
+        straight.model.state_dict().items(), resumed.model.state_dict().items(), strict=True
+    ):
+        assert torch.equal(a, b), name
+    opt_a = read_checkpoint(straight.checkpoint).optimizer_state["state"]
+    opt_b = read_checkpoint(resumed.checkpoint).optimizer_state["state"]
+    for pid in opt_a:
+        for key in opt_a[pid]:
+            assert torch.equal(torch.as_tensor(opt_a[pid][key]), torch.as_tensor(opt_b[pid][key]))
+
+
+def test_cancel_stops_within_one_step_and_checkpoints(
+    pairs: list[tuple[str, str]], tmp_path: Path
+) -> None:
+    cancel = threading.Event()
+    seen: list[int] = []
+
+    class Stopper:
+        def on_step(self, event: StepEvent) -> None:
+            seen.append(event.step)
+            assert event.loss == event.loss and event.blocks_per_s > 0 and event.eta_s >= 0
+            if event.step == 2:
+                cancel.set()
+
+    result = train(
+        tiny_config(tmp_path, pairs, steps=50, checkpoint_every=100), [Stopper()], cancel
+    )
+    assert result.status == "cancelled" and result.step == 2 and seen == [1, 2]
+    assert read_checkpoint(tmp_path / "run").step == 2
+
+    class StopReturn:
+        def on_step(self, event: StepEvent) -> str | None:
+            return "stop" if event.step == 1 else None
+
+    result = train(tiny_config(tmp_path / "x", pairs, steps=50), [StopReturn()])
+    assert result.status == "cancelled" and result.step == 1
+
+
+def test_nan_loss_marks_run_failed(
+    pairs: list[tuple[str, str]], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import lsr.train as lt
+
+    real = lt.compute_loss
+
+    def nan_at_step_3(cfg, probs, eta, rho, group):  # type: ignore[no-untyped-def]
+        nan_at_step_3.calls += 1
+        value = real(cfg, probs, eta, rho, group)
+        return value * float("nan") if nan_at_step_3.calls == 3 else value
+
+    nan_at_step_3.calls = 0
+    monkeypatch.setattr(lt, "compute_loss", nan_at_step_3)
+    with pytest.warns(lt.TrainWarning, match="nan"):
+        result = train(tiny_config(tmp_path, pairs, steps=6, checkpoint_every=100))
+    assert result.status == "failed" and "nan" in result.failure and result.step == 2
+    assert json.loads((tmp_path / "run" / "run.json").read_text())["status"] == "failed"
+
+
+def test_collapse_marks_run_failed(pairs: list[tuple[str, str]], tmp_path: Path) -> None:
+    # A huge collapse threshold makes any run "collapsed": the flag reaches the result.
+    cfg = tiny_config(tmp_path, pairs, steps=3, collapse_window=2, collapse_std=10.0)
+    with pytest.warns(UserWarning, match="collapse"):
+        result = train(cfg)
+    assert result.status == "failed" and result.failure.startswith("collapsed")
+
+
+def test_context_margin_trains(pairs: list[tuple[str, str]], tmp_path: Path) -> None:
+    result = train(tiny_config(tmp_path, pairs, steps=2, context_px=8, loss="intra"))
+    assert result.ok and np.isfinite(result.losses).all()
+
+
+def test_bad_checkpoints_raise(pairs: list[tuple[str, str]], tmp_path: Path) -> None:
+    from lsr.model import load
+
+    result = train(tiny_config(tmp_path, pairs, steps=1))
+    model, meta = load(tmp_path / "run")
+    assert not model.training and meta["loss"] == "intra_inter" and meta["step"] == 1
+    x = torch.randn(1, 3, BLOCK, BLOCK)
+    with torch.no_grad():
+        result.model.eval()
+        assert torch.allclose(model(x), result.model(x))
+    weights = Path(result.checkpoint) / MODEL
+    weights.write_bytes(weights.read_bytes()[:-10])
+    with pytest.raises(LsrInputError, match="truncated"):
+        load(tmp_path / "run")
+    with pytest.raises(LsrInputError, match="truncated"):
+        train(tiny_config(tmp_path, pairs, steps=2, resume=str(tmp_path / "run")))
+    foreign = tmp_path / "foreign"
+    foreign.mkdir()
+    (foreign / "checkpoint.json").write_text('{"format": "something else"}')
+    with pytest.raises(LsrInputError, match="not an lsr checkpoint"):
+        load(foreign)
+    with pytest.raises(LsrInputError):
+        load(tmp_path / "nothing-here")
