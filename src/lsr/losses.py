@@ -229,9 +229,9 @@ def _group_index(group: Any, b: int, device: torch.device) -> tuple[Tensor, Tens
         raise LsrInputError(f"group must have shape (B,) = ({b},), got {tuple(g.shape)}")
     if g.is_floating_point() or g.is_complex() or g.dtype == torch.bool:
         raise LsrInputError(f"group ids must be integers, got {g.dtype}")
-    _, index, counts = torch.unique(g.to(device), return_inverse=True, return_counts=True)
+    ids, index, counts = torch.unique(g.to(device), return_inverse=True, return_counts=True)
     if bool((counts < 2).any()):
-        ids = torch.unique(g)[(counts < 2).cpu()].tolist()
+        ids = ids[counts < 2].tolist()
         raise LsrInputError(
             f"group(s) {ids} have fewer than 2 blocks; an inter-instance loss needs at least 2 "
             "blocks of the same label per group (a single block has no spread)"
