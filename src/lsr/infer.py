@@ -106,7 +106,8 @@ def _class_probability(logits: Tensor, class_index: int) -> Tensor:
     return torch.softmax(logits.float(), dim=1)[:, class_index]
 
 
-def _device(device: str | torch.device) -> torch.device:
+def resolve_device(device: str | torch.device) -> torch.device:
+    """A torch device from a name (``auto``, ``cpu``, ``cuda``, ``mps``) or a device."""
     if isinstance(device, torch.device):
         return device
     from lsr.device import select_device
@@ -137,7 +138,7 @@ def predict_array(
     image = np.asarray(image)
     if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
         raise LsrInputError(f"expected an (H, W, 3) uint8 image, got {image.shape} {image.dtype}")
-    dev = _device(device)
+    dev = resolve_device(device)
     model.eval().to(dev)
     norm = normalise if normalise is not None else model_normalise(model)
     m = model_multiple(model)
@@ -238,7 +239,7 @@ def predict_slide(
     t_start = time.perf_counter()
     if batch_size < 1 or prefetch < 1 or read_threads < 1:
         raise LsrInputError("batch_size, prefetch and read_threads must be ≥ 1")
-    dev = _device(device)
+    dev = resolve_device(device)
     model.eval().to(dev)
     norm = normalise if normalise is not None else model_normalise(model)
     halo = model_halo(model) if halo is None else int(halo)

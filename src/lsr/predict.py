@@ -1,0 +1,517 @@
+"""Per-slide prediction outputs and the cohort driver behind ``lsr predict``.
+
+For one slide, :func:`predict_to_folder` runs :func:`lsr.infer.predict_slide` and writes,
+in ``DIR/<slide name>/``:
+
+- ``probability.tif``: cancer probability at the working resolution as a tiled pyramidal
+  TIFF with the working pixel size in its resolution tags; uint8 ``round(255 p)`` by default
+  (4× smaller than float32, what QuPath and napari display directly; ``probability_dtype=
+  "float32"`` keeps the exact values);
+- ``mask.tif``: the predicted cancer mask ``p ≥ threshold`` (0.5) as uint8 0/255, computed
+  from the float probabilities (not the quantised ones);
+- ``boundaries.geojson``: the mask's outline as QuPath annotations in *level-0* slide pixels
+  (holes kept, simplified, fragments below ``min_area_mm2`` dropped);
+- ``summary.json``: slide, pixel sizes, model metadata, cancer area in mm², timings, and
+  ``"status": "complete"``, written last: a folder with it is done and skipped on re-runs.
+
+A failure writes ``error.txt`` (the traceback) instead and never stops the other slides.
+:func:`predict_cohort` runs many slides in this process or on dask.distributed (a
+``LocalCluster`` or any scheduler address); each task loads the model from its path, so no
+model is pickled across processes. ``DIR/cohort.json`` records every slide's status.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import threading
+import time
+import traceback
+import warnings
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from lsr.atomic import atomic_write_text
+from lsr.errors import LsrInputError
+from lsr.slide import WORKING_MPP, Slide, open_slide, write_pyramidal_tiff
+
+SUMMARY_FORMAT = "napari-lsr slide prediction"
+SUMMARY_VERSION = 1
+PROBABILITY = "probability.tif"
+MASK = "mask.tif"
+BOUNDARIES = "boundaries.geojson"
+SUMMARY = "summary.json"
+ERROR = "error.txt"
+COHORT = "cohort.json"
+OUTPUTS: tuple[str, ...] = (PROBABILITY, MASK, BOUNDARIES, SUMMARY)
+_MULTI_SUFFIXES = (".ome.tiff", ".ome.tif")
+_BAND_ROWS = 1024  # working-resolution rows handled at once when post-processing
+
+
+@dataclass
+class PredictOptions:
+    """Settings of a prediction run (recorded in every summary).
+
+    ``mpp``: level-0 µm/px overriding the slide's metadata (None: from the file).
+    ``working_mpp``: µm/px of the network's input. ``tile``/``halo``/``batch_size``/
+    ``device``: see :func:`lsr.infer.predict_slide` (``halo`` None: the model's). ``tissue``:
+    ``"auto"`` (skip background tiles found on a thumbnail) or ``"none"``. ``threshold``:
+    probability for the mask. ``simplify_px``: boundary simplification tolerance in working
+    px. ``min_area_mm2``: polygons smaller than this are dropped. ``probability_dtype``:
+    ``"uint8"`` (0-255) or ``"float32"``. ``torch_threads``: CPU threads per slide (None:
+    PyTorch's default).
+    """
+
+    mpp: float | None = None
+    working_mpp: float = WORKING_MPP
+    tile: int = 1024
+    halo: int | None = None
+    batch_size: int = 1
+    device: str = "auto"
+    tissue: str = "auto"
+    threshold: float = 0.5
+    simplify_px: float = 1.0
+    min_area_mm2: float = 0.01
+    probability_dtype: str = "uint8"
+    read_threads: int = 1
+    torch_threads: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.tissue not in ("auto", "none"):
+            raise LsrInputError(f"tissue must be 'auto' or 'none', got {self.tissue!r}")
+        if self.probability_dtype not in ("uint8", "float32"):
+            raise LsrInputError(
+                f"probability_dtype must be 'uint8' or 'float32', got {self.probability_dtype!r}"
+            )
+        if not 0 < self.threshold < 1:
+            raise LsrInputError(f"threshold must lie in (0, 1), got {self.threshold}")
+        if self.tile < 16:
+            raise LsrInputError(f"tile must be at least 16 working px, got {self.tile}")
+        if self.min_area_mm2 < 0 or self.simplify_px < 0:
+            raise LsrInputError("min_area_mm2 and simplify_px must be ≥ 0")
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass
+class SlideResult:
+    """What happened to one slide: ``status`` is ``"done"``, ``"skipped"`` or ``"failed"``."""
+
+    slide: str
+    name: str
+    status: str
+    seconds: float = 0.0
+    error: str = ""
+    cancer_area_mm2: float | None = None
+    summary: dict[str, Any] = field(default_factory=dict, repr=False)
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d.pop("summary")
+        return d
+
+
+# --- names and state of output folders ------------------------------------------------------
+
+
+def slide_name(path: str | os.PathLike[str]) -> str:
+    """Folder name for a slide: its file name without the extension (``.ome.tif`` as one)."""
+    name = Path(path).name
+    for suffix in _MULTI_SUFFIXES:
+        if name.lower().endswith(suffix):
+            return name[: -len(suffix)]
+    return Path(name).stem
+
+
+def read_summary(folder: str | os.PathLike[str]) -> dict[str, Any] | None:
+    """The folder's ``summary.json`` if it is a complete prediction with all outputs, else None."""
+    folder = Path(folder)
+    try:
+        summary = json.loads((folder / SUMMARY).read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError, UnicodeDecodeError):
+        return None
+    if not isinstance(summary, dict) or summary.get("format") != SUMMARY_FORMAT:
+        return None
+    if summary.get("status") != "complete":
+        return None
+    if not all((folder / name).is_file() for name in OUTPUTS):
+        return None
+    return summary
+
+
+# --- outputs of one slide -------------------------------------------------------------------
+
+
+class _Quantised:
+    """Lazy uint8 view ``round(255 p)`` of an (H, W) float probability array (row slices)."""
+
+    def __init__(self, prob: Any):
+        self.prob = prob
+        self.shape = tuple(prob.shape)
+        self.dtype = np.dtype(np.uint8)
+
+    def __getitem__(self, key: Any) -> np.ndarray:
+        p = np.asarray(self.prob[key], dtype=np.float32)
+        return np.clip(np.rint(p * 255.0), 0, 255).astype(np.uint8)
+
+
+class _Thresholded:
+    """Lazy bool view ``p ≥ threshold`` of an (H, W) probability array (row slices)."""
+
+    def __init__(self, prob: Any, threshold: float):
+        self.prob, self.threshold = prob, float(threshold)
+        self.shape = tuple(prob.shape)
+        self.dtype = np.dtype(np.bool_)
+
+    def __getitem__(self, key: Any) -> np.ndarray:
+        return np.asarray(self.prob[key]) >= self.threshold
+
+
+def _mask_of(prob: Any, threshold: float) -> np.ndarray:
+    """(H, W) bool mask, computed band by band from a memory-mapped probability map."""
+    mask = np.empty(prob.shape, dtype=bool)
+    for y in range(0, prob.shape[0], _BAND_ROWS):
+        mask[y : y + _BAND_ROWS] = np.asarray(prob[y : y + _BAND_ROWS]) >= threshold
+    return mask
+
+
+def _model_summary(metadata: dict[str, Any]) -> dict[str, Any]:
+    keep = ("path", "step", "loss", "distance", "class_names", "model", "working_mpp", "git")
+    return {k: metadata[k] for k in keep if k in metadata}
+
+
+def write_outputs(
+    folder: Path,
+    prob: Any,
+    slide: Slide,
+    options: PredictOptions,
+    metadata: dict[str, Any],
+) -> tuple[float, dict[str, float]]:
+    """Write probability, mask and boundaries of ``prob`` (H, W working px) into ``folder``.
+
+    Returns (cancer area in mm², timings). Boundaries are in level-0 px of ``slide``.
+    """
+    from lsr.geojson import export_geojson, mask_to_polygons
+
+    times: dict[str, float] = {}
+    t0 = time.perf_counter()
+    image = _Quantised(prob) if options.probability_dtype == "uint8" else prob
+    write_pyramidal_tiff(folder / PROBABILITY, image, mpp=options.working_mpp, compression="zlib")
+    t1 = time.perf_counter()
+    write_pyramidal_tiff(
+        folder / MASK, _Thresholded(prob, options.threshold), mpp=options.working_mpp,
+        compression="zlib",
+    )  # fmt: skip
+    t2 = time.perf_counter()
+    mask = _mask_of(prob, options.threshold)
+    px_mm2 = (options.working_mpp / 1000.0) ** 2
+    area_mm2 = float(mask.sum()) * px_mm2
+    polygons = mask_to_polygons(
+        mask,
+        simplify_tolerance=options.simplify_px,
+        min_area=options.min_area_mm2 / px_mm2,
+        scale=options.working_mpp / slide.mpp,
+    )
+    del mask
+    key = str(metadata.get("loss", "prediction"))
+    names = {key: f"Tumor ({key})"} if key != "prediction" else {key: "Tumor"}
+    colours = None if key != "prediction" else {key: (255, 0, 0)}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # an empty boundary is not an error
+        export_geojson(folder / BOUNDARIES, {key: polygons}, colours=colours, names=names)
+    if not (folder / BOUNDARIES).exists():  # no cancer: still write a valid, empty file
+        atomic_write_text(
+            folder / BOUNDARIES, json.dumps({"type": "FeatureCollection", "features": []}) + "\n"
+        )
+    t3 = time.perf_counter()
+    times.update(probability_tif_s=t1 - t0, mask_tif_s=t2 - t1, boundaries_s=t3 - t2)
+    return area_mm2, times
+
+
+def predict_to_folder(
+    slide_path: str | os.PathLike[str],
+    model: Any,
+    metadata: dict[str, Any],
+    out_dir: str | os.PathLike[str],
+    options: PredictOptions | None = None,
+    *,
+    progress: Callable[[int, int], None] | None = None,
+    cancel: threading.Event | None = None,
+) -> dict[str, Any]:
+    """Predict one slide and write its four outputs into ``out_dir/<slide name>/``.
+
+    ``model`` is an eval-mode network (see :func:`lsr.model.load`); ``metadata`` its
+    checkpoint metadata. Returns the summary (also written as ``summary.json``).
+    """
+    from lsr.infer import cancer_class_index, predict_slide
+
+    options = options or PredictOptions()
+    t_start = time.perf_counter()
+    folder = Path(out_dir) / slide_name(slide_path)
+    folder.mkdir(parents=True, exist_ok=True)
+    with contextlib.suppress(FileNotFoundError):
+        (folder / SUMMARY).unlink()  # a re-run invalidates the old result until it completes
+    timings: dict[str, float] = {}
+    with open_slide(slide_path, mpp=options.mpp) as slide:
+        t_open = time.perf_counter()
+        prob = predict_slide(
+            model,
+            slide,
+            working_mpp=options.working_mpp,
+            tile=options.tile,
+            halo=options.halo,
+            batch_size=options.batch_size,
+            device=options.device,
+            tissue_mask="auto" if options.tissue == "auto" else None,
+            class_index=cancer_class_index(metadata),
+            progress=progress,
+            cancel=cancel,
+            read_threads=options.read_threads,
+            timings=timings,
+        )
+        t_pred = time.perf_counter()
+        area_mm2, write_times = write_outputs(folder, prob, slide, options, metadata)
+        del prob
+        h0, w0 = slide.shape
+        hw, ww = slide.working_shape(options.working_mpp)
+        summary = {
+            "format": SUMMARY_FORMAT,
+            "version": SUMMARY_VERSION,
+            "status": "complete",
+            "slide": str(Path(slide_path).resolve()),
+            "name": slide_name(slide_path),
+            "mpp": slide.mpp,
+            "working_mpp": options.working_mpp,
+            "level0_shape": [h0, w0],
+            "working_shape": [hw, ww],
+            "threshold": options.threshold,
+            "probability_dtype": options.probability_dtype,
+            "cancer_area_mm2": area_mm2,
+            "tiles": int(timings.get("tiles", 0)),
+            "tiles_total": int(timings.get("tiles_total", 0)),
+            "options": options.to_dict(),
+            "model": _model_summary(metadata),
+            "timings_s": {
+                "open": t_open - t_start,
+                "inference": t_pred - t_open,
+                **{k: v for k, v in timings.items() if k.endswith("_s")},
+                **write_times,
+                "total": time.perf_counter() - t_start,
+            },
+        }
+    atomic_write_text(folder / SUMMARY, json.dumps(summary, indent=1, default=str) + "\n")
+    with contextlib.suppress(FileNotFoundError):
+        (folder / ERROR).unlink()
+    return summary
+
+
+def predict_one(
+    slide_path: str,
+    model_path: str,
+    out_dir: str,
+    options: PredictOptions | None = None,
+    *,
+    overwrite: bool = False,
+    progress: Callable[[int, int], None] | None = None,
+    cancel: threading.Event | None = None,
+) -> SlideResult:
+    """One slide of a cohort, never raising: loads the model from ``model_path`` itself.
+
+    This is the unit of work sent to dask workers (only paths and options travel). A
+    complete earlier result is skipped unless ``overwrite``; a failure writes
+    ``<slide>/error.txt`` and returns ``status="failed"``.
+    """
+    options = options or PredictOptions()
+    name = slide_name(slide_path)
+    folder = Path(out_dir) / name
+    t0 = time.perf_counter()
+    if not overwrite:
+        done = read_summary(folder)
+        if done is not None:
+            return SlideResult(
+                str(slide_path), name, "skipped", 0.0, "", done.get("cancer_area_mm2"), done
+            )
+    try:
+        import torch
+
+        from lsr.model import load
+
+        if options.torch_threads:
+            torch.set_num_threads(int(options.torch_threads))
+        from lsr.infer import resolve_device
+
+        device = resolve_device(options.device)
+        model, metadata = load(model_path, device=device)
+        opts = PredictOptions(**{**options.to_dict(), "device": str(device)})
+        summary = predict_to_folder(
+            slide_path, model, metadata, out_dir, opts, progress=progress, cancel=cancel
+        )
+    except Exception as exc:
+        folder.mkdir(parents=True, exist_ok=True)
+        with contextlib.suppress(OSError):
+            atomic_write_text(folder / ERROR, traceback.format_exc())
+        message = str(exc) if isinstance(exc, LsrInputError) else f"{type(exc).__name__}: {exc}"
+        return SlideResult(str(slide_path), name, "failed", time.perf_counter() - t0, message)
+    return SlideResult(
+        str(slide_path),
+        name,
+        "done",
+        time.perf_counter() - t0,
+        "",
+        summary["cancer_area_mm2"],
+        summary,
+    )
+
+
+# --- the cohort -----------------------------------------------------------------------------
+
+
+def _check_names(slides: Sequence[str | os.PathLike[str]]) -> None:
+    seen: dict[str, str] = {}
+    for s in slides:
+        name = slide_name(s)
+        if name in seen and Path(seen[name]).resolve() != Path(s).resolve():
+            raise LsrInputError(
+                f"two slides would write to the same folder '{name}': {seen[name]} and {s}"
+            )
+        seen[name] = str(s)
+
+
+def write_cohort_summary(out_dir: str | os.PathLike[str], results: Sequence[SlideResult]) -> Path:
+    """``out_dir/cohort.json``: counts per status and one entry per slide."""
+    counts = {s: sum(r.status == s for r in results) for s in ("done", "skipped", "failed")}
+    doc = {"format": "napari-lsr cohort prediction", **counts,
+           "slides": [r.to_dict() for r in results]}  # fmt: skip
+    path = Path(out_dir) / COHORT
+    atomic_write_text(path, json.dumps(doc, indent=1) + "\n")
+    return path
+
+
+def predict_cohort(
+    slides: Sequence[str | os.PathLike[str]],
+    model_path: str | os.PathLike[str],
+    out_dir: str | os.PathLike[str],
+    options: PredictOptions | None = None,
+    *,
+    scheduler: str | None = None,
+    workers: int = 1,
+    processes: bool = True,
+    overwrite: bool = False,
+    on_result: Callable[[SlideResult], None] | None = None,
+    on_start: Callable[[str], Callable[[int, int], None] | None] | None = None,
+) -> list[SlideResult]:
+    """Predict every slide; never stops at a failure. Returns one result per slide (input order).
+
+    ``scheduler``: None or ``"local"`` (a dask ``LocalCluster`` of ``workers`` workers when
+    ``workers`` > 1 and there is more than one slide to do, else in this process) or a dask
+    scheduler address (``tcp://host:8786``). ``processes``: local workers are processes
+    (True) or threads. ``on_start(slide)`` may return a tile-progress callback (in-process
+    runs only); ``on_result`` is called as each slide finishes. Writes ``cohort.json``.
+    """
+    from lsr.checkpoint import resolve
+
+    options = options or PredictOptions()
+    if workers < 1:
+        raise LsrInputError(f"workers must be ≥ 1, got {workers}")
+    if not slides:
+        raise LsrInputError("no slides given")
+    _check_names(slides)
+    model_path = str(resolve(model_path))  # fail early on a missing or foreign model
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    paths = [str(s) for s in slides]
+    results: dict[int, SlideResult] = {}
+    todo: list[int] = []
+    for i, p in enumerate(paths):
+        done = None if overwrite else read_summary(out / slide_name(p))
+        if done is not None:
+            results[i] = SlideResult(
+                p, slide_name(p), "skipped", 0.0, "", done.get("cancer_area_mm2"), done
+            )
+            if on_result:
+                on_result(results[i])
+        else:
+            todo.append(i)
+    distributed = scheduler not in (None, "local") or (workers > 1 and len(todo) > 1)
+    if not distributed:
+        for i in todo:
+            progress = on_start(paths[i]) if on_start else None
+            results[i] = predict_one(
+                paths[i], model_path, str(out), options, overwrite=overwrite, progress=progress
+            )
+            if on_result:
+                on_result(results[i])
+            write_cohort_summary(out, [results[k] for k in sorted(results)])
+    elif todo:
+        _run_distributed(
+            paths, todo, model_path, out, options, results, scheduler, workers, processes,
+            overwrite, on_result,
+        )  # fmt: skip
+    ordered = [results[i] for i in range(len(paths))]
+    write_cohort_summary(out, ordered)
+    return ordered
+
+
+def _run_distributed(
+    paths: list[str],
+    todo: list[int],
+    model_path: str,
+    out: Path,
+    options: PredictOptions,
+    results: dict[int, SlideResult],
+    scheduler: str | None,
+    workers: int,
+    processes: bool,
+    overwrite: bool,
+    on_result: Callable[[SlideResult], None] | None,
+) -> None:
+    """Submit one :func:`predict_one` task per slide to dask.distributed and collect them."""
+    from distributed import Client, LocalCluster, as_completed
+
+    with contextlib.ExitStack() as stack:
+        if scheduler in (None, "local"):
+            n = min(workers, len(todo))
+            cpus = os.cpu_count() or 1
+            if options.torch_threads is None:
+                options = PredictOptions(
+                    **{**options.to_dict(), "torch_threads": max(1, cpus // n)}
+                )
+            cluster = stack.enter_context(
+                LocalCluster(
+                    n_workers=n, threads_per_worker=1, processes=processes,
+                    dashboard_address=None, silence_logs=40,
+                )
+            )  # fmt: skip
+            client = stack.enter_context(Client(cluster))
+        else:
+            try:
+                client = stack.enter_context(Client(scheduler, timeout="30s"))
+            except OSError as exc:
+                raise LsrInputError(f"cannot reach the dask scheduler {scheduler}: {exc}") from exc
+        futures = {
+            client.submit(
+                predict_one, paths[i], model_path, str(out), options, overwrite=overwrite,
+                key=f"lsr-predict-{i}-{slide_name(paths[i])}", pure=False,
+            ): i
+            for i in todo
+        }  # fmt: skip
+        for fut in as_completed(futures):
+            i = futures[fut]
+            try:
+                res = fut.result()
+            except Exception as exc:  # the worker died, or the task could not run
+                res = SlideResult(paths[i], slide_name(paths[i]), "failed", 0.0,
+                                  f"{type(exc).__name__}: {exc}")  # fmt: skip
+                folder = out / res.name
+                folder.mkdir(parents=True, exist_ok=True)
+                atomic_write_text(folder / ERROR, res.error + "\n")
+            results[i] = res
+            if on_result:
+                on_result(res)
+            write_cohort_summary(out, [results[k] for k in sorted(results)])
