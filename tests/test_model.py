@@ -1,0 +1,85 @@
+"""U-Net: shapes, padding, receptive field (halo), prior initialisation, batch independence."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from lsr.errors import LsrInputError
+from lsr.model import UNet, build, normalise_rgb
+
+
+@pytest.mark.parametrize(("h", "w"), [(32, 32), (30, 45), (17, 8)])
+@pytest.mark.parametrize("norm", ["group", "batch", "none"])
+def test_output_shape_for_any_size(h: int, w: int, norm: str) -> None:
+    torch.manual_seed(0)
+    net = UNet(num_classes=3, width=4, depth=2, norm=norm).eval()
+    out = net(torch.randn(2, 3, h, w))
+    assert out.shape == (2, 3, h, w) and torch.isfinite(out).all()
+
+
+def test_halo_bounds_the_receptive_field() -> None:
+    torch.manual_seed(0)
+    depth = 2
+    net = UNet(2, width=4, depth=depth, norm="none").eval()
+    halo = net.halo_px
+    assert halo == 6 * (2**depth - 1) + 2 ** (depth + 1) and net.receptive_field() == 2 * halo + 1
+    size = 2 * halo + 48
+    x = torch.randn(1, 3, size, size, requires_grad=True)
+    y0 = x0 = size // 2
+    net(x)[0, 0, y0, x0].backward()
+    g = x.grad.abs().sum(1)[0]
+    ys, xs = torch.nonzero(g > 0, as_tuple=True)
+    reach = int(max((ys - y0).abs().max(), (xs - x0).abs().max()))
+    assert reach <= halo  # nothing outside the halo influences the output
+    assert reach >= halo - 2**depth  # and the bound is nearly tight
+    # changing every pixel outside the halo leaves the centre unchanged (batch norm, eval)
+    bn = UNet(2, width=4, depth=depth, norm="batch").eval()
+    base = torch.randn(1, 3, size, size)
+    other = torch.randn(1, 3, size, size)
+    keep = torch.zeros(size, size, dtype=torch.bool)
+    keep[y0 - halo : y0 + halo + 1, x0 - halo : x0 + halo + 1] = True
+    mixed = torch.where(keep, base, other)
+    with torch.no_grad():
+        assert torch.allclose(bn(base)[..., y0, x0], bn(mixed)[..., y0, x0], atol=1e-5)
+
+
+def test_prior_initialisation() -> None:
+    torch.manual_seed(0)
+    net = UNet(2, width=8, depth=2)
+    net.init_prior([0.15, 0.85])
+    with torch.no_grad():
+        p = torch.softmax(net(torch.randn(4, 3, 32, 32)), 1).mean(dim=(0, 2, 3))
+    np.testing.assert_allclose(p.numpy(), [0.15, 0.85], atol=0.05)
+    with pytest.raises(LsrInputError):
+        net.init_prior([1.0])
+
+
+def test_group_norm_makes_blocks_independent_of_the_batch() -> None:
+    torch.manual_seed(0)
+    net = UNet(2, width=4, depth=2, norm="group").train()
+    x = torch.randn(3, 3, 16, 16)
+    alone = net(x[:1])
+    together = net(x)[:1]
+    assert torch.allclose(alone, together, atol=1e-5)
+
+
+def test_build_round_trip_and_foreign_description() -> None:
+    net = UNet(3, width=4, depth=3, norm="batch")
+    again = build(net.config())
+    assert again.config() == net.config()
+    again.load_state_dict(net.state_dict())
+    with pytest.raises(LsrInputError, match="architecture"):
+        build({"architecture": "resnet"})
+    with pytest.raises(LsrInputError):
+        build({"architecture": "lsr-unet", "width": 4})
+    with pytest.raises(LsrInputError, match="norm"):
+        UNet(norm="layer")
+
+
+def test_normalise_rgb_layouts() -> None:
+    rgb = np.random.default_rng(0).integers(0, 256, (5, 7, 3), dtype=np.uint8)
+    a = normalise_rgb(rgb)
+    b = normalise_rgb(torch.from_numpy(rgb).permute(2, 0, 1).float() / 255)
+    assert a.shape == (3, 5, 7) and torch.allclose(a, b, atol=1e-6)
