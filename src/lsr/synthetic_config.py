@@ -53,21 +53,21 @@ class SlideConfig:
 class TumourConfig:
     """Invasive carcinoma: where it is (ground truth) and how it looks."""
 
-    fraction: tuple[float, float] = (0.1, 0.45)  # share of tissue that is cancer, per slide
-    region_scale_um: float = 1800.0  # size of tumour regions (low-frequency field)
+    fraction: tuple[float, float] = (0.15, 0.5)  # share of tissue that is cancer, per slide
+    region_scale_um: float = 2200.0  # size of tumour regions (low-frequency field)
     edge_scale_um: float = 300.0  # scale of boundary irregularity (lobes, detached nests)
-    edge_amplitude: float = 0.45  # strength of boundary irregularity (field std units)
+    edge_amplitude: float = 0.3  # strength of boundary irregularity (field std units)
     nest_scale_um: float = 110.0  # size of tumour-cell nests inside a region
-    nest_contrast: float = 1.3  # 0 = solid sheets; larger = nests separated by stroma
+    nest_contrast: float = 1.0  # 0 = solid sheets; larger = nests separated by stroma
     cords: float = 0.5  # amount of infiltrating cords beyond the main edge (0..1)
     cord_scale_um: float = 350.0  # spacing of cords
     cord_width_um: float = 22.0  # cord width
     single_file: float = 0.3  # amount of single-file strands beyond the edge (0..1)
     single_file_scale_um: float = 250.0  # spacing of single-file strands
     infiltration_depth_um: float = 500.0  # how far cords / files reach past the edge
-    sparse_share: float = 0.2  # share of tumour area with sparse cellularity
+    sparse_share: float = 0.15  # share of tumour area with sparse cellularity
     sparse_density: float = 0.3  # cellularity factor in sparse tumour
-    nuclear_density_per_mm2: float = 9000.0  # tumour nuclei in solid tumour
+    nuclear_density_per_mm2: float = 10000.0  # tumour nuclei in solid tumour
     nuclear_radius_um: float = 4.5  # tumour nuclear radius (larger than stroma)
     nuclear_od: float = 1.15  # hematoxylin OD of a tumour nucleus (darker)
     cytoplasm_hematoxylin_od: float = 0.12  # amphophilic cytoplasm, H part
@@ -84,10 +84,10 @@ class StromaConfig:
     eosin_od: float = 0.55  # collagen eosin OD
     fibre_wavelength_um: float = 45.0  # spacing of collagen fibre bundles
     fibre_contrast: float = 0.45  # 0 = flat pink, 1 = strong fibre texture
-    fat_share: float = 0.3  # share of non-tumour tissue that is fat
+    fat_share: float = 0.2  # share of non-tumour tissue that is fat
     fat_scale_um: float = 1200.0  # size of fat lobules
     adipocyte_um: float = 85.0  # adipocyte diameter
-    lobules_per_cm2: float = 40.0  # normal lobules / ducts (purple, benign)
+    lobules_per_cm2: float = 15.0  # normal lobules / ducts (purple, benign)
     lobule_radius_um: float = 260.0
 
 
@@ -95,14 +95,14 @@ class StromaConfig:
 class LookalikeConfig:
     """Non-cancer tissue that fools a classifier (and networks)."""
 
-    lymphoid_per_cm2: float = 12.0  # lymphocyte aggregates
+    lymphoid_per_cm2: float = 8.0  # lymphocyte aggregates
     lymphoid_radius_um: float = 250.0
     lymphocyte_density_per_mm2: float = 22000.0
     lymphocyte_radius_um: float = 3.2
     lymphocyte_od: float = 1.3  # dark, small, round
-    cellular_stroma_share: float = 0.15  # share of stroma that is dense and cellular
-    cellular_stroma_factor: float = 5.0  # nuclear density multiplier there
-    crush_share: float = 0.06  # share of tissue with crush artefact (near edges mostly)
+    cellular_stroma_share: float = 0.12  # share of stroma that is dense and cellular
+    cellular_stroma_factor: float = 4.0  # nuclear density multiplier there
+    crush_share: float = 0.04  # share of tissue with crush artefact (near edges mostly)
     crush_od: float = 0.9  # smeared hematoxylin OD
 
 
@@ -130,11 +130,11 @@ class ClassifierConfig:
     """
 
     downsample: int = 4  # working px per classifier px (must divide block_px)
-    context_blocks: float = 1.6  # context window width, in blocks
-    dense_hematoxylin_od: float = 0.55  # a classifier px is "nuclei-dense" above this H OD
-    weights: tuple[float, float, float, float] = (6.0, 9.0, -1.2, 0.0)  # h, dense, e, tissue
-    bias: float = -6.0
-    logit_noise_sd: float = 0.8  # per-block noise on the logit (classifier instability)
+    context_blocks: float = 1.2  # context window width, in blocks
+    dense_hematoxylin_od: float = 0.2  # a classifier px is "nuclei-dense" above this H OD
+    weights: tuple[float, float, float, float] = (1.545, 20.507, 25.715, 17.584)  # h,dense,e,tissue
+    bias: float = -28.989  # weights, bias, noise: calibrate_classifier()
+    logit_noise_sd: float = 3.744  # per-block noise on the logit (classifier instability)
     block_truth_fraction: float = 0.5  # a block is "cancer" when >= this share is cancer
 
 

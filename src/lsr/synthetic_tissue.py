@@ -269,8 +269,9 @@ def render(
         lob = lobule[ya:yb, xa:xb]
         lumen[ya:yb, xa:xb] = lob * np.clip((0.18 - rel) / 0.06, 0, 1)
         acinus_epi[ya:yb, xa:xb] = lob * np.clip((0.42 - rel) / 0.08, 0, 1) * (1 - lumen[ya:yb, xa:xb])
-    crush_thr = float(ndtri(1.0 - la.crush_share)) if la.crush_share > 0 else np.inf
-    crush_f = f.smooth(L_CRUSH, px(350.0) / 2, *win) + 1.2 * edge_prox
+    # crush: mostly within ~0.3 mm of the tissue edge, where handling squeezes the tissue
+    crush_thr = float(ndtri(1.0 - la.crush_share / 2)) if la.crush_share > 0 else np.inf
+    crush_f = f.smooth(L_CRUSH, px(300.0) / 2, *win) + 1.5 * edge_prox
     crush = np.clip((crush_f - crush_thr) / 0.3, 0, 1) * tissue
 
     # ---- nuclei: expected OD·area per pixel, sampled with one uniform per pixel

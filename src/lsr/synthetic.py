@@ -1,0 +1,401 @@
+"""Synthetic H&E benchmark: slides, ground truth, classifier grids, count tables.
+
+The public API the demo, the tests and ``lsr synth`` use:
+
+* :func:`generate_slide` — one slide (or test patch) in memory: RGB, ground truth, block
+  probabilities of the simulated classifier, true cancer fraction per block;
+* :func:`generate_patch` — ``(rgb, gt, block_probs)`` of a test patch;
+* :func:`slide_arrays` — lazy dask arrays of a slide of any size (bounded memory);
+* :func:`write_slide` — a slide straight to a pyramidal TIFF + ground truth + grid, tile by
+  tile (for slides too large for memory);
+* :func:`generate_dataset` — a whole benchmark folder with a manifest (``lsr synth``);
+* :func:`calibrate_classifier` — fit the classifier's weights and noise to a target DICE.
+
+All sizes are working-resolution pixels; block ``(r, c)`` covers
+``[r*block_px, (r+1)*block_px) × [c*block_px, (c+1)*block_px)``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from collections.abc import Callable
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import numpy as np
+
+from lsr.atomic import atomic_write_text
+from lsr.counttable import bin_probabilities
+from lsr.synthetic_classifier import block_dice, block_features, classify, downsample_rgb, fit_weights
+from lsr.synthetic_config import SyntheticConfig, load_config
+from lsr.synthetic_expert import expert_table, table_error, true_table
+from lsr.synthetic_tissue import TissuePlan, make_plan, render
+
+__all__ = [
+    "SyntheticConfig",
+    "SyntheticSlide",
+    "calibrate_classifier",
+    "generate_dataset",
+    "generate_patch",
+    "generate_slide",
+    "load_config",
+    "slide_arrays",
+    "write_slide",
+]
+
+#: A block with less tissue than this gets no classifier label (NaN, like background).
+MIN_LABEL_TISSUE = 0.2
+
+
+@dataclass
+class SyntheticSlide:
+    """One generated slide or patch, in memory (working resolution).
+
+    ``rgb`` (H, W, 3) uint8; ``gt`` (H, W) bool cancer; ``probs`` (rows, cols) classifier
+    cancer probability (NaN = block with too little tissue); ``cancer_fraction`` and
+    ``tissue_fraction`` (rows, cols) true shares per block; ``features`` (4, rows, cols).
+    """
+
+    seed: int
+    rgb: np.ndarray
+    gt: np.ndarray
+    probs: np.ndarray
+    cancer_fraction: np.ndarray
+    tissue_fraction: np.ndarray
+    features: np.ndarray
+    plan: TissuePlan
+
+    @property
+    def z(self) -> np.ndarray:
+        """(rows, cols) bins 0..9, -1 where unlabelled."""
+        z = np.full(self.probs.shape, -1, np.int64)
+        ok = np.isfinite(self.probs)
+        z[ok] = bin_probabilities(self.probs[ok])
+        return z
+
+
+def _whole_blocks(n: int, block: int) -> int:
+    return max(block, -(-n // block) * block)
+
+
+def _block_sums(a: np.ndarray, block: int) -> np.ndarray:
+    h, w = a.shape[0] // block, a.shape[1] // block
+    return a[: h * block, : w * block].reshape(h, block, w, block).sum(axis=(1, 3), dtype=np.float64)
+
+
+def _tissue_mask(rgb: np.ndarray) -> np.ndarray:
+    """Tissue = not near-white (what the classifier and the expert see as tissue)."""
+    return rgb.mean(axis=2, dtype=np.float32) < 215.0
+
+
+def _finish(
+    cfg: SyntheticConfig, seed: int, plan: TissuePlan, low: np.ndarray, cancer: np.ndarray, tissue: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    feats = block_features(low, cfg)
+    probs = classify(feats, cfg.classifier, seed)
+    probs = np.where(tissue >= MIN_LABEL_TISSUE, probs, np.nan).astype(np.float32)
+    return feats, probs
+
+
+def generate_slide(
+    cfg: SyntheticConfig,
+    seed: int,
+    height: int | None = None,
+    width: int | None = None,
+    *,
+    is_patch: bool = False,
+) -> SyntheticSlide:
+    """Generate a slide (or a test patch, ``is_patch``: all tissue, a boundary inside) in memory.
+
+    Sizes default to the config's slide (or patch) size and are rounded up to whole blocks.
+    Deterministic for ``seed``.
+    """
+    b = cfg.scale.block_px
+    if height is None:
+        height = cfg.slide.patch_px if is_patch else cfg.slide.height_px
+    if width is None:
+        width = cfg.slide.patch_px if is_patch else cfg.slide.width_px
+    height, width = _whole_blocks(height, b), _whole_blocks(width, b)
+    plan = make_plan(cfg, seed, height, width, is_patch=is_patch)
+    rgb, gt = render(cfg, plan, 0, 0, height, width)
+    tissue = _tissue_mask(rgb)
+    n = float(b * b)
+    cancer = _block_sums(gt, b) / n
+    tis = _block_sums(tissue, b) / n
+    low = downsample_rgb(rgb, cfg.classifier.downsample)
+    feats, probs = _finish(cfg, seed, plan, low, cancer, tis)
+    return SyntheticSlide(seed, rgb, gt, probs, cancer, tis, feats, plan)
+
+
+def generate_patch(cfg: SyntheticConfig, seed: int, size: int | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """A test patch: ``(rgb (H, W, 3) uint8, gt (H, W) bool, block_probs (rows, cols))``.
+
+    Default size ``cfg.slide.patch_px`` (600 at 120-px blocks = 5×5 blocks; 1200 at paper
+    scale); the tumour covers a share drawn from ``slide.patch_tumour_fraction``.
+    """
+    s = generate_slide(cfg, seed, size, size, is_patch=True)
+    return s.rgb, s.gt, s.probs
+
+
+def _tile_origins(n: int, tile: int) -> list[int]:
+    return list(range(0, n, tile))
+
+
+def slide_arrays(cfg: SyntheticConfig, seed: int, height: int, width: int):
+    """Lazy dask arrays ``(rgb (H, W, 3) uint8, gt (H, W) bool)`` of a slide, chunked by tile.
+
+    Each chunk is rendered on demand from the plan, so a slide of any size is generated in
+    memory bounded by a few tiles. Sizes are rounded up to whole blocks.
+    """
+    import dask.array as da
+
+    b = cfg.scale.block_px
+    height, width = _whole_blocks(height, b), _whole_blocks(width, b)
+    plan = make_plan(cfg, seed, height, width)
+    tile = max(b, (cfg.slide.tile_px // b) * b)
+    chunks = (tuple(min(tile, height - y) for y in _tile_origins(height, tile)),
+              tuple(min(tile, width - x) for x in _tile_origins(width, tile)))  # fmt: skip
+
+    def rgb_block(block_info=None):
+        (y0, y1), (x0, x1) = block_info[None]["array-location"][:2]
+        return render(cfg, plan, y0, x0, y1 - y0, x1 - x0)[0]
+
+    def gt_block(block_info=None):
+        (y0, y1), (x0, x1) = block_info[None]["array-location"][:2]
+        return render(cfg, plan, y0, x0, y1 - y0, x1 - x0)[1]
+
+    rgb = da.map_blocks(rgb_block, dtype=np.uint8, chunks=(*chunks, (3,)), meta=np.empty((0, 0, 0), np.uint8))
+    gt = da.map_blocks(gt_block, dtype=bool, chunks=chunks, meta=np.empty((0, 0), bool))
+    return rgb, gt
+
+
+def write_slide(
+    cfg: SyntheticConfig,
+    seed: int,
+    out_dir: str | os.PathLike[str],
+    name: str,
+    height: int | None = None,
+    width: int | None = None,
+    *,
+    is_patch: bool = False,
+    in_memory_limit_px: int = 16_000_000,
+) -> tuple[dict, dict]:
+    """Write a slide as ``<name>.tif`` (pyramidal RGB), ``<name>_gt.tif`` and ``<name>_grid.npy``.
+
+    Slides up to ``in_memory_limit_px`` pixels are rendered in one piece; larger ones tile by
+    tile (rendered twice: once for the TIFFs, once for the classifier), in bounded memory.
+    Returns (file record for the manifest, block data: z, cancer and tissue fractions, probs).
+    """
+    from lsr.grid import BlockGrid, save_grid
+    from lsr.slide import write_pyramidal_tiff
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    b, mpp = cfg.scale.block_px, cfg.scale.working_mpp
+    comp = None if cfg.slide.compression == "none" else cfg.slide.compression
+    if height is None:
+        height = cfg.slide.patch_px if is_patch else cfg.slide.height_px
+    if width is None:
+        width = cfg.slide.patch_px if is_patch else cfg.slide.width_px
+    height, width = _whole_blocks(height, b), _whole_blocks(width, b)
+    tile_tiff = 256
+    if height * width <= in_memory_limit_px or is_patch:
+        s = generate_slide(cfg, seed, height, width, is_patch=is_patch)
+        write_pyramidal_tiff(out / f"{name}.tif", s.rgb, mpp=mpp, tile=tile_tiff, compression=comp or "none")
+        write_pyramidal_tiff(out / f"{name}_gt.tif", s.gt, mpp=mpp, tile=tile_tiff, compression="zlib")
+        probs, cancer, tis, plan = s.probs, s.cancer_fraction, s.tissue_fraction, s.plan
+    else:
+        rgb, gt = slide_arrays(cfg, seed, height, width)
+        write_pyramidal_tiff(out / f"{name}.tif", rgb, mpp=mpp, tile=tile_tiff, compression=comp or "none")
+        write_pyramidal_tiff(out / f"{name}_gt.tif", gt, mpp=mpp, tile=tile_tiff, compression="zlib")
+        plan = make_plan(cfg, seed, height, width)
+        f = cfg.classifier.downsample
+        low = np.empty((height // f, width // f, 3), np.float32)
+        cancer = np.empty((height // b, width // b))
+        tis = np.empty_like(cancer)
+        tile = max(b, (cfg.slide.tile_px // b) * b)
+        for y in _tile_origins(height, tile):
+            for x in _tile_origins(width, tile):
+                th, tw = min(tile, height - y), min(tile, width - x)
+                trgb, tgt = render(cfg, plan, y, x, th, tw)
+                low[y // f : (y + th) // f, x // f : (x + tw) // f] = downsample_rgb(trgb, f)
+                cancer[y // b : (y + th) // b, x // b : (x + tw) // b] = _block_sums(tgt, b) / (b * b)
+                tis[y // b : (y + th) // b, x // b : (x + tw) // b] = _block_sums(_tissue_mask(trgb), b) / (b * b)
+        _, probs = _finish(cfg, seed, plan, low, cancer, tis)
+    save_grid(BlockGrid(probs, b), out / f"{name}_grid.npy")
+    z = np.full(probs.shape, -1, np.int64)
+    ok = np.isfinite(probs)
+    z[ok] = bin_probabilities(probs[ok])
+    record = {
+        "name": name,
+        "seed": int(seed),
+        "image": f"{name}.tif",
+        "ground_truth": f"{name}_gt.tif",
+        "grid": f"{name}_grid.npy",
+        "shape": [int(height), int(width)],
+        "blocks": [int(probs.shape[0]), int(probs.shape[1])],
+        "cancer_share": float(cancer.mean()),
+        "tumour_target": plan.tumour_target,
+        "block_dice": block_dice(probs[ok], cancer[ok], cfg.classifier.block_truth_fraction),
+    }
+    return record, {"z": z, "cancer": cancer, "tissue": tis, "probs": probs}
+
+
+def _derive_seed(seed: int, kind: int, i: int) -> int:
+    return int(np.random.SeedSequence([seed, kind, i]).generate_state(1)[0])
+
+
+def _write_job(args: tuple) -> tuple[dict, dict]:
+    cfg, seed, out_dir, name, is_patch = args
+    return write_slide(cfg, seed, out_dir, name, is_patch=is_patch)
+
+
+def generate_dataset(
+    cfg: SyntheticConfig,
+    seed: int,
+    out_dir: str | os.PathLike[str],
+    *,
+    n_slides: int | None = None,
+    n_test_patches: int | None = None,
+    workers: int | None = None,
+    progress: Callable[[str, int, int], None] | None = None,
+) -> dict:
+    """Write a benchmark: training slides, test patches, expert and true tables, manifest.
+
+    Layout of ``out_dir``: ``train/slide_NNN{.tif,_gt.tif,_grid.npy}``,
+    ``test/patch_NNN{...}``, ``table_expert.{json,csv}``, ``table_true.{json,csv}``,
+    ``manifest.json``. The expert samples blocks of the training slides only. ``workers``
+    processes generate slides in parallel (default: all CPUs, at most 4). ``progress(stage,
+    done, total)`` is called after each slide. Returns the manifest dict.
+    """
+    t0 = time.perf_counter()
+    out = Path(out_dir)
+    n_slides = cfg.slide.n_slides if n_slides is None else int(n_slides)
+    n_test = cfg.slide.n_test_patches if n_test_patches is None else int(n_test_patches)
+    jobs = [(cfg, _derive_seed(seed, 1, i), out / "train", f"slide_{i:03d}", False) for i in range(n_slides)]
+    jobs += [(cfg, _derive_seed(seed, 2, i), out / "test", f"patch_{i:03d}", True) for i in range(n_test)]
+    if workers is None:
+        workers = min(4, os.cpu_count() or 1)
+    workers = max(1, min(workers, len(jobs)))
+    results: list[tuple[dict, dict]] = []
+    if workers == 1:
+        for i, job in enumerate(jobs):
+            results.append(_write_job(job))
+            if progress:
+                progress("slides", i + 1, len(jobs))
+    else:
+        with ProcessPoolExecutor(max_workers=workers) as pool:
+            for i, res in enumerate(pool.map(_write_job, jobs)):
+                results.append(res)
+                if progress:
+                    progress("slides", i + 1, len(jobs))
+    train, test = results[:n_slides], results[n_slides:]
+
+    def pooled(res: list[tuple[dict, dict]]) -> dict[str, np.ndarray]:
+        keys = ("z", "cancer", "tissue", "probs")
+        if not res:
+            return {k: np.zeros(0) for k in keys}
+        return {k: np.concatenate([r[1][k].ravel() for r in res]) for k in keys}
+
+    tr = pooled(train)
+    ok = (tr["z"] >= 0) & (tr["tissue"] >= cfg.expert.min_tissue)
+    ids = [f"{rec['name']}:{r},{c}" for rec, data in train for (r, c) in np.ndindex(data["z"].shape)]
+    ids = [i for i, keep in zip(ids, ok, strict=True) if keep]
+    expert = expert_table(tr["z"][ok], tr["cancer"][ok], cfg.expert, seed, block_ids=ids)
+    truth = true_table(tr["z"][ok], tr["cancer"][ok])
+    expert.to_json(out / "table_expert.json")
+    expert.to_csv(out / "table_expert.csv")
+    truth.to_json(out / "table_true.json")
+    truth.to_csv(out / "table_true.csv")
+    lab = tr["z"] >= 0
+    te = pooled(test)
+    te_lab = te["z"] >= 0
+    thr = cfg.classifier.block_truth_fraction
+    manifest = {
+        "format": "napari-lsr synthetic benchmark",
+        "version": 1,
+        "seed": int(seed),
+        "config": cfg.to_dict(),
+        "working_mpp": cfg.scale.working_mpp,
+        "block_px": cfg.scale.block_px,
+        "band_px": cfg.band_px,
+        "train": [r[0] for r in train],
+        "test": [r[0] for r in test],
+        "classifier": {
+            "block_dice_train": block_dice(tr["probs"][lab], tr["cancer"][lab], thr) if n_slides else None,
+            "block_dice_test": block_dice(te["probs"][te_lab], te["cancer"][te_lab], thr) if n_test else None,
+            "block_truth_fraction": thr,
+            "n_blocks_train": int(lab.sum()),
+        },
+        "tables": {
+            "expert": "table_expert.json",
+            "true": "table_true.json",
+            "expert_error": table_error(expert, truth),
+            "n_estimates": int(expert.n.sum()) if expert.n is not None else None,
+        },
+        "seconds": round(time.perf_counter() - t0, 2),
+    }
+    atomic_write_text(out / "manifest.json", json.dumps(manifest, indent=2))
+    return manifest
+
+
+def calibrate_classifier(
+    cfg: SyntheticConfig,
+    seeds: list[int] | range = range(12),
+    target_dice: float = 0.73,
+    overconfidence: float = 2.0,
+) -> tuple[SyntheticConfig, dict]:
+    """Fit the classifier's weights (logistic regression on block truth) and its logit noise.
+
+    Weights are the maximum-likelihood fit on the slides of ``seeds``, multiplied by
+    ``overconfidence`` (deep classifiers are over-confident: their probabilities pile up near
+    0 and 1, which also fills the top bins as in the paper). If the DICE is then above
+    ``target_dice``, the logit noise is chosen by bisection so that the block-level DICE over
+    those slides is ``target_dice`` (averaged over noise draws); otherwise it is 0. Returns
+    the new config and a report dict; the default config's numbers came from here.
+    """
+    feats, fracs = [], []
+    for s in seeds:
+        sl = generate_slide(cfg, int(s))
+        ok = sl.tissue_fraction >= MIN_LABEL_TISSUE
+        feats.append(sl.features[:, ok])
+        fracs.append(sl.cancer_fraction[ok])
+    f = np.concatenate(feats, axis=1)
+    c = np.concatenate(fracs)
+    truth = c >= cfg.classifier.block_truth_fraction
+    w, b0 = fit_weights(f, truth)
+    w, b0 = w * overconfidence, b0 * overconfidence
+
+    def dice_at(noise: float) -> float:
+        cc = replace(cfg.classifier, weights=tuple(float(v) for v in w), bias=b0, logit_noise_sd=noise)
+        vals = [block_dice(classify(f, cc, 1000 + k), c, cc.block_truth_fraction) for k in range(8)]
+        return float(np.mean(vals))
+
+    clean = dice_at(0.0)
+    lo, hi = 0.0, 8.0
+    if clean > target_dice:
+        for _ in range(25):
+            mid = 0.5 * (lo + hi)
+            if dice_at(mid) > target_dice:
+                lo = mid
+            else:
+                hi = mid
+        noise = 0.5 * (lo + hi)
+    else:
+        noise = 0.0
+    cc = replace(cfg.classifier, weights=tuple(round(float(v), 3) for v in w), bias=round(b0, 3),
+                 logit_noise_sd=round(noise, 3))  # fmt: skip
+    new = replace(cfg, classifier=cc)
+    report = {
+        "weights": list(cc.weights),
+        "bias": cc.bias,
+        "logit_noise_sd": cc.logit_noise_sd,
+        "dice_without_noise": clean,
+        "dice": dice_at(cc.logit_noise_sd),
+        "n_blocks": int(c.size),
+        "positive_share": float(truth.mean()),
+    }
+    return new, report
