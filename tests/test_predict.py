@@ -1,0 +1,201 @@
+"""Per-slide outputs (probability/mask TIFFs, QuPath GeoJSON in level-0 px, summary) and the
+cohort driver: resuming, failures, the CLI and a 2-worker dask cluster."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import tifffile
+import torch
+
+from lsr.checkpoint import write_checkpoint
+from lsr.geojson import import_geojson
+from lsr.model import INPUT_MEAN, INPUT_STD, UNet
+from lsr.predict import (
+    PredictOptions,
+    predict_cohort,
+    predict_one,
+    read_summary,
+    slide_name,
+)
+from lsr.slide import open_slide, write_pyramidal_tiff
+
+MPP0 = 1.0  # level-0 µm/px of the test slides
+WMPP = 4.0  # working µm/px: 4 level-0 px per working px
+# dark square in working px: rows [16, 40), cols [24, 56)
+SQUARE = (16, 40, 24, 56)
+
+
+def dark_square_net() -> UNet:
+    """A real (depth-0) U-Net whose cancer logit is 10·relu(-R_normalised) − 5.
+
+    On white (R = 255) R_normalised = +1.5 → p(cancer) = sigmoid(−5) ≈ 0.007; on the dark
+    square (R = 60) it is −2.3 → p ≈ 1. Pointwise (centre taps only), so the mask is exact.
+    """
+    net = UNet(2, width=4, depth=0, norm="none")
+    with torch.no_grad():
+        for p in net.parameters():
+            p.zero_()
+        conv1, conv2 = net.encoder[0][0], net.encoder[0][3]
+        conv1.weight[0, 0, 1, 1] = -1.0
+        conv2.weight[0, 0, 1, 1] = 1.0
+        net.head.weight[0, 0] = 10.0
+        net.head.bias[0] = -5.0
+    return net.eval()
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory):
+    out = tmp_path_factory.mktemp("run")
+    net = dark_square_net()
+    meta = {
+        "model": net.config(),
+        "class_names": ["cancer", "non-cancer"],
+        "loss": "intra_inter",
+        "working_mpp": WMPP,
+    }
+    opt = torch.optim.SGD(net.parameters(), lr=0.1)
+    write_checkpoint(
+        out, 1, model_state=net.state_dict(), metadata=meta,
+        optimizer_state=opt.state_dict(), trainer_state={},
+    )  # fmt: skip
+    return out
+
+
+def make_slide(path, square=SQUARE, shape=(64, 80)):
+    h, w = shape
+    img = np.full((4 * h, 4 * w, 3), 255, np.uint8)
+    y0, y1, x0, x1 = (4 * v for v in square)
+    img[y0:y1, x0:x1] = (60, 40, 120)
+    write_pyramidal_tiff(path, img, mpp=MPP0, compression="zlib", min_size=64, tile=64)
+    return path
+
+
+OPTS = PredictOptions(working_mpp=WMPP, tile=32, device="cpu", tissue="none", min_area_mm2=0)
+
+
+def test_outputs_of_one_slide(tmp_path, model_dir):
+    slide = make_slide(tmp_path / "case-1.ome.tif")
+    res = predict_one(str(slide), str(model_dir), str(tmp_path / "out"), OPTS)
+    assert res.status == "done", res.error
+    folder = tmp_path / "out" / "case-1"
+    assert slide_name(slide) == "case-1"
+
+    # probability: uint8 0-255 at the working resolution with its pixel size
+    with open_slide(folder / "probability.tif") as prob_slide:
+        assert prob_slide.mpp == pytest.approx(WMPP)
+        prob = prob_slide.read_level(0, 0, 0, 64, 80)
+    assert prob.dtype == np.uint8 and prob.shape == (64, 80)
+    y0, y1, x0, x1 = SQUARE
+    r_dark = (60 / 255 - INPUT_MEAN[0]) / INPUT_STD[0]
+    p_in = 1 / (1 + np.exp(-(10 * -r_dark - 5)))
+    assert (prob[y0:y1, x0:x1] == round(255 * p_in)).all()
+    outside = np.ones((64, 80), bool)
+    outside[y0:y1, x0:x1] = False
+    assert (prob[outside] == round(255 / (1 + np.exp(5)))).all()
+
+    # mask: exactly the square
+    mask = tifffile.imread(folder / "mask.tif")
+    assert mask.dtype == np.uint8 and np.array_equal(mask > 0, ~outside)
+
+    # boundaries: the square in level-0 px (×4), QuPath annotation
+    poly = import_geojson(folder / "boundaries.geojson", slide_shape_level0=(256, 320))
+    assert poly.area == pytest.approx(4 * (y1 - y0) * 4 * (x1 - x0))
+    assert poly.bounds == pytest.approx((4 * x0, 4 * y0, 4 * x1, 4 * y1))
+    doc = json.loads((folder / "boundaries.geojson").read_text())
+    props = doc["features"][0]["properties"]
+    assert props["objectType"] == "annotation" and props["classification"]["color"] == [0, 0, 255]
+
+    # summary
+    summary = json.loads((folder / "summary.json").read_text())
+    assert summary["status"] == "complete" and summary["mpp"] == pytest.approx(MPP0)
+    assert summary["working_shape"] == [64, 80] and summary["level0_shape"] == [256, 320]
+    area = (y1 - y0) * (x1 - x0) * (WMPP / 1000) ** 2
+    assert summary["cancer_area_mm2"] == pytest.approx(area)
+    assert summary["model"]["class_names"] == ["cancer", "non-cancer"]
+    assert summary["timings_s"]["total"] > 0
+    assert not (folder / "error.txt").exists()
+
+
+def test_float32_probability_and_empty_boundaries(tmp_path, model_dir):
+    slide = make_slide(tmp_path / "blank.tif", square=(0, 0, 0, 0))
+    opts = PredictOptions(**{**OPTS.to_dict(), "probability_dtype": "float32"})
+    res = predict_one(str(slide), str(model_dir), str(tmp_path / "out"), opts)
+    assert res.status == "done", res.error and res.cancer_area_mm2 == 0
+    prob = tifffile.imread(tmp_path / "out" / "blank" / "probability.tif")
+    assert prob.dtype == np.float32
+    assert np.allclose(prob, 1 / (1 + np.exp(5)), atol=1e-6)
+    doc = json.loads((tmp_path / "out" / "blank" / "boundaries.geojson").read_text())
+    assert doc == {"type": "FeatureCollection", "features": []}
+
+
+def test_cohort_records_failures_and_resumes(tmp_path, model_dir):
+    a, b = make_slide(tmp_path / "a.tif"), make_slide(tmp_path / "b.tif", square=(0, 8, 0, 8))
+    bad = tmp_path / "bad.tif"
+    bad.write_bytes(a.read_bytes()[:2000])  # truncated
+    out = tmp_path / "out"
+    results = predict_cohort([a, bad, b], model_dir, out, OPTS)
+    assert [r.status for r in results] == ["done", "failed", "done"]
+    assert (out / "bad" / "error.txt").read_text().strip()
+    assert "bad.tif" in results[1].error
+    cohort = json.loads((out / "cohort.json").read_text())
+    assert (cohort["done"], cohort["failed"], cohort["skipped"]) == (2, 1, 0)
+
+    # a re-run skips what is done and retries the failure
+    mtime = (out / "a" / "probability.tif").stat().st_mtime_ns
+    again = predict_cohort([a, bad, b], model_dir, out, OPTS)
+    assert [r.status for r in again] == ["skipped", "failed", "skipped"]
+    assert (out / "a" / "probability.tif").stat().st_mtime_ns == mtime
+    assert again[0].cancer_area_mm2 == results[0].cancer_area_mm2
+
+    # an incomplete folder (missing output) is redone
+    (out / "b" / "mask.tif").unlink()
+    assert read_summary(out / "b") is None
+    third = predict_cohort([a, b], model_dir, out, OPTS)
+    assert [r.status for r in third] == ["skipped", "done"]
+    assert read_summary(out / "b") is not None
+
+
+def test_two_worker_dask_cluster_matches_in_process(tmp_path, model_dir):
+    slides = [make_slide(tmp_path / "s1.tif"), make_slide(tmp_path / "s2.tif", (8, 24, 8, 72))]
+    local = predict_cohort(slides, model_dir, tmp_path / "local", OPTS)
+    dist = predict_cohort(slides, model_dir, tmp_path / "dist", OPTS, workers=2, processes=False)
+    assert [r.status for r in dist] == ["done", "done"], [r.error for r in dist]
+    for r_local, r_dist in zip(local, dist, strict=True):
+        assert r_dist.cancer_area_mm2 == pytest.approx(r_local.cancer_area_mm2)
+        p_local = tifffile.imread(tmp_path / "local" / r_local.name / "probability.tif")
+        p_dist = tifffile.imread(tmp_path / "dist" / r_dist.name / "probability.tif")
+        assert np.array_equal(p_local, p_dist)
+    assert dist[0].cancer_area_mm2 != dist[1].cancer_area_mm2
+
+
+def test_same_folder_name_twice_is_an_error(tmp_path, model_dir):
+    from lsr.errors import LsrInputError
+
+    (tmp_path / "x").mkdir()
+    a = make_slide(tmp_path / "a.tif")
+    b = make_slide(tmp_path / "x" / "a.tif")
+    with pytest.raises(LsrInputError, match="same folder"):
+        predict_cohort([a, b], model_dir, tmp_path / "out", OPTS)
+    with pytest.raises(LsrInputError, match=r"not an lsr checkpoint|not found"):
+        predict_cohort([a], tmp_path / "x", tmp_path / "out", OPTS)
+
+
+def test_cli_writes_outputs_and_exits_non_zero_on_failure(tmp_path, model_dir):
+    a = make_slide(tmp_path / "a.tif")
+    missing = tmp_path / "missing.tif"
+    out = tmp_path / "out"
+    cmd = [sys.executable, "-m", "lsr", "predict", str(a), str(missing), "--model",
+           str(model_dir), "--out", str(out), "--working-mpp", str(WMPP), "--tile", "32",
+           "--device", "cpu", "--tissue", "none"]  # fmt: skip
+    res = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+    assert res.returncode == 1, res.stderr
+    assert "✓ a" in res.stderr and "✗ missing" in res.stderr and "file not found" in res.stderr
+    assert read_summary(out / "a") is not None
+    res = subprocess.run(cmd[:5] + cmd[6:], capture_output=True, text=True, timeout=120)
+    assert res.returncode == 0, res.stderr
+    assert "already done" in res.stderr
