@@ -19,10 +19,12 @@ app = typer.Typer(
 
 def _register() -> None:
     """Attach the command groups (imported here so ``import lsr.cli`` stays cheap)."""
+    from lsr.cli import predict as predict_cli
     from lsr.cli import table
     from lsr.cli import train as train_cli
 
     app.add_typer(table.app, name="table")
+    app.command("predict")(predict_cli.predict)
     app.add_typer(train_cli.app, name="train")
 
 
