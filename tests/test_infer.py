@@ -162,6 +162,10 @@ def test_tile_cores_cover_every_pixel_once_and_reads_are_aligned(h, w, tile, hal
         assert rx + rw - (t.x + t.w) >= halo
     assert (count == 1).all()
     assert grid.overhead >= 1.0
+    t_max = -(-tile // multiple) * multiple
+    assert grid.tile_h <= t_max and grid.tile_w <= t_max
+    # balanced: the last tile along each axis is at least half as long as the others
+    assert min(t.h for t in grid.tiles) > grid.tile_h // 2 - multiple
 
 
 def test_tiles_with_tissue_matches_brute_force():

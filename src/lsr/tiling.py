@@ -89,13 +89,24 @@ class TileGrid:
         return len(self.tiles)
 
 
+def _balanced(n: int, tile: int, m: int) -> int:
+    """Core side ≤ ``round_up(tile, m)`` that splits ``n`` px into equal tiles (multiple of m).
+
+    With ``k = ceil(n / tile)`` tiles, each gets ``round_up(ceil(n / k), m)`` px, so the last
+    tile is not a sliver that costs a whole tile of compute.
+    """
+    k = -(-n // round_up(tile, m))
+    return round_up(-(-n // k), m)
+
+
 def tile_grid(shape: tuple[int, int], tile: int, halo: int, multiple: int = 1) -> TileGrid:
     """Tiles for an image of ``shape`` (H, W) working px.
 
-    ``tile``: core side in px (rounded up to ``multiple``; shrunk per axis to the image
-    rounded up to ``multiple`` when the image is smaller). ``halo``: px of context on each
-    side (rounded up to ``multiple``). ``multiple``: the network's down-sampling factor
-    (``2**depth`` for a U-Net), so every read starts on its lattice.
+    ``tile``: largest core side in px; per axis the image is split into
+    ``ceil(side / tile)`` equal cores (rounded up to ``multiple``) so no tile is a sliver.
+    ``halo``: px of context on each side (rounded up to ``multiple``). ``multiple``: the
+    network's down-sampling factor (``2**depth`` for a U-Net), so every read starts on its
+    lattice.
     """
     h, w = (int(s) for s in shape)
     if h < 1 or w < 1:
@@ -107,8 +118,7 @@ def tile_grid(shape: tuple[int, int], tile: int, halo: int, multiple: int = 1) -
     if int(multiple) < 1:
         raise LsrInputError(f"multiple must be ≥ 1, got {multiple}")
     m = int(multiple)
-    t = round_up(tile, m)
-    th, tw = min(t, round_up(h, m)), min(t, round_up(w, m))
+    th, tw = _balanced(h, int(tile), m), _balanced(w, int(tile), m)
     halo = round_up(halo, m)
     tiles = []
     for y in range(0, h, th):
