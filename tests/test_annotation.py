@@ -153,7 +153,7 @@ def test_corrupt_autosave_is_kept_aside(tmp_path):
     bad = make_session().to_dict()
     bad["results"] = {"0": {"z": 99, "percent_cancer": 5.0, "block": "r0c0"}}
     path.write_text(json.dumps(bad))
-    with pytest.raises(LsrInputError, match="does not match|malformed"):
+    with pytest.raises(LsrInputError, match=r"does not match|malformed"):
         AnnotationSession.load(path)
 
 

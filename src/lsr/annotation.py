@@ -443,3 +443,35 @@ def merge_sessions(
     table = table_from_estimates(estimates, sessions[0].edges, fallback)
     table.provenance["merged_experts"] = sorted({s.expert for s in sessions})
     return table
+
+
+def check_grid_fits(
+    grid_shape: tuple[int, int],
+    block_um: float,
+    origin_um: tuple[float, float],
+    slide_um: tuple[float, float],
+    path: PathType | None = None,
+) -> None:
+    """Raise LsrInputError unless a grid of ``grid_shape`` blocks tiles the slide.
+
+    Physical units (µm): ``block_um`` block side, ``origin_um`` (y, x) of block (0, 0)'s
+    top-left corner, ``slide_um`` (H, W) slide extent. Like
+    :meth:`lsr.grid.BlockGrid.check_fits`: along each axis the grid stops at the last whole
+    block or includes the last partial one (0.5 % slack for rounded pixel sizes).
+    """
+    if not block_um > 0:
+        raise LsrInputError(f"the block size must be positive, got {block_um} µm", path)
+    expected, ok = [], True
+    for n, size, o in zip(grid_shape, slide_um, origin_um, strict=True):
+        span = (size - o) / block_um
+        lo, hi = int(np.floor(span + 0.005)), int(np.ceil(span - 0.005))
+        lo, hi = min(lo, hi), max(lo, hi)
+        expected.append(f"{lo}" if lo == hi else f"{lo} or {hi}")
+        ok &= lo <= n <= hi and n > 0
+    if not ok:
+        raise LsrInputError(
+            f"the grid of {grid_shape[0]}x{grid_shape[1]} blocks of {block_um:g} µm does not fit "
+            f"the slide of {slide_um[0]:g}x{slide_um[1]:g} µm, which needs {expected[0]} x "
+            f"{expected[1]} blocks; check the grid's block size and pixel size",
+            path,
+        )

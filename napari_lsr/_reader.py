@@ -1,0 +1,282 @@
+"""npe2 readers: whole-slide images, low-resolution block grids, count tables.
+
+World coordinates are micrometres from the top-left corner of the slide, so that a slide,
+its grid and anything painted on them line up and napari's scale bar is right:
+
+- a slide layer has ``scale = (mpp, mpp)`` and ``translate = (mpp/2, mpp/2)`` (napari puts
+  a pixel's centre at ``index * scale + translate``; level-0 pixel ``j`` covers
+  ``[j, j+1) * mpp`` µm);
+- a grid layer has one pixel per block: ``scale = block_px * working_mpp`` and
+  ``translate = (origin + block_px / 2) * working_mpp``.
+
+Grid files are recognised by their name: ``*_grid.{npy,csv,tif,tiff}`` or
+``*.grid.{npy,csv,tif,tiff}`` (``lsr synth`` writes ``<slide>_grid.npy``). Their geometry
+comes from a sidecar JSON beside them (``<grid name without suffix>.json``, e.g.
+``slide_grid.json``: ``{"block_px": 240, "working_mpp": 4.17, "origin": [0, 0]}``), else
+the paper's 240 px blocks at 4.17 µm/px. A TIFF is read as a slide only when it looks like
+one (tiled, several levels, or larger than 4096 px); other TIFFs are left to other readers.
+
+Count-table files (CSV with ``bin`` and ``cancer_mean`` columns, JSON with the count-table
+or annotation-session format) open the Count table dock widget: such a reader returns
+``[(None,)]`` (npe2's "read, but no layer" sentinel) and docks the widget in the current
+viewer. Bad input (no pixel size, unreadable file) is reported as a napari notification.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from lsr.errors import LsrInputError
+
+SLIDE_SUFFIXES = (".svs", ".ndpi", ".tif", ".tiff", ".scn", ".mrxs", ".vms", ".vmu", ".bif")
+GRID_PATTERN = re.compile(r"[._]grid\.(npy|csv|tif|tiff)$", re.IGNORECASE)
+GT_PATTERN = re.compile(r"_(gt|mask)\.(tif|tiff)$", re.IGNORECASE)
+DEFAULT_BLOCK_PX = 240
+#: Shape of a plain TIFF above which it is treated as a slide (px, longer side).
+PLAIN_TIFF_MAX_PX = 4096
+#: Colours of the bins 1..9 on the z labels layer (bin 0 and "no label" are transparent).
+Z_COLOURS = {
+    z: c
+    for z, c in enumerate(
+        [
+            "#fde0c5", "#facba6", "#f8b58b", "#f59e72", "#f2855d",
+            "#ef6a4c", "#e34f45", "#c93a4a", "#a52a54",
+        ],
+        start=1,
+    )
+}  # fmt: skip
+
+LayerData = list[tuple]
+
+
+def _notify(message: str) -> None:
+    from napari.utils.notifications import show_error
+
+    show_error(message)
+
+
+def _one_path(path: str | list[str]) -> str | None:
+    if isinstance(path, list | tuple):
+        return path[0] if len(path) == 1 else None
+    return path
+
+
+# --- slides ------------------------------------------------------------------------------
+
+
+def _looks_like_slide_tiff(path: Path) -> bool:
+    """A tiled, pyramidal or large TIFF (cheap: reads only the headers)."""
+    import tifffile
+
+    try:
+        with tifffile.TiffFile(path) as tf:
+            page = tf.pages[0]
+            if page.is_tiled or len(tf.series[0].levels) > 1 or len(page.pages or ()) > 0:
+                return True
+            return (
+                max(page.shape[:2]) > PLAIN_TIFF_MAX_PX
+                or "aperio" in (page.description or "").lower()
+            )
+    except Exception:
+        return True  # a corrupt slide: claim it and say why it cannot be read
+
+
+def get_slide_reader(path: str | list[str]):
+    """The slide reader for a whole-slide image, else None (grids and small TIFFs)."""
+    p = _one_path(path)
+    if p is None or GRID_PATTERN.search(p):
+        return None
+    pp = Path(p)
+    if pp.suffix.lower() not in SLIDE_SUFFIXES or not pp.is_file():
+        return None
+    if pp.suffix.lower() in (".tif", ".tiff") and not _looks_like_slide_tiff(pp):
+        return None
+    return read_slide
+
+
+def slide_layer_data(path: str | Path) -> tuple:
+    """(levels, kwargs, layer type) for a slide: a lazy multiscale image in µm.
+
+    ``*_gt.tif`` / ``*_mask.tif`` become a labels layer (1 = cancer) instead.
+    Raises LsrInputError (e.g. no pixel size in the file).
+    """
+    from lsr.slide import open_slide
+
+    slide = open_slide(path)
+    levels = slide.multiscale()
+    mpp = float(slide.mpp)
+    meta = {"lsr_slide": {"path": str(path), "mpp": mpp, "shape": list(slide.shape)}}
+    kwargs: dict[str, Any] = {
+        "name": Path(path).stem,
+        "scale": (mpp, mpp),
+        "translate": (mpp / 2, mpp / 2),
+        "metadata": meta,
+        "multiscale": len(levels) > 1,
+    }
+    data = levels if len(levels) > 1 else levels[0]
+    if GT_PATTERN.search(str(path)):
+        masks = [(lv[..., 0] if lv.ndim == 3 else lv) > 127 for lv in levels]
+        masks = [m.astype(np.uint8) for m in masks]
+        kwargs.update(opacity=0.4, colormap={1: "#00e5ff", None: "transparent"})
+        return (masks if len(masks) > 1 else masks[0], kwargs, "labels")
+    kwargs["rgb"] = levels[0].ndim == 3 and levels[0].shape[-1] in (3, 4)
+    return (data, kwargs, "image")
+
+
+def read_slide(path: str | list[str]) -> LayerData:
+    p = _one_path(path)
+    try:
+        return [slide_layer_data(p)]
+    except LsrInputError as err:
+        _notify(f"Cannot open the slide: {err}")
+        return [(None,)]
+
+
+# --- grids -------------------------------------------------------------------------------
+
+
+def grid_sidecar(path: str | Path) -> Path:
+    """``slide_grid.npy`` -> ``slide_grid.json`` (geometry of the grid)."""
+    p = Path(path)
+    return p.with_suffix(".json")
+
+
+def grid_geometry(path: str | Path) -> dict:
+    """``{"block_px", "working_mpp", "origin"}`` from the sidecar JSON, else paper defaults."""
+    from lsr.slide import WORKING_MPP
+
+    geo: dict[str, Any] = {"block_px": DEFAULT_BLOCK_PX, "working_mpp": WORKING_MPP}
+    geo["origin"] = [0, 0]
+    side = grid_sidecar(path)
+    if side.is_file():
+        try:
+            data = json.loads(side.read_text(encoding="utf-8"))
+            geo.update({k: data[k] for k in ("block_px", "working_mpp", "origin") if k in data})
+            geo["block_px"] = int(geo["block_px"])
+            geo["working_mpp"] = float(geo["working_mpp"])
+            geo["origin"] = [int(geo["origin"][0]), int(geo["origin"][1])]
+        except (ValueError, TypeError, KeyError, IndexError) as err:
+            raise LsrInputError(f"malformed grid sidecar ({err!r})", side) from None
+        if geo["block_px"] <= 0 or not geo["working_mpp"] > 0:
+            raise LsrInputError("block_px and working_mpp must be positive", side)
+    geo["sidecar"] = side.is_file()
+    return geo
+
+
+def get_grid_reader(path: str | list[str]):
+    p = _one_path(path)
+    if p is None or not GRID_PATTERN.search(p) or not Path(p).is_file():
+        return None
+    return read_grid
+
+
+def grid_layer_data(path: str | Path) -> LayerData:
+    """Probability image + z labels of a grid file, one pixel per block, in µm."""
+    from lsr.grid import load_grid
+
+    geo = grid_geometry(path)
+    grid = load_grid(path, block_px=geo["block_px"], origin=tuple(geo["origin"]))
+    s = geo["block_px"] * geo["working_mpp"]  # µm per block
+    oy, ox = geo["origin"]
+    translate = ((oy + geo["block_px"] / 2) * geo["working_mpp"],
+                 (ox + geo["block_px"] / 2) * geo["working_mpp"])  # fmt: skip
+    meta = {"lsr_grid": {**geo, "path": str(path), "shape": list(grid.shape), "block_um": s}}
+    stem = Path(path).stem
+    common = {"scale": (s, s), "translate": translate, "metadata": meta}
+    layers: LayerData = []
+    if grid.z_explicit is None:
+        layers.append(
+            (
+                grid.probs,
+                {
+                    **common,
+                    "name": f"{stem} p(cancer)",
+                    "colormap": "magma",
+                    "contrast_limits": (0.0, 1.0),
+                    "opacity": 0.45,
+                    "visible": False,
+                },
+                "image",
+            )
+        )
+    z = np.maximum(grid.z, 0).astype(np.uint8)
+    layers.append(
+        (
+            z,
+            {**common, "name": f"{stem} z", "opacity": 0.5, "colormap": _z_colormap()},
+            "labels",
+        )
+    )
+    return layers
+
+
+def _z_colormap() -> dict:
+    return {**Z_COLOURS, None: "transparent"}
+
+
+def read_grid(path: str | list[str]) -> LayerData:
+    p = _one_path(path)
+    try:
+        return grid_layer_data(p)
+    except LsrInputError as err:
+        _notify(f"Cannot open the block grid: {err}")
+        return [(None,)]
+
+
+# --- count tables ------------------------------------------------------------------------
+
+
+def _head(path: Path, n: int = 65536) -> str:
+    try:
+        with open(path, encoding="utf-8-sig", errors="replace") as fh:
+            return fh.read(n)
+    except OSError:
+        return ""
+
+
+def get_table_reader(path: str | list[str]):
+    """Claims count-table CSV/JSON and annotation autosaves (by content), nothing else."""
+    from lsr.annotation import SESSION_FORMAT
+    from lsr.counttable import JSON_FORMAT
+
+    p = _one_path(path)
+    if p is None or not Path(p).is_file():
+        return None
+    pp = Path(p)
+    head = _head(pp)
+    if pp.suffix.lower() == ".csv":
+        first = head.splitlines()[0].lower() if head else ""
+        cols = [c.strip() for c in first.split(",")]
+        return read_count_table if "bin" in cols and "cancer_mean" in cols else None
+    if pp.suffix.lower() == ".json" and (JSON_FORMAT in head or SESSION_FORMAT in head):
+        return read_count_table
+    return None
+
+
+def read_count_table(path: str | list[str]) -> LayerData:
+    """Dock the Count table widget in the current viewer and show the table there."""
+    import napari
+
+    from lsr.annotation import SESSION_FORMAT, AnnotationSession
+
+    p = Path(_one_path(path))
+    viewer = napari.current_viewer()
+    if viewer is None:
+        _notify(f"{p}: a count table opens in the Count table widget; open a viewer first")
+        return [(None,)]
+    _dock, widget = viewer.window.add_plugin_dock_widget("napari-lsr", "Count table")
+    if SESSION_FORMAT in _head(p):
+        try:
+            session = AnnotationSession.load(p)
+        except LsrInputError as err:
+            _notify(f"Cannot open the annotation session: {err}")
+            return [(None,)]
+        widget.set_table(session.table(), f"{p.name} ({session.expert})")
+    else:
+        widget.load(p)
+    return [(None,)]

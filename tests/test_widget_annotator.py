@@ -1,0 +1,207 @@
+"""The count-table annotator in a real (headless) viewer, driven by simulated key presses."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from lsr.counttable import CountTable
+from lsr.grid import BlockGrid, save_grid
+from lsr.slide import write_pyramidal_tiff
+
+napari = pytest.importorskip("napari")
+from qtpy.QtCore import Qt  # noqa: E402
+
+from napari_lsr.annotator import _camera  # noqa: E402
+
+H, W, B, MPP = 480, 600, 120, 8.0  # slide working px, block px, µm/px -> 4 x 5 blocks
+
+
+def write_slide(d: Path, rows: int = 4) -> tuple[Path, Path]:
+    """A pink tissue rectangle on white glass, and a grid with every bin on tissue."""
+    img = np.full((H, W, 3), 245, np.uint8)
+    img[:, 120:] = (200, 120, 170)  # columns 1..4 of blocks are tissue, column 0 glass
+    write_pyramidal_tiff(d / "s.tif", img, mpp=MPP, tile=256, compression="zlib", min_size=128)
+    probs = np.tile(np.array([0.05, 0.25, 0.55, 0.97, 0.35], np.float32), (rows, 1))
+    probs[0, 0] = np.nan  # no label
+    save_grid(BlockGrid(probs, B), d / "s_grid.npy")
+    (d / "s_grid.json").write_text(json.dumps({"block_px": B, "working_mpp": MPP}))
+    return d / "s.tif", d / "s_grid.npy"
+
+
+@pytest.fixture
+def errors(monkeypatch):
+    """Messages shown as napari error notifications."""
+    import napari.utils.notifications as nt
+
+    got: list[str] = []
+    monkeypatch.setattr(nt, "show_error", lambda m: got.append(str(m)))
+    monkeypatch.setattr(nt, "show_info", lambda m: None)
+    return got
+
+
+def open_annotator(viewer, slide: Path, grid: Path, expert: str = "ann"):
+    viewer.open(slide, plugin="napari-lsr")
+    viewer.open(grid, plugin="napari-lsr")
+    _dock, w = viewer.window.add_plugin_dock_widget("napari-lsr", "Count-table annotator")
+    w.expert.setText(expert)
+    w.tissue_only.setChecked(False)
+    return w
+
+
+def test_annotate_by_keys_autosave_and_resume(make_napari_viewer, qtbot, tmp_path, errors):
+    slide, grid = write_slide(tmp_path)
+    viewer = make_napari_viewer()
+    w = open_annotator(viewer, slide, grid)
+    assert w.slide_combo.currentText() == "s" and w.grid_combo.currentText() == "s_grid z"
+    w.per_bin.setValue(3)
+    assert w.start()
+    s = w.session
+    assert len(s.blocks) == 15  # 5 bins (one per column), 3 of each
+    assert w.bin_label.text() == "bin hidden"
+    first = s.block
+    qtbot.keyClicks(w.percent, "5")
+    qtbot.keyClick(w.percent, Qt.Key.Key_Return)  # two keystrokes per block
+    assert s.results[0].percent_cancer == 5.0 and s.current == 1
+    # the camera is on the current block, outlined
+    assert s.results[0].block == first.key
+    blk = s.block
+    outline = viewer.layers["annotator: block"].data[0]
+    assert outline.min(axis=0) == pytest.approx([blk.row * B * MPP, blk.col * B * MPP])
+    assert outline.max(axis=0) == pytest.approx([(blk.row + 1) * B * MPP, (blk.col + 1) * B * MPP])
+    cy, cx = _camera(viewer).center[-2:]
+    assert (cy, cx) == pytest.approx(((blk.row + 0.5) * B * MPP, (blk.col + 0.5) * B * MPP))
+    qtbot.keyClick(w.percent, Qt.Key.Key_A)  # skip: artefact
+    assert s.results[1].skipped == "artefact"
+    qtbot.keyClick(w.percent, Qt.Key.Key_Up)  # back to the skipped block
+    assert s.current == 1
+    qtbot.keyClicks(w.percent, "12,5%")
+    qtbot.keyClick(w.percent, Qt.Key.Key_Enter)
+    assert s.results[1].percent_cancer == 12.5 and not s.results[1].skipped
+    qtbot.keyClick(w.percent, Qt.Key.Key_U)
+    assert s.results[2].skipped == "unsure"
+    qtbot.keyClicks(w.percent, "250")
+    qtbot.keyClick(w.percent, Qt.Key.Key_Return)
+    assert "not a percentage" in w.message.text() and 3 not in s.results
+    qtbot.keyClick(w.percent, Qt.Key.Key_R)
+    assert w.bin_label.text().startswith(f"z = {s.block.z}")
+    # the autosave holds everything so far
+    saved = json.loads(w.autosave.read_text())
+    assert w.autosave.name == "s.tif.ann.lsr-estimates.json"
+    assert saved["results"]["1"]["percent_cancer"] == 12.5
+    assert saved["results"]["2"]["skipped"] == "unsure"
+    # the live table: the bin of the first two blocks
+    for i in (0, 1):
+        z = s.blocks[i].z
+        vals = [s.results[j].percent_cancer for j in (0, 1) if s.blocks[j].z == z]
+        assert w.table_widget.view.cell_text(z, len(w.table_widget.view.table.class_names) + 1) == (
+            str(len(vals))
+        )
+    empty = [b for b in range(10) if b not in {s.blocks[j].z for j in (0, 1)}]
+    assert w.table_widget.view.cell_text(empty[0], 1) == "—"
+
+    # close, reopen in a new viewer: resumes where it stopped
+    viewer.close()
+    viewer2 = make_napari_viewer()
+    w2 = open_annotator(viewer2, slide, grid)
+    w2.per_bin.setValue(3)
+    assert w2.start()
+    assert w2.session.results == s.results and w2.session.current == s.current
+    assert w2.session.blocks == s.blocks
+    assert not errors
+
+
+def test_two_experts_merge_and_export(make_napari_viewer, qtbot, tmp_path, errors):
+    slide, grid = write_slide(tmp_path)
+    viewer = make_napari_viewer()
+    w = open_annotator(viewer, slide, grid, expert="ann")
+    w.per_bin.setValue(2)
+    w.start()
+    while not w.session.finished:
+        qtbot.keyClicks(w.percent, "4" if w.session.block.z < 9 else "60")
+        qtbot.keyClick(w.percent, Qt.Key.Key_Return)
+    ann_file = w.autosave
+    w.expert.setText("bob")
+    w.start()
+    assert w.session.expert == "bob" and w.session.n_done == 0
+    while not w.session.finished:
+        qtbot.keyClicks(w.percent, "8" if w.session.block.z < 9 else "70")
+        qtbot.keyClick(w.percent, Qt.Key.Key_Return)
+    table = w.merge([ann_file])
+    assert {e.expert for e in table.estimates} == {"ann", "bob"}
+    z9 = [e.percent_cancer for e in table.estimates if e.z == 9]
+    assert sorted(z9) == [60, 60, 70, 70]
+    assert table.eta[9, 0] == pytest.approx(0.65)
+    assert table.rho[9, 0] == pytest.approx(np.std([0.6, 0.6, 0.7, 0.7], ddof=1))
+    assert w.table_widget.source.currentText() == "merged: ann + bob"
+    assert w.table_widget.view.cell_text(9, 1) == "65.0 ± 5.8"
+    assert w.export(tmp_path / "bob.csv") and w.export(tmp_path / "bob.json")
+    back = CountTable.load(tmp_path / "bob.json")
+    assert {e.expert for e in back.estimates} == {"bob"} and back.n[9] == 2
+    assert CountTable.load(tmp_path / "bob.csv").eta[9, 0] == pytest.approx(0.70)
+    assert not errors
+
+
+def test_tissue_only_and_painting(make_napari_viewer, qtbot, tmp_path, errors):
+    slide, grid = write_slide(tmp_path)
+    viewer = make_napari_viewer()
+    w = open_annotator(viewer, slide, grid)
+    w.tissue_only.setChecked(True)
+    assert w.start()
+    qtbot.waitUntil(lambda: w.session is not None, timeout=20000)
+    assert all(b.col >= 1 for b in w.session.blocks)  # column 0 is glass
+    assert len(w.session.blocks) == 4 * 4
+    w.paint_button.setChecked(True)
+    paint = viewer.layers["annotator: cancer paint"]
+    y0, x0, b = w._block_box_um()
+    px = b / 100  # paint pixel, µm; napari places pixel centres at index * scale + translate
+    assert paint.data.shape == (100, 100) and np.allclose(paint.scale, px)
+    assert paint.translate == pytest.approx([y0 + px / 2, x0 + px / 2])
+    data = np.asarray(paint.data).copy()
+    data[:25, :] = 1  # a quarter of the block
+    paint.data = data
+    paint.events.paint(value=[])
+    assert w.percent.text() == "25"
+    w.record_typed()
+    assert w.session.results[0].percent_cancer == 25
+    assert not np.asarray(paint.data).any()  # fresh paint for the next block
+    # coarse labels for users without a classifier, saved as a grid the reader opens
+    w.paint_coarse_labels()
+    coarse = viewer.layers["coarse labels (paint z)"]
+    assert coarse.data.shape == (4, 5) and coarse.brush_size == 1
+    z = np.zeros((4, 5), np.uint8)
+    z[1:3, 2:4] = 7
+    coarse.data = z
+    out = w.save_coarse_grid(tmp_path / "mine", block_px=B)
+    assert out.name == "mine_grid.npy"
+    viewer.open(out, plugin="napari-lsr")
+    layer = viewer.layers["mine_grid z"]
+    assert np.array_equal(layer.data, z)
+    assert np.allclose(layer.scale, B * MPP) and np.allclose(layer.translate, B * MPP / 2)
+    assert not errors
+
+
+def test_bad_inputs_notify_and_overwrite_nothing(make_napari_viewer, tmp_path, errors):
+    slide, grid = write_slide(tmp_path, rows=6)  # 6 rows of blocks on a 4-row slide
+    viewer = make_napari_viewer()
+    w = open_annotator(viewer, slide, grid)
+    assert not w.start() and w.session is None
+    assert "does not fit" in errors[-1] and "s_grid.npy" in errors[-1]
+    # a slide layer without pixel size
+    viewer.add_image(np.zeros((480, 600, 3), np.uint8), name="plain", rgb=True)
+    w.slide_combo.setCurrentText("plain")
+    assert not w.start() and "no pixel size" in errors[-1]
+    # a corrupt autosave is kept aside, a new session starts
+    write_slide(tmp_path)  # a fitting grid again
+    viewer.layers.clear()
+    viewer.open(slide, plugin="napari-lsr")
+    viewer.open(grid, plugin="napari-lsr")
+    corrupt = tmp_path / "s.tif.ann.lsr-estimates.json"
+    corrupt.write_text("{not json")
+    assert w.start() and w.session.n_done == 0
+    assert "corrupt" in errors[-1] and "kept as" in errors[-1]
+    kept = list(tmp_path.glob("s.tif.ann.lsr-estimates.corrupt-*.json"))
+    assert len(kept) == 1 and kept[0].read_text() == "{not json"
