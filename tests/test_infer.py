@@ -164,8 +164,10 @@ def test_tile_cores_cover_every_pixel_once_and_reads_are_aligned(h, w, tile, hal
     assert grid.overhead >= 1.0
     t_max = -(-tile // multiple) * multiple
     assert grid.tile_h <= t_max and grid.tile_w <= t_max
-    # balanced: the last tile along each axis is at least half as long as the others
-    assert min(t.h for t in grid.tiles) > grid.tile_h // 2 - multiple
+    # balanced: as few tiles as the largest tile allows, each no larger than needed
+    rows, cols = len({t.y for t in grid.tiles}), len({t.x for t in grid.tiles})
+    assert (rows, cols) == (-(-h // t_max), -(-w // t_max))
+    assert grid.tile_h - multiple < -(-h // rows) <= grid.tile_h
 
 
 def test_tiles_with_tissue_matches_brute_force():
