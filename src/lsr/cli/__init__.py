@@ -25,7 +25,7 @@ def _register() -> None:
 
     app.add_typer(table.app, name="table")
     app.command("predict")(predict_cli.predict)
-    app.add_typer(train_cli.app, name="train")
+    app.command("train")(train_cli.train)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -31,8 +31,6 @@ from rich.progress import (
 
 from lsr.errors import LsrInputError
 
-app = typer.Typer(help="Train a segmentation network with an LSR loss.")
-
 
 class RichProgress:
     """Train callback drawing a rich progress bar (loss, blocks/s, ETA)."""
@@ -109,7 +107,6 @@ def _training_folder(resume: Path) -> Path:
     return folder
 
 
-@app.callback(invoke_without_command=True)
 def train(
     config: Path | None = typer.Argument(None, help="A .toml or .json training config."),
     slide: list[str] = typer.Option(None, "--slide", help="Training slide (repeatable)."),
