@@ -1,0 +1,164 @@
+"""npe2 readers and sample data: what they claim, the layers they make, bad files."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import tifffile
+
+from lsr.counttable import CountTable
+from lsr.grid import BlockGrid, save_grid
+from lsr.slide import write_pyramidal_tiff
+
+napari = pytest.importorskip("napari")
+from napari_lsr import _reader  # noqa: E402
+
+MPP, B, WMPP = 2.0, 60, 4.0  # slide µm/px; block px at the working resolution; µm/px
+
+
+@pytest.fixture
+def errors(monkeypatch):
+    got: list[str] = []
+    monkeypatch.setattr(_reader, "_notify", got.append)
+    return got
+
+
+@pytest.fixture
+def files(tmp_path) -> dict[str, Path]:
+    img = np.full((960, 1200, 3), 240, np.uint8)
+    img[100:800, 100:1100] = (190, 110, 160)
+    slide = tmp_path / "a.tif"
+    write_pyramidal_tiff(slide, img, mpp=MPP, tile=256, compression="zlib", min_size=256)
+    # working res 4 µm/px: slide = 480 x 600 working px = 8 x 10 blocks of 60 px
+    probs = np.linspace(0, 1, 80, dtype=np.float32).reshape(8, 10)
+    probs[0, 0] = np.nan
+    grid = tmp_path / "a_grid.npy"
+    save_grid(BlockGrid(probs, B, (0, 0)), grid)
+    (tmp_path / "a_grid.json").write_text(json.dumps({"block_px": B, "working_mpp": WMPP}))
+    plain = tmp_path / "photo.tif"
+    tifffile.imwrite(plain, np.zeros((64, 64, 3), np.uint8))
+    nompp = tmp_path / "nompp.tif"
+    tifffile.imwrite(nompp, np.zeros((512, 512, 3), np.uint8), tile=(256, 256))
+    table = tmp_path / "t.csv"
+    CountTable.paper_table1().to_csv(table)
+    other_csv = tmp_path / "other.csv"
+    other_csv.write_text("x,y\n1,2\n")
+    other_json = tmp_path / "other.json"
+    other_json.write_text('{"a": 1}')
+    npy = tmp_path / "weights.npy"
+    np.save(npy, np.zeros(3))
+    return dict(
+        slide=slide, grid=grid, plain=plain, nompp=nompp, table=table,
+        other_csv=other_csv, other_json=other_json, npy=npy, probs=probs,
+    )  # fmt: skip
+
+
+def test_readers_claim_only_their_files(files):
+    assert _reader.get_slide_reader(str(files["slide"])) is _reader.read_slide
+    assert _reader.get_slide_reader(str(files["nompp"])) is _reader.read_slide  # tiled
+    assert _reader.get_slide_reader(str(files["plain"])) is None  # small plain TIFF
+    assert _reader.get_slide_reader(str(files["grid"])) is None
+    grid_tif = files["grid"].with_name("b_grid.tif")
+    save_grid(BlockGrid(files["probs"], B), grid_tif)
+    assert _reader.get_slide_reader(str(grid_tif)) is None
+    assert _reader.get_grid_reader(str(grid_tif)) is _reader.read_grid
+    assert _reader.get_grid_reader(str(files["grid"])) is _reader.read_grid
+    assert _reader.get_grid_reader(str(files["npy"])) is None
+    assert _reader.get_grid_reader(str(files["slide"])) is None
+    assert _reader.get_table_reader(str(files["table"])) is _reader.read_count_table
+    assert _reader.get_table_reader(str(files["other_csv"])) is None
+    assert _reader.get_table_reader(str(files["other_json"])) is None
+    assert _reader.get_table_reader(str(files["grid"].with_suffix(".json"))) is None
+
+
+def test_slide_and_grid_layers_align_in_micrometres(files):
+    (data, kw, kind) = _reader.read_slide(str(files["slide"]))[0]
+    assert kind == "image" and kw["multiscale"] and kw["rgb"]
+    assert kw["scale"] == (MPP, MPP) and kw["translate"] == (MPP / 2, MPP / 2)
+    assert data[0].shape == (960, 1200, 3) and data[-1].shape[0] < 960
+    assert np.array_equal(
+        np.asarray(data[0][500:502, 500:502]), np.full((2, 2, 3), (190, 110, 160))
+    )
+    layers = _reader.read_grid(str(files["grid"]))
+    (probs, pkw, pkind), (z, zkw, zkind) = layers
+    assert (pkind, zkind) == ("image", "labels")
+    s = B * WMPP  # 240 µm per block
+    assert pkw["scale"] == (s, s) and zkw["scale"] == (s, s)
+    np.testing.assert_array_equal(probs, files["probs"])
+    edges = [0, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95]  # independent of lsr's binning
+    expected_z = np.searchsorted(edges, np.nan_to_num(files["probs"]), "right") - 1
+    expected_z = np.minimum(expected_z, 9)
+    expected_z[0, 0] = 0  # no label shows as 0 (transparent)
+    np.testing.assert_array_equal(z, expected_z)
+    # the centre of block (r, c) and of the slide pixels it covers coincide in world µm
+    r, c = 3, 7
+    block_centre = np.array([r, c]) * s + np.array(zkw["translate"])
+    first_px, last_px = np.array([r, c]) * s / MPP, (np.array([r, c]) + 1) * s / MPP - 1
+    slide_centre = (first_px + last_px) / 2 * MPP + np.array(kw["translate"])
+    np.testing.assert_allclose(block_centre, slide_centre)
+    assert block_centre == pytest.approx((np.array([r, c]) + 0.5) * s)
+
+
+def test_grid_without_sidecar_uses_paper_geometry(files):
+    files["grid"].with_suffix(".json").unlink()
+    (_, kw, _), _ = _reader.read_grid(str(files["grid"]))
+    assert kw["scale"][0] == pytest.approx(240 * 4.17)
+    assert kw["metadata"]["lsr_grid"]["sidecar"] is False
+
+
+def test_bad_files_notify(files, errors, tmp_path):
+    assert _reader.read_slide(str(files["nompp"])) == [(None,)]
+    assert "pixel size" in errors[-1] and "nompp.tif" in errors[-1]
+    bad = tmp_path / "bad_grid.npy"
+    bad.write_bytes(b"not numpy")
+    assert _reader.read_grid(str(bad)) == [(None,)]
+    assert "bad_grid.npy" in errors[-1]
+    side = tmp_path / "c_grid.npy"
+    save_grid(BlockGrid(files["probs"], B), side)
+    side.with_suffix(".json").write_text('{"block_px": -3}')
+    assert _reader.read_grid(str(side)) == [(None,)] and "c_grid.json" in errors[-1]
+
+
+def test_viewer_opens_all_and_table_opens_widget(make_napari_viewer, files, errors):
+    viewer = make_napari_viewer()
+    viewer.open(files["slide"], plugin="napari-lsr")
+    viewer.open(files["grid"], plugin="napari-lsr")
+    assert [layer.name for layer in viewer.layers] == ["a", "a_grid p(cancer)", "a_grid z"]
+    assert viewer.layers["a"].multiscale
+    layers = viewer.open(files["table"], plugin="napari-lsr")
+    assert layers == []
+    widget = viewer.window.dock_widgets["Count table (napari-lsr)"]
+    assert widget.source.currentText() == str(files["table"])
+    assert widget.view.cell_text(9, 1) == "70.0 ± 5.0"
+    assert not errors
+
+
+def test_sample_data_generated_once_and_cached(monkeypatch, tmp_path):
+    from napari_lsr import _sample_data
+
+    monkeypatch.setenv("LSR_SAMPLE_CACHE", str(tmp_path))
+    folder = _sample_data.sample_folder(size_px=240, seed=1)
+    names = sorted(p.name for p in folder.iterdir())
+    assert names == sorted(
+        ["sample.json", "synthetic_slide.tif", "synthetic_slide_gt.tif",
+         "synthetic_slide_grid.npy", "synthetic_slide_grid.json"]
+    )  # fmt: skip
+    stamp = (folder / "synthetic_slide.tif").stat().st_mtime_ns
+    assert _sample_data.sample_folder(size_px=240, seed=1) == folder
+    assert (folder / "synthetic_slide.tif").stat().st_mtime_ns == stamp  # not regenerated
+    monkeypatch.setattr(_sample_data, "SAMPLE_SIZE_PX", 240)
+    monkeypatch.setattr(_sample_data, "SAMPLE_SEED", 1)
+    monkeypatch.setattr(_sample_data.sample_folder, "__defaults__", (240, 1))
+    layers = _sample_data.synthetic_sample()
+    kinds = [(kw["name"], kind) for _d, kw, kind in layers]
+    assert kinds[0] == ("synthetic_slide", "image")
+    assert kinds[1] == ("ground truth (cancer)", "labels")
+    assert [k for _n, k in kinds[2:]] == ["image", "labels"]
+    slide_kw, grid_kw = layers[0][1], layers[3][1]
+    # the grid spans the slide: blocks x block µm == slide px x µm/px
+    n_blocks = layers[3][0].shape[0]
+    slide_px = (layers[0][0][0] if slide_kw["multiscale"] else layers[0][0]).shape[0]
+    assert n_blocks * grid_kw["scale"][0] == pytest.approx(slide_px * slide_kw["scale"][0], 1e-3)
