@@ -532,9 +532,10 @@ def _train(
     if cfg.amp and not use_amp:
         warn(f"mixed precision needs CUDA; training in float32 on {device.type}")
 
-    table = CountTable.load(cfg.table)
-    if ckpt is not None and "table" in ckpt.metadata:
-        table = CountTable.from_dict(ckpt.metadata["table"])
+    if ckpt is not None and "table" in ckpt.metadata:  # resume with the run's own table
+        table = CountTable.from_dict(ckpt.metadata["table"], ckpt.path)
+    else:
+        table = CountTable.load(cfg.table)
     dataset = build_dataset(cfg, table, sources)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", SamplerWarning)
