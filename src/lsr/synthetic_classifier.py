@@ -6,10 +6,11 @@ ground truth — so it is fooled by the same look-alikes a network meets (lympho
 aggregates, dense cellular stroma, crush artefact, normal lobules) and misses sparse tumour
 and single-file infiltration.
 
-Pipeline: area-downsample the slide by ``downsample`` → colour deconvolution
-(Ruifrok & Johnston's matrix, ``skimage.color.hed_from_rgb``, on natural-log OD) → per classifier pixel: H OD, "nuclei-dense" (H above a
-threshold), E OD, tissue → average over a ``context_blocks``-wide window centred on each block
-(tissue-weighted) → ``logit = bias + weights · features + noise`` → probability.
+Pipeline: area-downsample the slide by ``downsample`` → colour deconvolution (Ruifrok &
+Johnston's matrix, ``skimage.color.hed_from_rgb``, on natural-log OD) → per classifier
+pixel: H OD, "nuclei-dense" (H above a threshold), E OD, tissue → tissue-weighted average
+over a ``context_blocks``-wide window centred on each block → ``logit = bias + weights ·
+features + noise`` → probability.
 """
 
 from __future__ import annotations
@@ -47,7 +48,7 @@ def block_features(low_rgb: np.ndarray, cfg: SyntheticConfig) -> np.ndarray:
     h_od, e_od = hed[..., 0], hed[..., 1]
     tissue = (low_rgb.mean(axis=2) < 215.0).astype(np.float32)
     dense = (h_od > cc.dense_hematoxylin_od).astype(np.float32)
-    size = max(1, int(round(cc.context_blocks * bpx)))
+    size = max(1, round(cc.context_blocks * bpx))
 
     def ctx(a: np.ndarray) -> np.ndarray:
         return ndimage.uniform_filter(a, size=size, mode="constant")

@@ -13,12 +13,13 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
-import tomllib
 import typing
 from dataclasses import dataclass, field
 from os import PathLike
 from pathlib import Path
 from typing import Any
+
+import tomllib
 
 from lsr.errors import LsrInputError
 
@@ -79,8 +80,8 @@ class StromaConfig:
     """Non-cancer breast tissue: stroma, fat, normal lobules."""
 
     nuclear_density_per_mm2: float = 800.0  # fibroblasts etc.
-    nuclear_radius_um: float = 3.0
-    nuclear_od: float = 0.85
+    nuclear_radius_um: float = 3.0  # fibroblast nuclear radius
+    nuclear_od: float = 0.85  # hematoxylin OD of a fibroblast nucleus
     eosin_od: float = 0.55  # collagen eosin OD
     fibre_wavelength_um: float = 45.0  # spacing of collagen fibre bundles
     fibre_contrast: float = 0.45  # 0 = flat pink, 1 = strong fibre texture
@@ -88,7 +89,7 @@ class StromaConfig:
     fat_scale_um: float = 1200.0  # size of fat lobules
     adipocyte_um: float = 85.0  # adipocyte diameter
     lobules_per_cm2: float = 15.0  # normal lobules / ducts (purple, benign)
-    lobule_radius_um: float = 260.0
+    lobule_radius_um: float = 260.0  # lobule radius
 
 
 @dataclass
@@ -96,9 +97,9 @@ class LookalikeConfig:
     """Non-cancer tissue that fools a classifier (and networks)."""
 
     lymphoid_per_cm2: float = 8.0  # lymphocyte aggregates
-    lymphoid_radius_um: float = 250.0
-    lymphocyte_density_per_mm2: float = 22000.0
-    lymphocyte_radius_um: float = 3.2
+    lymphoid_radius_um: float = 250.0  # aggregate radius
+    lymphocyte_density_per_mm2: float = 22000.0  # nuclei inside an aggregate
+    lymphocyte_radius_um: float = 3.2  # small round nuclei
     lymphocyte_od: float = 1.3  # dark, small, round
     cellular_stroma_share: float = 0.12  # share of stroma that is dense and cellular
     cellular_stroma_factor: float = 4.0  # nuclear density multiplier there
@@ -112,7 +113,7 @@ class StainConfig:
 
     hematoxylin_vector: tuple[float, float, float] = (0.5626, 0.7201, 0.4062)  # Macenko ref.
     eosin_vector: tuple[float, float, float] = (0.2159, 0.8012, 0.5581)  # Macenko ref.
-    background_rgb: tuple[float, float, float] = (243.0, 241.0, 245.0)
+    background_rgb: tuple[float, float, float] = (243.0, 241.0, 245.0)  # glass, 0-255
     hematoxylin_scale_sd: float = 0.15  # between-slide log-normal sd of H intensity
     eosin_scale_sd: float = 0.15  # between-slide log-normal sd of E intensity
     vector_jitter_deg: float = 4.0  # between-slide rotation of stain vectors
@@ -130,11 +131,11 @@ class ClassifierConfig:
     """
 
     downsample: int = 4  # working px per classifier px (must divide block_px)
-    context_blocks: float = 1.2  # context window width, in blocks
+    context_blocks: float = 2.583  # context window width, in blocks (calibrated)
     dense_hematoxylin_od: float = 0.2  # a classifier px is "nuclei-dense" above this H OD
-    weights: tuple[float, float, float, float] = (1.545, 20.507, 25.715, 17.584)  # h,dense,e,tissue
-    bias: float = -28.989  # weights, bias, noise: calibrate_classifier()
-    logit_noise_sd: float = 3.744  # per-block noise on the logit (classifier instability)
+    weights: tuple[float, float, float, float] = (0.447, 21.177, 29.561, 10.808)  # h,dense,e,tissue
+    bias: float = -22.643  # weights, bias, noise: calibrate_classifier()
+    logit_noise_sd: float = 1.0  # per-block noise on the logit (classifier instability)
     block_truth_fraction: float = 0.5  # a block is "cancer" when >= this share is cancer
 
 
@@ -232,7 +233,9 @@ def _convert(value: Any, hint: Any, key: str, path: Any) -> Any:
         args = typing.get_args(hint)
         if not isinstance(value, list | tuple) or len(value) != len(args):
             raise LsrInputError(
-                f"must be a list of {len(args)} values, got {value!r}", path=path, where=f"key '{key}'"
+                f"must be a list of {len(args)} values, got {value!r}",
+                path=path,
+                where=f"key '{key}'",
             )
         return tuple(_convert(v, a, key, path) for v, a in zip(value, args, strict=True))
     if hint is float:
@@ -295,12 +298,10 @@ def load_config(path: str | PathLike[str] | None) -> SyntheticConfig:
         raise LsrInputError("config file not found", path=p)
     text = p.read_text(encoding="utf-8")
     try:
-        if p.suffix.lower() == ".json":
-            data = json.loads(text)
-        else:
-            data = tomllib.loads(text)
+        data = json.loads(text) if p.suffix.lower() == ".json" else tomllib.loads(text)
     except (json.JSONDecodeError, tomllib.TOMLDecodeError) as err:
-        raise LsrInputError(f"not valid {p.suffix.lstrip('.').upper() or 'TOML'}: {err}", path=p)
+        kind = "JSON" if p.suffix.lower() == ".json" else "TOML"
+        raise LsrInputError(f"not valid {kind}: {err}", path=p) from None
     if isinstance(data, dict) and "config" in data and "seed" in data:
         data = data["config"]  # a manifest written by `lsr synth`
     return config_from_dict(data, p)
@@ -311,4 +312,3 @@ def shipped_config(name: str) -> Path | None:
     root = Path(__file__).resolve().parents[2] / "configs" / "synthetic"
     cand = root / f"{name}.toml"
     return cand if cand.is_file() else None
-

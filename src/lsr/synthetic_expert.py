@@ -17,10 +17,17 @@ from lsr.synthetic_config import ExpertConfig
 N_BINS = len(PAPER_EDGES) - 1
 
 
-def human_estimates(true_fraction: np.ndarray, ec: ExpertConfig, rng: np.random.Generator) -> np.ndarray:
+def human_estimates(
+    true_fraction: np.ndarray, ec: ExpertConfig, rng: np.random.Generator
+) -> np.ndarray:
     """Estimates (fractions, same shape) of true cancer fractions, with human-like error."""
     t = np.asarray(true_fraction, dtype=np.float64)
-    est = t + ec.bias + rng.normal(0, ec.noise_sd, t.shape) + t * rng.normal(0, ec.relative_noise_sd, t.shape)
+    est = (
+        t
+        + ec.bias
+        + rng.normal(0, ec.noise_sd, t.shape)
+        + t * rng.normal(0, ec.relative_noise_sd, t.shape)
+    )
     est = np.clip(est, 0.0, 1.0)
     coarse = np.round(est / ec.rounding) * ec.rounding if ec.rounding > 0 else est
     fine = np.round(est / ec.fine_rounding) * ec.fine_rounding if ec.fine_rounding > 0 else est

@@ -74,7 +74,7 @@ class Fields:
         stride: int = 1,
         nodes_per_scale: float = 3.0,
     ) -> np.ndarray:
-        """Smooth noise, mean 0 and std ≈ 1, float32 (h, w) at pixels (y0 + i*stride, x0 + j*stride).
+        """Smooth noise, mean 0, std ≈ 1: float32 (h, w) at pixels (y0 + i*s, x0 + j*s), s = stride.
 
         ``scale_px`` is the Gaussian sigma of the correlation (working px); the lattice step is
         ``scale_px / nodes_per_scale`` (at least one pixel). ``stride`` > 1 samples a coarse
@@ -92,7 +92,9 @@ class Fields:
         g = ndimage.gaussian_filter(g, sigma, mode="nearest", truncate=_TRUNCATE)
         g *= np.float32(1.0 / np.sqrt(_gauss_sq_sum(sigma) ** 2 / 12.0))
         if step == 1:
-            return g[y0 - i0 : y0 - i0 + h * stride : stride, x0 - j0 : x0 - j0 + w * stride : stride]
+            return g[
+                y0 - i0 : y0 - i0 + h * stride : stride, x0 - j0 : x0 - j0 + w * stride : stride
+            ]
         iy, wy = _interp_axis(i0, y0, h, step, stride)
         ix, wx = _interp_axis(j0, x0, w, step, stride)
         rows = g[iy] * (1 - wy)[:, None] + g[iy + 1] * wy[:, None]  # (h, nodes)

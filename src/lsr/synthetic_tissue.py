@@ -154,11 +154,13 @@ def _sigmoid(x: np.ndarray) -> np.ndarray:
 
 def _blobs(
     f: Fields, layer: int, cell_px: float, prob: float, radius_px: float, y0, x0, h, w
-) -> np.ndarray:
-    """Soft discs (value 1 inside, 0 outside) of a sparse point process, float32 (h, w)."""
+) -> tuple[np.ndarray, list[tuple[int, int, int, int]]]:
+    """Soft discs (1 inside, 0 outside) of a sparse point process: float32 (h, w) and the
+    window-relative boxes (ya, yb, xa, xb) of the discs that touch the window."""
     py, px, attrs = f.points(layer, cell_px, y0, x0, h, w, n_attrs=2)
     keep = attrs[:, 0] < prob
     out = np.zeros((h, w), dtype=np.float32)
+    boxes = []
     for y, x, a in zip(py[keep], px[keep], attrs[keep, 1], strict=True):
         r = radius_px * (0.6 + 0.8 * a)
         ya, yb = max(int(y - 1.5 * r) - y0, 0), min(int(y + 1.5 * r) + 2 - y0, h)
@@ -170,7 +172,8 @@ def _blobs(
         d = np.sqrt((ys - y) ** 2 + (xs - x) ** 2) / r
         sub = out[ya:yb, xa:xb]
         np.maximum(sub, np.clip((1.0 - d) / 0.15 + 0.5, 0, 1), out=sub)
-    return out
+        boxes.append((ya, yb, xa, xb))
+    return out, boxes
 
 
 def render(
@@ -244,31 +247,34 @@ def render(
         fz = fat_zone[ya:yb, xa:xb]
         fat_px[ya:yb, xa:xb] = fz * (1.0 - wall)
         membrane[ya:yb, xa:xb] = fz * wall
-    cell_thr = float(ndtri(1.0 - la.cellular_stroma_share)) if la.cellular_stroma_share > 0 else np.inf
+    cell_thr = (
+        float(ndtri(1.0 - la.cellular_stroma_share)) if la.cellular_stroma_share > 0 else np.inf
+    )
     cellular = (f.smooth(L_CELL, px(500.0) / 2, *win) > cell_thr) & free
     cell_area = (px(10_000.0)) ** 2  # px per cm²
     lymph_cell = px(2500.0)
-    lymph = _blobs(
+    lymph, _ = _blobs(
         f, L_LYMPH, lymph_cell, la.lymphoid_per_cm2 * lymph_cell**2 / cell_area,
         px(la.lymphoid_radius_um), *win,
     )  # fmt: skip
     lymph *= free
     lob_cell = px(1800.0)
-    lobule = _blobs(
+    lobule, lob_boxes = _blobs(
         f, L_LOB, lob_cell, so.lobules_per_cm2 * lob_cell**2 / cell_area,
         px(so.lobule_radius_um), *win,
     )  # fmt: skip
     lobule *= free * (1.0 - lymph)
     acinus_epi = np.zeros((Hh, Ww), np.float32)
     lumen = np.zeros((Hh, Ww), np.float32)
-    if (bb := _bbox(lobule > 0)) is not None:
-        ya, yb, xa, xb = bb
+    for ya, yb, xa, xb in lob_boxes:
         a_cell = px(70.0)
         a1, _ = worley(f, L_ACINI, a_cell, Y0 + ya, X0 + xa, yb - ya, xb - xa)
         rel = a1 / a_cell
         lob = lobule[ya:yb, xa:xb]
-        lumen[ya:yb, xa:xb] = lob * np.clip((0.18 - rel) / 0.06, 0, 1)
-        acinus_epi[ya:yb, xa:xb] = lob * np.clip((0.42 - rel) / 0.08, 0, 1) * (1 - lumen[ya:yb, xa:xb])
+        lum = lob * np.clip((0.18 - rel) / 0.06, 0, 1)
+        np.maximum(lumen[ya:yb, xa:xb], lum, out=lumen[ya:yb, xa:xb])
+        epi_a = lob * np.clip((0.42 - rel) / 0.08, 0, 1) * (1 - lum)
+        np.maximum(acinus_epi[ya:yb, xa:xb], epi_a, out=acinus_epi[ya:yb, xa:xb])
     # crush: mostly within ~0.3 mm of the tissue edge, where handling squeezes the tissue
     crush_thr = float(ndtri(1.0 - la.crush_share / 2)) if la.crush_share > 0 else np.inf
     crush_f = f.smooth(L_CRUSH, px(300.0) / 2, *win) + 1.5 * edge_prox
@@ -320,9 +326,7 @@ def render(
         + lymph * 0.12
     )
     E = E * tissue
-    Hc = hnuc + tissue * (
-        epi * tu.cytoplasm_hematoxylin_od + lymph * 0.15 + 0.015 * stroma_share
-    )
+    Hc = hnuc + tissue * (epi * tu.cytoplasm_hematoxylin_od + lymph * 0.15 + 0.015 * stroma_share)
     if crush.any():
         streak = 0.5 + 0.5 * np.sin(2 * np.pi * pot / (2.5 * lam_f))
         Hc = Hc + crush * la.crush_od * (0.55 + 0.45 * streak)

@@ -26,6 +26,11 @@ def _register() -> None:
     app.add_typer(table.app, name="table")
     app.command("predict")(predict_cli.predict)
     app.command("train")(train_cli.train)
+    from lsr.cli import evaluate as evaluate_cli
+    from lsr.cli import synth as synth_cli
+
+    app.command("synth")(synth_cli.synth)
+    app.command("evaluate")(evaluate_cli.evaluate)
 
 
 def main(argv: list[str] | None = None) -> None:
