@@ -11,7 +11,7 @@ from lsr.model import UNet, build, normalise_rgb
 
 
 @pytest.mark.parametrize(("h", "w"), [(32, 32), (30, 45), (17, 8)])
-@pytest.mark.parametrize("norm", ["group", "batch", "none"])
+@pytest.mark.parametrize("norm", ["layer", "group", "batch", "none"])
 def test_output_shape_for_any_size(h: int, w: int, norm: str) -> None:
     torch.manual_seed(0)
     net = UNet(num_classes=3, width=4, depth=2, norm=norm).eval()
@@ -34,15 +34,18 @@ def test_halo_bounds_the_receptive_field() -> None:
     reach = int(max((ys - y0).abs().max(), (xs - x0).abs().max()))
     assert reach <= halo  # nothing outside the halo influences the output
     assert reach >= halo - 2**depth  # and the bound is nearly tight
-    # changing every pixel outside the halo leaves the centre unchanged (batch norm, eval)
-    bn = UNet(2, width=4, depth=depth, norm="batch").eval()
+    # changing every pixel outside the halo leaves the centre unchanged for the local norms
+    # (layer norm across channels; batch norm in eval), but not for group norm
     base = torch.randn(1, 3, size, size)
     other = torch.randn(1, 3, size, size)
     keep = torch.zeros(size, size, dtype=torch.bool)
     keep[y0 - halo : y0 + halo + 1, x0 - halo : x0 + halo + 1] = True
     mixed = torch.where(keep, base, other)
-    with torch.no_grad():
-        assert torch.allclose(bn(base)[..., y0, x0], bn(mixed)[..., y0, x0], atol=1e-5)
+    for norm, local in [("layer", True), ("batch", True), ("group", False)]:
+        net = UNet(2, width=4, depth=depth, norm=norm).eval()
+        with torch.no_grad():
+            same = torch.allclose(net(base)[..., y0, x0], net(mixed)[..., y0, x0], atol=1e-5)
+        assert same == local, norm
 
 
 def test_prior_initialisation() -> None:
@@ -75,7 +78,7 @@ def test_build_round_trip_and_foreign_description() -> None:
     with pytest.raises(LsrInputError):
         build({"architecture": "lsr-unet", "width": 4})
     with pytest.raises(LsrInputError, match="norm"):
-        UNet(norm="layer")
+        UNet(norm="instance")
 
 
 def test_normalise_rgb_layouts() -> None:

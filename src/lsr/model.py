@@ -32,10 +32,29 @@ ARCHITECTURE = "lsr-unet"
 INPUT_MEAN: tuple[float, float, float] = (0.7, 0.55, 0.7)
 INPUT_STD: tuple[float, float, float] = (0.2, 0.2, 0.2)
 
-#: ``group``: GroupNorm (default; per-block statistics, independent of the other blocks in
-#: the batch, so the inter loss cannot be satisfied through batch statistics and DDP needs
-#: no synchronisation); ``batch``: BatchNorm (local at inference time); ``none``.
-NORMS: tuple[str, ...] = ("group", "batch", "none")
+#: ``layer`` (default): LayerNorm over the channels of each pixel. Local (a pixel's output
+#: depends only on its receptive field, so tiled whole-slide inference equals one-shot
+#: inference), independent of the other blocks in the batch (the inter loss cannot be
+#: satisfied through batch statistics; DDP needs no synchronisation), same in training and
+#: inference. ``group``: GroupNorm (per-image spatial statistics: NOT local, a prediction
+#: depends on the tile it is computed in); ``batch``: BatchNorm (couples the blocks of a
+#: batch in training, local at inference); ``none``.
+NORMS: tuple[str, ...] = ("layer", "group", "batch", "none")
+
+
+class ChannelLayerNorm(nn.Module):
+    """LayerNorm across channels at every pixel of a (B, C, H, W) tensor (affine)."""
+
+    def __init__(self, channels: int, eps: float = 1e-5):
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(channels))
+        self.bias = nn.Parameter(torch.zeros(channels))
+        self.eps = eps
+
+    def forward(self, x: Tensor) -> Tensor:
+        y = nn.functional.layer_norm(x.permute(0, 2, 3, 1), (x.shape[1],), self.weight,
+                                     self.bias, self.eps)  # fmt: skip
+        return y.permute(0, 3, 1, 2)
 
 
 def normalise_rgb(image: np.ndarray | Tensor) -> Tensor:
@@ -55,6 +74,8 @@ def normalise_rgb(image: np.ndarray | Tensor) -> Tensor:
 
 
 def _norm_layer(kind: str, channels: int) -> nn.Module:
+    if kind == "layer":
+        return ChannelLayerNorm(channels)
     if kind == "group":
         return nn.GroupNorm(math.gcd(channels, 8), channels)
     if kind == "batch":
@@ -90,7 +111,7 @@ class UNet(nn.Module):
         num_classes: int = 2,
         width: int = 16,
         depth: int = 4,
-        norm: str = "group",
+        norm: str = "layer",
         in_channels: int = 3,
     ):
         super().__init__()

@@ -57,7 +57,7 @@ from lsr.counttable import CountTable
 from lsr.dataset import BlockDataset, BlockSource
 from lsr.device import describe_device, select_device
 from lsr.errors import LsrInputError
-from lsr.model import UNet
+from lsr.model import NORMS, UNet
 from lsr.sampler import GroupBatchSampler, SamplerWarning, ShuffledBatchSampler
 
 try:  # Python ≥ 3.11
@@ -125,7 +125,7 @@ class TrainConfig:
     # network
     width: int = 16
     depth: int = 4
-    norm: str = "group"
+    norm: str = "layer"  # see lsr.model.NORMS
     prior: str | list[float] = "table"  # "table" (mean η), "none" or L fractions
     # run
     seed: int = 0
@@ -168,7 +168,7 @@ class TrainConfig:
             "variance_norm": losses.VARIANCE_NORMS,
             "lr_schedule": LR_SCHEDULES,
             "group_policy": ("uniform", "proportional"),
-            "norm": ("group", "batch", "none"),
+            "norm": NORMS,
         }
         for name, valid in choices.items():
             if getattr(self, name) not in valid:
