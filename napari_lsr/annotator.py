@@ -67,12 +67,19 @@ KEYS_HELP = (
 
 
 class LiveTable(CountTableWidget):
-    """The Count table widget, showing "—" for bins without an estimate yet."""
+    """The Count table widget, showing "—" for bins without an estimate yet.
+
+    Only the estimated class (cancer) is shown: non-cancer is its complement and would
+    double the width of a narrow dock.
+    """
 
     def _show_current(self, *args) -> None:
         super()._show_current(*args)
         table, view = self.table, self.view
         headers = [view.horizontalHeaderItem(j).text() for j in range(view.columnCount())]
+        first = table.class_names[0]
+        for j, h in enumerate(headers[1:], start=1):
+            view.setColumnHidden(j, "(%)" in h and not h.startswith(f"{first} "))
         for b, why in table.flagged.items():
             if why != "no estimate yet":
                 continue
@@ -143,7 +150,10 @@ class AnnotatorWidget(QWidget):
         self.folder_button.setToolTip("Choose another folder for the autosave")
         self.start_button = QPushButton("Start / resume")
         self.start_button.setToolTip("Sample the blocks (or resume this expert's autosave)")
-        setup = QGroupBox("Setup")
+        setup = self.setup_box = QGroupBox("Setup")
+        self.session_button = QPushButton()
+        self.session_button.setToolTip("Show the setup again (another expert, slide or seed)")
+        self.session_button.setVisible(False)
         form = QFormLayout(setup)
         form.addRow("Slide", self.slide_combo)
         form.addRow("Low-res labels", self.grid_combo)
@@ -232,6 +242,7 @@ class AnnotatorWidget(QWidget):
 
         layout = QVBoxLayout(self)
         layout.addWidget(setup)
+        layout.addWidget(self.session_button)
         layout.addWidget(annotate)
         layout.addWidget(self.table_widget, 1)
         layout.addLayout(files)
@@ -250,6 +261,7 @@ class AnnotatorWidget(QWidget):
         self.reveal.toggled.connect(lambda _on: self._show_block())
         self.paint_button.toggled.connect(self._toggle_paint)
         self.start_button.clicked.connect(self.start)
+        self.session_button.clicked.connect(lambda: self._show_setup(True))
         self.folder_button.clicked.connect(self._ask_folder)
         self.export_button.clicked.connect(self._ask_export)
         self.merge_button.clicked.connect(self._ask_merge)
@@ -418,6 +430,8 @@ class AnnotatorWidget(QWidget):
                 "on this slide: annotate another slide to complete them."
             )
         self._set_annotating(True)
+        self.session_button.setText(f"{session.expert} on {session.slide} · change setup…")
+        self._show_setup(False)
         self._show_block()
         self._update_table()
 
@@ -525,12 +539,21 @@ class AnnotatorWidget(QWidget):
                 edge_width=b * 0.015,
                 name=OUTLINE_LAYER,
             )
+            layer.editable = False
+            slide = self._layer(self.slide_combo.currentText())
+            if slide is not None:
+                self.viewer.layers.selection.active = slide
         else:
             layer.data = [rect]
             layer.shape_type = ["rectangle"]
         camera = _camera(self.viewer)
         camera.center = (y0 + b / 2, x0 + b / 2)
         camera.zoom = min(_canvas_size(self.viewer)) / ((1 + 2 * CONTEXT_BLOCKS) * b)
+
+    def _show_setup(self, on: bool) -> None:
+        """The setup folds away while annotating, to give the table room."""
+        self.setup_box.setVisible(on)
+        self.session_button.setVisible(not on and self.session is not None)
 
     def _set_annotating(self, on: bool) -> None:
         for w in (

@@ -35,6 +35,53 @@ def count_table(viewer, out: Path) -> None:
     widget.grab().save(str(out / "widget_count_table.png"))
 
 
+def annotator(viewer, out: Path) -> None:
+    """The count-table annotator on the synthetic sample, part-way through a session."""
+    import tempfile
+
+    import numpy as np
+    import tifffile
+
+    from napari_lsr._sample_data import NAME, sample_folder
+
+    folder = sample_folder()
+    for path in (f"{NAME}.tif", f"{NAME}_grid.npy"):
+        viewer.open(folder / path, plugin="napari-lsr")
+    viewer.layers[f"{NAME}_grid z"].visible = False
+    viewer.window._qt_window.resize(1600, 1000)
+    _dock, widget = viewer.window.add_plugin_dock_widget("napari-lsr", "Count-table annotator")
+    widget.expert.setText("demo")
+    widget.folder.setText(tempfile.mkdtemp())  # keep the cache folder free of autosaves
+    widget.start()
+    while widget.session is None:  # tissue detection runs in a worker thread
+        _process()
+    gt = tifffile.imread(folder / f"{NAME}_gt.tif") > 0
+    b = gt.shape[0] // widget.session.grid["shape"][0]
+    rng = np.random.default_rng(1)
+    for _ in range(40):  # a simulated expert: the true cancer %, rounded to 5, some noise
+        blk = widget.session.block
+        frac = gt[blk.row * b : (blk.row + 1) * b, blk.col * b : (blk.col + 1) * b].mean()
+        pct = float(np.clip(np.round((100 * frac + rng.normal(0, 2)) / 5) * 5, 0, 100))
+        widget.percent.setText(f"{pct:g}")
+        widget.record_typed()
+    widget.skip("artefact")
+    widget.table_widget.compare.setChecked(True)
+    widget.percent.setText("1")
+    for _ in range(10):
+        _process()
+    _close_notifications(viewer)
+    viewer.window._qt_window.grab().save(str(out / "widget_annotator.png"))
+
+
+def _close_notifications(viewer) -> None:
+    """Hide napari's toast notifications (e.g. backend deprecation) before a grab."""
+    from napari._qt.dialogs.qt_notification import NapariQtNotification
+
+    for toast in viewer.window._qt_window.findChildren(NapariQtNotification):
+        toast.close()
+    _process()
+
+
 def _process() -> None:
     from qtpy.QtWidgets import QApplication
 
@@ -42,7 +89,7 @@ def _process() -> None:
         QApplication.processEvents()
 
 
-SHOTS = {"count_table": count_table}
+SHOTS = {"count_table": count_table, "annotator": annotator}
 
 
 def main() -> None:
