@@ -358,6 +358,7 @@ class RunState:
     warnings: list[str] = field(default_factory=list)
     started: str = ""
     ended: str = ""
+    resumes: list[int] = field(default_factory=list)  # steps a resumed attempt started from
 
     @property
     def log_path(self) -> Path:
@@ -386,6 +387,9 @@ class RunState:
             self.step = self.start_step
             self.total_steps = int(event.get("total_steps", self.total_steps))
             del self.losses[self.start_step :]  # a resume redoes the steps after its checkpoint
+            self.resumes = [r for r in self.resumes if r < self.start_step]
+            if self.start_step > 0:
+                self.resumes.append(self.start_step)
             self.device = str(event.get("device", ""))
             self.n_blocks = int(event.get("n_blocks", 0))
             self.started = str(event.get("time", ""))

@@ -1,0 +1,868 @@
+"""The "Trainer" dock widget: one click trains a model in a separate process.
+
+Everything heavy happens in the training process (:mod:`lsr.training_process`); this
+widget only writes the run folders, launches the process and, every
+:data:`POLL_MS` milliseconds, reads the new lines of the runs' progress files (one
+``stat`` and a small read: never blocking). So the viewer stays responsive, a crash of the
+training cannot take napari down, and a run keeps going (detached) when napari closes.
+
+Inputs:
+- data: (slide, grid) pairs from layers opened from files (slides via their
+  ``lsr_slide`` metadata or ``layer.source.path``; grids via ``lsr_grid`` metadata, or a
+  grid file named like the slide beside it), or from a folder (``S.tif`` + ``S_grid.npy``);
+- count table: the paper preset, the table shown in the Count table widget, or a file;
+- losses (several are queued and trained one after another), distance, steps; the other
+  hyper-parameters in a collapsed "Advanced" section, empty = the paper's default per loss;
+- device (auto shows what it found), output folder.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import threading
+from pathlib import Path
+from typing import Any
+
+from qtpy.QtCore import QEvent, QObject, Qt, QTimer, Signal
+from qtpy.QtWidgets import (
+    QAbstractItemView,
+    QCheckBox,
+    QComboBox,
+    QDoubleSpinBox,
+    QFileDialog,
+    QFormLayout,
+    QGridLayout,
+    QGroupBox,
+    QHBoxLayout,
+    QHeaderView,
+    QLabel,
+    QLineEdit,
+    QMessageBox,
+    QProgressBar,
+    QPushButton,
+    QSpinBox,
+    QTableWidget,
+    QTableWidgetItem,
+    QVBoxLayout,
+    QWidget,
+)
+from superqt import QCollapsible
+
+from lsr import training_process as tp
+from lsr.counttable import CountTable
+from lsr.errors import LsrInputError
+from napari_lsr.loss_plot import LossPlot
+
+POLL_MS = 100
+PAPER_TABLE = "Paper Table 1"
+WIDGET_TABLE = "Count table widget: "
+FILE_TABLE = "File…"
+LOSS_LABELS = {"intra": "intra", "inter": "inter", "intra_inter": "intra + inter"}
+DISTANCES = ("gaussian-nll", "lsr-interval", "paper-printed", "kl")  # lsr.losses.DISTANCES
+MODEL_COLUMNS = ("Name", "Loss", "Distance", "Steps", "Date", "Final loss")
+
+_device_cache: dict[str, str] = {}
+
+
+def default_output_folder() -> Path:
+    """Where models go unless the user picks a folder: the user data folder of napari-lsr."""
+    from platformdirs import user_data_path
+
+    return user_data_path("napari-lsr") / "models"
+
+
+# ====================================================================== layers → pairs
+def _layer_path(layer: Any, key: str) -> str | None:
+    meta = getattr(layer, "metadata", {}) or {}
+    info = meta.get(key)
+    if isinstance(info, dict) and info.get("path"):
+        return str(info["path"])
+    source = getattr(layer, "source", None)
+    path = getattr(source, "path", None)
+    return str(path) if path else None
+
+
+def pairs_from_layers(layers: Any) -> tuple[list[tuple[str, str]], list[str], dict[str, Any]]:
+    """``(pairs, problems, geometry)`` from napari layers opened from files.
+
+    Slides: layers with ``lsr_slide`` metadata (the plugin's reader) or RGB image layers
+    with a source path. Grids: layers with ``lsr_grid`` metadata. A slide is paired with the
+    grid layer whose file is named like it (``S_grid.npy``, ``S.grid.csv``, ...), else with
+    such a grid file beside it, else (one slide, one grid) with the only grid. ``geometry``
+    is the ``block_px``/``working_mpp`` of the grids' sidecars when they agree.
+    """
+    slides, grids, geometry = [], {}, {}
+    for layer in layers:
+        meta = getattr(layer, "metadata", {}) or {}
+        if "lsr_grid" in meta:
+            path = _layer_path(layer, "lsr_grid")
+            if path:
+                grids[str(Path(path).resolve())] = path
+                geo = meta["lsr_grid"]
+                for key in ("block_px", "working_mpp"):
+                    if key in geo and geo.get("sidecar", True):  # not the reader's defaults
+                        geometry.setdefault(key, set()).add(geo[key])
+        elif "lsr_slide" in meta or getattr(layer, "rgb", False):
+            path = _layer_path(layer, "lsr_slide")
+            if path and path not in slides:
+                slides.append(path)
+    pairs, problems = [], []
+    for slide in slides:
+        beside = tp.grid_beside(slide)
+        grid = None
+        if beside is not None and str(beside.resolve()) in grids:
+            grid = grids[str(beside.resolve())]
+        elif beside is not None:
+            grid = str(beside)
+        elif len(slides) == 1 and len(grids) == 1:
+            grid = next(iter(grids.values()))
+        if grid is None:
+            problems.append(f"{Path(slide).name}: no grid layer or grid file named like it")
+        else:
+            pairs.append((slide, grid))
+    if not slides:
+        problems.append("no slide layer opened from a file")
+    geo = {k: next(iter(v)) for k, v in geometry.items() if len(v) == 1}
+    return pairs, problems, geo
+
+
+# ====================================================================== the widget
+class _DeviceProbe(QObject):
+    found = Signal(str, str)
+
+
+class TrainerWidget(QWidget):
+    """Train LSR models in the background; see the module docstring.
+
+    Public methods used by buttons and tests: :meth:`set_pairs`, :meth:`add_folder`,
+    :meth:`use_layers`, :meth:`train`, :meth:`cancel`, :meth:`resume`, :meth:`attach`,
+    :meth:`refresh_models`; :attr:`monitors` are the runs being watched.
+    """
+
+    run_finished = Signal(str, str)  # run folder, status
+
+    def __init__(self, napari_viewer=None, parent=None) -> None:
+        super().__init__(parent)
+        self.viewer = napari_viewer
+        self.job: tp.TrainingJob | None = None
+        self.monitors: list[tp.RunMonitor] = []
+        self._reported: set[tuple[str, str]] = set()
+        self._pbar: Any = None
+        self._pbar_run: Path | None = None
+        self._table_file: str | None = None
+        self._pairs: list[tuple[str, str]] = []
+        self.timer = QTimer(self)
+        self.timer.setInterval(POLL_MS)
+        self.timer.timeout.connect(self.poll)
+        self._build()
+        self._probe = _DeviceProbe(self)
+        self._probe.found.connect(self._device_found)
+        self._probe_device("auto")
+        self._update_placeholders()
+        self._update_buttons()
+        self._guarded: QWidget | None = None  # the main window whose closing we watch
+        if self.viewer is not None:
+            self.viewer.layers.events.inserted.connect(self._refresh_tables)
+            self.viewer.layers.events.removed.connect(self._refresh_tables)
+        self.refresh_models()
+
+    # ------------------------------------------------------------------ layout
+    def _build(self) -> None:
+        # data
+        self.pairs_view = QTableWidget(0, 2)
+        self.pairs_view.setHorizontalHeaderLabels(["Slide", "Grid"])
+        self.pairs_view.horizontalHeader().setSectionResizeMode(QHeaderView.Stretch)
+        self.pairs_view.verticalHeader().setVisible(False)
+        self.pairs_view.setSelectionBehavior(QAbstractItemView.SelectRows)
+        self.pairs_view.setEditTriggers(QAbstractItemView.NoEditTriggers)
+        self.pairs_view.setMaximumHeight(110)
+        self.pairs_view.setToolTip("Training data: each slide with its low-resolution grid")
+        self.layers_button = QPushButton("From layers")
+        self.layers_button.setToolTip(
+            "Use the slide and grid layers opened from files (grids paired by file name)"
+        )
+        self.folder_button = QPushButton("Folder…")
+        self.folder_button.setToolTip("Add every slide S.tif with a grid S_grid.npy/.csv beside it")
+        self.remove_button = QPushButton("Remove")
+        data_box = QGroupBox("Data")
+        data_layout = QVBoxLayout(data_box)
+        data_layout.addWidget(self.pairs_view)
+        row = QHBoxLayout()
+        for b in (self.layers_button, self.folder_button, self.remove_button):
+            row.addWidget(b)
+        data_layout.addLayout(row)
+
+        # count table, losses, distance, steps
+        self.table_combo = QComboBox()
+        self.table_combo.setToolTip("Count table p(c|z) giving the targets of each bin")
+        self._refresh_tables()
+        self.loss_checks = {k: QCheckBox(v) for k, v in LOSS_LABELS.items()}
+        self.loss_checks["intra_inter"].setChecked(True)
+        for key, box in self.loss_checks.items():
+            box.setToolTip(
+                f"Train a model with the {LOSS_LABELS[key]} loss (checked ones run in turn)"
+            )
+        losses_row = QHBoxLayout()
+        for box in self.loss_checks.values():
+            losses_row.addWidget(box)
+        losses_row.addStretch(1)
+        self.distance = QComboBox()
+        self.distance.addItems(DISTANCES)
+        self.distance.setToolTip(
+            "Distance between predicted and target class fractions (METHOD.md)"
+        )
+        self.steps = QSpinBox()
+        self.steps.setRange(1, 10_000_000)
+        self.steps.setValue(2000)
+        self.steps.setSingleStep(100)
+        self.device = QComboBox()
+        self.device.addItems(["auto", "cpu", "cuda", "mps"])
+        self.device_label = QLabel("detecting…")
+        self.device_label.setWordWrap(True)
+        device_row = QHBoxLayout()
+        device_row.addWidget(self.device)
+        device_row.addWidget(self.device_label, 1)
+        self.out_dir = QLineEdit(str(default_output_folder()))
+        self.out_dir.setToolTip("Each run gets its own folder here (checkpoints, log, run.json)")
+        self.out_button = QPushButton("…")
+        self.out_button.setMaximumWidth(30)
+        out_row = QHBoxLayout()
+        out_row.addWidget(self.out_dir, 1)
+        out_row.addWidget(self.out_button)
+        form = QFormLayout()
+        form.addRow("Count table", self.table_combo)
+        form.addRow("Loss", losses_row)
+        form.addRow("Distance", self.distance)
+        form.addRow("Steps", self.steps)
+        form.addRow("Device", device_row)
+        form.addRow("Output", out_row)
+
+        # advanced (collapsed): empty fields = the paper's default for the loss
+        self.advanced = QCollapsible("Advanced")
+        adv = QWidget()
+        grid = QFormLayout(adv)
+        self.lr = QLineEdit()
+        self.batch_size = QLineEdit()
+        self.groups_per_batch = QLineEdit()
+        self.group_size = QLineEdit()
+        self.block_px = QSpinBox()
+        self.block_px.setRange(4, 4096)
+        self.block_px.setValue(240)
+        self.working_mpp = QDoubleSpinBox()
+        self.working_mpp.setDecimals(3)
+        self.working_mpp.setRange(0.05, 100.0)
+        self.working_mpp.setValue(4.17)
+        self.width_spin = QSpinBox()
+        self.width_spin.setRange(1, 512)
+        self.width_spin.setValue(16)
+        self.depth_spin = QSpinBox()
+        self.depth_spin.setRange(0, 8)
+        self.depth_spin.setValue(4)
+        self.variance_norm = QComboBox()
+        self.variance_norm.addItems(["n2", "n"])
+        self.augment = QCheckBox("augment blocks")
+        self.augment.setChecked(True)
+        self.min_tissue = QDoubleSpinBox()
+        self.min_tissue.setRange(0.0, 1.0)
+        self.min_tissue.setSingleStep(0.05)
+        self.seed = QSpinBox()
+        self.seed.setRange(0, 2**31 - 1)
+        self.checkpoint_every = QSpinBox()
+        self.checkpoint_every.setRange(1, 10_000_000)
+        self.checkpoint_every.setValue(500)
+        self.num_workers = QSpinBox()
+        self.num_workers.setRange(0, 64)
+        grid.addRow("Learning rate", self.lr)
+        grid.addRow("Batch (intra)", self.batch_size)
+        grid.addRow("Groups / batch", self.groups_per_batch)
+        grid.addRow("Group size", self.group_size)
+        grid.addRow("Block px", self.block_px)
+        grid.addRow("µm / px", self.working_mpp)
+        grid.addRow("U-Net width", self.width_spin)
+        grid.addRow("U-Net depth", self.depth_spin)
+        grid.addRow("Variance norm", self.variance_norm)
+        grid.addRow("Min tissue", self.min_tissue)
+        grid.addRow("Seed", self.seed)
+        grid.addRow("Checkpoint every", self.checkpoint_every)
+        grid.addRow("Loader workers", self.num_workers)
+        grid.addRow("", self.augment)
+        self.advanced.addWidget(adv)
+        self.advanced.collapse(animate=False)
+
+        # actions
+        self.train_button = QPushButton("Train")
+        self.train_button.setToolTip("Start training in a separate process")
+        self.train_button.setStyleSheet("font-weight: bold")
+        self.cancel_button = QPushButton("Cancel")
+        self.cancel_button.setToolTip("Stop after the current step; the checkpoint is kept")
+        self.resume_button = QPushButton("Resume")
+        self.resume_button.setToolTip("Continue the cancelled or failed runs from their checkpoint")
+        self.attach_button = QPushButton("Attach…")
+        self.attach_button.setToolTip(
+            "Watch a run folder (running or finished), e.g. after a restart"
+        )
+        actions = QGridLayout()
+        actions.addWidget(self.train_button, 0, 0, 1, 2)
+        actions.addWidget(self.cancel_button, 0, 2)
+        actions.addWidget(self.resume_button, 1, 0)
+        actions.addWidget(self.attach_button, 1, 1, 1, 2)
+
+        # progress
+        self.progress_bar = QProgressBar()
+        self.progress_bar.setRange(0, 1)
+        self.progress_bar.setValue(0)
+        self.progress_bar.setFormat("%v / %m steps")
+        self.status = QLabel("Ready.")
+        self.status.setWordWrap(True)
+        self.status.setTextInteractionFlags(Qt.TextSelectableByMouse)
+        self.queue_label = QLabel("")
+        self.queue_label.setWordWrap(True)
+        self.plot = LossPlot(self)
+
+        # models
+        self.models_view = QTableWidget(0, len(MODEL_COLUMNS))
+        self.models_view.setHorizontalHeaderLabels(MODEL_COLUMNS)
+        self.models_view.verticalHeader().setVisible(False)
+        self.models_view.setEditTriggers(QAbstractItemView.NoEditTriggers)
+        self.models_view.setSelectionBehavior(QAbstractItemView.SelectRows)
+        header = self.models_view.horizontalHeader()
+        header.setSectionResizeMode(QHeaderView.ResizeToContents)
+        header.setStretchLastSection(True)
+        self.models_view.setMinimumHeight(90)
+        self.refresh_button = QPushButton("Refresh")
+        models_box = QGroupBox("Models in the output folder")
+        models_layout = QVBoxLayout(models_box)
+        models_layout.addWidget(self.models_view)
+        models_layout.addWidget(self.refresh_button, 0, Qt.AlignRight)
+
+        layout = QVBoxLayout(self)
+        layout.addWidget(data_box)
+        layout.addLayout(form)
+        layout.addWidget(self.advanced)
+        layout.addLayout(actions)
+        layout.addWidget(self.progress_bar)
+        layout.addWidget(self.status)
+        layout.addWidget(self.queue_label)
+        layout.addWidget(self.plot, 1)
+        layout.addWidget(models_box)
+
+        self.layers_button.clicked.connect(self.use_layers)
+        self.folder_button.clicked.connect(self._ask_folder)
+        self.remove_button.clicked.connect(self._remove_selected)
+        self.table_combo.activated.connect(self._table_chosen)
+        for box in self.loss_checks.values():
+            box.toggled.connect(self._update_placeholders)
+        self.out_button.clicked.connect(self._ask_out_dir)
+        self.out_dir.editingFinished.connect(self.refresh_models)
+        self.device.currentTextChanged.connect(self._probe_device)
+        self.train_button.clicked.connect(self.train)
+        self.cancel_button.clicked.connect(self.cancel)
+        self.resume_button.clicked.connect(lambda: self.resume())
+        self.attach_button.clicked.connect(self._ask_attach)
+        self.refresh_button.clicked.connect(self.refresh_models)
+
+    # ------------------------------------------------------------------ data
+    @property
+    def pairs(self) -> list[tuple[str, str]]:
+        return list(self._pairs)
+
+    def set_pairs(
+        self, pairs: list[tuple[str, str]], geometry: dict[str, Any] | None = None
+    ) -> None:
+        """Use these (slide, grid) pairs; ``geometry`` may set block_px / working_mpp."""
+        self._pairs = [(str(s), str(g)) for s, g in pairs]
+        self.pairs_view.setRowCount(len(self._pairs))
+        for r, (slide, grid) in enumerate(self._pairs):
+            for c, path in enumerate((slide, grid)):
+                item = QTableWidgetItem(Path(path).name)
+                item.setToolTip(path)
+                self.pairs_view.setItem(r, c, item)
+        geometry = geometry or {}
+        if "block_px" in geometry:
+            self.block_px.setValue(int(geometry["block_px"]))
+        if "working_mpp" in geometry:
+            self.working_mpp.setValue(float(geometry["working_mpp"]))
+
+    def use_layers(self) -> None:
+        """Pairs from the viewer's layers (see :func:`pairs_from_layers`)."""
+        if self.viewer is None:
+            return
+        pairs, problems, geometry = pairs_from_layers(self.viewer.layers)
+        if pairs:
+            self.set_pairs(pairs, geometry)
+        if problems:
+            self._say("Layers: " + "; ".join(problems), error=not pairs)
+
+    def add_folder(self, folder: str | Path) -> None:
+        """Add every slide/grid pair of ``folder`` (sidecar geometry of the grids is used)."""
+        try:
+            pairs = tp.find_pairs(folder)
+        except LsrInputError as err:
+            self._say(str(err), error=True)
+            return
+        geometry: dict[str, Any] = {}
+        try:
+            from napari_lsr._reader import grid_geometry
+
+            geos = [grid_geometry(g) for _, g in pairs]
+            for key in ("block_px", "working_mpp"):
+                values = {g[key] for g in geos if g.get("sidecar")}
+                if len(values) == 1:
+                    geometry[key] = values.pop()
+        except (ImportError, LsrInputError):
+            pass
+        known = set(self._pairs)
+        self.set_pairs(self._pairs + [p for p in pairs if p not in known], geometry)
+        self._say(f"{len(pairs)} slide(s) with grids from {folder}")
+
+    def _remove_selected(self) -> None:
+        rows = sorted({i.row() for i in self.pairs_view.selectedIndexes()}, reverse=True)
+        pairs = list(self._pairs)
+        for r in rows:
+            del pairs[r]
+        self.set_pairs(pairs)
+
+    def _ask_folder(self) -> None:
+        folder = QFileDialog.getExistingDirectory(self, "Folder of slides and grids")
+        if folder:
+            self.add_folder(folder)
+
+    def _ask_out_dir(self) -> None:
+        folder = QFileDialog.getExistingDirectory(self, "Output folder", self.out_dir.text())
+        if folder:
+            self.out_dir.setText(folder)
+            self.refresh_models()
+
+    # ------------------------------------------------------------------ count table
+    def _table_widgets(self) -> dict[str, Any]:
+        found = {}
+        window = getattr(self.viewer, "window", None)
+        docks = getattr(window, "dock_widgets", {}) if window is not None else {}
+        for name, widget in dict(docks).items():
+            if widget is not self and isinstance(getattr(widget, "table", None), CountTable):
+                found[name] = widget
+        return found
+
+    def _refresh_tables(self, *_args: Any) -> None:
+        current = self.table_combo.currentText()
+        self.table_combo.blockSignals(True)
+        self.table_combo.clear()
+        self.table_combo.addItem(PAPER_TABLE)
+        for name in self._table_widgets():
+            self.table_combo.addItem(WIDGET_TABLE + name)
+        if self._table_file:
+            self.table_combo.addItem(self._table_file)
+        self.table_combo.addItem(FILE_TABLE)
+        index = self.table_combo.findText(current)
+        self.table_combo.setCurrentIndex(max(index, 0))
+        self.table_combo.blockSignals(False)
+
+    def set_table_file(self, path: str | Path) -> bool:
+        """Use a count-table file (checked now: a bad file is reported, not trained on)."""
+        try:
+            CountTable.load(path)
+        except (LsrInputError, OSError) as err:
+            self._say(f"Could not load the count table: {err}", error=True)
+            return False
+        self._table_file = str(path)
+        self._refresh_tables()
+        self.table_combo.setCurrentText(str(path))
+        return True
+
+    def _table_chosen(self, _index: int) -> None:
+        if self.table_combo.currentText() == FILE_TABLE:
+            path, _ = QFileDialog.getOpenFileName(
+                self, "Count table", "", "Count tables (*.csv *.json)"
+            )
+            if not path or not self.set_table_file(path):
+                self.table_combo.setCurrentIndex(0)
+        else:
+            self._refresh_tables()
+
+    def current_table(self) -> tuple[str, CountTable | None]:
+        """``(config value, in-memory table)``: "paper", a file path, or a widget's table."""
+        text = self.table_combo.currentText()
+        if text.startswith(WIDGET_TABLE):
+            widget = self._table_widgets().get(text[len(WIDGET_TABLE) :])
+            if widget is not None:
+                return "paper", widget.table
+        if text not in (PAPER_TABLE, FILE_TABLE, "") and Path(text).is_file():
+            return text, None
+        return "paper", None
+
+    # ------------------------------------------------------------------ settings
+    def selected_losses(self) -> list[str]:
+        return [k for k, box in self.loss_checks.items() if box.isChecked()]
+
+    def _update_placeholders(self, *_args: Any) -> None:
+        from lsr.train import PAPER_DEFAULTS
+
+        losses = self.selected_losses() or ["intra_inter"]
+        lrs = sorted({PAPER_DEFAULTS[loss]["lr"] for loss in losses})
+        self.lr.setPlaceholderText("paper: " + " / ".join(f"{v:g}" for v in lrs))
+        self.batch_size.setPlaceholderText(f"paper: {PAPER_DEFAULTS['intra']['batch_size']}")
+        self.groups_per_batch.setPlaceholderText(
+            f"paper: {PAPER_DEFAULTS['inter']['groups_per_batch']}"
+        )
+        self.group_size.setPlaceholderText(f"paper: {PAPER_DEFAULTS['inter']['group_size']}")
+
+    @staticmethod
+    def _optional(edit: QLineEdit, kind: type) -> Any:
+        text = edit.text().strip()
+        if not text:
+            return None
+        try:
+            return kind(float(text)) if kind is int else kind(text)
+        except ValueError:
+            raise LsrInputError(f"'{text}' is not a number") from None
+
+    def configs(self) -> list[Any]:
+        """One resolved :class:`lsr.train.TrainConfig` per checked loss (raises on bad input)."""
+        from lsr.train import DataPair, TrainConfig
+
+        if not self._pairs:
+            raise LsrInputError("no training data: add slides with grids (layers or a folder)")
+        losses = self.selected_losses()
+        if not losses:
+            raise LsrInputError("choose at least one loss")
+        table, _ = self.current_table()
+        out = []
+        for loss in losses:
+            cfg = TrainConfig(
+                data=[DataPair(s, g) for s, g in self._pairs],
+                table=table,
+                loss=loss,
+                distance=self.distance.currentText(),
+                steps=self.steps.value(),
+                lr=self._optional(self.lr, float),
+                batch_size=self._optional(self.batch_size, int),
+                groups_per_batch=self._optional(self.groups_per_batch, int),
+                group_size=self._optional(self.group_size, int),
+                block_px=self.block_px.value(),
+                working_mpp=self.working_mpp.value(),
+                width=self.width_spin.value(),
+                depth=self.depth_spin.value(),
+                variance_norm=self.variance_norm.currentText(),
+                augment=self.augment.isChecked(),
+                min_tissue=self.min_tissue.value(),
+                seed=self.seed.value(),
+                checkpoint_every=self.checkpoint_every.value(),
+                num_workers=self.num_workers.value(),
+                device=self.device.currentText(),
+            )
+            cfg.resolved()  # validate now, in words, before anything starts
+            out.append(cfg)
+        return out
+
+    # ------------------------------------------------------------------ device
+    def _probe_device(self, name: str) -> None:
+        if name in _device_cache:
+            self._device_found(name, _device_cache[name])
+            return
+        self.device_label.setText("detecting…")
+
+        def work() -> None:
+            found = tp.probe_device(name)
+            _device_cache[name] = found
+            with contextlib.suppress(RuntimeError):  # the widget may be gone
+                self._probe.found.emit(name, found)
+
+        threading.Thread(target=work, name="lsr-device-probe", daemon=True).start()
+
+    def _device_found(self, name: str, found: str) -> None:
+        if name != self.device.currentText():
+            return
+        prefix = "found " if name == "auto" else ""
+        self.device_label.setText(prefix + found)
+        colour = "#e05050" if found.startswith("unavailable") else ""
+        self.device_label.setStyleSheet(f"color: {colour}" if colour else "")
+
+    # ------------------------------------------------------------------ actions
+    def train(self) -> bool:
+        """Write one run folder per checked loss and start one process training them in turn."""
+        if self.running:
+            self._say("Training is already running; cancel it first.", error=True)
+            return False
+        try:
+            configs = self.configs()
+            _, table = self.current_table()
+            folder = Path(self.out_dir.text()).expanduser()
+            runs = [tp.prepare_run(cfg, folder, table=table) for cfg in configs]
+            job = tp.launch(runs)
+        except (LsrInputError, OSError) as err:
+            self._say(f"Cannot start training: {err}", error=True)
+            return False
+        self._watch(job)
+        self._say(f"Training {len(runs)} model(s) in a separate process (pid {job.pid}).")
+        return True
+
+    def cancel(self) -> None:
+        """Stop after the current step (the checkpoint is kept); queued runs do not start."""
+        if self.job is None:
+            return
+        self.job.cancel()
+        self._say("Stopping after the current step…")
+
+    def resume(self, steps: int | None = None) -> bool:
+        """Continue the watched runs that did not complete, from their last checkpoint.
+
+        ``steps``: new total number of steps (``None``: each run's own).
+        """
+        if self.running:
+            self._say("Training is still running.", error=True)
+            return False
+        todo = [m.run_dir for m in self.monitors if m.state.status not in ("completed",)]
+        if not todo:
+            self._say("Nothing to resume: attach a cancelled or failed run first.", error=True)
+            return False
+        try:
+            runs = [tp.prepare_resume(run, steps) for run in todo]
+            job = tp.launch(runs)
+        except (LsrInputError, OSError) as err:
+            self._say(f"Cannot resume: {err}", error=True)
+            return False
+        self._watch(job)
+        self._say(f"Resuming {len(runs)} run(s) (pid {job.pid}).")
+        return True
+
+    def attach(self, run_dir: str | Path) -> bool:
+        """Watch an existing run folder (and the rest of its job): running or finished."""
+        try:
+            job = tp.attach(run_dir)
+        except LsrInputError as err:
+            self._say(f"Cannot attach: {err}", error=True)
+            return False
+        self._watch(job, report_old=False)
+        self.out_dir.setText(str(Path(run_dir).resolve().parent))
+        self.refresh_models()
+        return True
+
+    def _ask_attach(self) -> None:
+        folder = QFileDialog.getExistingDirectory(self, "Run folder", self.out_dir.text())
+        if folder:
+            self.attach(folder)
+
+    # ------------------------------------------------------------------ watching
+    @property
+    def running(self) -> bool:
+        return self.job is not None and any(m.state.active for m in self.monitors)
+
+    def _watch(self, job: tp.TrainingJob, report_old: bool = True) -> None:
+        self.job = job
+        self.monitors = [tp.RunMonitor(r, job) for r in job.runs]
+        self._close_pbar()
+        if not report_old:  # finished runs of an attached job are history, not news
+            for m in self.monitors:
+                m.poll()
+                if not m.state.active:
+                    self._reported.add((str(m.run_dir), m.state.ended))
+        self.poll()
+        self.timer.start()
+        self._update_buttons()
+        self._guard_close()
+
+    def _guard_close(self) -> None:
+        """Watch the main window's Close event (the dock's top-level window)."""
+        window = self.window()
+        if window is not self and window is not self._guarded:
+            if self._guarded is not None:
+                self._guarded.removeEventFilter(self)
+            window.installEventFilter(self)
+            self._guarded = window
+
+    def current(self) -> tp.RunMonitor | None:
+        """The run shown: the first one still active, else the last one watched."""
+        for m in self.monitors:
+            if m.state.active:
+                return m
+        return self.monitors[-1] if self.monitors else None
+
+    def poll(self) -> None:
+        """Read new progress (cheap, non-blocking) and update the display; the timer calls it."""
+        for m in self.monitors:
+            m.poll()
+            state = m.state
+            key = (str(m.run_dir), state.ended or state.status)
+            if not state.active and key not in self._reported:
+                self._reported.add(key)
+                self._report_end(state)
+        self._show(self.current())
+        if not self.running:
+            self.timer.stop()
+            self._close_pbar()
+            self._update_buttons()
+            self._unguard_close()
+
+    def _show(self, m: tp.RunMonitor | None) -> None:
+        if m is None:
+            return
+        s = m.state
+        self.status.setStyleSheet("")
+        total = max(s.total_steps, 1)
+        self.progress_bar.setRange(0, total)
+        self.progress_bar.setValue(min(s.step, total))
+        name = LOSS_LABELS.get(s.loss, s.loss)
+        if s.status == "running" and s.losses:
+            eta = _duration(s.eta_s)
+            self.status.setText(
+                f"<b>{name}</b> · step {s.step}/{s.total_steps} · loss {s.losses[-1]:.4g} · "
+                f"{s.blocks_per_s:.1f} blocks/s · ETA {eta} · {s.device}"
+            )
+            self._update_pbar(
+                m, f"{name}: loss {s.losses[-1]:.4g}, {s.blocks_per_s:.1f} blocks/s, ETA {eta}"
+            )
+        elif s.status == "running":
+            self.status.setText(f"<b>{name}</b> · starting (loading data, building the network)…")
+            self._update_pbar(m, f"{name}: starting")
+        elif s.status == "queued":
+            self.status.setText(f"<b>{name}</b> · waiting for the training process…")
+        else:
+            colour = {"completed": "#60c060", "cancelled": "#e0a040"}.get(s.status, "#e05050")
+            detail = f": {s.message}" if s.message else ""
+            self.status.setText(
+                f"<b>{name}</b> · <span style='color:{colour}'>{s.status}</span> at step "
+                f"{s.step}/{s.total_steps}{detail}"
+            )
+        if len(self.monitors) > 1:
+            parts = [
+                f"{LOSS_LABELS.get(x.state.loss, x.state.loss)}: {x.state.status}"
+                for x in self.monitors
+            ]
+            self.queue_label.setText("Queue — " + " · ".join(parts))
+        else:
+            self.queue_label.setText("")
+        self.plot.set_losses(s.losses, s.resumes, f"{m.run_dir.name}", force=not s.active)
+
+    def _update_pbar(self, m: tp.RunMonitor, desc: str) -> None:
+        from napari.utils import progress
+
+        s = m.state
+        if self._pbar is None or self._pbar_run != m.run_dir:
+            self._close_pbar()
+            self._pbar = progress(total=max(s.total_steps, 1), desc=desc)
+            self._pbar_run = m.run_dir
+            self._pbar.n = 0
+        if self._pbar.total != s.total_steps and s.total_steps:
+            self._pbar.total = s.total_steps
+        delta = s.step - self._pbar.n
+        if delta:
+            self._pbar.update(delta)
+        self._pbar.set_description(desc)
+
+    def _close_pbar(self) -> None:
+        if self._pbar is not None:
+            self._pbar.close()
+            self._pbar = None
+            self._pbar_run = None
+
+    def _report_end(self, s: tp.RunState) -> None:
+        name = f"{LOSS_LABELS.get(s.loss, s.loss)} ({s.run_dir.name})"
+        if s.status == "completed":
+            final = f"{s.final_loss:.4g}" if s.final_loss is not None else "-"
+            self._notify(f"Training finished: {name}, {s.step} steps, final loss {final}.")
+            self.refresh_models()
+        elif s.status == "cancelled":
+            self._notify(
+                f"Training cancelled: {name} at step {s.step}; checkpoint kept, Resume continues."
+            )
+        else:
+            kept = f" Checkpoint kept: {s.checkpoint}." if s.checkpoint else ""
+            self._notify(
+                f"Training failed: {name}: {s.message or s.status}.{kept} Log: {s.log_path}",
+                error=True,
+            )
+        self.run_finished.emit(str(s.run_dir), s.status)
+
+    def _update_buttons(self) -> None:
+        running = self.running
+        self.train_button.setEnabled(not running)
+        self.cancel_button.setEnabled(running)
+        resumable = any(m.state.status in ("cancelled", "failed", "died") for m in self.monitors)
+        self.resume_button.setEnabled(not running and resumable)
+        self.attach_button.setEnabled(not running)
+
+    # ------------------------------------------------------------------ model list
+    def refresh_models(self) -> list[tp.ModelInfo]:
+        """Fill the model list from the output folder (:func:`lsr.training_process.list_models`)."""
+        models = tp.list_models(Path(self.out_dir.text()).expanduser())
+        self.models_view.setRowCount(len(models))
+        for r, m in enumerate(models):
+            final = f"{m.final_loss:.4g}" if m.final_loss is not None else "-"
+            values = (m.name, LOSS_LABELS.get(m.loss, m.loss), m.distance, str(m.steps),
+                      m.date.replace("T", " ")[:16], final)  # fmt: skip
+            for c, value in enumerate(values):
+                item = QTableWidgetItem(value)
+                item.setToolTip(m.checkpoint)
+                if c in (3, 5):
+                    item.setTextAlignment(int(Qt.AlignRight | Qt.AlignVCenter))
+                self.models_view.setItem(r, c, item)
+        self.models = models
+        return models
+
+    # ------------------------------------------------------------------ closing napari
+    def ask_close_choice(self) -> str:
+        """Ask what to do with running training: ``"stop"``, ``"detach"`` or ``"cancel"``."""
+        box = QMessageBox(self)
+        box.setIcon(QMessageBox.Question)
+        box.setWindowTitle("Training is running")
+        box.setText("A model is still training. Stop it, or let it continue in the background?")
+        box.setInformativeText(
+            "Stopping keeps the last checkpoint (Resume continues it). In the background it "
+            "keeps writing checkpoints and its log; Attach… re-opens it later."
+        )
+        stop = box.addButton("Stop training", QMessageBox.DestructiveRole)
+        detach = box.addButton("Keep training in background", QMessageBox.AcceptRole)
+        box.addButton(QMessageBox.Cancel)
+        box.setDefaultButton(detach)
+        box.exec_()
+        clicked = box.clickedButton()
+        return "stop" if clicked is stop else "detach" if clicked is detach else "cancel"
+
+    def eventFilter(self, obj: QObject, event: QEvent) -> bool:
+        if obj is self._guarded and event.type() == QEvent.Close and self.running:
+            choice = self.ask_close_choice()
+            if choice == "cancel":
+                event.ignore()
+                return True
+            if choice == "stop":
+                self.cancel()
+            self.detach()
+        return False
+
+    def detach(self) -> None:
+        """Stop watching; the training process goes on (it is in its own session)."""
+        self.timer.stop()
+        self._close_pbar()
+        self._unguard_close()
+
+    def _unguard_close(self) -> None:
+        if self._guarded is not None:
+            with contextlib.suppress(RuntimeError):  # the window may be gone already
+                self._guarded.removeEventFilter(self)
+            self._guarded = None
+
+    # ------------------------------------------------------------------ messages
+    def _say(self, message: str, error: bool = False) -> None:
+        self.status.setText(message)
+        if error:
+            self._notify(message, error=True)
+
+    def _notify(self, message: str, error: bool = False) -> None:
+        from napari.utils.notifications import show_error, show_info
+
+        self.status.setText(message)
+        self.status.setStyleSheet("color: #e05050" if error else "")
+        (show_error if error else show_info)(message)
+
+
+def _duration(seconds: float) -> str:
+    if not math.isfinite(seconds) or seconds < 0:
+        return "–"
+    seconds = round(seconds)
+    h, rest = divmod(seconds, 3600)
+    m, s = divmod(rest, 60)
+    return f"{h}:{m:02d}:{s:02d}" if h else f"{m}:{s:02d}"
+
+
+__all__ = ["TrainerWidget", "default_output_folder", "pairs_from_layers"]

@@ -1,0 +1,196 @@
+"""The Trainer dock widget in a real viewer: background training, cancel/resume, errors."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from lsr import training_process as tp
+
+napari = pytest.importorskip("napari")
+
+BLOCK = 16
+MPP = 4.17
+TIMEOUT_MS = 120_000
+
+
+def make_data(folder: Path, n: int = 2) -> list[tuple[str, str]]:
+    """``n`` random 64×64 RGB slides ``sI.tif`` with 4×4 bin grids ``sI_grid.npy``."""
+    from lsr.grid import BlockGrid, save_grid
+    from lsr.slide import write_pyramidal_tiff
+
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(1)
+    for i in range(n):
+        img = rng.integers(0, 255, (64, 64, 3), dtype=np.uint8)
+        write_pyramidal_tiff(folder / f"s{i}.tif", img, mpp=MPP, tile=64, compression="zlib")
+        z = rng.integers(0, 10, (4, 4)).astype(np.int16)
+        save_grid(BlockGrid.from_z(z, BLOCK), folder / f"s{i}_grid.npy")
+    return tp.find_pairs(folder)
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    folder = tmp_path_factory.mktemp("slides")
+    make_data(folder)
+    return folder
+
+
+@pytest.fixture
+def widget(make_napari_viewer, tmp_path, monkeypatch):
+    from napari_lsr.trainer import TrainerWidget
+
+    monkeypatch.setattr(TrainerWidget, "ask_close_choice", lambda self: "stop")
+    viewer = make_napari_viewer()
+    _dock, w = viewer.window.add_plugin_dock_widget("napari-lsr", "Trainer")
+    w.out_dir.setText(str(tmp_path / "models"))
+    w.block_px.setValue(BLOCK)
+    w.working_mpp.setValue(MPP)
+    w.width_spin.setValue(4)
+    w.depth_spin.setValue(2)
+    w.group_size.setText("4")
+    w.batch_size.setText("8")
+    w.augment.setChecked(False)
+    w.checkpoint_every.setValue(1000)
+    w.device.setCurrentText("cpu")
+    yield w
+    if w.job is not None and w.job.alive:  # never leave a process behind
+        w.job.cancel()
+        w.job.wait(60)
+    w.detach()
+
+
+def errors() -> list[str]:
+    from napari.utils.notifications import NotificationSeverity, notification_manager
+
+    return [
+        str(n.message)
+        for n in notification_manager.records
+        if n.severity == NotificationSeverity.ERROR
+    ]
+
+
+def test_train_queue_from_layers_to_completion_and_model_list(widget, data, qtbot) -> None:
+    viewer = widget.viewer
+    for i in range(2):
+        viewer.open(str(data / f"s{i}.tif"), plugin="napari-lsr")
+        viewer.open(str(data / f"s{i}_grid.npy"), plugin="napari-lsr")
+    widget.use_layers()
+    assert [(Path(s).name, Path(g).name) for s, g in widget.pairs] == [
+        ("s0.tif", "s0_grid.npy"),
+        ("s1.tif", "s1_grid.npy"),
+    ]
+    widget.loss_checks["intra"].setChecked(True)  # queue: intra+inter, then intra
+    widget.steps.setValue(6)
+    qtbot.mouseClick(widget.train_button, qtbot_button())
+    assert widget.running and not widget.train_button.isEnabled()
+    qtbot.waitUntil(lambda: not widget.running, timeout=TIMEOUT_MS)
+    states = [m.state for m in widget.monitors]
+    assert [(s.loss, s.status, s.step) for s in states] == [
+        ("intra", "completed", 6),
+        ("intra_inter", "completed", 6),
+    ] or [(s.loss, s.status, s.step) for s in states] == [
+        ("intra_inter", "completed", 6),
+        ("intra", "completed", 6),
+    ], [s.message for s in states]
+    assert widget.plot.losses == pytest.approx(states[-1].losses) and len(states[-1].losses) == 6
+    assert widget.progress_bar.value() == 6
+    # the model list shows both results, as list_models reads them
+    assert widget.models_view.rowCount() == 2
+    names = {widget.models_view.item(r, 0).text() for r in range(2)}
+    assert names == {s.run_dir.name for s in states}
+    row = [widget.models_view.item(0, c).text() for c in range(6)]
+    model = next(m for m in widget.models if m.name == row[0])
+    assert row[3] == "6" and row[2] == "gaussian-nll"
+    assert row[5] == f"{model.final_loss:.4g}"
+    summary = json.loads(Path(model.run_dir, "run.json").read_text())
+    assert model.final_loss == pytest.approx(summary["losses"][-1])
+
+
+def qtbot_button():
+    from qtpy.QtCore import Qt
+
+    return Qt.LeftButton
+
+
+def test_cancel_then_resume_continues_from_checkpoint(widget, data, qtbot) -> None:
+    widget.add_folder(data)
+    widget.loss_checks["intra_inter"].setChecked(False)
+    widget.loss_checks["intra"].setChecked(True)
+    widget.steps.setValue(100_000)
+    assert widget.train()
+    qtbot.waitUntil(lambda: widget.current().state.step >= 2, timeout=TIMEOUT_MS)
+    assert widget.cancel_button.isEnabled()
+    qtbot.mouseClick(widget.cancel_button, qtbot_button())
+    qtbot.waitUntil(lambda: not widget.running, timeout=TIMEOUT_MS)
+    s = widget.current().state
+    assert s.status == "cancelled" and 2 <= s.step < 100_000
+    run = s.run_dir
+    assert json.loads((run / "latest.json").read_text())["step"] == s.step
+    assert widget.resume_button.isEnabled()
+    first = list(s.losses)
+    assert widget.resume(steps=s.step + 3)
+    qtbot.waitUntil(lambda: not widget.running, timeout=TIMEOUT_MS)
+    s2 = widget.current().state
+    assert s2.run_dir == run and s2.status == "completed", s2.message
+    assert (s2.start_step, s2.step) == (s.step, s.step + 3)
+    assert s2.losses[: s.step] == first
+    assert s2.resumes == [s.step]  # shown as a marker on the loss curve
+
+
+def test_failing_run_reports_error_and_viewer_stays_usable(widget, data, tmp_path, qtbot) -> None:
+    from lsr.grid import BlockGrid, save_grid
+
+    save_grid(BlockGrid.from_z(np.zeros((9, 9), np.int16), BLOCK), tmp_path / "wrong_grid.npy")
+    widget.set_pairs([(str(data / "s0.tif"), str(tmp_path / "wrong_grid.npy"))])
+    before = len(errors())
+    assert widget.train()
+    qtbot.waitUntil(lambda: not widget.running, timeout=TIMEOUT_MS)
+    new = errors()[before:]
+    assert len(new) == 1
+    assert "does not match the slide" in new[0] and "wrong_grid.npy" in new[0]
+    assert str(widget.current().state.log_path) in new[0]
+    assert widget.current().state.status == "failed"
+    assert widget.train_button.isEnabled()
+    layer = widget.viewer.add_image(np.zeros((8, 8)))  # the viewer is fine
+    qtbot.wait(50)
+    assert layer in widget.viewer.layers
+    assert widget.models_view.rowCount() == 0
+
+
+def test_close_asks_detach_then_reattach_and_stop(widget, data, qtbot, monkeypatch) -> None:
+    from qtpy.QtCore import QEvent
+    from qtpy.QtGui import QCloseEvent
+
+    from napari_lsr.trainer import TrainerWidget
+
+    widget.add_folder(data)
+    widget.steps.setValue(100_000)
+    assert widget.train()
+    qtbot.waitUntil(lambda: widget.current().state.step >= 1, timeout=TIMEOUT_MS)
+    window = widget.window()  # the main window the widget is docked in
+    monkeypatch.setattr(TrainerWidget, "ask_close_choice", lambda self: "cancel")
+    event = QCloseEvent()
+    assert widget.eventFilter(window, event) is True and not event.isAccepted()
+    monkeypatch.setattr(TrainerWidget, "ask_close_choice", lambda self: "detach")
+    assert widget.eventFilter(window, QCloseEvent()) is False  # napari may close
+    assert not widget.timer.isActive()
+    job, run = widget.job, widget.current().run_dir
+    step = widget.current().state.step
+    qtbot.wait(1000)
+    assert job.alive  # training goes on without the widget
+    # a new session re-attaches to the folder: history and live progress
+    other = TrainerWidget(widget.viewer)
+    widget.viewer.window.add_dock_widget(other, name="Trainer 2")
+    assert other.attach(run)
+    assert other.running and other.current().state.step >= step
+    assert other.plot.losses[:step] == widget.current().state.losses[:step]
+    monkeypatch.setattr(TrainerWidget, "ask_close_choice", lambda self: "stop")
+    other.eventFilter(other.window(), QCloseEvent())
+    qtbot.waitUntil(lambda: not job.alive, timeout=TIMEOUT_MS)
+    final = tp.read_run(run)
+    assert final.status == "cancelled" and final.checkpoint
+    assert QEvent.Close == QCloseEvent().type()
