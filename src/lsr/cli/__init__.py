@@ -18,18 +18,19 @@ app = typer.Typer(
 
 
 def _register() -> None:
-    """Attach the command groups (imported here so ``import lsr.cli`` stays cheap)."""
+    """Attach the commands (imported here so ``import lsr.cli`` stays cheap)."""
+    from lsr.cli import demo as demo_cli
+    from lsr.cli import evaluate as evaluate_cli
     from lsr.cli import predict as predict_cli
+    from lsr.cli import synth as synth_cli
     from lsr.cli import table
     from lsr.cli import train as train_cli
 
-    app.add_typer(table.app, name="table")
-    app.command("predict")(predict_cli.predict)
-    app.command("train")(train_cli.train)
-    from lsr.cli import evaluate as evaluate_cli
-    from lsr.cli import synth as synth_cli
-
+    app.command("demo")(demo_cli.demo)
     app.command("synth")(synth_cli.synth)
+    app.add_typer(table.app, name="table")
+    app.command("train")(train_cli.train)
+    app.command("predict")(predict_cli.predict)
     app.command("evaluate")(evaluate_cli.evaluate)
 
 

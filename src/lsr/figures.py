@@ -1,0 +1,144 @@
+"""Figures like the paper's: boundaries on H&E (Fig. 4), the evaluation band (Fig. 3).
+
+Matplotlib with the Agg backend only (no display, no Qt). Colours come from
+:data:`lsr.geojson.FIG4_COLOURS` so that figures, the viewer and the QuPath export agree:
+green low-resolution model, red ground truth, blue intra+inter, cyan intra.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from os import PathLike
+
+import numpy as np
+
+from lsr.atomic import atomic_path
+from lsr.geojson import FIG4_COLOURS
+from lsr.metrics import boundary_band
+
+#: Legend text of each boundary, in drawing order (ground truth last, on top).
+LABELS = {
+    "low_res": "low-resolution model",
+    "intra": "intra-instance",
+    "inter": "inter-instance",
+    "intra_inter": "intra+inter-instance",
+    "ground_truth": "ground truth",
+}
+
+
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg", force=False)
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def colour(name: str) -> tuple[float, float, float]:
+    """Matplotlib colour (0-1 RGB) of a boundary; unknown names get a neutral grey."""
+    r, g, b = FIG4_COLOURS.get(name, (200, 200, 200))
+    return (r / 255, g / 255, b / 255)
+
+
+def _scale_bar(ax, width_px: int, px_per_mm: float) -> None:
+    """A 1 mm (or 0.5 mm on small patches) black-and-white bar, bottom left."""
+    mm = 1.0 if width_px >= 3 * px_per_mm else 0.5
+    length = mm * px_per_mm
+    h = ax.get_ylim()[0]
+    y = h - 0.05 * h
+    x0 = 0.04 * width_px
+    ax.plot([x0, x0 + length], [y, y], color="black", linewidth=5, solid_capstyle="butt")
+    ax.plot([x0, x0 + length], [y, y], color="white", linewidth=2.5, solid_capstyle="butt")
+    ax.text(x0 + length / 2, y - 0.02 * h, f"{mm:g} mm", ha="center", va="bottom",
+            color="black", fontsize=8,
+            bbox={"facecolor": "white", "alpha": 0.7, "pad": 1, "linewidth": 0})  # fmt: skip
+
+
+def draw_boundaries(ax, rgb: np.ndarray, masks: Mapping[str, np.ndarray], linewidth=1.6) -> None:
+    """Show ``rgb`` (H, W, 3) uint8 with the 0.5-contour of each boolean (H, W) mask."""
+    ax.imshow(rgb, interpolation="nearest")
+    order = [k for k in LABELS if k in masks] + [k for k in masks if k not in LABELS]
+    for name in order:
+        m = np.asarray(masks[name], dtype=np.float32)
+        if m.min() == m.max():
+            continue  # no boundary inside this patch
+        ax.contour(m, levels=[0.5], colors=[colour(name)], linewidths=linewidth)
+    ax.set_xticks([])
+    ax.set_yticks([])
+
+
+def fig4(
+    path: str | PathLike[str],
+    patches: Sequence[tuple[np.ndarray, Mapping[str, np.ndarray]]],
+    *,
+    px_per_mm: float,
+    titles: Sequence[str] | None = None,
+    ncols: int = 3,
+) -> None:
+    """Write a Fig. 4-like PNG: several patches, each with its boundaries and a scale bar.
+
+    ``patches``: list of (rgb (H, W, 3) uint8, {boundary name: bool (H, W)}); names as in
+    :data:`LABELS`. One legend for the whole figure. Written atomically.
+    """
+    plt = _pyplot()
+    n = len(patches)
+    ncols = max(1, min(ncols, n))
+    nrows = int(np.ceil(n / ncols))
+    fig, axes = plt.subplots(nrows, ncols, figsize=(4 * ncols, 4 * nrows + 0.6), squeeze=False)
+    names: list[str] = []
+    for i, ax in enumerate(axes.flat):
+        if i >= n:
+            ax.axis("off")
+            continue
+        rgb, masks = patches[i]
+        draw_boundaries(ax, rgb, masks)
+        _scale_bar(ax, rgb.shape[1], px_per_mm)
+        if titles:
+            ax.set_title(titles[i], fontsize=9)
+        names += [k for k in masks if k not in names]
+    _legend(fig, [k for k in LABELS if k in names] + [k for k in names if k not in LABELS])
+    fig.tight_layout(rect=(0, 0.06 if nrows == 1 else 0.04, 1, 1))
+    _save(fig, path)
+    plt.close(fig)
+
+
+def _legend(fig, names: Sequence[str]) -> None:
+    from matplotlib.lines import Line2D
+
+    handles = [Line2D([0], [0], color=colour(k), linewidth=2.5) for k in names]
+    fig.legend(handles, [LABELS.get(k, k) for k in names], loc="lower center",
+               ncol=len(names), frameon=False, fontsize=10)  # fmt: skip
+
+
+def fig3(
+    path: str | PathLike[str],
+    rgb: np.ndarray,
+    gt: np.ndarray,
+    *,
+    band: float,
+    px_per_mm: float,
+) -> None:
+    """Write a Fig. 3-like PNG: the ground-truth boundary and, in green, the band of
+    pixels within ``band`` px of it where masked IoU/DICE are computed."""
+    plt = _pyplot()
+    fig, axes = plt.subplots(1, 2, figsize=(9, 4.9))
+    draw_boundaries(axes[0], rgb, {"ground_truth": gt})
+    axes[0].set_title("ground truth (red)", fontsize=10)
+    m = boundary_band(gt, band)
+    shown = np.zeros((*gt.shape, 3), dtype=np.uint8)
+    shown[m] = (60, 180, 75)
+    shown[~m] = (235, 235, 235)
+    draw_boundaries(axes[1], shown, {"ground_truth": gt})
+    axes[1].set_title(f"evaluation band: within {band:g} px ({band / px_per_mm:.2g} mm)",
+                      fontsize=10)  # fmt: skip
+    for ax in axes:
+        _scale_bar(ax, rgb.shape[1], px_per_mm)
+    fig.tight_layout()
+    _save(fig, path)
+    plt.close(fig)
+
+
+def _save(fig, path: str | PathLike[str]) -> None:
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=110, format="png")

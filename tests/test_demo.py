@@ -1,0 +1,90 @@
+"""``lsr demo --quick`` end to end: every output file, consistent numbers, resumable."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import shapely.geometry
+
+from lsr.metrics import pooled_scores
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def demo_out(tmp_path_factory):
+    out = tmp_path_factory.mktemp("demo")
+    res = subprocess.run(
+        [sys.executable, "-m", "lsr", "demo", "--quick", "--out", str(out)],
+        capture_output=True, text=True, timeout=900,
+    )  # fmt: skip
+    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
+    return out, res.stdout
+
+
+def test_demo_writes_every_file(demo_out):
+    out, stdout = demo_out
+    for name in ("results.json", "results.md", "fig4.png", "fig3.png", "table1.md",
+                 "calibration.md"):  # fmt: skip
+        assert (out / name).stat().st_size > 0, name
+        assert str(out / name) in stdout.replace("\n", "")  # the demo says where files are
+    assert (out / "fig4.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    res = json.loads((out / "results.json").read_text())
+    assert set(res["rows"]) == {"low_res", "intra", "inter", "intra_inter"}
+    for row in res["rows"].values():
+        for key in ("masked_iou", "masked_dice", "iou", "dice"):
+            assert 0.0 <= row[key] <= 1.0
+    assert res["seed"] == 0 and "torch" in res["versions"] and res["config"]["losses"]
+    md = (out / "results.md").read_text()
+    assert "0.5722" in md and "Intra+inter-instance" in md  # paper numbers beside ours
+
+
+def test_demo_low_res_row_matches_metrics_on_its_data(demo_out):
+    """Recompute the low-resolution row from the generated files with lsr.metrics."""
+    from lsr.baseline import low_res_mask
+    from lsr.grid import load_grid
+    from lsr.slide import open_slide
+
+    out, _ = demo_out
+    res = json.loads((out / "results.json").read_text())
+    man = json.loads((out / "data" / "seed0" / "manifest.json").read_text())
+    preds, gts = [], []
+    for p in man["test"]:
+        with open_slide(out / "data" / "seed0" / "test" / p["ground_truth"]) as s:
+            gt = s.read_level(0, 0, 0, *s.shape)
+        gt = np.asarray(gt)[..., 0] > 0 if np.ndim(gt) == 3 else np.asarray(gt) > 0
+        grid = load_grid(out / "data" / "seed0" / "test" / p["grid"], block_px=man["block_px"])
+        preds.append(low_res_mask(grid.probs, man["block_px"], gt.shape))
+        gts.append(gt)
+    ref = pooled_scores(preds, gts, band=res["band_px"])
+    assert res["rows"]["low_res"]["masked_iou"] == pytest.approx(ref["masked_iou"])
+    assert res["rows"]["low_res"]["dice"] == pytest.approx(ref["dice"])
+
+
+def test_demo_geojson_opens_in_shapely(demo_out):
+    out, _ = demo_out
+    files = sorted((out / "geojson").glob("*.geojson"))
+    res = json.loads((out / "results.json").read_text())
+    assert len(files) == res["n_test_patches"]
+    names = set()
+    for path in files:
+        fc = json.loads(path.read_text())
+        for f in fc["features"]:  # empty boundaries are left out (QuPath cannot show them)
+            assert f["properties"]["objectType"] == "annotation"
+            assert shapely.geometry.shape(f["geometry"]).is_valid
+            names.add(f["properties"]["classification"]["name"])
+    assert {"Tumor", "Low-resolution model"} <= names
+
+
+def test_demo_rerun_reuses_finished_work(demo_out):
+    out, _ = demo_out
+    res = subprocess.run(
+        [sys.executable, "-m", "lsr", "demo", "--quick", "--out", str(out)],
+        capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert res.returncode == 0, res.stderr[-2000:]
+    assert "reusing" in res.stdout and "training on" not in res.stdout
