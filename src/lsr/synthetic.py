@@ -32,8 +32,9 @@ from lsr.counttable import bin_probabilities
 from lsr.synthetic_classifier import (
     block_dice,
     block_features,
+    cell_sums,
+    cells_per_block,
     classify,
-    downsample_rgb,
     fit_weights,
 )
 from lsr.synthetic_config import SyntheticConfig, load_config
@@ -73,7 +74,7 @@ class SyntheticSlide:
     tissue_fraction: np.ndarray
     features: np.ndarray
     plan: TissuePlan
-    low_rgb: np.ndarray  # (H/f, W/f, 3) float32: what the classifier saw (f = downsample)
+    cells: np.ndarray  # (4, ny, nx) classifier cell sums (lsr.synthetic_classifier.cell_sums)
 
     @property
     def z(self) -> np.ndarray:
@@ -139,9 +140,9 @@ def generate_slide(
     n = float(b * b)
     cancer = _block_sums(gt, b) / n
     tis = _block_sums(tissue, b) / n
-    low = downsample_rgb(rgb, cfg.classifier.downsample)
-    feats, probs = _finish(cfg, seed, plan, low, cancer, tis)
-    return SyntheticSlide(seed, rgb, gt, probs, cancer, tis, feats, plan, low)
+    cells = cell_sums(rgb, cfg)
+    feats, probs = _finish(cfg, seed, plan, cells, cancer, tis)
+    return SyntheticSlide(seed, rgb, gt, probs, cancer, tis, feats, plan, cells)
 
 
 def generate_patch(
@@ -230,31 +231,7 @@ def write_slide(
         )
         probs, cancer, tis, plan = s.probs, s.cancer_fraction, s.tissue_fraction, s.plan
     else:
-        rgb, gt = slide_arrays(cfg, seed, height, width)
-        write_pyramidal_tiff(
-            out / f"{name}.tif", rgb, mpp=mpp, tile=tile_tiff, compression=comp or "none"
-        )
-        write_pyramidal_tiff(
-            out / f"{name}_gt.tif", gt, mpp=mpp, tile=tile_tiff, compression="zlib"
-        )
-        plan = make_plan(cfg, seed, height, width)
-        f = cfg.classifier.downsample
-        low = np.empty((height // f, width // f, 3), np.float32)
-        cancer = np.empty((height // b, width // b))
-        tis = np.empty_like(cancer)
-        tile = max(b, (cfg.slide.tile_px // b) * b)
-        for y in _tile_origins(height, tile):
-            for x in _tile_origins(width, tile):
-                th, tw = min(tile, height - y), min(tile, width - x)
-                trgb, tgt = render(cfg, plan, y, x, th, tw)
-                low[y // f : (y + th) // f, x // f : (x + tw) // f] = downsample_rgb(trgb, f)
-                cancer[y // b : (y + th) // b, x // b : (x + tw) // b] = _block_sums(tgt, b) / (
-                    b * b
-                )
-                tis[y // b : (y + th) // b, x // b : (x + tw) // b] = _block_sums(
-                    _tissue_mask(trgb), b
-                ) / (b * b)
-        _, probs = _finish(cfg, seed, plan, low, cancer, tis)
+        plan, probs, cancer, tis = _write_tiled(cfg, seed, out, name, height, width, tile_tiff)
     save_grid(BlockGrid(probs, b), out / f"{name}_grid.npy")
     z = np.full(probs.shape, -1, np.int64)
     ok = np.isfinite(probs)
@@ -272,6 +249,58 @@ def write_slide(
         "block_dice": block_dice(probs[ok], cancer[ok], cfg.classifier.block_truth_fraction),
     }
     return record, {"z": z, "cancer": cancer, "tissue": tis, "probs": probs}
+
+
+def _write_tiled(
+    cfg: SyntheticConfig, seed: int, out: Path, name: str, height: int, width: int, tile_tiff: int
+) -> tuple[TissuePlan, np.ndarray, np.ndarray, np.ndarray]:
+    """Write a large slide in one rendering pass over its tiles, in bounded memory.
+
+    While the RGB pyramid is written (the writer pulls dask chunks band by band), each
+    rendered tile leaves behind its ground truth bit-packed (1/24 of the RGB bytes), its
+    classifier view (1/16) and its per-block sums; the ground-truth TIFF and the classifier
+    are then built from those. Returns (plan, probs, cancer fraction, tissue fraction).
+    """
+    import dask.array as da
+
+    from lsr.slide import write_pyramidal_tiff
+
+    b, mpp = cfg.scale.block_px, cfg.scale.working_mpp
+    comp = "none" if cfg.slide.compression == "none" else cfg.slide.compression
+    plan = make_plan(cfg, seed, height, width)
+    tile = max(b, (cfg.slide.tile_px // b) * b)
+    # a TIFF tile that divides the chunk, so the writer's bands never recompute chunks
+    tile_tiff = next((t for t in range(512, 15, -16) if tile % t == 0), tile_tiff)
+    chunks = (tuple(min(tile, height - y) for y in _tile_origins(height, tile)),
+              tuple(min(tile, width - x) for x in _tile_origins(width, tile)))  # fmt: skip
+    cpx = b // cells_per_block(cfg)  # working px per classifier cell
+    cells = np.zeros((4, height // cpx, width // cpx))
+    cancer = np.zeros((height // b, width // b))
+    tis = np.zeros_like(cancer)
+    gt_bits: dict[tuple[int, int], np.ndarray] = {}
+
+    def rgb_block(block_info=None):
+        (y0, y1), (x0, x1) = block_info[None]["array-location"][:2]
+        trgb, tgt = render(cfg, plan, y0, x0, y1 - y0, x1 - x0)
+        gt_bits[(y0, x0)] = np.packbits(tgt)
+        cells[:, y0 // cpx : y1 // cpx, x0 // cpx : x1 // cpx] = cell_sums(trgb, cfg)
+        cancer[y0 // b : y1 // b, x0 // b : x1 // b] = _block_sums(tgt, b) / (b * b)
+        tis[y0 // b : y1 // b, x0 // b : x1 // b] = _block_sums(_tissue_mask(trgb), b) / (b * b)
+        return trgb
+
+    def gt_block(block_info=None):
+        (y0, y1), (x0, x1) = block_info[None]["array-location"][:2]
+        n = (y1 - y0) * (x1 - x0)
+        return np.unpackbits(gt_bits[(y0, x0)], count=n).reshape(y1 - y0, x1 - x0).astype(bool)
+
+    rgb = da.map_blocks(
+        rgb_block, dtype=np.uint8, chunks=(*chunks, (3,)), meta=np.empty((0, 0, 0), np.uint8)
+    )
+    write_pyramidal_tiff(out / f"{name}.tif", rgb, mpp=mpp, tile=tile_tiff, compression=comp)
+    gt = da.map_blocks(gt_block, dtype=bool, chunks=chunks, meta=np.empty((0, 0), bool))
+    write_pyramidal_tiff(out / f"{name}_gt.tif", gt, mpp=mpp, tile=tile_tiff, compression="zlib")
+    _, probs = _finish(cfg, seed, plan, cells, cancer, tis)
+    return plan, probs, cancer, tis
 
 
 def _derive_seed(seed: int, kind: int, i: int) -> int:
@@ -405,7 +434,7 @@ def calibrate_classifier(
     lows, fracs, oks = [], [], []
     for s in seeds:
         sl = generate_slide(cfg, int(s))
-        lows.append(sl.low_rgb)
+        lows.append(sl.cells)
         oks.append(sl.tissue_fraction >= MIN_LABEL_TISSUE)
         fracs.append(sl.cancer_fraction[oks[-1]])
     c = np.concatenate(fracs)

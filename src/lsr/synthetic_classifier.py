@@ -16,7 +16,6 @@ features + noise`` → probability.
 from __future__ import annotations
 
 import numpy as np
-from scipy import ndimage
 from skimage.color import hed_from_rgb
 
 from lsr.synthetic_config import ClassifierConfig, SyntheticConfig
@@ -25,41 +24,79 @@ FEATURES = ("hematoxylin", "dense", "eosin", "tissue")
 
 
 def downsample_rgb(rgb: np.ndarray, factor: int) -> np.ndarray:
-    """Area mean of (H, W, 3) uint8 over ``factor`` × ``factor`` cells -> float32 (H/f, W/f, 3).
+    """Area mean of (H, W, 3) uint8 over ``factor`` × ``factor`` cells -> uint8 (H/f, W/f, 3).
 
-    H and W must be multiples of ``factor`` (slides are whole blocks; blocks divide by it).
+    What a classifier reading a downsampled pyramid level sees (rounded to uint8, so the
+    tiled and the in-memory paths agree exactly). H and W must be multiples of ``factor``
+    (slides are whole blocks; blocks divide by it).
     """
     h, w = rgb.shape[0] // factor, rgb.shape[1] // factor
     a = rgb[: h * factor, : w * factor].astype(np.float32)
-    return a.reshape(h, factor, w, factor, 3).mean(axis=(1, 3))
+    return np.round(a.reshape(h, factor, w, factor, 3).mean(axis=(1, 3))).astype(np.uint8)
 
 
-def block_features(low_rgb: np.ndarray, cfg: SyntheticConfig) -> np.ndarray:
-    """Features (4, rows, cols) of every block from the downsampled slide (h, w, 3).
+def cells_per_block(cfg: SyntheticConfig) -> int:
+    """Cells per block side: the context window is counted in cells (≤ 6 per block)."""
+    bpx = cfg.scale.block_px // cfg.classifier.downsample
+    return max(d for d in range(1, 7) if bpx % d == 0)
 
-    ``low_rgb`` is :func:`downsample_rgb` of the whole slide (float 0-255). Order of the
-    features: :data:`FEATURES`.
+
+def cell_sums(rgb: np.ndarray, cfg: SyntheticConfig) -> np.ndarray:
+    """Per-cell sums (4, ny, nx) float64 of the classifier's pixel maps for (H, W, 3) uint8.
+
+    The image is area-downsampled by ``downsample`` (:func:`downsample_rgb`), deconvolved,
+    and every map (H OD × tissue, dense × tissue, E OD × tissue, tissue) summed over cells of
+    ``block_px / cells_per_block`` working px. Sums of tiles concatenate to the sums of the
+    slide, so a slide of any size is classified from these small arrays (bounded memory).
     """
     cc = cfg.classifier
-    bpx = cfg.scale.block_px // cc.downsample  # block side in classifier px
-    rows, cols = low_rgb.shape[0] // bpx, low_rgb.shape[1] // bpx
-    od = -np.log(np.clip(low_rgb, 1.0, 255.0) / 255.0)  # natural-log optical density
-    hed = (od.reshape(-1, 3) @ hed_from_rgb.astype(np.float32)).reshape(od.shape)
-    h_od, e_od = hed[..., 0], hed[..., 1]
-    tissue = (low_rgb.mean(axis=2) < 215.0).astype(np.float32)
-    dense = (h_od > cc.dense_hematoxylin_od).astype(np.float32)
-    size = max(1, round(cc.context_blocks * bpx))
+    low = downsample_rgb(rgb, cc.downsample)
+    od = -np.log(np.clip(low.astype(np.float32), 1.0, 255.0) / 255.0)  # natural-log OD
+    hed = od.reshape(-1, 3) @ hed_from_rgb.astype(np.float32)
+    h_od = hed[:, 0].reshape(low.shape[:2])
+    e_od = hed[:, 1].reshape(low.shape[:2])
+    tissue = (low.mean(axis=2, dtype=np.float32) < 215.0).astype(np.float32)
+    dense = (h_od > cc.dense_hematoxylin_od) * tissue
+    c = (cfg.scale.block_px // cc.downsample) // cells_per_block(cfg)
+    ny, nx = low.shape[0] // c, low.shape[1] // c
 
-    def ctx(a: np.ndarray) -> np.ndarray:
-        return ndimage.uniform_filter(a, size=size, mode="constant")
+    def sums(a: np.ndarray) -> np.ndarray:
+        return a[: ny * c, : nx * c].reshape(ny, c, nx, c).sum(axis=(1, 3), dtype=np.float64)
 
-    t = ctx(tissue)
-    safe = np.maximum(t, 1e-3)
-    maps = [ctx(h_od * tissue) / safe, ctx(dense * tissue) / safe, ctx(e_od * tissue) / safe, t]
-    # sample each map at the block centres
-    cy = (np.arange(rows) * bpx + bpx // 2).astype(np.intp)
-    cx = (np.arange(cols) * bpx + bpx // 2).astype(np.intp)
-    return np.stack([m[np.ix_(cy, cx)] for m in maps]).astype(np.float64)
+    return np.stack([sums(h_od * tissue), sums(dense), sums(e_od * tissue), sums(tissue)])
+
+
+def block_features(cells: np.ndarray, cfg: SyntheticConfig) -> np.ndarray:
+    """Features (4, rows, cols) of every block from the slide's :func:`cell_sums`.
+
+    Each block sees a window ``context_blocks`` blocks wide (rounded to whole cells) centred
+    on it; outside the slide counts as empty glass. Features (:data:`FEATURES`): mean H OD,
+    share of nuclei-dense pixels and mean E OD of the tissue in the window, and the tissue
+    share of the window.
+    """
+    k = cells_per_block(cfg)
+    c_px = (cfg.scale.block_px // cfg.classifier.downsample) // k  # classifier px per cell
+    _, ny, nx = cells.shape
+    rows, cols = ny // k, nx // k
+    half = max(0.5, round(cfg.classifier.context_blocks * k) / 2)  # window half-width, cells
+    # summed-area table with a zero border: S[i, j] = sum of cells [0, i) x [0, j)
+    sat = np.zeros((4, ny + 1, nx + 1))
+    sat[:, 1:, 1:] = cells.cumsum(axis=1).cumsum(axis=2)
+    centre_y = np.arange(rows) * k + k / 2
+    centre_x = np.arange(cols) * k + k / 2
+    y0 = np.clip(np.round(centre_y - half).astype(int), 0, ny)
+    y1 = np.clip(np.round(centre_y + half).astype(int), 0, ny)
+    x0 = np.clip(np.round(centre_x - half).astype(int), 0, nx)
+    x1 = np.clip(np.round(centre_x + half).astype(int), 0, nx)
+    win = (
+        sat[:, y1[:, None], x1[None, :]]
+        - sat[:, y0[:, None], x1[None, :]]
+        - sat[:, y1[:, None], x0[None, :]]
+        + sat[:, y0[:, None], x0[None, :]]
+    )
+    area = (2 * half * c_px) ** 2  # classifier px in the window, glass outside included
+    t = np.maximum(win[3], 1e-3)
+    return np.stack([win[0] / t, win[1] / t, win[2] / t, win[3] / area])
 
 
 def logits(features: np.ndarray, cc: ClassifierConfig) -> np.ndarray:

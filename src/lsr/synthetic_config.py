@@ -66,11 +66,11 @@ class TumourConfig:
     single_file: float = 0.3  # amount of single-file strands beyond the edge (0..1)
     single_file_scale_um: float = 250.0  # spacing of single-file strands
     infiltration_depth_um: float = 500.0  # how far cords / files reach past the edge
-    sparse_share: float = 0.15  # share of tumour area with sparse cellularity
+    sparse_share: float = 0.25  # share of tumour area with sparse cellularity
     sparse_density: float = 0.3  # cellularity factor in sparse tumour
     nuclear_density_per_mm2: float = 10000.0  # tumour nuclei in solid tumour
     nuclear_radius_um: float = 4.5  # tumour nuclear radius (larger than stroma)
-    nuclear_od: float = 1.15  # hematoxylin OD of a tumour nucleus (darker)
+    nuclear_od: float = 1.4  # hematoxylin OD of a tumour nucleus (darker)
     cytoplasm_hematoxylin_od: float = 0.12  # amphophilic cytoplasm, H part
     cytoplasm_eosin_od: float = 0.35  # cytoplasm, E part
 
@@ -83,12 +83,12 @@ class StromaConfig:
     nuclear_radius_um: float = 3.0  # fibroblast nuclear radius
     nuclear_od: float = 0.85  # hematoxylin OD of a fibroblast nucleus
     eosin_od: float = 0.55  # collagen eosin OD
-    fibre_wavelength_um: float = 45.0  # spacing of collagen fibre bundles
-    fibre_contrast: float = 0.45  # 0 = flat pink, 1 = strong fibre texture
+    fibre_wavelength_um: float = 35.0  # spacing of collagen fibre bundles
+    fibre_contrast: float = 0.5  # 0 = flat pink, 1 = strong fibre texture
     fat_share: float = 0.2  # share of non-tumour tissue that is fat
     fat_scale_um: float = 1200.0  # size of fat lobules
     adipocyte_um: float = 85.0  # adipocyte diameter
-    lobules_per_cm2: float = 15.0  # normal lobules / ducts (purple, benign)
+    lobules_per_cm2: float = 25.0  # normal lobules / ducts (purple, benign)
     lobule_radius_um: float = 260.0  # lobule radius
 
 
@@ -96,14 +96,14 @@ class StromaConfig:
 class LookalikeConfig:
     """Non-cancer tissue that fools a classifier (and networks)."""
 
-    lymphoid_per_cm2: float = 8.0  # lymphocyte aggregates
+    lymphoid_per_cm2: float = 14.0  # lymphocyte aggregates
     lymphoid_radius_um: float = 250.0  # aggregate radius
     lymphocyte_density_per_mm2: float = 22000.0  # nuclei inside an aggregate
     lymphocyte_radius_um: float = 3.2  # small round nuclei
-    lymphocyte_od: float = 1.3  # dark, small, round
-    cellular_stroma_share: float = 0.12  # share of stroma that is dense and cellular
-    cellular_stroma_factor: float = 4.0  # nuclear density multiplier there
-    crush_share: float = 0.04  # share of tissue with crush artefact (near edges mostly)
+    lymphocyte_od: float = 2.0  # dark, small, round
+    cellular_stroma_share: float = 0.2  # share of stroma that is dense and cellular
+    cellular_stroma_factor: float = 5.0  # nuclear density multiplier there
+    crush_share: float = 0.06  # share of tissue with crush artefact (near edges mostly)
     crush_od: float = 0.9  # smeared hematoxylin OD
 
 
@@ -131,10 +131,10 @@ class ClassifierConfig:
     """
 
     downsample: int = 4  # working px per classifier px (must divide block_px)
-    context_blocks: float = 2.583  # context window width, in blocks (calibrated)
+    context_blocks: float = 2.75  # context window width, in blocks (calibrated)
     dense_hematoxylin_od: float = 0.2  # a classifier px is "nuclei-dense" above this H OD
-    weights: tuple[float, float, float, float] = (0.447, 21.177, 29.561, 10.808)  # h,dense,e,tissue
-    bias: float = -22.643  # weights, bias, noise: calibrate_classifier()
+    weights: tuple[float, float, float, float] = (-0.665, 21.757, 31.592, 11.03)  # h,dense,e,tissue
+    bias: float = -23.317  # weights, bias, noise: calibrate_classifier()
     logit_noise_sd: float = 1.0  # per-block noise on the logit (classifier instability)
     block_truth_fraction: float = 0.5  # a block is "cancer" when >= this share is cancer
 

@@ -110,14 +110,24 @@ def make_plan(
     gh, gw = -(-height // step), -(-width // step)
     lo, hi = cfg.slide.patch_tumour_fraction if is_patch else cfg.tumour.fraction
     target = float(rng.uniform(lo, hi))
+
+    def coarse(fn) -> np.ndarray:
+        """A field on the coarse grid, evaluated in bands of rows (bounded memory)."""
+        out = np.empty((gh, gw), np.float32)
+        for r in range(0, gh, 64):
+            out[r : r + 64] = fn(r * step, 0, min(64, gh - r), gw, step)
+        return out
+
     if is_patch:
         tissue_thr = -np.inf
         tissue = np.ones((gh, gw), bool)
     else:
-        tf = _tissue_field(cfg, f, (height, width), 0, 0, gh, gw, s, step)
+        tf = coarse(
+            lambda y, x, h, w, st: _tissue_field(cfg, f, (height, width), y, x, h, w, s, st)
+        )
         tissue_thr = float(np.quantile(tf, 1.0 - cfg.slide.tissue_fill))
         tissue = tf > tissue_thr
-    bed = _bed_field(cfg, f, 0, 0, gh, gw, s, step)
+    bed = coarse(lambda y, x, h, w, st: _bed_field(cfg, f, y, x, h, w, s, st))
     tumour_thr = float(np.quantile(bed[tissue], 1.0 - target)) if target > 0 else np.inf
 
     st = cfg.stain
@@ -303,7 +313,7 @@ def render(
     amount = (count * mean_w * dark).astype(np.float32)
     sigma = max(0.7, 0.6 * r_t)
     hnuc = ndimage.gaussian_filter(amount, sigma, truncate=3.0) / np.float32(np.pi * sigma**2)
-    hnuc = 1.6 * (1.0 - np.exp(-hnuc / 1.6))  # optical saturation of dense chromatin
+    hnuc = 2.2 * (1.0 - np.exp(-hnuc / 2.2))  # optical saturation of dense chromatin
 
     # ---- collagen fibres: stripes along the level sets of a warped linear potential
     lam_f = px(so.fibre_wavelength_um)
@@ -312,7 +322,8 @@ def render(
     pot = xs * np.cos(plan.fibre_angle) + ys * np.sin(plan.fibre_angle)
     pot = pot + lam_f * 3.0 * f.smooth(L_WARP, px(400.0) / 2, *win)
     fib = 0.5 + 0.5 * np.sin(2 * np.pi * pot / lam_f)
-    fib *= np.clip(0.6 + 0.5 * f.smooth(L_FBRK, max(px(40.0), 1.5), *win), 0, 1.2)
+    # break the bundles into short, wavy fibre segments
+    fib *= np.clip(0.35 + 0.8 * f.smooth(L_FBRK, max(px(25.0), 1.2), *win), 0, 1.0)
     cfc = so.fibre_contrast
     collagen = so.eosin_od * (1.0 - cfc * 0.6 + cfc * 0.9 * fib)
     collagen *= 0.85 + 0.2 * f.smooth(L_DENS, px(500.0) / 2, *win)
@@ -328,8 +339,8 @@ def render(
     E = E * tissue
     Hc = hnuc + tissue * (epi * tu.cytoplasm_hematoxylin_od + lymph * 0.15 + 0.015 * stroma_share)
     if crush.any():
-        streak = 0.5 + 0.5 * np.sin(2 * np.pi * pot / (2.5 * lam_f))
-        Hc = Hc + crush * la.crush_od * (0.55 + 0.45 * streak)
+        streak = np.clip(0.5 + 0.5 * f.smooth(L_STREAK, max(px(20.0), 1.2), *win), 0, 1)
+        Hc = Hc + crush * la.crush_od * (0.5 + 0.5 * streak)
         E = E * (1.0 - 0.4 * crush)
     thick = 1.0 + cfg.stain.thickness_variation * f.smooth(L_THICK, px(2000.0) / 2, *win)
     Hc = Hc * thick
