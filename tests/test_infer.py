@@ -99,6 +99,15 @@ def test_tiled_equals_one_shot_unet(tile, batch):
     assert np.abs(prob - plain)[h:-h, h:-h].max() < 1e-3
 
 
+def test_default_layer_norm_unet_is_tiled_exactly():
+    torch.manual_seed(2)
+    model = UNet(2, width=4, depth=2).eval()  # default norm: per-pixel channel LayerNorm
+    img = tissue_image(90, 110, seed=5)
+    ref = reference(model, img, pad=28, multiple=4)
+    prob = predict_slide(model, ArraySlide(img, mpp=1.0), working_mpp=1.0, tile=32)
+    assert np.abs(prob - ref).max() < 1e-3
+
+
 def test_halo_smaller_than_receptive_field_shows_seams():
     """The comparison above can fail: with no halo, tile borders differ."""
     model = eval_unet(depth=2)
