@@ -55,15 +55,27 @@ def _scale_bar(ax, width_px: int, px_per_mm: float) -> None:
             bbox={"facecolor": "white", "alpha": 0.7, "pad": 1, "linewidth": 0})  # fmt: skip
 
 
-def draw_boundaries(ax, rgb: np.ndarray, masks: Mapping[str, np.ndarray], linewidth=1.6) -> None:
-    """Show ``rgb`` (H, W, 3) uint8 with the 0.5-contour of each boolean (H, W) mask."""
+def draw_boundaries(
+    ax,
+    rgb: np.ndarray,
+    masks: Mapping[str, np.ndarray],
+    linewidth=1.6,
+    colours: Mapping[str, tuple[int, int, int]] | None = None,
+) -> None:
+    """Show ``rgb`` (H, W, 3) uint8 with the 0.5-contour of each boolean (H, W) mask.
+
+    ``colours``: optional 0-255 RGB per name for boundaries beyond :data:`FIG4_COLOURS`.
+    """
     ax.imshow(rgb, interpolation="nearest")
     order = [k for k in LABELS if k in masks] + [k for k in masks if k not in LABELS]
     for name in order:
         m = np.asarray(masks[name], dtype=np.float32)
         if m.min() == m.max():
             continue  # no boundary inside this patch
-        ax.contour(m, levels=[0.5], colors=[colour(name)], linewidths=linewidth)
+        rgb_c = colour(name)
+        if colours and name in colours:
+            rgb_c = tuple(v / 255 for v in colours[name])
+        ax.contour(m, levels=[0.5], colors=[rgb_c], linewidths=linewidth)
     ax.set_xticks([])
     ax.set_yticks([])
 

@@ -1,0 +1,232 @@
+"""lsr.compare: cached predictions, boundaries, Table 2 rows, calibration and exports."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import shapely
+import tifffile
+from shapely.geometry import shape as shapely_shape
+
+from lsr import compare
+from lsr.errors import LsrInputError
+from lsr.geojson import FIG4_COLOURS, import_geojson
+from lsr.grid import load_grid
+from lsr.metrics import boundary_band, calibration_table, iou_dice, masked_iou_dice
+
+BLOCK, MPP = 120, 8.33
+
+
+def tiny_model(data: Path, slide: str, loss: str, out: Path, seed: int = 0) -> Path:
+    """A width-4, depth-2 U-Net trained for two steps (enough to be a real checkpoint)."""
+    from lsr.train import DataPair, TrainConfig, train
+
+    cfg = TrainConfig(
+        data=[DataPair(str(data / f"{slide}.tif"), str(data / f"{slide}_grid.npy"))],
+        block_px=BLOCK,
+        working_mpp=MPP,
+        loss=loss,
+        width=4,
+        depth=2,
+        steps=2,
+        batch_size=4,
+        group_size=2,
+        groups_per_batch=1,
+        augment=False,
+        device="cpu",
+        seed=seed,
+        out_dir=str(out),
+        checkpoint_every=1000,
+    )
+    result = train(cfg)
+    assert result.ok, result.failure
+    return out
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory: pytest.TempPathFactory) -> dict:
+    """A 480x600 synthetic slide (4x5 blocks of 120 px at 8.33 µm/px) and two tiny models."""
+    import warnings
+
+    from lsr.synthetic import SyntheticConfig, write_slide
+
+    d = tmp_path_factory.mktemp("cmp")
+    write_slide(SyntheticConfig(), 1, d, "s", 480, 600)  # 11 cancer blocks
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        m1 = tiny_model(d, "s", "intra_inter", d / "models" / "a")
+        m2 = tiny_model(d, "s", "intra_inter", d / "models" / "b", seed=1)
+    return {"dir": d, "models": [m1, m2], "grid": load_grid(d / "s_grid.npy", block_px=BLOCK)}
+
+
+@pytest.fixture(scope="module")
+def comp(setup) -> compare.Comparison:
+    d = setup["dir"]
+    cache = compare.PredictionCache(d / "cache")
+    return compare.run_comparison(
+        d / "s.tif", setup["grid"], MPP, setup["models"], ground_truth=d / "s_gt.tif", cache=cache
+    )
+
+
+def test_boundary_colours_follow_fig4_and_stay_distinct() -> None:
+    bs = compare.model_boundaries(
+        [("r1", "intra"), ("r2", "intra_inter"), ("r3", "intra"), ("r4", "inter"), ("r5", "x")]
+    )
+    assert [b.key for b in bs][:2] == ["intra", "intra_inter"]
+    assert bs[0].colour == FIG4_COLOURS["intra"] and bs[1].colour == FIG4_COLOURS["intra_inter"]
+    assert bs[3].colour == FIG4_COLOURS["inter"]
+    colours = [b.colour for b in bs] + [FIG4_COLOURS["low_res"], FIG4_COLOURS["ground_truth"]]
+    assert len(set(colours)) == len(colours)
+    assert len({b.key for b in bs}) == len(bs)
+    assert compare.paper_boundary("low_res").hex == "#00ff00"
+
+
+def test_comparison_masks_and_cache(setup, comp) -> None:
+    d = setup["dir"]
+    assert comp.shape == (480, 600)
+    keys = [b.key for b in comp.boundaries]
+    assert keys[0] == "low_res" and keys[-1] == "ground_truth"
+    assert keys[1] == "intra_inter" and keys[2].startswith("model:")
+    gt = tifffile.imread(d / "s_gt.tif") > 0
+    np.testing.assert_array_equal(comp.gt, gt)
+    probs = setup["grid"].probs
+    up = np.repeat(np.repeat(probs >= 0.5, BLOCK, 0), BLOCK, 1)
+    np.testing.assert_array_equal(comp.masks["low_res"], up)
+    for key, p in comp.probs.items():
+        np.testing.assert_array_equal(comp.masks[key], np.asarray(p) >= 0.5)
+    assert not any(comp.cached.values())
+    # second run: read from the cache, same maps; the cache entry is keyed by weights+slide
+    again = compare.run_comparison(
+        d / "s.tif", setup["grid"], MPP, setup["models"], cache=compare.PredictionCache(d / "cache")
+    )
+    assert all(again.cached.values())
+    for key in comp.probs:
+        np.testing.assert_array_equal(np.asarray(again.probs[key]), np.asarray(comp.probs[key]))
+    assert len(list((d / "cache").glob("*.npy"))) == 2
+    # the prediction equals one pass of the network over the slide
+    from lsr import model as lsr_model
+    from lsr.infer import predict_array
+    from lsr.slide import open_slide
+
+    net, _ = lsr_model.load(setup["models"][0])
+    with open_slide(d / "s.tif") as s:
+        rgb = s.read_working(0, 0, 480, 600, MPP)
+    np.testing.assert_allclose(comp.probs["intra_inter"], predict_array(net, rgb), atol=1e-5)
+
+
+def test_polygons_outline_the_masks(comp) -> None:
+    from lsr.geojson import polygons_to_mask
+
+    for key, poly in comp.polygons.items():
+        back = polygons_to_mask(poly, comp.shape)
+        # simplified by 1 px and small parts dropped: agrees except near the outline
+        assert np.mean(back != comp.masks[key]) < 0.01
+    rings = compare.polygon_rings(comp.polygons["ground_truth"])
+    assert rings and all(np.allclose(r[0], r[-1]) for r in rings)
+
+
+def test_scores_equal_lsr_metrics(comp) -> None:
+    scores = compare.evaluate(comp)
+    assert next(iter(scores)) == "low_res" and "ground_truth" not in scores
+    for key, row in scores.items():
+        iou, dice = masked_iou_dice(comp.masks[key], comp.gt, band=BLOCK)
+        assert row["masked_iou"] == pytest.approx(iou) and row["masked_dice"] == pytest.approx(dice)
+        u = iou_dice(comp.masks[key], comp.gt)
+        assert (row["iou"], row["dice"]) == pytest.approx(u)
+    # independent NumPy count for the low-resolution row
+    band = boundary_band(comp.gt, BLOCK)
+    p, g = comp.masks["low_res"] & band, comp.gt & band
+    assert scores["low_res"]["masked_iou"] == pytest.approx((p & g).sum() / (p | g).sum())
+    region = (100, 150, 400, 550)
+    sub = compare.evaluate(comp, region)
+    y0, x0, y1, x1 = region
+    iou, dice = masked_iou_dice(comp.masks["low_res"][y0:y1, x0:x1], comp.gt[y0:y1, x0:x1], BLOCK)
+    assert sub["low_res"]["masked_iou"] == pytest.approx(iou)
+
+
+def test_calibration_matches_metrics(comp, setup) -> None:
+    rows = compare.calibration(comp)
+    z = setup["grid"].z
+    want = calibration_table([np.asarray(comp.probs["intra_inter"])], [z], BLOCK)
+    for row, w in zip(rows, want, strict=True):
+        assert row["models"]["intra_inter"] == w
+        assert set(row["table"]) == {"intra_inter", compare.model_boundaries(
+            [("a", "intra_inter"), ("b", "intra_inter")])[1].key}  # fmt: skip
+    gt = calibration_table([comp.gt.astype(np.float32)], [z], BLOCK)
+    assert [r["ground_truth"] for r in rows] == gt
+    # a region: only the whole blocks inside it
+    sub = compare.calibration(comp, (130, 0, 480, 600))  # rows 2..3 of blocks
+    want = calibration_table([np.asarray(comp.probs["intra_inter"])[240:480]], [z[2:4]], BLOCK)
+    assert [r["models"]["intra_inter"] for r in sub] == want
+
+
+def test_exports(comp, tmp_path) -> None:
+    paths = compare.export_geojson(comp, tmp_path, "s")
+    assert tmp_path / "s_boundaries.geojson" in paths
+    gt_geo = import_geojson(tmp_path / "s_ground_truth.geojson")
+    assert gt_geo.symmetric_difference(comp.polygons["ground_truth"]).area < 1e-6
+    doc = json.loads((tmp_path / "s_boundaries.geojson").read_text())
+    for f in doc["features"]:
+        g = shapely_shape(f["geometry"])
+        assert g.is_valid and g.area > 0
+    by_name = {b.name: list(b.colour) for b in comp.boundaries}
+    got = {f["properties"]["classification"]["name"]: f["properties"]["classification"]["color"]
+           for f in doc["features"]}  # fmt: skip
+    assert got["Low-resolution model"] == [0, 255, 0] and got["Tumor"] == [255, 0, 0]
+    assert all(by_name[k] == v for k, v in got.items())
+    compare.fig4_png(comp, tmp_path / "fig4.png", (0, 0, 480, 600), title="s")
+    assert (tmp_path / "fig4.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    scores, calib = compare.evaluate(comp), compare.calibration(comp)
+    out = compare.write_results(comp, tmp_path, "s", scores, calib)
+    rec = json.loads(out[0].read_text())
+    assert rec["scores"]["low_res"]["masked_iou"] == scores["low_res"]["masked_iou"]
+    lines = (tmp_path / "s_scores.csv").read_text().splitlines()
+    assert lines[0].startswith("boundary,label,masked_iou") and len(lines) == 1 + len(scores)
+    assert len((tmp_path / "s_calibration.csv").read_text().splitlines()) == 11
+    assert shapely.is_valid(comp.polygons["low_res"])
+
+
+def test_bad_input(setup, tmp_path) -> None:
+    d = setup["dir"]
+    grid = setup["grid"]
+    with pytest.raises(LsrInputError, match="no model"):
+        compare.run_comparison(d / "s.tif", grid, MPP, [])
+    small = np.zeros((100, 100), np.uint8)
+    with pytest.raises(LsrInputError, match="wrong size"):
+        compare.mask_from_array(small, MPP, (480, 600), MPP)
+    bad = tmp_path / "bad.geojson"
+    ring = [[0, 0], [10, 0], [10, 10]]  # open and too short
+    feature = {"type": "Feature", "geometry": {"type": "Polygon", "coordinates": [ring]}}
+    bad.write_text(json.dumps({"type": "FeatureCollection", "features": [feature]}))
+    with pytest.raises(LsrInputError, match="ring"):
+        compare.run_comparison(
+            d / "s.tif", grid, MPP, setup["models"], ground_truth=bad,
+            cache=compare.PredictionCache(d / "cache"),
+        )  # fmt: skip
+    from lsr.slide import write_pyramidal_tiff
+
+    write_pyramidal_tiff(tmp_path / "m.tif", np.zeros((200, 200), np.uint8), mpp=MPP, tile=64)
+    with pytest.raises(LsrInputError, match="wrong size"):
+        compare.load_ground_truth(tmp_path / "m.tif", _Slide(), MPP)
+
+
+class _Slide:
+    """The geometry of the test slide (what load_ground_truth needs)."""
+
+    mpp = MPP
+    shape = (480, 600)
+
+    def working_shape(self, working_mpp: float) -> tuple[int, int]:
+        return self.shape
+
+
+def test_nearest_resample_is_centre_sampling() -> None:
+    rng = np.random.default_rng(0)
+    fine = rng.integers(0, 2, (40, 60))
+    coarse = compare.nearest_resample(fine, 1.0, (10, 15), 4.0)
+    np.testing.assert_array_equal(coarse, fine[2::4, 2::4])
+    labels = compare.mask_from_array(fine, 1.0, (10, 15), 4.0)
+    np.testing.assert_array_equal(labels, fine[2::4, 2::4] > 0)
