@@ -265,6 +265,7 @@ def test_true_table_and_error():
     assert err["n_bins"] == 9 and err["eta_error"][9] is None
 
 
+@pytest.mark.filterwarnings("ignore:count table")  # tiny data set: some bins are empty
 def test_dataset_manifest_and_tables(cfg, tmp_path):
     small = replace(
         cfg,
@@ -330,6 +331,7 @@ def test_config_errors(tmp_path):
         load_config(tmp_path / "missing.toml")
 
 
+@pytest.mark.filterwarnings("ignore:count table")  # tiny data set: some bins are empty
 def test_cli_synth_and_evaluate(tmp_path):
     from typer.testing import CliRunner
 

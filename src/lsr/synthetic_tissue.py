@@ -77,6 +77,8 @@ def _tissue_field(
     xs = (x0 + stride * np.arange(w, dtype=np.float32) - W / 2) / (W / 2)
     r2 = ys[:, None] ** 2 + xs[None, :] ** 2
     rough = cfg.slide.edge_roughness
+    if rough == 0 or s["tissue_edge"] < stride / 2:
+        return 1.0 - r2
     return (1.0 - r2) + rough * f.smooth(L_TISSUE, s["tissue_edge"], y0, x0, h, w, stride)
 
 
@@ -84,8 +86,11 @@ def _bed_field(cfg: SyntheticConfig, f: Fields, y0, x0, h, w, s, stride: int = 1
     """Tumour-bed field: regions where it exceeds the slide's threshold are tumour."""
     a = cfg.tumour.edge_amplitude
     b = f.smooth(L_BED, s["region"], y0, x0, h, w, stride)
-    if a > 0:
+    # on a coarse planning grid (stride > 1) fields much finer than the grid are left out:
+    # they barely move the quantiles, and their lattice would cost as much as the slide
+    if a > 0 and s["edge"] >= stride / 2:
         b += a * f.smooth(L_EDGE, s["edge"], y0, x0, h, w, stride)
+    if a > 0 and s["edge"] / 3 >= stride / 2:
         b += 0.45 * a * f.smooth(L_EDGE2, s["edge"] / 3, y0, x0, h, w, stride)
     return b
 
