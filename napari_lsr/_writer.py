@@ -1,0 +1,150 @@
+"""npe2 writers: shapes → QuPath GeoJSON, labels → TIFF.
+
+World coordinates are micrometres (see :mod:`napari_lsr._reader`). QuPath wants level-0
+slide pixels, so a shapes layer's vertices go data → world (µm, the layer's scale and
+translate) → level-0 px (÷ the slide's µm/px). The slide's pixel size is taken from the
+layer's ``metadata["lsr_boundary"]["level0_mpp"]`` (the Compare widget's boundary layers),
+else from a slide layer in the current viewer; without either, world units are written as
+they are (with a warning).
+
+Closed paths (the Compare widget draws each ring of a boundary as one) are combined by
+even-odd nesting, so holes stay holes; polygons, rectangles and ellipses are united.
+Open lines carry no area and are left out with a warning.
+"""
+
+from __future__ import annotations
+
+import warnings
+from typing import Any
+
+import numpy as np
+
+#: Vertices of the polygon standing in for an ellipse.
+ELLIPSE_VERTICES = 64
+
+
+def _notify(message: str) -> None:
+    from napari.utils.notifications import show_error
+
+    show_error(message)
+
+
+def _viewer_slide_mpp() -> float | None:
+    try:
+        import napari
+
+        viewer = napari.current_viewer()
+    except Exception:
+        return None
+    if viewer is None:
+        return None
+    for layer in viewer.layers:
+        meta = getattr(layer, "metadata", {}) or {}
+        if "lsr_slide" in meta:
+            return float(meta["lsr_slide"]["mpp"])
+    return None
+
+
+def _ellipse(corners: np.ndarray) -> np.ndarray:
+    """napari stores an ellipse as its 4 bounding-box corners (row, col)."""
+    centre = corners.mean(axis=0)
+    half = np.abs(corners - centre).max(axis=0)
+    t = np.linspace(0, 2 * np.pi, ELLIPSE_VERTICES, endpoint=False)
+    return np.stack([centre[0] + half[0] * np.sin(t), centre[1] + half[1] * np.cos(t)], 1)
+
+
+def shapes_to_geometry(data: list[np.ndarray], attributes: dict[str, Any]) -> Any:
+    """A shapes layer's shapes as one shapely MultiPolygon in level-0 px (x right, y down)."""
+    import shapely
+    from shapely.geometry import Polygon
+
+    from lsr.geojson import _as_multipolygon
+
+    meta = (attributes.get("metadata") or {}).get("lsr_boundary") or {}
+    mpp = meta.get("level0_mpp") or _viewer_slide_mpp()
+    if mpp is None:
+        warnings.warn("no slide pixel size known: writing world coordinates", stacklevel=2)
+        mpp = 1.0
+    scale = np.asarray(attributes.get("scale", (1.0, 1.0)), float)[-2:]
+    translate = np.asarray(attributes.get("translate", (0.0, 0.0)), float)[-2:]
+    types = attributes.get("shape_type") or ["polygon"] * len(data)
+    rings, areas, n_lines = [], [], 0
+    for verts, kind in zip(data, types, strict=False):
+        v = np.asarray(verts, float)[:, -2:]
+        if kind == "ellipse":
+            v = _ellipse(v)
+        yx = (v * scale + translate) / float(mpp)
+        xy = yx[:, ::-1]
+        if kind in ("line",) or len(xy) < 3:
+            n_lines += 1
+            continue
+        if kind == "path":
+            if not np.allclose(xy[0], xy[-1]):
+                n_lines += 1
+                continue
+            rings.append(Polygon(xy))
+        else:
+            areas.append(Polygon(xy))
+    if n_lines:
+        warnings.warn(f"{n_lines} open line(s) have no area and were left out", stacklevel=2)
+    parts = [_as_multipolygon(p) for p in areas]
+    nested = None
+    for r in rings:
+        r = _as_multipolygon(r)
+        nested = r if nested is None else nested.symmetric_difference(r)
+    if nested is not None:
+        parts.append(_as_multipolygon(nested))
+    if not parts:
+        return _as_multipolygon(None)
+    return _as_multipolygon(shapely.union_all(parts))
+
+
+def write_shapes_geojson(path: str, data: Any, attributes: dict) -> list[str]:
+    """npe2 single-layer writer: a shapes layer → one QuPath annotation in a GeoJSON file."""
+    from lsr.errors import LsrInputError
+    from lsr.geojson import export_geojson
+
+    meta = (attributes.get("metadata") or {}).get("lsr_boundary") or {}
+    name = meta.get("name") or attributes.get("name") or "annotation"
+    colour = meta.get("colour")
+    if colour is None:
+        edge = np.asarray(attributes.get("edge_color", [[1.0, 0.8, 0.0, 1.0]]), float)
+        colour = tuple(round(255 * c) for c in (edge[0] if edge.ndim == 2 else edge)[:3])
+    try:
+        geom = shapes_to_geometry(list(data), attributes)
+        if geom.is_empty:
+            raise LsrInputError("the shapes layer holds no area to export", path)
+        export_geojson(path, {name: geom}, colours={name: tuple(colour)}, names={name: name})
+    except LsrInputError as err:
+        _notify(f"Cannot write the GeoJSON: {err}")
+        return []
+    return [path]
+
+
+def write_labels_tiff(path: str, data: Any, attributes: dict) -> list[str]:
+    """npe2 single-layer writer: a labels layer → a tiled pyramidal TIFF with its µm/px.
+
+    The pixel size is the layer's scale (µm per pixel, as the readers set it); labels are
+    stored as uint8 (or uint16 above 255). Multiscale layers write their full resolution.
+    """
+    from lsr.errors import LsrInputError
+    from lsr.slide import write_pyramidal_tiff
+
+    if isinstance(data, list | tuple):
+        data = data[0]
+    arr = np.asarray(data)
+    if arr.ndim != 2:
+        _notify(f"Cannot write {path}: only 2-D labels are supported, got shape {arr.shape}")
+        return []
+    top = int(arr.max()) if arr.size else 0
+    if arr.min(initial=0) < 0 or top > 65535:
+        _notify(f"Cannot write {path}: label values must lie in 0..65535")
+        return []
+    arr = arr.astype(np.uint8 if top <= 255 else np.uint16)
+    mpp = float(np.asarray(attributes.get("scale", (1.0, 1.0)), float)[-1])
+    try:
+        write_pyramidal_tiff(path, arr, mpp=mpp, compression="zlib", tile=256)
+    except LsrInputError as err:
+        _notify(f"Cannot write the TIFF: {err}")
+        return []
+    return [path]

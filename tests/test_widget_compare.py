@@ -1,0 +1,199 @@
+"""The Compare & evaluate widget in a real (headless) viewer: layers, colours, scores, exports,
+notifications for bad input."""
+
+from __future__ import annotations
+
+import json
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pytest
+import tifffile
+
+from lsr.geojson import FIG4_COLOURS, import_geojson
+from lsr.metrics import iou_dice, masked_iou_dice
+
+napari = pytest.importorskip("napari")
+
+BLOCK, MPP = 120, 8.33
+TIMEOUT_MS = 120_000
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A 480x600 synthetic slide (4x5 blocks), its grid (+ sidecar), ground truth and a
+    width-4, depth-2 U-Net trained for two steps in ``models/a``."""
+    from lsr.synthetic import SyntheticConfig, write_slide
+    from lsr.train import DataPair, TrainConfig, train
+
+    d = tmp_path_factory.mktemp("cmpw")
+    write_slide(SyntheticConfig(), 1, d, "s", 480, 600)
+    (d / "s_grid.json").write_text(json.dumps({"block_px": BLOCK, "working_mpp": MPP}))
+    cfg = TrainConfig(
+        data=[DataPair(str(d / "s.tif"), str(d / "s_grid.npy"))],
+        block_px=BLOCK, working_mpp=MPP, loss="intra_inter", width=4, depth=2, steps=2,
+        group_size=2, groups_per_batch=1, augment=False, device="cpu",
+        out_dir=str(d / "models" / "a"), checkpoint_every=1000,
+    )  # fmt: skip
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        assert train(cfg).ok
+    return d
+
+
+@pytest.fixture
+def messages(monkeypatch):
+    """napari notifications shown by the widget: {"error": [...], "info": [...]}."""
+    import napari_lsr.compare as mod
+
+    got: dict[str, list[str]] = {"error": [], "info": []}
+    monkeypatch.setattr(mod, "_error", lambda m: got["error"].append(str(m)))
+    monkeypatch.setattr(mod, "_info", lambda m: got["info"].append(str(m)))
+    return got
+
+
+def open_widget(viewer, d: Path, tmp_path: Path):
+    for name in ("s.tif", "s_grid.npy", "s_gt.tif"):
+        viewer.open(d / name, plugin="napari-lsr")
+    _dock, w = viewer.window.add_plugin_dock_widget("napari-lsr", "Compare & evaluate")
+    w.cache_folder.setText(str(tmp_path / "cache"))
+    w.export_folder.setText(str(tmp_path / "out"))
+    return w
+
+
+def wait_idle(qtbot, w) -> None:
+    qtbot.waitUntil(lambda: w.worker is None, timeout=TIMEOUT_MS)
+
+
+def test_compare_draws_scores_and_exports(make_napari_viewer, qtbot, data, tmp_path, messages):
+    viewer = make_napari_viewer()
+    w = open_widget(viewer, data, tmp_path)
+    assert w.slide_combo.currentText() == "s" and w.gt_combo.currentText() == "s_gt"
+    w.model_folder.setText(str(data / "models"))
+    w.refresh_models()
+    assert w.model_list.count() == 1 and len(w.chosen_models()) == 1
+    assert w.run()
+    qtbot.waitUntil(lambda: w.scores is not None, timeout=TIMEOUT_MS)
+    wait_idle(qtbot, w)
+    assert not messages["error"]
+    comp = w.comparison
+
+    # one shapes layer per boundary, in the paper's colours; probability maps hidden
+    want = {
+        "boundary: low-resolution model": FIG4_COLOURS["low_res"],
+        "boundary: ground truth": FIG4_COLOURS["ground_truth"],
+        "boundary: intra+inter-instance (a)": FIG4_COLOURS["intra_inter"],
+    }
+    for name, rgb in want.items():
+        layer = viewer.layers[name]
+        assert layer.__class__.__name__ == "Shapes"
+        assert np.allclose(layer.current_edge_color_rgba()[:3] if hasattr(
+            layer, "current_edge_color_rgba") else _rgb(layer.current_edge_color),
+            np.array(rgb) / 255)  # fmt: skip
+        if layer.nshapes:
+            assert np.allclose(layer.edge_color[:, :3], np.array(rgb) / 255)
+    assert viewer.layers["boundary: ground truth"].nshapes > 0
+    assert viewer.layers["boundary: low-resolution model"].nshapes > 0
+    prob = viewer.layers["p(cancer): intra+inter-instance (a)"]
+    assert not prob.visible and prob.data.shape == (480, 600)
+    assert list(w._legend_checks) == ["low_res", "intra_inter", "ground_truth"]
+
+    # toggles and line width in screen pixels
+    w._legend_checks["low_res"].setChecked(False)
+    assert not viewer.layers["boundary: low-resolution model"].visible
+    w.line_width.setValue(3.0)
+    gt_layer = viewer.layers["boundary: ground truth"]
+    assert gt_layer.edge_width[0] * viewer.scene.camera.zoom * MPP == pytest.approx(3.0, rel=0.03)
+    viewer.scene.camera.zoom *= 2
+    w.update_line_width()
+    assert gt_layer.edge_width[0] * viewer.scene.camera.zoom * MPP == pytest.approx(3.0, rel=0.03)
+    w.show_band.setChecked(True)
+    band = [ly for ly in viewer.layers if ly.name.startswith("evaluation band")]
+    assert band and band[0].visible and band[0].data.any()
+
+    # scores equal lsr.metrics on the same arrays (the ground truth read independently)
+    gt = tifffile.imread(data / "s_gt.tif") > 0
+    np.testing.assert_array_equal(comp.gt, gt)
+    for key, row in w.scores.items():
+        assert (row["masked_iou"], row["masked_dice"]) == pytest.approx(
+            masked_iou_dice(comp.masks[key], gt, BLOCK)
+        )
+        assert (row["iou"], row["dice"]) == pytest.approx(iou_dice(comp.masks[key], gt))
+    assert w.scores_table.rowCount() == 2
+    assert w.scores_table.item(0, 0).text() == f"{w.scores['low_res']['masked_iou']:.4f}"
+    assert w.calib_table.rowCount() == 10
+
+    # exports: GeoJSON readable by lsr and shapely, PNG, results
+    assert w.export_geojson()
+    wait_idle(qtbot, w)
+    out = tmp_path / "out"
+    geo = import_geojson(out / "s_ground_truth.geojson")
+    assert geo.symmetric_difference(comp.polygons["ground_truth"]).area < 1e-6
+    import shapely.geometry
+
+    doc = json.loads((out / "s_boundaries.geojson").read_text())
+    assert all(shapely.geometry.shape(f["geometry"]).is_valid for f in doc["features"])
+    assert w.export_png()
+    wait_idle(qtbot, w)
+    assert (out / "s_fig4.png").read_bytes()[:4] == b"\x89PNG"
+    assert w.export_results()
+    wait_idle(qtbot, w)
+    rec = json.loads((out / "s_results.json").read_text())
+    assert rec["scores"]["low_res"]["masked_iou"] == pytest.approx(
+        w.scores["low_res"]["masked_iou"]
+    )
+    assert (out / "s_calibration.csv").is_file() and not messages["error"]
+
+    # the visible region: scores on the crop
+    w.region_combo.setCurrentText("visible region")
+    region = w.visible_region()
+    assert w.evaluate()
+    wait_idle(qtbot, w)
+    y0, x0, y1, x1 = region
+    assert w.region == region
+    crop_gt = gt[y0:y1, x0:x1]
+    expected = masked_iou_dice(comp.masks["low_res"][y0:y1, x0:x1], crop_gt, BLOCK)
+    if w.scores["low_res"]["masked_iou"] is not None:
+        assert w.scores["low_res"]["masked_iou"] == pytest.approx(expected[0])
+
+    # a second run reads the predictions from the cache
+    assert w.run()
+    qtbot.waitUntil(lambda: w.comparison is not comp and w.worker is None, timeout=TIMEOUT_MS)
+    wait_idle(qtbot, w)
+    assert all(w.comparison.cached.values())
+    assert len([ly for ly in viewer.layers if ly.name.startswith("boundary: ")]) == 3
+
+
+def _rgb(colour) -> np.ndarray:
+    from napari.utils.colormaps.standardize_color import transform_color
+
+    return transform_color(colour)[0][:3]
+
+
+def test_bad_input_notifies(make_napari_viewer, qtbot, data, tmp_path, messages):
+    viewer = make_napari_viewer()
+    w = open_widget(viewer, data, tmp_path)
+    # no model
+    assert not w.run()
+    assert "no model" in messages["error"][-1]
+    assert not w.add_model(str(tmp_path))
+    assert "Not a trained model" in messages["error"][-1]
+    assert w.add_model(str(data / "models" / "a"))
+    # ground truth of the wrong size (a labels layer covering half the slide)
+    viewer.add_labels(np.ones((240, 300), np.uint8), name="half", scale=(MPP, MPP))
+    w.gt_combo.setCurrentText("half")
+    assert w.run()
+    wait_idle(qtbot, w)
+    assert "wrong size" in messages["error"][-1]
+    # malformed GeoJSON
+    bad = tmp_path / "bad.geojson"
+    bad.write_text('{"type": "FeatureCollection", "features": [{"type": "Feature"')
+    w.gt_combo.setCurrentText("file (below)")
+    w.gt_path.setText(str(bad))
+    assert w.run()
+    wait_idle(qtbot, w)
+    assert "bad JSON" in messages["error"][-1]
+    assert w.comparison is None
+    # nothing to evaluate or export yet
+    assert not w.evaluate() and "Nothing to evaluate" in messages["error"][-1]

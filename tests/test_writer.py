@@ -1,0 +1,88 @@
+"""npe2 writers: shapes -> QuPath GeoJSON (level-0 px, holes kept), labels -> TIFF (µm/px)."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import shapely.geometry
+import tifffile
+
+from lsr.geojson import import_geojson, mask_to_polygons
+from lsr.slide import open_slide
+from napari_lsr import _writer
+
+
+def rings_of(mask: np.ndarray) -> list[np.ndarray]:
+    from lsr.compare import polygon_rings
+
+    return polygon_rings(mask_to_polygons(mask, simplify_tolerance=0))
+
+
+def test_boundary_rings_keep_holes_and_go_to_level0(tmp_path) -> None:
+    mask = np.zeros((40, 50), bool)
+    mask[5:30, 10:45] = True
+    mask[10:20, 20:30] = False  # a hole
+    mask[33:38, 2:6] = True  # a second part
+    attrs = {
+        "name": "boundary: ground truth",
+        "scale": (8.0, 8.0),  # 8 µm per working px
+        "translate": (0.0, 0.0),
+        "shape_type": ["path"] * 3,
+        "metadata": {"lsr_boundary": {"name": "Tumor", "colour": [255, 0, 0], "level0_mpp": 2.0}},
+    }
+    out = tmp_path / "gt.geojson"
+    assert _writer.write_shapes_geojson(str(out), rings_of(mask), attrs) == [str(out)]
+    geom = import_geojson(out)
+    want = shapely.affinity.scale(mask_to_polygons(mask, simplify_tolerance=0), 4, 4, origin=(0, 0))
+    assert geom.symmetric_difference(want).area == pytest.approx(0, abs=1e-6)
+    assert geom.area == pytest.approx(mask.sum() * 16)  # 4x4 level-0 px per working px
+    feat = json.loads(out.read_text())["features"][0]
+    assert feat["properties"]["classification"] == {"name": "Tumor", "color": [255, 0, 0]}
+    assert shapely.geometry.shape(feat["geometry"]).is_valid
+
+
+def test_drawn_shapes_are_united_and_lines_skipped(tmp_path) -> None:
+    square = np.array([[0, 0], [0, 10], [10, 10], [10, 0]], float)  # (row, col)
+    overlap = square + 5
+    ellipse = np.array([[20, 20], [20, 40], [30, 40], [30, 20]], float)
+    line = np.array([[0, 0], [50, 50]], float)
+    attrs = {"name": "drawn", "scale": (1.0, 1.0), "translate": (0.0, 0.0),
+             "shape_type": ["rectangle", "polygon", "ellipse", "line"],
+             "edge_color": np.array([[0.0, 0.0, 1.0, 1.0]] * 4),
+             "metadata": {"lsr_boundary": {"level0_mpp": 1.0}}}  # fmt: skip
+    out = tmp_path / "d.geojson"
+    with pytest.warns(UserWarning, match="open line"):
+        _writer.write_shapes_geojson(str(out), [square, overlap, ellipse, line], attrs)
+    geom = import_geojson(out)
+    assert geom.area == pytest.approx(100 + 100 - 25 + np.pi * 5 * 10, rel=0.01)
+    cls = json.loads(out.read_text())["features"][0]["properties"]["classification"]
+    assert cls == {"name": "drawn", "color": [0, 0, 255]}
+
+
+def test_empty_shapes_notify(tmp_path, monkeypatch) -> None:
+    got: list[str] = []
+    monkeypatch.setattr(_writer, "_notify", got.append)
+    attrs = {"name": "x", "metadata": {"lsr_boundary": {"level0_mpp": 1.0}}}
+    assert _writer.write_shapes_geojson(str(tmp_path / "e.geojson"), [], attrs) == []
+    assert "no area" in got[0] and not (tmp_path / "e.geojson").exists()
+
+
+def test_labels_to_tiff_keeps_values_and_pixel_size(tmp_path, monkeypatch) -> None:
+    rng = np.random.default_rng(0)
+    labels = rng.integers(0, 3, (300, 200)).astype(np.int32)
+    out = tmp_path / "l.tif"
+    assert _writer.write_labels_tiff(str(out), labels, {"scale": (8.33, 8.33)}) == [str(out)]
+    np.testing.assert_array_equal(_level0(out), labels)
+    with open_slide(out) as s:
+        assert s.mpp == pytest.approx(8.33, rel=1e-4)
+    got: list[str] = []
+    monkeypatch.setattr(_writer, "_notify", got.append)
+    assert _writer.write_labels_tiff(str(tmp_path / "n.tif"), -labels - 1, {}) == []
+    assert "0..65535" in got[0]
+
+
+def _level0(path) -> np.ndarray:
+    with tifffile.TiffFile(path) as tf:
+        return tf.series[0].levels[0].asarray()
