@@ -36,6 +36,7 @@ import numpy as np
 from lsr.atomic import atomic_write_text
 from lsr.counttable import PAPER_EDGES, CountTable, Estimate
 from lsr.errors import LsrInputError
+from lsr.grid import grid_fits
 
 SESSION_FORMAT = "napari-lsr annotation session"
 SESSION_VERSION = 1
@@ -461,13 +462,7 @@ def check_grid_fits(
     """
     if not block_um > 0:
         raise LsrInputError(f"the block size must be positive, got {block_um} µm", path)
-    expected, ok = [], True
-    for n, size, o in zip(grid_shape, slide_um, origin_um, strict=True):
-        span = (size - o) / block_um
-        lo, hi = int(np.floor(span + 0.005)), int(np.ceil(span - 0.005))
-        lo, hi = min(lo, hi), max(lo, hi)
-        expected.append(f"{lo}" if lo == hi else f"{lo} or {hi}")
-        ok &= lo <= n <= hi and n > 0
+    ok, expected = grid_fits(grid_shape, block_um, origin_um, slide_um, slack=0.005)
     if not ok:
         raise LsrInputError(
             f"the grid of {grid_shape[0]}x{grid_shape[1]} blocks of {block_um:g} µm does not fit "

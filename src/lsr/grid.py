@@ -112,12 +112,7 @@ class BlockGrid:
         h, w = int(working_shape[0]), int(working_shape[1])
         rows, cols = self.shape
         b = self.block_px
-        ok = True
-        expected = []
-        for n, size, o in ((rows, h, self.origin[0]), (cols, w, self.origin[1])):
-            lo, hi = math.floor((size - o) / b), math.ceil((size - o) / b)
-            expected.append(f"{lo}" if lo == hi else f"{lo} or {hi}")
-            ok &= lo <= n <= hi and n > 0
+        ok, expected = grid_fits((rows, cols), b, self.origin, (h, w))
         if not ok:
             raise LsrInputError(
                 f"block grid of {rows}x{cols} blocks ({b} px each, origin {self.origin}) does not "
@@ -125,6 +120,30 @@ class BlockGrid:
                 f"{expected[1]} blocks; check block_px, origin and working_mpp",
                 path,
             )
+
+
+def grid_fits(
+    grid_shape: tuple[int, int],
+    block: float,
+    origin: tuple[float, float],
+    extent: tuple[float, float],
+    slack: float = 0.0,
+) -> tuple[bool, list[str]]:
+    """Whether ``grid_shape`` blocks of side ``block`` from ``origin`` tile ``extent`` (H, W).
+
+    Any consistent unit (working px, µm). Along each axis the grid may stop at the last whole
+    block or include the last partial one: n ∈ {floor, ceil}((extent - origin) / block), each
+    widened by ``slack`` blocks (for rounded pixel sizes). Returns (fits, the expected count
+    per axis as text, e.g. ``"10"`` or ``"10 or 11"``).
+    """
+    ok, expected = True, []
+    for n, size, o in zip(grid_shape, extent, origin, strict=True):
+        span = (size - o) / block
+        lo, hi = math.floor(span + slack), math.ceil(span - slack)
+        lo, hi = min(lo, hi), max(lo, hi)
+        expected.append(f"{lo}" if lo == hi else f"{lo} or {hi}")
+        ok &= lo <= n <= hi and n > 0
+    return ok, expected
 
 
 def _check_z(z: np.ndarray, path: PathType | None = None) -> np.ndarray:
