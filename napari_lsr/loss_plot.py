@@ -2,8 +2,8 @@
 
 Redrawing a matplotlib figure costs a few to tens of milliseconds on the GUI thread, so
 :meth:`LossPlot.set_losses` only stores the data and redraws at most every
-``min_interval_s`` seconds; long histories are thinned to at most ``max_points`` points
-(every k-th step, the last one always kept).
+``min_interval_s`` seconds (default 1 s); long histories are thinned to at most
+``max_points`` points (every k-th step, the last one always kept).
 """
 
 from __future__ import annotations
@@ -25,8 +25,10 @@ RESUME = "#e0a040"
 class LossPlot(FigureCanvasQTAgg):
     """Loss per step; dashed vertical lines where a run was resumed."""
 
-    def __init__(self, parent=None, min_interval_s: float = 0.5, max_points: int = 2000) -> None:
-        fig = Figure(figsize=(4.0, 2.2), dpi=90, facecolor=BACKGROUND, layout="constrained")
+    def __init__(self, parent=None, min_interval_s: float = 1.0, max_points: int = 1000) -> None:
+        # fixed margins: a layout engine (constrained/tight) would re-run on every draw
+        fig = Figure(figsize=(4.0, 2.2), dpi=90, facecolor=BACKGROUND)
+        fig.subplots_adjust(left=0.17, right=0.97, bottom=0.2, top=0.88)
         super().__init__(fig)
         self.setParent(parent)
         self.min_interval_s = float(min_interval_s)
@@ -48,7 +50,14 @@ class LossPlot(FigureCanvasQTAgg):
         self._dirty = False
         self._last_draw = 0.0
         self.draws = 0  # how many times the figure was redrawn (for tests/benchmarks)
+        self.max_draw_s = 0.0
         self.setMinimumHeight(150)
+
+    def draw(self) -> None:
+        """Render the figure (timed: :attr:`max_draw_s` is the longest render so far)."""
+        t0 = time.perf_counter()
+        super().draw()
+        self.max_draw_s = max(self.max_draw_s, time.perf_counter() - t0)
 
     @property
     def losses(self) -> list[float]:

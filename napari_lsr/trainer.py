@@ -21,6 +21,7 @@ from __future__ import annotations
 import contextlib
 import math
 import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -55,6 +56,7 @@ from lsr.errors import LsrInputError
 from napari_lsr.loss_plot import LossPlot
 
 POLL_MS = 100
+SHOW_S = 0.25  # seconds between display updates while training
 PAPER_TABLE = "Paper Table 1"
 WIDGET_TABLE = "Count table widget: "
 FILE_TABLE = "File…"
@@ -152,6 +154,9 @@ class TrainerWidget(QWidget):
         self._pbar_run: Path | None = None
         self._table_file: str | None = None
         self._pairs: list[tuple[str, str]] = []
+        self.max_poll_s = 0.0  # longest poll so far (benchmarks: GUI time spent per poll)
+        self._last_show = 0.0
+        self._stale = True
         self.timer = QTimer(self)
         self.timer.setInterval(POLL_MS)
         self.timer.timeout.connect(self.poll)
@@ -328,7 +333,11 @@ class TrainerWidget(QWidget):
         self.models_view.setSelectionBehavior(QAbstractItemView.SelectRows)
         header = self.models_view.horizontalHeader()
         header.setSectionResizeMode(QHeaderView.ResizeToContents)
+        header.setSectionResizeMode(0, QHeaderView.Interactive)  # long names: elided, tooltip
+        header.resizeSection(0, 150)
         header.setStretchLastSection(True)
+        self.models_view.setTextElideMode(Qt.ElideMiddle)
+        self.models_view.setWordWrap(False)
         self.models_view.setMinimumHeight(90)
         self.refresh_button = QPushButton("Refresh")
         models_box = QGroupBox("Models in the output folder")
@@ -680,14 +689,27 @@ class TrainerWidget(QWidget):
 
     def poll(self) -> None:
         """Read new progress (cheap, non-blocking) and update the display; the timer calls it."""
+        t0 = time.perf_counter()
+        self._poll()
+        self.max_poll_s = max(self.max_poll_s, time.perf_counter() - t0)
+
+    def _poll(self) -> None:
+        changed = False
         for m in self.monitors:
-            m.poll()
+            changed |= bool(m.poll())
             state = m.state
             key = (str(m.run_dir), state.ended or state.status)
             if not state.active and key not in self._reported:
                 self._reported.add(key)
                 self._report_end(state)
-        self._show(self.current())
+        # the display changes at most SHOW_S times a second (labels re-layout the dock)
+        now = time.monotonic()
+        due = (changed or self._stale) and now - self._last_show >= SHOW_S
+        if due or not self.running:
+            self._show(self.current())
+            self._last_show, self._stale = now, False
+        elif changed:
+            self._stale = True
         if not self.running:
             self.timer.stop()
             self._close_pbar()
@@ -762,6 +784,8 @@ class TrainerWidget(QWidget):
             final = f"{s.final_loss:.4g}" if s.final_loss is not None else "-"
             self._notify(f"Training finished: {name}, {s.step} steps, final loss {final}.")
             self.refresh_models()
+        elif s.status == "cancelled" and not s.checkpoint and s.step == 0:
+            self._notify(f"Not started: {name} (the queue was cancelled); Resume starts it.")
         elif s.status == "cancelled":
             self._notify(
                 f"Training cancelled: {name} at step {s.step}; checkpoint kept, Resume continues."
@@ -790,10 +814,10 @@ class TrainerWidget(QWidget):
         for r, m in enumerate(models):
             final = f"{m.final_loss:.4g}" if m.final_loss is not None else "-"
             values = (m.name, LOSS_LABELS.get(m.loss, m.loss), m.distance, str(m.steps),
-                      m.date.replace("T", " ")[:16], final)  # fmt: skip
+                      m.date[:16].replace("T", " "), final)  # fmt: skip
             for c, value in enumerate(values):
                 item = QTableWidgetItem(value)
-                item.setToolTip(m.checkpoint)
+                item.setToolTip(f"{m.checkpoint}\n{m.status}, {m.device}, trained {m.date}")
                 if c in (3, 5):
                     item.setTextAlignment(int(Qt.AlignRight | Qt.AlignVCenter))
                 self.models_view.setItem(r, c, item)
@@ -862,7 +886,9 @@ def _duration(seconds: float) -> str:
     seconds = round(seconds)
     h, rest = divmod(seconds, 3600)
     m, s = divmod(rest, 60)
-    return f"{h}:{m:02d}:{s:02d}" if h else f"{m}:{s:02d}"
+    if h:
+        return f"{h} h {m:02d} min"
+    return f"{m} min {s:02d} s" if m else f"{s} s"
 
 
 __all__ = ["TrainerWidget", "default_output_folder", "pairs_from_layers"]

@@ -73,6 +73,57 @@ def annotator(viewer, out: Path) -> None:
     viewer.window._qt_window.grab().save(str(out / "widget_annotator.png"))
 
 
+def trainer(viewer, out: Path) -> None:
+    """The Trainer mid-training on the synthetic sample: a queue of two losses, live curve."""
+    import tempfile
+    import time
+
+    from napari_lsr._sample_data import NAME, sample_folder
+
+    folder = sample_folder()
+    for path in (f"{NAME}.tif", f"{NAME}_grid.npy"):
+        viewer.open(folder / path, plugin="napari-lsr")
+    viewer.window._qt_window.resize(1600, 1050)
+    dock, widget = viewer.window.add_plugin_dock_widget("napari-lsr", "Trainer")
+    from qtpy.QtCore import Qt
+
+    viewer.window._qt_window.resizeDocks([dock], [560], Qt.Horizontal)
+    widget.use_layers()
+    widget.out_dir.setText(tempfile.mkdtemp(prefix="lsr-models-"))
+    widget.width_spin.setValue(8)
+    widget.depth_spin.setValue(3)
+    widget.group_size.setText("5")
+    widget.batch_size.setText("10")
+    widget.checkpoint_every.setValue(50)
+
+    def train_until(step: int, timeout_s: float = 300) -> None:
+        widget.train()
+        end = time.monotonic() + timeout_s
+        while time.monotonic() < end and widget.running:
+            _process()
+            if widget.current().state.step >= step:
+                break
+            time.sleep(0.05)
+
+    widget.loss_checks["intra_inter"].setChecked(False)
+    widget.loss_checks["inter"].setChecked(True)  # a finished model for the model list
+    widget.steps.setValue(15)
+    train_until(10**9)
+    widget.loss_checks["inter"].setChecked(False)
+    widget.loss_checks["intra_inter"].setChecked(True)
+    widget.loss_checks["intra"].setChecked(True)
+    widget.steps.setValue(400)
+    widget.lr.setText("1e-3")
+    train_until(45)
+    widget.plot.flush(force=True)
+    for _ in range(10):
+        _process()
+    _close_notifications(viewer)
+    viewer.window._qt_window.grab().save(str(out / "widget_trainer.png"))
+    widget.cancel()
+    widget.job.wait(120)
+
+
 def _close_notifications(viewer) -> None:
     """Hide napari's toast notifications (e.g. backend deprecation) before a grab."""
     from napari._qt.dialogs.qt_notification import NapariQtNotification
@@ -89,7 +140,7 @@ def _process() -> None:
         QApplication.processEvents()
 
 
-SHOTS = {"count_table": count_table, "annotator": annotator}
+SHOTS = {"count_table": count_table, "annotator": annotator, "trainer": trainer}
 
 
 def main() -> None:
