@@ -47,8 +47,8 @@ lint: setup
 demo: setup
 	$(BIN)/lsr demo --out demo-out
 
-bench: $(VENV)/.installed-dev
-	$(BIN)/python benchmarks/run_all.py
+bench: $(VENV)/.installed-dev sysdeps
+	xvfb-run -a $(BIN)/python benchmarks/run_all.py $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) build *.egg-info src/*.egg-info
