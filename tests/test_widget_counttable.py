@@ -11,7 +11,7 @@ napari = pytest.importorskip("napari")
 
 
 def open_widget(viewer):
-    dock, widget = viewer.window.add_plugin_dock_widget("napari-lsr", "Count table")
+    _dock, widget = viewer.window.add_plugin_dock_widget("napari-lsr", "Count table")
     return widget
 
 
