@@ -52,6 +52,10 @@ class LossPlot(FigureCanvasQTAgg):
         self.draws = 0  # how many times the figure was redrawn (for tests/benchmarks)
         self.max_draw_s = 0.0
         self.setMinimumHeight(150)
+        # Until a run reports its first loss, a hint instead of empty axes.
+        ax.set_visible(False)
+        self.placeholder = fig.text(0.5, 0.5, "loss curve: starts with training", ha="center",
+                                    va="center", color=FOREGROUND, fontsize=9)  # fmt: skip
 
     def draw(self) -> None:
         """Render the figure (timed: :attr:`max_draw_s` is the longest render so far)."""
@@ -92,6 +96,8 @@ class LossPlot(FigureCanvasQTAgg):
         ys = [self._losses[i] for i in idx]
         finite = [y for y in ys if math.isfinite(y)]
         self.line.set_data(xs, ys)
+        self.ax.set_visible(n > 0)
+        self.placeholder.set_visible(n == 0)
         for ln in self._resume_lines:
             ln.remove()
         self._resume_lines = [

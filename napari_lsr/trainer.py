@@ -105,6 +105,8 @@ def pairs_from_layers(layers: Any) -> tuple[list[tuple[str, str]], list[str], di
                 for key in ("block_px", "working_mpp"):
                     if key in geo and geo.get("sidecar", True):  # not the reader's defaults
                         geometry.setdefault(key, set()).add(geo[key])
+        elif type(layer).__name__ == "Labels":
+            continue  # masks and ground truth are never training slides
         elif "lsr_slide" in meta or getattr(layer, "rgb", False):
             path = _layer_path(layer, "lsr_slide")
             if path and path not in slides:

@@ -194,3 +194,17 @@ def test_close_asks_detach_then_reattach_and_stop(widget, data, qtbot, monkeypat
     final = tp.read_run(run)
     assert final.status == "cancelled" and final.checkpoint
     assert QEvent.Close == QCloseEvent().type()
+
+
+def test_ground_truth_labels_layer_is_not_a_training_slide(data: Path) -> None:
+    """A slide, its grid and its ground-truth mask opened together pair without complaint."""
+    from napari.layers import Image, Labels
+
+    from napari_lsr.trainer import pairs_from_layers
+
+    slide, grid = str(data / "s0.tif"), str(data / "s0_grid.npy")
+    rgb = Image(np.zeros((8, 8, 3), np.uint8), rgb=True, metadata={"lsr_slide": {"path": slide}})
+    gt_meta = {"lsr_slide": {"path": str(data / "s0_gt.tif")}}
+    gt = Labels(np.zeros((8, 8), np.uint8), metadata=gt_meta)
+    pairs, problems, _geo = pairs_from_layers([rgb, gt])
+    assert pairs == [(slide, grid)] and problems == []
