@@ -84,6 +84,7 @@ class CompareWidget(QWidget):
     def __init__(self, napari_viewer: Any):
         super().__init__()
         self.viewer = napari_viewer
+        self.setMinimumWidth(480)  # room for the Table 2 columns
         self.comparison: lc.Comparison | None = None
         self.scores: dict | None = None
         self.calib: list | None = None
@@ -626,13 +627,14 @@ class CompareWidget(QWidget):
         t = self.scores_table
         rows = list((scores or {}).items())
         t.setRowCount(len(rows))
-        t.setVerticalHeaderLabels([r["label"] for _k, r in rows])
+        t.setVerticalHeaderLabels([r["label"].split(" (")[0] for _k, r in rows])
         for i, (key, r) in enumerate(rows):
             for j, m in enumerate(lc.METRICS):
                 t.setItem(i, j, _cell("–" if r[m] is None else f"{r[m]:.4f}"))
             paper = PAPER.get(key)
             t.setItem(i, 4, _cell(f"{paper[0]:.4f} / {paper[1]:.4f}" if paper else "–"))
             t.verticalHeaderItem(i).setIcon(swatch(self.comparison.boundary(key).colour))
+        _fit_rows(t)
         self._fill_calibration(calib)
 
     def _fill_calibration(self, calib: list[dict]) -> None:
@@ -661,7 +663,7 @@ class CompareWidget(QWidget):
                 )
             for j, c in enumerate(cells):
                 t.setItem(i, j, _cell(c))
-        t.resizeColumnsToContents()
+        _fit_rows(t, max_rows=5)  # ten bins: the rest scrolls
 
     # ------------------------------------------------------------------ export
     def _export_target(self) -> tuple[Path, str] | None:
@@ -739,6 +741,15 @@ def _canvas_hw(viewer: Any) -> tuple[float, float]:
 
     h, w = _canvas_size(viewer)
     return (float(h), float(w))
+
+
+def _fit_rows(table: QTableWidget, max_rows: int = 12) -> None:
+    """Make ``table`` tall enough to show its rows (up to ``max_rows``) without scrolling."""
+    table.resizeColumnsToContents()
+    n = min(table.rowCount(), max_rows)
+    rows = sum(table.rowHeight(i) for i in range(n))
+    scrollbar = table.horizontalScrollBar().sizeHint().height()
+    table.setMinimumHeight(table.horizontalHeader().height() + rows + scrollbar + 6)
 
 
 def _cell(text: str) -> QTableWidgetItem:
