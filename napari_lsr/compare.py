@@ -44,6 +44,7 @@ from qtpy.QtWidgets import (
 
 from lsr import compare as lc
 from lsr.errors import LsrInputError
+from lsr.metrics import PAPER_TABLE2 as PAPER
 
 NONE = "(none)"
 FILE = "file (below)"
@@ -51,7 +52,6 @@ WHOLE, VISIBLE = "whole slide", "visible region"
 BOUNDARY_PREFIX = "boundary: "
 PROB_PREFIX = "p(cancer): "
 BAND_NAME = "evaluation band (1 block of the ground-truth boundary)"
-PAPER = {"low_res": (0.5722, 0.7278), "intra": (0.5810, 0.7350), "intra_inter": (0.5953, 0.7463)}
 
 
 def _error(message: str) -> None:

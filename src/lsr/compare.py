@@ -39,10 +39,10 @@ from shapely.geometry import MultiPolygon
 from lsr.atomic import atomic_path, atomic_write_text
 from lsr.errors import LsrInputError
 from lsr.geojson import DEFAULT_NAMES, FIG4_COLOURS
+from lsr.metrics import METRICS
+from lsr.metrics import TABLE2_ROWS as ROW_ORDER
 
 PathType = str | PathLike[str]
-#: Table 2 row order (the paper's), then any other model in the order given.
-ROW_ORDER = ("low_res", "intra", "inter", "intra_inter")
 #: Colours (RGB 0-255) of models beyond the paper's four: distinct from FIG4_COLOURS and
 #: from H&E pink/purple.
 EXTRA_COLOURS: tuple[tuple[int, int, int], ...] = (
@@ -60,7 +60,6 @@ LABELS = {
     "intra": "intra-instance",
     "inter": "inter-instance",
 }
-METRICS = ("masked_iou", "masked_dice", "iou", "dice")
 #: Polygons smaller than this (evaluation px²) are left out of the drawn boundaries.
 MIN_AREA_PX = 4.0
 Progress = Callable[[str, int, int], None]

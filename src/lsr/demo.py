@@ -31,21 +31,10 @@ import tomllib
 from lsr import __version__
 from lsr.atomic import atomic_write_text
 from lsr.errors import LsrInputError
+from lsr.geojson import DEFAULT_NAMES as ROW_NAMES
+from lsr.metrics import METRICS, PAPER_TABLE2
+from lsr.metrics import TABLE2_ROWS as ROWS
 
-#: Rows of Table 2, in the paper's order, and the paper's numbers (masked IoU, masked DICE).
-ROWS = ("low_res", "intra", "inter", "intra_inter")
-ROW_NAMES = {
-    "low_res": "Low-resolution model",
-    "intra": "Intra-instance",
-    "inter": "Inter-instance",
-    "intra_inter": "Intra+inter-instance",
-}
-PAPER_TABLE2 = {
-    "low_res": (0.5722, 0.7278),
-    "intra": (0.5810, 0.7350),
-    "intra_inter": (0.5953, 0.7463),
-}
-METRICS = ("masked_iou", "masked_dice", "iou", "dice")
 #: Shipped configs (source checkout): configs/demo/*.toml beside configs/synthetic/.
 CONFIG_DIR = Path(__file__).resolve().parents[2] / "configs"
 

@@ -33,6 +33,16 @@ from lsr.errors import LsrInputError
 
 #: The paper's band: 240 working-resolution pixels (one 240-px block, ≈1 mm at 4.2 µm/px).
 PAPER_BAND_PX = 240
+#: Rows of Table 2 in the paper's order (the paper has no inter-only row; we add it).
+TABLE2_ROWS: tuple[str, ...] = ("low_res", "intra", "inter", "intra_inter")
+#: The scores of a Table 2 row, as :func:`pooled_scores` names them.
+METRICS: tuple[str, ...] = ("masked_iou", "masked_dice", "iou", "dice")
+#: Paper Table 2 (42 test patches of 1200 × 1200): (masked IoU, masked DICE) per row.
+PAPER_TABLE2: dict[str, tuple[float, float]] = {
+    "low_res": (0.5722, 0.7278),
+    "intra": (0.5810, 0.7350),
+    "intra_inter": (0.5953, 0.7463),
+}
 
 
 def _as_mask(a: np.ndarray, name: str) -> np.ndarray:
