@@ -50,6 +50,7 @@ from lsr.annotation import (
 from lsr.counttable import CountTable, bin_probabilities
 from lsr.errors import LsrInputError
 from napari_lsr.counttable_widget import CountTableWidget
+from napari_lsr.layer_choice import refill
 
 #: Context shown around the block, in blocks on each side.
 CONTEXT_BLOCKS = 0.5
@@ -290,18 +291,9 @@ class AnnotatorWidget(QWidget):
                 slides.append(layer.name)
             elif kind in ("Image", "Labels") and layer.ndim == 2:
                 grids.append(layer.name)
-        for combo, names in ((self.slide_combo, slides), (self.grid_combo, grids)):
-            current = combo.currentText()
-            combo.blockSignals(True)
-            combo.clear()
-            combo.addItems(names)
-            if current in names:
-                combo.setCurrentText(current)
-            elif combo is self.grid_combo:  # prefer the z labels of a grid reader
-                z_names = [n for n in names if n.endswith(" z")]
-                if z_names:
-                    combo.setCurrentText(z_names[-1])
-            combo.blockSignals(False)
+        refill(self.slide_combo, slides)
+        z_names = [n for n in grids if n.endswith(" z")]  # prefer the z labels of a grid reader
+        refill(self.grid_combo, grids, z_names[-1] if z_names else None)
 
     def _layer(self, name: str):
         try:

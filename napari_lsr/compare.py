@@ -45,6 +45,7 @@ from qtpy.QtWidgets import (
 from lsr import compare as lc
 from lsr.errors import LsrInputError
 from lsr.metrics import PAPER_TABLE2 as PAPER
+from napari_lsr.layer_choice import refill
 
 NONE = "(none)"
 FILE = "file (below)"
@@ -270,20 +271,9 @@ class CompareWidget(QWidget):
             for ly in self.viewer.layers
             if ly.__class__.__name__ == "Labels" and "lsr_grid" not in ly.metadata
         ]
-        for combo, items in (
-            (self.slide_combo, slides),
-            (self.grid_combo, grids),
-            (self.gt_combo, [NONE, FILE, *labels]),
-        ):
-            current = combo.currentText()
-            combo.blockSignals(True)
-            combo.clear()
-            combo.addItems(items)
-            if current in items:
-                combo.setCurrentText(current)
-            elif combo is self.gt_combo and labels:
-                combo.setCurrentText(labels[0])
-            combo.blockSignals(False)
+        refill(self.slide_combo, slides)
+        refill(self.grid_combo, grids)
+        refill(self.gt_combo, [NONE, FILE, *labels], labels[0] if labels else None)
 
     def refresh_models(self) -> None:
         """List the finished models of the model folder (newest first), all checked."""
