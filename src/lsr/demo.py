@@ -170,12 +170,6 @@ def train_loss(
                 last[0] = now
                 say(f"[seed {seed}] {loss}: step {event.step}/{tcfg.steps} loss {event.loss:.4g}")
 
-        def on_checkpoint(self, path: Path, step: int) -> None:
-            pass
-
-        def on_end(self, result: Any) -> None:
-            pass
-
     result = train(tcfg, callbacks=[_Say()])
     say(f"[seed {seed}] {loss}: {result.status} in {time.perf_counter() - t0:.0f} s")
     if not result.ok:
