@@ -29,12 +29,10 @@ def _expand(paths: list[Path]) -> list[Path]:
     return out
 
 
-def read_mask(path: Path) -> np.ndarray:
-    """A 2-D boolean mask from .npy, .png or a (pyramidal) TIFF: nonzero / >= 0.5 is cancer.
-
-    Float maps are probabilities (cancer where >= 0.5); integer maps are masks (nonzero).
-    Only the full-resolution level of a pyramid is read.
-    """
+def read_map(path: Path) -> np.ndarray:
+    """A 2-D map from .npy, .png or a (pyramidal) TIFF, as stored: float maps are cancer
+    probabilities, integer maps are masks. Only the full-resolution level of a pyramid is
+    read; an RGB(A) image gives its first channel."""
     suffix = path.suffix.lower()
     try:
         if suffix == ".npy":
@@ -59,11 +57,24 @@ def read_mask(path: Path) -> np.ndarray:
     a = np.squeeze(a)
     if a.ndim != 2:
         raise LsrInputError(f"a mask must be 2-D, got shape {a.shape}", path)
+    if np.issubdtype(a.dtype, np.floating) and np.isnan(a).any():
+        raise LsrInputError("mask contains NaN", path)
+    return a
+
+
+def read_mask(path: Path) -> np.ndarray:
+    """A 2-D boolean mask (see :func:`read_map`): float maps are cancer where >= 0.5,
+    integer maps where nonzero."""
+    a = read_map(path)
+    return a >= 0.5 if np.issubdtype(a.dtype, np.floating) else a > 0
+
+
+def read_fraction_map(path: Path) -> np.ndarray:
+    """(H, W) float64 cancer probability: a float map as stored, a mask as 0/1."""
+    a = read_map(path)
     if np.issubdtype(a.dtype, np.floating):
-        if np.isnan(a).any():
-            raise LsrInputError("mask contains NaN", path)
-        return a >= 0.5
-    return a > 0
+        return a.astype(np.float64)
+    return (a > 0).astype(np.float64)
 
 
 def _is_pyramid(path: Path) -> bool:
@@ -73,42 +84,105 @@ def _is_pyramid(path: Path) -> bool:
         return len(tf.series) > 0 and len(tf.series[0].levels) > 1
 
 
+def _key(p: Path) -> str:
+    """The patch name a file stands for: ``patch_000_gt.tif`` -> ``patch_000``."""
+    stem = p.name.split(".")[0]
+    for tag in ("_gt", "_mask", "_pred", "_prediction", "_prob", "_probability", "_grid"):
+        stem = stem.removesuffix(tag)
+    return stem
+
+
 def _pair(preds: list[Path], gts: list[Path], by: str) -> list[tuple[Path, Path]]:
+    """Pair each prediction with its ground truth (or grid) by name or by order."""
     if by == "order":
         if len(preds) != len(gts):
             raise LsrInputError(f"{len(preds)} predictions but {len(gts)} ground-truth masks")
         return list(zip(preds, gts, strict=True))
-
-    def key(p: Path) -> str:
-        stem = p.name.split(".")[0]
-        for tag in ("_gt", "_mask", "_pred", "_prediction", "_prob"):
-            stem = stem.removesuffix(tag)
-        return stem
-
-    gmap = {key(g): g for g in gts}
+    gmap = {_key(g): g for g in gts}
     pairs = []
     for p in preds:
-        if key(p) not in gmap:
-            raise LsrInputError(f"no ground truth named like '{key(p)}'", p)
-        pairs.append((p, gmap[key(p)]))
+        if _key(p) not in gmap:
+            raise LsrInputError(f"no ground truth named like '{_key(p)}'", p)
+        pairs.append((p, gmap[_key(p)]))
     return pairs
 
 
+def calibration(
+    pairs: list[tuple[Path, Path]], block_px: int, table: Path | None = None
+) -> list[dict]:
+    """Per bin z: predicted cancer fraction of the blocks (mean, std, n) beside the count
+    table's eta ± rho (``table_mean``/``table_std``) when a table is given."""
+    from lsr.grid import load_grid
+    from lsr.metrics import calibration_table
+
+    maps, zs = [], []
+    for p, g in pairs:
+        m = read_fraction_map(p)
+        grid = load_grid(g, block_px=block_px)
+        rows, cols = m.shape[0] // block_px, m.shape[1] // block_px
+        if grid.z.shape != (rows, cols):
+            raise LsrInputError(
+                f"grid of {grid.z.shape} blocks does not match the prediction's {m.shape} px "
+                f"= {(rows, cols)} blocks of {block_px} px",
+                g,
+            )
+        maps.append(m)
+        zs.append(grid.z)
+    n_bins = 10
+    ct = None
+    if table is not None:
+        from lsr.counttable import CountTable
+
+        ct = CountTable.load(table)
+        n_bins = ct.n_bins
+    rows_out = calibration_table(maps, zs, block_px, n_bins=n_bins)
+    for row in rows_out:
+        if ct is not None:
+            row["table_mean"] = float(ct.eta[row["z"], 0])
+            row["table_std"] = float(ct.rho[row["z"], 0])
+    return rows_out
+
+
 def evaluate(
-    pred: list[Path] = typer.Option(..., "--pred", "-p", help="predicted masks (files or folder)"),
-    gt: list[Path] = typer.Option(..., "--gt", "-g", help="ground-truth masks (files or folder)"),
+    pred: list[Path] = typer.Option(..., "--pred", "-p", help="predicted masks or probability "
+                                    "maps (files or folder)"),
+    gt: list[Path] = typer.Option([], "--gt", "-g", help="ground-truth masks (files or folder)"),
     band: int = typer.Option(240, "--band", "-b", help="band around the boundary, working px"),
     pair_by: str = typer.Option("name", "--pair-by", help="'name' (strip _gt/_pred) or 'order'"),
+    grid: list[Path] = typer.Option([], "--grid", help="low-resolution grids of the same "
+                                    "patches (files or folder): adds the calibration table"),
+    block_px: int = typer.Option(240, "--block-px", help="block side of the grids, working px"),
+    table: Path | None = typer.Option(None, "--table", "-t", help="count table shown beside "
+                                      "the calibration (.json/.csv)"),
     json_out: Path | None = typer.Option(None, "--json", help="write the scores as JSON here"),
-) -> None:
-    """Masked (within BAND px of the true boundary) and unmasked IoU / DICE, paper Table 2."""
-    from lsr.metrics import pooled_scores
-
+) -> None:  # fmt: skip
+    """Masked (within BAND px of the true boundary) and unmasked IoU / DICE, paper Table 2;
+    with --grid, the calibration per bin z: the predicted cancer fraction of the blocks
+    (mean ± std) beside the count table's η ± ρ, which needs no ground truth."""
     if pair_by not in ("name", "order"):
         raise LsrInputError(f"--pair-by must be 'name' or 'order', got {pair_by!r}")
-    pairs = _pair(_expand(list(pred)), _expand(list(gt)), pair_by)
-    if not pairs:
+    if not gt and not grid:
+        raise LsrInputError("nothing to evaluate against: give --gt masks and/or --grid grids")
+    preds = _expand(list(pred))
+    if not preds:
         raise LsrInputError("no masks to evaluate")
+    console = Console()
+    result: dict = {}
+    if gt:
+        result = _scores(_pair(preds, _expand(list(gt)), pair_by), band, console)
+    if grid:
+        calib = calibration(_pair(preds, _expand(list(grid)), pair_by), block_px, table)
+        result["calibration"] = calib
+        console.print(_calibration_table(calib, table is not None))
+    if json_out is not None:
+        atomic_write_text(json_out, json.dumps(result, indent=2))
+        console.print(f"scores written to {json_out}")
+
+
+def _scores(pairs: list[tuple[Path, Path]], band: int, console: Console) -> dict:
+    """Pooled masked/unmasked scores of the pairs, printed as a table and returned."""
+    from lsr.metrics import pooled_scores
+
     preds, gts = [], []
     for p, g in pairs:
         pm, gm = read_mask(p), read_mask(g)
@@ -133,7 +207,20 @@ def evaluate(
         table.add_row(
             label, f(scores[key]), f"{f(scores[key + '_mean'])} ± {f(scores[key + '_std'])}"
         )
-    Console().print(table)
-    if json_out is not None:
-        atomic_write_text(json_out, json.dumps(scores, indent=2))
-        Console().print(f"scores written to {json_out}")
+    console.print(table)
+    return scores
+
+
+def _calibration_table(rows: list[dict], with_table: bool) -> Table:
+    """Rich table: bin, blocks, predicted cancer % (mean ± std)[, count table η ± ρ]."""
+    t = Table(title="Calibration: predicted cancer fraction of the blocks per bin z")
+    cols = ["z", "blocks", "predicted %"] + (["count table %"] if with_table else [])
+    for col in cols:
+        t.add_column(col, justify="right")
+    for r in rows:
+        pred = "–" if r["mean"] is None else f"{100 * r['mean']:.1f} ± {100 * r['std']:.1f}"
+        cells = [str(r["z"]), str(r["n"]), pred]
+        if with_table:
+            cells.append(f"{100 * r['table_mean']:.1f} ± {100 * r['table_std']:.1f}")
+        t.add_row(*cells)
+    return t

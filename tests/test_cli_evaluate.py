@@ -1,0 +1,92 @@
+"""``lsr evaluate``: scores against ground truth and the calibration table against grids."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+from lsr.cli import _register, app
+from lsr.counttable import CountTable
+from lsr.errors import LsrInputError
+
+B = 8  # block px
+
+
+@pytest.fixture(scope="module")
+def runner():
+    _register()
+    return CliRunner()
+
+
+def _patch(tmp_path, name, rng, rows=3, cols=4):
+    prob = rng.random((rows * B, cols * B)).astype(np.float32)
+    z = rng.integers(-1, 10, (rows, cols)).astype(np.int16)
+    np.save(tmp_path / f"{name}_prob.npy", prob)
+    np.save(tmp_path / f"{name}_grid.npy", z)
+    return prob, z
+
+
+def test_calibration_matches_numpy_per_bin(tmp_path, runner):
+    rng = np.random.default_rng(3)
+    preds, grids = tmp_path / "pred", tmp_path / "grid"
+    preds.mkdir()
+    grids.mkdir()
+    data = [_patch(tmp_path, f"p{i}", rng) for i in range(3)]
+    for i in range(3):
+        (tmp_path / f"p{i}_prob.npy").rename(preds / f"p{i}_prob.npy")
+        (tmp_path / f"p{i}_grid.npy").rename(grids / f"p{i}_grid.npy")
+    table = CountTable.paper_table1()
+    table.to_json(tmp_path / "table.json")
+    res = runner.invoke(app, ["evaluate", "-p", str(preds), "--grid", str(grids), "--block-px",
+                              str(B), "-t", str(tmp_path / "table.json"), "--json",
+                              str(tmp_path / "out.json")])  # fmt: skip
+    assert res.exit_code == 0, res.output
+    assert "Calibration" in res.output
+    calib = json.loads((tmp_path / "out.json").read_text())["calibration"]
+    # independent computation: block means by reshape, grouped by z
+    fr = [
+        p.astype(np.float64).reshape(p.shape[0] // B, B, p.shape[1] // B, B).mean(axis=(1, 3))
+        for p, _ in data
+    ]
+    for row in calib:
+        vals = np.concatenate([f[z == row["z"]] for f, (_, z) in zip(fr, data, strict=True)])
+        assert row["n"] == vals.size
+        if vals.size:
+            assert row["mean"] == pytest.approx(vals.mean())
+            assert row["std"] == pytest.approx(vals.std())
+        else:
+            assert row["mean"] is None
+        assert row["table_mean"] == pytest.approx(table.eta[row["z"], 0])
+        assert row["table_std"] == pytest.approx(table.rho[row["z"], 0])
+
+
+def test_calibration_with_a_mask_counts_cancer_pixels(tmp_path, runner):
+    mask = np.zeros((B, 2 * B), np.uint8)
+    mask[:, :B] = 255  # left block all cancer
+    mask[: B // 2, B:] = 1  # right block: half
+    np.save(tmp_path / "a_mask.npy", mask)
+    np.save(tmp_path / "a_grid.npy", np.array([[9, 4]], np.int16))
+    res = runner.invoke(app, ["evaluate", "-p", str(tmp_path / "a_mask.npy"), "--grid",
+                              str(tmp_path / "a_grid.npy"), "--block-px", str(B), "--json",
+                              str(tmp_path / "o.json")])  # fmt: skip
+    assert res.exit_code == 0, res.output
+    calib = {r["z"]: r for r in json.loads((tmp_path / "o.json").read_text())["calibration"]}
+    assert calib[9]["mean"] == 1.0 and calib[4]["mean"] == 0.5 and calib[0]["n"] == 0
+
+
+def test_grid_of_the_wrong_size_names_the_grid(tmp_path, runner):
+    np.save(tmp_path / "a_prob.npy", np.zeros((2 * B, 2 * B), np.float32))
+    np.save(tmp_path / "a_grid.npy", np.zeros((3, 2), np.int16))
+    res = runner.invoke(app, ["evaluate", "-p", str(tmp_path / "a_prob.npy"), "--grid",
+                              str(tmp_path / "a_grid.npy"), "--block-px", str(B)])  # fmt: skip
+    assert isinstance(res.exception, LsrInputError)  # lsr.cli.main prints it, exit code 2
+    assert "does not match" in str(res.exception) and "a_grid.npy" in str(res.exception)
+
+
+def test_nothing_to_compare_with_is_an_error(tmp_path, runner):
+    np.save(tmp_path / "a_prob.npy", np.zeros((B, B), np.float32))
+    res = runner.invoke(app, ["evaluate", "-p", str(tmp_path / "a_prob.npy")])
+    assert isinstance(res.exception, LsrInputError) and "--gt" in str(res.exception)
