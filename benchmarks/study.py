@@ -1,0 +1,239 @@
+"""The training study (issue 6): every arm of ``configs/study/arms.toml`` over several seeds.
+
+An *arm* is a demo config (:class:`lsr.demo.DemoConfig`) plus overrides: which synthetic
+config, which losses, which training settings. Each (arm, seed) job runs ``lsr.demo`` in its
+own folder ``OUT/<arm>/seed<s>/`` and shares the generated data of its synthetic config and
+seed (``OUT/data/<synthetic>/seed<s>/``, generated once). Jobs run in parallel worker
+processes (``--jobs``), each with ``--threads`` torch threads; a finished job leaves
+``results.json`` and is skipped next time, an interrupted one resumes from its checkpoints.
+
+    python benchmarks/study.py run --out /tmp/study --arms default_final --seeds 0-4 --jobs 2
+    python benchmarks/study.py report --out /tmp/study > study.md
+
+``report`` prints, per arm, mean ± std over seeds of masked IoU for every row, the paired
+differences with their standard errors, and the failed/collapsed runs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import dataclasses
+import json
+import os
+import sys
+import time
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from pathlib import Path
+from typing import Any
+
+import tomllib
+
+ROOT = Path(__file__).resolve().parents[1]
+ARMS = ROOT / "configs" / "study" / "arms.toml"
+
+
+def load_arms(path: Path = ARMS) -> dict[str, dict[str, Any]]:
+    """Arm name → {"base": demo config name, "synthetic", "losses", "train", "per_loss", ...}."""
+    data = tomllib.loads(path.read_text())
+    return data["arm"]
+
+
+def demo_config(arm: dict[str, Any]) -> Any:
+    """The :class:`lsr.demo.DemoConfig` of one arm: the base demo config plus the overrides."""
+    from lsr.demo import DemoConfig
+
+    cfg = DemoConfig.load(ROOT / "configs" / "demo" / f"{arm.get('base', 'default')}.toml")
+    for key in ("synthetic", "n_train_slides", "n_test_patches", "slide_px"):
+        if key in arm:
+            setattr(cfg, key, arm[key])
+    if "losses" in arm:
+        cfg.losses = tuple(arm["losses"])
+    cfg.train = {**cfg.train, **arm.get("train", {})}
+    per_loss = {k: dict(v) for k, v in cfg.per_loss.items()}
+    for loss, over in arm.get("per_loss", {}).items():
+        per_loss[loss] = {**per_loss.get(loss, {}), **over}
+    cfg.per_loss = per_loss
+    return cfg
+
+
+def _parse_seeds(text: str) -> list[int]:
+    seeds: list[int] = []
+    for part in text.split(","):
+        a, _, b = part.partition("-")
+        seeds += list(range(int(a), int(b or a) + 1))
+    return seeds
+
+
+def _job_dir(out: Path, arm: str, seed: int) -> Path:
+    return out / arm / f"seed{seed}"
+
+
+def _link_data(out: Path, synthetic: str, seed: int, job: Path) -> None:
+    """Point the job's data folder at the shared data of its synthetic config and seed."""
+    shared = out / "data" / Path(synthetic).stem / f"seed{seed}"
+    shared.mkdir(parents=True, exist_ok=True)
+    link = job / "data" / f"seed{seed}"
+    link.parent.mkdir(parents=True, exist_ok=True)
+    if not link.exists():
+        link.symlink_to(shared.resolve(), target_is_directory=True)
+
+
+def run_job(out: str, arm_name: str, seed: int, threads: int) -> tuple[str, int, str]:
+    """One (arm, seed): ``lsr.demo.run_demo`` in its folder; logs to ``job.log``."""
+    import torch
+
+    from lsr.demo import run_demo
+
+    torch.set_num_threads(threads)
+    arm = load_arms()[arm_name]
+    cfg = demo_config(arm)
+    job = _job_dir(Path(out), arm_name, seed)
+    job.mkdir(parents=True, exist_ok=True)
+    _link_data(Path(out), cfg.synthetic, seed, job)
+    stamp = json.dumps(dataclasses.asdict(cfg), sort_keys=True)
+    (job / "arm.json").write_text(stamp + "\n")
+    with open(job / "job.log", "a", buffering=1) as log:
+
+        def say(msg: str) -> None:
+            log.write(f"{time.strftime('%H:%M:%S')} {msg}\n")
+
+        try:
+            run_demo(job, config=cfg, seeds=[seed], say=say)
+        except Exception as err:  # recorded, the other jobs go on
+            say(f"FAILED: {type(err).__name__}: {err}")
+            return arm_name, seed, f"failed: {err}"
+    return arm_name, seed, "done"
+
+
+def _prepare_data(out: Path, arms: dict[str, dict], names: list[str], seeds: list[int]) -> None:
+    """Generate each (synthetic config, seed) data set once, before the parallel jobs."""
+    from lsr.demo import make_data
+
+    done: set[tuple[str, int]] = set()
+    for name in names:
+        cfg = demo_config(arms[name])
+        for seed in seeds:
+            key = (Path(cfg.synthetic).stem, seed)
+            if key in done:
+                continue
+            done.add(key)
+            job = _job_dir(out, name, seed)
+            _link_data(out, cfg.synthetic, seed, job)
+            make_data(cfg, seed, job, lambda m: print(m, flush=True))
+
+
+def cmd_run(args: argparse.Namespace) -> None:
+    arms = load_arms()
+    names = args.arms.split(",")
+    unknown = [n for n in names if n not in arms]
+    if unknown:
+        sys.exit(f"unknown arm(s): {', '.join(unknown)} (see {ARMS})")
+    seeds = _parse_seeds(args.seeds)
+    out = Path(args.out)
+    _prepare_data(out, arms, names, seeds)
+    todo = [(n, s) for s in seeds for n in names
+            if not (_job_dir(out, n, s) / "results.json").exists()]  # fmt: skip
+    print(f"{len(todo)} job(s) to run, {args.jobs} at a time", flush=True)
+    with ProcessPoolExecutor(args.jobs) as pool:
+        futures = [pool.submit(run_job, str(out), n, s, args.threads) for n, s in todo]
+        for fut in as_completed(futures):
+            arm, seed, status = fut.result()
+            print(f"{time.strftime('%H:%M:%S')} {arm} seed {seed}: {status}", flush=True)
+
+
+# ---------------------------------------------------------------------------- report
+def collect(out: Path, arm: str) -> dict[int, dict]:
+    """Seed → {"rows": {row: scores}, "runs": {loss: run.json summary}} of one arm."""
+    per_seed = {}
+    for job in sorted((out / arm).glob("seed*")):
+        res = job / "results.json"
+        if not res.exists():
+            continue
+        seed = int(job.name[4:])
+        rows = json.loads(res.read_text())["per_seed"][str(seed)]
+        runs = {}
+        for run_json in (job / "runs" / f"seed{seed}").glob("*/run.json"):
+            r = json.loads(run_json.read_text())
+            runs[run_json.parent.name] = {"status": r["status"], "failure": r.get("failure", ""),
+                                          "warnings": r.get("warnings", [])}  # fmt: skip
+        per_seed[seed] = {"rows": rows, "runs": runs}
+    return per_seed
+
+
+def report(out: Path, names: list[str]) -> str:
+    from lsr.demo import aggregate
+    from lsr.geojson import DEFAULT_NAMES
+
+    lines = []
+    for arm in names:
+        per_seed = collect(out, arm)
+        if not per_seed:
+            continue
+        agg = aggregate(per_seed)
+        seeds = sorted(per_seed)
+        lines += [f"### {arm} ({len(seeds)} seeds: {', '.join(map(str, seeds))})", "",
+                  "| row | masked IoU | masked DICE | per seed (masked IoU) |",
+                  "|---|---|---|---|"]  # fmt: skip
+        for row, r in agg["rows"].items():
+            per = " ".join(f"{v:.3f}" for v in r["masked_iou_per_seed"])
+            lines.append(f"| {DEFAULT_NAMES[row]} | {r['masked_iou']:.3f} ± "
+                         f"{r['masked_iou_std']:.3f} | {r['masked_dice']:.3f} ± "
+                         f"{r['masked_dice_std']:.3f} | {per} |")  # fmt: skip
+        if agg["paired_differences"]:
+            lines += ["", "| paired difference | mean | SE | mean/SE |", "|---|---|---|---|"]
+            for k, d in agg["paired_differences"].items():
+                t = d["masked_iou_diff"] / d["paired_se"] if d["paired_se"] else float("nan")
+                lines.append(f"| {k} | {d['masked_iou_diff']:+.3f} | {d['paired_se']:.3f} "
+                             f"| {t:+.1f} |")  # fmt: skip
+        bad = [f"seed {s} {loss}: {r['status']} {r['failure']}".strip()
+               for s in seeds for loss, r in per_seed[s]["runs"].items()
+               if r["status"] != "completed" or r["failure"]]  # fmt: skip
+        lines += ["", "Failed or collapsed runs: " + ("; ".join(bad) if bad else "none"), ""]
+    return "\n".join(lines)
+
+
+def cmd_report(args: argparse.Namespace) -> None:
+    out = Path(args.out)
+    names = (
+        args.arms.split(",")
+        if args.arms
+        else [p.name for p in sorted(out.iterdir()) if p.is_dir() and p.name != "data"]
+    )
+    text = report(out, names)
+    if args.json:
+        blob = {a: aggregate_json(out, a) for a in names}
+        Path(args.json).write_text(json.dumps(blob, indent=2) + "\n")
+    print(text)
+
+
+def aggregate_json(out: Path, arm: str) -> dict:
+    from lsr.demo import aggregate
+
+    per_seed = collect(out, arm)
+    return {"seeds": sorted(per_seed), **aggregate(per_seed)} if per_seed else {}
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    sub = p.add_subparsers(required=True)
+    r = sub.add_parser("run", help="run (or resume) arms over seeds")
+    r.add_argument("--out", required=True)
+    r.add_argument("--arms", required=True, help="comma-separated arm names")
+    r.add_argument("--seeds", default="0-4", help="e.g. 0-4 or 0,2,5")
+    r.add_argument("--jobs", type=int, default=2, help="parallel jobs")
+    r.add_argument("--threads", type=int, default=1, help="torch threads per job")
+    r.set_defaults(func=cmd_run)
+    q = sub.add_parser("report", help="print the Markdown summary")
+    q.add_argument("--out", required=True)
+    q.add_argument("--arms", default="")
+    q.add_argument("--json", default="", help="also write the aggregate as JSON here")
+    q.set_defaults(func=cmd_report)
+    args = p.parse_args()
+    os.environ.setdefault("OMP_NUM_THREADS", str(getattr(args, "threads", 1)))
+    with contextlib.suppress(KeyboardInterrupt):
+        args.func(args)
+
+
+if __name__ == "__main__":
+    main()
