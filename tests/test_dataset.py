@@ -208,3 +208,44 @@ def test_real_slide_and_grid_files(tmp_path: Path) -> None:
         min_tissue=0.5,
     )
     assert filtered.skipped_background == 1 and len(filtered) == 4
+
+
+def test_slide_cache_gives_the_same_blocks_with_one_read_per_slide(tmp_path: Path) -> None:
+    from lsr.slide import write_pyramidal_tiff
+
+    # a real pyramidal TIFF at 2 µm/px read at working 4 µm/px (area-averaged), context 5 px
+    rng = np.random.default_rng(4)
+    img = rng.integers(0, 255, (6 * 2 * B, 5 * 2 * B, 3), dtype=np.uint8)
+    path = tmp_path / "s.tif"
+    write_pyramidal_tiff(path, img, mpp=2.0, tile=64)
+    z = np.full((6, 5), -1)
+    z[1:5, 1:4] = 3  # a labelled area inside the slide: the cache holds only that box
+    z[5, 4] = 0  # and a block at the edge: its context lies beyond the slide (white)
+    kw = dict(working_mpp=4.0, block_px=B, context_px=5)
+    plain = BlockDataset([BlockSource(path, FakeGrid(z))], CountTable.paper_table1(), **kw)
+    cached = BlockDataset(
+        [BlockSource(path, FakeGrid(z))], CountTable.paper_table1(), cache_mb=64, **kw
+    )
+    for i in range(len(plain)):
+        np.testing.assert_array_equal(cached.read_block(i), plain.read_block(i))
+    y0, x0, area = cached._cache[0]
+    assert (y0, x0) == (B - 5, B - 5)
+    assert area.shape == (5 * B + 10, 4 * B + 10, 3)
+
+
+def test_slide_cache_respects_its_budget() -> None:
+    src = [make_source(0), make_source(1)]
+    # each slide's labelled area is (3B+0) x (4B) x 3 bytes = 9216 B; budget fits one
+    ds = BlockDataset(src, CountTable.paper_table1(), working_mpp=1.0, cache_mb=10_000 / 2**20)
+    first = [i for i in range(len(ds)) if ds.index[i, 0] == 0]
+    second = [i for i in range(len(ds)) if ds.index[i, 0] == 1]
+    for i in first:
+        ds.read_block(i)
+    assert list(ds._cache) == [0] and len(src[0].slide.reads) == 1
+    ds.read_block(second[0])
+    assert list(ds._cache) == [1]  # the least recently used slide was dropped
+    tiny = BlockDataset(src, CountTable.paper_table1(), working_mpp=1.0, cache_mb=1e-4)
+    before = len(src[0].slide.reads)
+    tiny.read_block(first[0])
+    tiny.read_block(first[1])
+    assert not tiny._cache and len(src[0].slide.reads) == before + 2  # block by block

@@ -9,6 +9,10 @@ each paired with its low-resolution grid, and reads a block only when it is aske
 - adds a ``context_px`` margin around each block: the network sees ``block + 2 × margin``
   pixels, and the trainer crops the probabilities back to the central block before the
   loss (the labels describe the block only);
+- keeps each slide's labelled area at working resolution in memory (``cache_mb``, least
+  recently used slides dropped first): reading a block through tiffslide's zarr store costs
+  ~8 ms, a slice of the cached image ~0.05 ms, and at working resolution (4.17 µm/px) even a
+  gigapixel slide is only ~30-100 MB; the cached pixels are exactly those of block reads;
 - augments (see :mod:`lsr.augment`), seeded by ``(seed, draw)``, so an item is a pure
   function of the run seed and the sampler's key: identical with any number of workers
   and on resume.
@@ -20,6 +24,7 @@ fractions (B, L) from the count table.
 from __future__ import annotations
 
 import os
+from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -103,6 +108,7 @@ class BlockDataset(Dataset):
         augment_config: AugmentConfig | None = None,
         seed: int = 0,
         min_tissue: float = 0.0,
+        cache_mb: float = 0.0,
     ):
         if context_px < 0:
             raise LsrInputError(f"context_px must be ≥ 0, got {context_px}")
@@ -123,6 +129,9 @@ class BlockDataset(Dataset):
         self.grids = [_open_grid(s.grid, block_px) for s in self.sources]
         self._slides: dict[int, SlideLike] = {}
         self._slides_pid = -1
+        self.cache_mb = float(cache_mb)
+        #: source -> (y0, x0, image) of its labelled area (+ context), LRU order
+        self._cache: OrderedDict[int, tuple[int, int, np.ndarray]] = OrderedDict()
         rows = []
         self.skipped_background = 0
         for si, grid in enumerate(self.grids):
@@ -149,6 +158,7 @@ class BlockDataset(Dataset):
         """The slide of source ``si``, opened on first use in *this* process (workers too)."""
         if self._slides_pid != os.getpid():
             self._slides = {}
+            self._cache = OrderedDict()
             self._slides_pid = os.getpid()
         if si not in self._slides:
             s = self.sources[si].slide
@@ -163,8 +173,35 @@ class BlockDataset(Dataset):
     def __getstate__(self) -> dict[str, Any]:
         state = self.__dict__.copy()
         state["_slides"] = {}
+        state["_cache"] = OrderedDict()
         state["_slides_pid"] = -1
         return state
+
+    def _cached_area(self, si: int) -> tuple[int, int, np.ndarray] | None:
+        """``(y0, x0, (h, w, 3) uint8)``: the box around source ``si``'s kept blocks and
+        their context at working resolution, read once; None when it does not fit the
+        budget (then blocks are read one by one)."""
+        slide = self.slide(si)  # resets the cache in a new (worker) process
+        if si in self._cache:
+            self._cache.move_to_end(si)
+            return self._cache[si]
+        rows = self.index[self.index[:, 0] == si]
+        if not len(rows):
+            return None
+        m = self.context_px
+        boxes = np.array([self._box(si, int(r), int(c)) for _, r, c, _ in rows])
+        y0, x0 = int(boxes[:, 0].min()) - m, int(boxes[:, 1].min()) - m
+        y1 = int((boxes[:, 0] + boxes[:, 2]).max()) + m
+        x1 = int((boxes[:, 1] + boxes[:, 3]).max()) + m
+        budget = self.cache_mb * 2**20
+        nbytes = (y1 - y0) * (x1 - x0) * 3
+        if nbytes > budget:
+            return None
+        while self._cache and sum(v[2].nbytes for v in self._cache.values()) + nbytes > budget:
+            self._cache.popitem(last=False)
+        area = slide.read_working(y0, x0, y1 - y0, x1 - x0, self.working_mpp)
+        self._cache[si] = (y0, x0, area)
+        return self._cache[si]
 
     def _box(self, si: int, r: int, c: int) -> tuple[int, int, int, int]:
         y, x, h, w = (int(v) for v in self.grids[si].block_box(r, c))
@@ -219,6 +256,10 @@ class BlockDataset(Dataset):
         si, r, c, _ = (int(v) for v in self.index[i])
         y, x, h, w = self._box(si, r, c)
         m = self.context_px
+        cached = self._cached_area(si) if self.cache_mb > 0 else None
+        if cached is not None:
+            y0, x0, area = cached
+            return area[y - m - y0 : y + h + m - y0, x - m - x0 : x + w + m - x0]
         return self.slide(si).read_working(y - m, x - m, h + 2 * m, w + 2 * m, self.working_mpp)
 
     def generator(self, draw: int, i: int) -> torch.Generator:

@@ -101,6 +101,7 @@ class TrainConfig:
     working_mpp: float = 4.17  # µm per working-resolution pixel
     context_px: int = 0  # margin the network sees around each block (loss on block only)
     min_tissue: float = 0.0  # skip blocks with a smaller non-white fraction (0: keep all)
+    cache_mb: float = 1024.0  # per process: slides' labelled areas kept in memory (0: off)
     augment: bool = True
     # loss
     loss: str = "intra_inter"
@@ -420,6 +421,7 @@ def build_dataset(
         augment_config=AugmentConfig() if cfg.augment else NO_AUGMENT,
         seed=cfg.seed,
         min_tissue=cfg.min_tissue,
+        cache_mb=cfg.cache_mb,
     )
 
 

@@ -123,6 +123,9 @@ def train(
     context_px: int | None = typer.Option(None, help="Margin seen around each block (px)."),
     min_tissue: float | None = typer.Option(None, help="Skip blocks with less tissue (fraction)."),
     augment: bool | None = typer.Option(None, "--augment/--no-augment"),
+    cache_mb: float | None = typer.Option(
+        None, help="MiB per process of slides kept in memory at working resolution (0: off)."
+    ),
     batch_size: int | None = typer.Option(None, help="Intra loss: blocks per batch (paper 30)."),
     groups_per_batch: int | None = typer.Option(None, help="Inter losses: groups (paper 2)."),
     group_size: int | None = typer.Option(None, help="Inter losses: blocks per group (paper 15)."),
@@ -166,6 +169,7 @@ def train(
         "table": table, "loss": loss, "distance": distance, "variance_norm": variance_norm,
         "rho_floor": rho_floor, "block_px": block_px, "working_mpp": working_mpp,
         "context_px": context_px, "min_tissue": min_tissue, "augment": augment,
+        "cache_mb": cache_mb,
         "batch_size": batch_size, "groups_per_batch": groups_per_batch,
         "group_size": group_size, "group_policy": group_policy, "lr": lr,
         "rmsprop_alpha": rmsprop_alpha, "steps": steps, "warmup_steps": warmup_steps,
