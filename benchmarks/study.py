@@ -114,6 +114,8 @@ def _prepare_data(out: Path, arms: dict[str, dict], names: list[str], seeds: lis
     for name in names:
         cfg = demo_config(arms[name])
         for seed in seeds:
+            if seed not in arms[name].get("seeds", seeds):
+                continue
             key = (Path(cfg.synthetic).stem, seed)
             if key in done:
                 continue
@@ -132,8 +134,10 @@ def cmd_run(args: argparse.Namespace) -> None:
     seeds = _parse_seeds(args.seeds)
     out = Path(args.out)
     _prepare_data(out, arms, names, seeds)
-    todo = [(n, s) for s in seeds for n in names
-            if not (_job_dir(out, n, s) / "results.json").exists()]  # fmt: skip
+    # arm-major: the arms listed first finish first; an arm's own ``seeds`` narrow --seeds
+    todo = [(n, s) for n in names for s in seeds
+            if s in arms[n].get("seeds", seeds)
+            and not (_job_dir(out, n, s) / "results.json").exists()]  # fmt: skip
     print(f"{len(todo)} job(s) to run, {args.jobs} at a time", flush=True)
     with ProcessPoolExecutor(args.jobs) as pool:
         futures = [pool.submit(run_job, str(out), n, s, args.threads) for n, s in todo]
