@@ -7,8 +7,8 @@ Examples::
     lsr train --resume runs/intra --steps 8000          # continue, exactly, to step 8000
     torchrun --nproc-per-node 4 -m lsr train run.toml    # DistributedDataParallel
 
-Flags override the file; unset flags keep the file's value or the paper default of the
-chosen loss. The first Ctrl-C stops after the current step and writes a checkpoint.
+Flags override the file; unset flags keep the file's value or the default of the chosen
+loss (lsr.train.DEFAULTS). The first Ctrl-C stops after the current step and writes a checkpoint.
 """
 
 from __future__ import annotations
@@ -130,7 +130,7 @@ def train(
     groups_per_batch: int | None = typer.Option(None, help="Inter losses: groups (paper 2)."),
     group_size: int | None = typer.Option(None, help="Inter losses: blocks per group (paper 15)."),
     group_policy: str | None = typer.Option(None, help="uniform or proportional."),
-    lr: float | None = typer.Option(None, help="Learning rate (paper: 1e-5 intra, 1e-3 inter)."),
+    lr: float | None = typer.Option(None, help="Learning rate (1e-3; paper intra 1e-5)."),
     rmsprop_alpha: float | None = typer.Option(None, help="RMSprop smoothing (paper 0.9)."),
     steps: int | None = typer.Option(None, help="Total optimisation steps."),
     warmup_steps: int | None = typer.Option(None),
@@ -148,7 +148,7 @@ def train(
     resume: Path | None = typer.Option(None, help="Training folder or checkpoint to continue."),
     save_config: Path | None = typer.Option(None, help="Also write the resolved config here."),
 ) -> None:
-    """Train a network (paper defaults per loss; every setting overridable)."""
+    """Train a network (per-loss defaults: the paper's, intra lr 1e-3; all overridable)."""
     from lsr.checkpoint import read_metadata
     from lsr.train import DataPair, TrainConfig
     from lsr.train import train as run_training
