@@ -3,11 +3,12 @@
 An *arm* is a demo config (:class:`lsr.demo.DemoConfig`) plus overrides: which synthetic
 config, which losses, which training settings. Each (arm, seed) job runs ``lsr.demo`` in its
 own folder ``OUT/<arm>/seed<s>/`` and shares the generated data of its synthetic config and
-seed (``OUT/data/<synthetic>/seed<s>/``, generated once). Jobs run in parallel worker
-processes (``--jobs``), each with ``--threads`` torch threads; a finished job leaves
-``results.json`` and is skipped next time, an interrupted one resumes from its checkpoints.
+seed (``OUT/data/<synthetic>/seed<s>/``, generated once, by the first job that needs it).
+Jobs run in parallel worker processes (``--jobs``), each with ``--threads`` torch threads;
+a finished job leaves ``results.json`` and is skipped next time, an interrupted one resumes
+from its checkpoints.
 
-    python benchmarks/study.py run --out /tmp/study --arms default_final --seeds 0-4 --jobs 2
+    python benchmarks/study.py run --out /tmp/study --arms defaults,ductal --seeds 0-4 --jobs 2
     python benchmarks/study.py report --out /tmp/study > study.md
 
 ``report`` prints, per arm, mean ± std over seeds of masked IoU for every row, the paired
@@ -19,6 +20,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import dataclasses
+import fcntl
 import json
 import os
 import sys
@@ -83,7 +85,7 @@ def run_job(out: str, arm_name: str, seed: int, threads: int) -> tuple[str, int,
     """One (arm, seed): ``lsr.demo.run_demo`` in its folder; logs to ``job.log``."""
     import torch
 
-    from lsr.demo import run_demo
+    from lsr.demo import make_data, run_demo
 
     torch.set_num_threads(threads)
     arm = load_arms()[arm_name]
@@ -99,30 +101,16 @@ def run_job(out: str, arm_name: str, seed: int, threads: int) -> tuple[str, int,
             log.write(f"{time.strftime('%H:%M:%S')} {msg}\n")
 
         try:
+            # one job generates a (synthetic config, seed) data set; the others wait for it
+            lock = Path(out) / "data" / f"{Path(cfg.synthetic).stem}-seed{seed}.lock"
+            with open(lock, "w") as fh:
+                fcntl.flock(fh, fcntl.LOCK_EX)
+                make_data(cfg, seed, job, say)
             run_demo(job, config=cfg, seeds=[seed], say=say)
         except Exception as err:  # recorded, the other jobs go on
             say(f"FAILED: {type(err).__name__}: {err}")
             return arm_name, seed, f"failed: {err}"
     return arm_name, seed, "done"
-
-
-def _prepare_data(out: Path, arms: dict[str, dict], names: list[str], seeds: list[int]) -> None:
-    """Generate each (synthetic config, seed) data set once, before the parallel jobs."""
-    from lsr.demo import make_data
-
-    done: set[tuple[str, int]] = set()
-    for name in names:
-        cfg = demo_config(arms[name])
-        for seed in seeds:
-            if seed not in arms[name].get("seeds", seeds):
-                continue
-            key = (Path(cfg.synthetic).stem, seed)
-            if key in done:
-                continue
-            done.add(key)
-            job = _job_dir(out, name, seed)
-            _link_data(out, cfg.synthetic, seed, job)
-            make_data(cfg, seed, job, lambda m: print(m, flush=True))
 
 
 def cmd_run(args: argparse.Namespace) -> None:
@@ -133,7 +121,6 @@ def cmd_run(args: argparse.Namespace) -> None:
         sys.exit(f"unknown arm(s): {', '.join(unknown)} (see {ARMS})")
     seeds = _parse_seeds(args.seeds)
     out = Path(args.out)
-    _prepare_data(out, arms, names, seeds)
     # arm-major: the arms listed first finish first; an arm's own ``seeds`` narrow --seeds
     todo = [(n, s) for n in names for s in seeds
             if s in arms[n].get("seeds", seeds)
