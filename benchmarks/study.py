@@ -29,6 +29,7 @@ from concurrent.futures import ProcessPoolExecutor, as_completed
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import tomllib
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -135,20 +136,26 @@ def cmd_run(args: argparse.Namespace) -> None:
 
 # ---------------------------------------------------------------------------- report
 def collect(out: Path, arm: str) -> dict[int, dict]:
-    """Seed → {"rows": {row: scores}, "runs": {loss: run.json summary}} of one arm."""
+    """Seed → {"rows": {row: scores}, "runs": {loss: run.json summary}, "calibration",
+    "table": the seed's expert CountTable} of one arm."""
+    from lsr.counttable import CountTable
+
     per_seed = {}
     for job in sorted((out / arm).glob("seed*")):
         res = job / "results.json"
         if not res.exists():
             continue
         seed = int(job.name[4:])
-        rows = json.loads(res.read_text())["per_seed"][str(seed)]
+        blob = json.loads(res.read_text())
+        rows = blob["per_seed"][str(seed)]
         runs = {}
         for run_json in (job / "runs" / f"seed{seed}").glob("*/run.json"):
             r = json.loads(run_json.read_text())
             runs[run_json.parent.name] = {"status": r["status"], "failure": r.get("failure", ""),
                                           "warnings": r.get("warnings", [])}  # fmt: skip
-        per_seed[seed] = {"rows": rows, "runs": runs}
+        table = CountTable.load(job / "data" / f"seed{seed}" / "table_expert.json")
+        per_seed[seed] = {"rows": rows, "runs": runs, "calibration": blob["calibration"],
+                          "table": table}  # fmt: skip
     return per_seed
 
 
@@ -181,7 +188,47 @@ def report(out: Path, names: list[str]) -> str:
                for s in seeds for loss, r in per_seed[s]["runs"].items()
                if r["status"] != "completed" or r["failure"]]  # fmt: skip
         lines += ["", "Failed or collapsed runs: " + ("; ".join(bad) if bad else "none"), ""]
+        lines += calibration_lines(per_seed)
     return "\n".join(lines)
+
+
+def _pool(cells: list[dict]) -> tuple[int, float | None, float | None]:
+    """Pool (n, mean, std) cells (population std) into one."""
+    cells = [c for c in cells if c["n"]]
+    n = sum(c["n"] for c in cells)
+    if not n:
+        return 0, None, None
+    mean = sum(c["n"] * c["mean"] for c in cells) / n
+    second = sum(c["n"] * (c["std"] ** 2 + c["mean"] ** 2) for c in cells) / n
+    return n, mean, max(second - mean**2, 0.0) ** 0.5
+
+
+def calibration_lines(per_seed: dict[int, dict]) -> list[str]:
+    """Per bin: predicted cancer % of held-out blocks (pooled over seeds) beside the expert
+    tables' η ± ρ (averaged over seeds) and the truth; then each run's overall spread of
+    block predictions (a constant output has spread 0)."""
+    seeds = sorted(per_seed)
+    names = [k for k in ("ground_truth", "intra", "inter", "intra_inter")
+             if all(k in per_seed[s]["calibration"] for s in seeds)]  # fmt: skip
+    n_bins = len(per_seed[seeds[0]]["calibration"][names[0]])
+    head = ["bin", "table η ± ρ (mean of seeds)", *names]
+    lines = ["Calibration: predicted cancer % of held-out blocks per bin, pooled over seeds",
+             "", "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]  # fmt: skip
+    labels = per_seed[seeds[0]]["table"].bin_labels()
+    for b in range(n_bins):
+        eta = np.mean([per_seed[s]["table"].eta[b, 0] for s in seeds])
+        rho = np.mean([per_seed[s]["table"].rho[b, 0] for s in seeds])
+        cells = [labels[b], f"{100 * eta:.1f} ± {100 * rho:.1f}"]
+        for k in names:
+            n, m, sd = _pool([per_seed[s]["calibration"][k][b] for s in seeds])
+            cells.append("–" if m is None else f"{100 * m:.1f} ± {100 * sd:.1f} (n={n})")
+        lines.append("| " + " | ".join(cells) + " |")
+    lines += ["", "Spread (std, %) of the predicted cancer fraction over all held-out blocks, "
+              "per seed: " + "; ".join(
+                  f"{k} " + " ".join(f"{100 * _pool(per_seed[s]['calibration'][k])[2]:.1f}"
+                                     for s in seeds)
+                  for k in names), ""]  # fmt: skip
+    return lines
 
 
 def cmd_report(args: argparse.Namespace) -> None:
