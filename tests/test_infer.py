@@ -17,8 +17,10 @@ from lsr.errors import LsrInputError
 from lsr.infer import (
     InferenceCancelled,
     Normalise,
+    activation_bytes_per_px,
     predict_array,
     predict_slide,
+    resolve_tile,
     resolve_tissue_mask,
 )
 from lsr.model import INPUT_MEAN, INPUT_STD, UNet
@@ -135,6 +137,59 @@ def test_tiles_at_working_resolution_of_a_finer_slide():
     ref = reference(model, fine[::2, ::2], pad=28, multiple=4)
     assert prob.shape == (64, 80)
     assert np.abs(prob - ref).max() < 1e-3
+
+
+def test_auto_tile_stays_within_the_budget_and_equals_one_shot():
+    model = eval_unet(depth=2)
+    img = tissue_image(150, 203)
+    ref = reference(model, img, pad=28, multiple=4)
+    timings: dict = {}
+    prob = predict_slide(
+        model, ArraySlide(img, mpp=1.0), working_mpp=1.0, tile="auto", tile_memory_mib=6.0,
+        batch_size=2, timings=timings,
+    )  # fmt: skip
+    assert np.abs(prob - ref).max() < 1e-3
+    assert timings["tiles_total"] > 1  # the budget forced several tiles
+    grid = tile_grid((150, 203), int(timings["tile_px"]), 28, 4)
+    bpp = activation_bytes_per_px(model)
+    assert 2 * grid.read_shape[0] * grid.read_shape[1] * bpp <= 6.0 * 2**20
+    # the default ("auto", 1 GiB on CPU) covers a small image in one tile
+    timings = {}
+    again = predict_slide(model, ArraySlide(img, mpp=1.0), working_mpp=1.0, timings=timings)
+    assert timings["tiles_total"] == 1 and timings["tile_px"] <= 204
+    assert np.abs(again - ref).max() < 1e-3
+
+
+def test_resolve_tile_keeps_explicit_tiles_and_rejects_other_words():
+    model = eval_unet(depth=2)
+    assert resolve_tile(model, (5000, 5000), 300) == 300
+    big = resolve_tile(model, (5000, 5000), "auto", memory_mib=512)
+    small = resolve_tile(model, (5000, 5000), "AUTO", memory_mib=16)
+    assert 64 <= small < big <= 5000
+    with pytest.raises(LsrInputError, match="auto"):
+        resolve_tile(model, (100, 100), "largest")
+    with pytest.raises(LsrInputError, match="MiB"):
+        resolve_tile(model, (100, 100), "auto", memory_mib=0)
+
+
+def test_activation_estimate_grows_with_the_network():
+    assert activation_bytes_per_px(UNet(2, width=16, depth=4)) > activation_bytes_per_px(
+        UNet(2, width=8, depth=3)
+    )
+    # any other module: every layer output is counted (input 3 B + 12 B normalised, then
+    # 6 + 6 + 6 + 6 + 3 float channels and the 3-channel logits) -- an upper bound
+    est = activation_bytes_per_px(DilatedNet().eval())
+    assert est >= 3 + 12 + 4 * (6 + 6 + 3)
+    assert est <= 3 + 12 + 4 * (6 * 4 + 3 + 3)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_cuda_probe_measures_activation_memory():
+    model = UNet(2, width=8, depth=3).eval()
+    cpu = activation_bytes_per_px(model)
+    gpu = activation_bytes_per_px(model, "cuda")
+    assert 0.3 * cpu < gpu < 3 * cpu
+    assert resolve_tile(model, (2000, 2000), "auto", device="cuda") >= 256
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")

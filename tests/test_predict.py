@@ -13,10 +13,12 @@ import tifffile
 import torch
 
 from lsr.checkpoint import write_checkpoint
+from lsr.errors import LsrInputError
 from lsr.geojson import import_geojson
 from lsr.model import INPUT_MEAN, INPUT_STD, UNet
 from lsr.predict import (
     PredictOptions,
+    parse_tile,
     predict_cohort,
     predict_one,
     read_summary,
@@ -174,8 +176,6 @@ def test_two_worker_dask_cluster_matches_in_process(tmp_path, model_dir):
 
 
 def test_same_folder_name_twice_is_an_error(tmp_path, model_dir):
-    from lsr.errors import LsrInputError
-
     (tmp_path / "x").mkdir()
     a = make_slide(tmp_path / "a.tif")
     b = make_slide(tmp_path / "x" / "a.tif")
@@ -199,3 +199,24 @@ def test_cli_writes_outputs_and_exits_non_zero_on_failure(tmp_path, model_dir):
     res = subprocess.run(cmd[:5] + cmd[6:], capture_output=True, text=True, timeout=120)
     assert res.returncode == 0, res.stderr
     assert "already done" in res.stderr
+
+
+def test_auto_tile_is_the_default_and_gives_the_same_outputs(tmp_path, model_dir):
+    assert PredictOptions().tile == "auto"
+    assert parse_tile("auto") == "auto" and parse_tile(" 2048 ") == 2048 and parse_tile(64) == 64
+    for bad in ("big", 8, "8", True):
+        with pytest.raises(LsrInputError, match="tile"):
+            PredictOptions(tile=bad)
+    with pytest.raises(LsrInputError, match="tile_memory_mib"):
+        PredictOptions(tile_memory_mib=0)
+    slide = make_slide(tmp_path / "a.tif")
+    auto = PredictOptions(**{**OPTS.to_dict(), "tile": "auto"})
+    res = predict_one(str(slide), str(model_dir), str(tmp_path / "auto"), auto)
+    ref = predict_one(str(slide), str(model_dir), str(tmp_path / "t32"), OPTS)
+    assert res.status == ref.status == "done", (res.error, ref.error)
+    assert res.summary["tiles_total"] == 1 and ref.summary["tiles_total"] == 6
+    assert res.summary["tile_px"] == 80 and ref.summary["tile_px"] == 32
+    assert res.summary["options"]["tile"] == "auto"
+    a = tifffile.imread(tmp_path / "auto" / "a" / "probability.tif")
+    b = tifffile.imread(tmp_path / "t32" / "a" / "probability.tif")
+    assert np.array_equal(a, b)

@@ -1,9 +1,12 @@
 """Tiled whole-slide inference: the loop that joins tiles (:mod:`lsr.tiling`) and the network.
 
-A slide is predicted at the working resolution in large tiles (default 1024 px) each read
-with a halo that covers the network's receptive field; only each tile's core is kept, so the
-result equals one pass of the network over the whole (white-padded) slide, with no seams and
+A slide is predicted at the working resolution in large tiles, each read with a halo that
+covers the network's receptive field; only each tile's core is kept, so the result equals
+one pass of the network over the whole (white-padded) slide, with no seams and
 no blending (see :func:`predict_array` for that one-shot pass and docs/inference.md).
+The halo is paid on every tile, so by default (``tile="auto"``) the tiles are as large as an
+activation-memory budget allows (:func:`resolve_tile`: 1 GiB on CPU, half the free memory on
+CUDA), which keeps memory bounded by the budget and the halo's share of compute small.
 Tiles are read by a background thread while the network runs (prefetching), stacked into
 batches, moved to the device as uint8 (4× less traffic than float) and normalised there.
 Tiles without tissue are skipped (probability 0). The output is written tile by tile into a
@@ -28,10 +31,19 @@ from torch import Tensor, nn
 
 from lsr.errors import LsrInputError
 from lsr.slide import WORKING_MPP, Slide
-from lsr.tiling import Tile, TileGrid, round_up, tile_grid, tiles_with_tissue
+from lsr.tiling import Tile, TileGrid, auto_tile, round_up, tile_grid, tiles_with_tissue
 
 #: Size (longer side, px) of the thumbnail on which ``tissue_mask="auto"`` is computed.
 TISSUE_THUMBNAIL_PX = 2048
+
+#: Activation memory ``tile="auto"`` may use per batch on CPU and MPS (MiB).
+CPU_TILE_MEMORY_MIB = 1024.0
+#: Share of the free CUDA memory ``tile="auto"`` may use per batch.
+CUDA_MEMORY_FRACTION = 0.5
+#: Peak bytes per input px of one :class:`lsr.model.UNet` forward on CPU: ``a × width + b``.
+#: Measured (peak RSS rise of a 768–1536 px tile, torch 2.13, 1–2 threads): width 4/8/16/32
+#: → 172/310/490–515/1053 B/px with LayerNorm or BatchNorm, 637 with GroupNorm (width 16).
+UNET_BYTES_PER_PX = {"group": (40.0, 64.0), "default": (32.0, 64.0)}
 
 ProgressCallback = Callable[[int, int], None]
 """Called as ``progress(tiles_done, tiles_total)`` after each batch (and once at the start)."""
@@ -97,6 +109,112 @@ def model_halo(model: nn.Module) -> int:
 def model_multiple(model: nn.Module) -> int:
     """Down-sampling factor of the model (``multiple``, 1 when not declared)."""
     return max(1, int(getattr(model, "multiple", 1)))
+
+
+def activation_bytes_per_px(
+    model: nn.Module, device: torch.device | str = "cpu", probe_px: int = 256
+) -> float:
+    """Peak memory of one forward pass (uint8 tile → probabilities) per input px, in bytes.
+
+    CUDA: measured by a probe forward of a ``probe_px``² tile (peak allocated memory).
+    CPU/MPS: for an :class:`lsr.model.UNet` (or any model with an integer ``width``) the
+    calibrated :data:`UNET_BYTES_PER_PX`; other modules: the sum of every layer's output on
+    a probe tile (an upper bound: it assumes nothing is freed).
+    """
+    dev = resolve_device(device)
+    if dev.type == "cuda":
+        return _cuda_probe(model, dev, probe_px)
+    width = getattr(model, "width", None)
+    if isinstance(width, int) and width > 0:
+        a, b = UNET_BYTES_PER_PX.get(str(getattr(model, "norm", "")), UNET_BYTES_PER_PX["default"])
+        return a * width + b
+    return _hook_probe(model, probe_px)
+
+
+def _probe_input(model: nn.Module, probe_px: int, device: torch.device) -> Tensor:
+    side = round_up(max(int(probe_px), 1), model_multiple(model))
+    rgb = torch.full((1, side, side, 3), 200, dtype=torch.uint8, device=device)
+    return model_normalise(model)(rgb)
+
+
+def _hook_probe(model: nn.Module, probe_px: int) -> float:
+    """Bytes per px of the input, the normalised input and every distinct layer output."""
+    dev = next((p.device for p in model.parameters()), torch.device("cpu"))
+    seen: dict[int, Tensor] = {}  # kept alive, so that no address is reused by another
+
+    def record(_mod: nn.Module, _inp: Any, out: Any) -> None:
+        for t in out if isinstance(out, (tuple, list)) else (out,):
+            if isinstance(t, Tensor):
+                seen[t.data_ptr()] = t  # in-place layers return their input: counted once
+
+    leaves = [m for m in model.modules() if not list(m.children())]
+    handles = [m.register_forward_hook(record) for m in leaves]
+    try:
+        with torch.inference_mode():
+            x = _probe_input(model, probe_px, dev)
+            logits = model.eval()(x)
+    finally:
+        for hdl in handles:
+            hdl.remove()
+    px = x.shape[-2] * x.shape[-1]
+    total = 3 * px + x.numel() * x.element_size() + logits.numel() * logits.element_size()
+    return (total + sum(t.numel() * t.element_size() for t in seen.values())) / px
+
+
+def _cuda_probe(model: nn.Module, dev: torch.device, probe_px: int) -> float:
+    """Peak CUDA memory (above what was allocated before) of a probe forward, per px."""
+    model.eval().to(dev)
+    torch.cuda.synchronize(dev)
+    torch.cuda.reset_peak_memory_stats(dev)
+    base = torch.cuda.memory_allocated(dev)
+    with torch.inference_mode():
+        x = _probe_input(model, max(probe_px, 512), dev)
+        _class_probability(model(x), 0)
+    torch.cuda.synchronize(dev)
+    peak = torch.cuda.max_memory_allocated(dev) - base
+    return max(peak, 1) / (x.shape[-2] * x.shape[-1])
+
+
+def tile_memory_budget(device: torch.device | str, memory_mib: float | None = None) -> float:
+    """Bytes one batch of tiles may use: ``memory_mib``, else 1 GiB on CPU/MPS or
+    :data:`CUDA_MEMORY_FRACTION` of the device's free memory on CUDA."""
+    if memory_mib is not None:
+        if not memory_mib > 0:
+            raise LsrInputError(f"tile memory must be > 0 MiB, got {memory_mib}")
+        return float(memory_mib) * 2**20
+    dev = resolve_device(device)
+    if dev.type == "cuda":
+        free, _total = torch.cuda.mem_get_info(dev)
+        return CUDA_MEMORY_FRACTION * free
+    return CPU_TILE_MEMORY_MIB * 2**20
+
+
+def resolve_tile(
+    model: nn.Module,
+    shape: tuple[int, int],
+    tile: int | str = "auto",
+    *,
+    halo: int | None = None,
+    batch_size: int = 1,
+    device: torch.device | str = "cpu",
+    memory_mib: float | None = None,
+) -> int:
+    """Core side (working px) for an image of ``shape``: ``tile`` itself, or for ``"auto"``
+    the cheapest balanced tile whose batch fits :func:`tile_memory_budget` (see
+    :func:`lsr.tiling.auto_tile`)."""
+    if isinstance(tile, str):
+        if tile.strip().lower() != "auto":
+            raise LsrInputError(f"tile must be a number of px or 'auto', got {tile!r}")
+        halo = model_halo(model) if halo is None else int(halo)
+        return auto_tile(
+            shape, halo, model_multiple(model),
+            bytes_per_px=activation_bytes_per_px(model, device),
+            budget_bytes=tile_memory_budget(device, memory_mib),
+            batch_size=batch_size,
+        )  # fmt: skip
+    if int(tile) < 1:
+        raise LsrInputError(f"tile must be ≥ 1 px, got {tile}")
+    return int(tile)
 
 
 def _class_probability(logits: Tensor, class_index: int) -> Tensor:
@@ -207,10 +325,11 @@ def predict_slide(
     slide: Slide,
     *,
     working_mpp: float = WORKING_MPP,
-    tile: int = 1024,
+    tile: int | str = "auto",
     halo: int | None = None,
     batch_size: int = 1,
     device: str | torch.device = "cpu",
+    tile_memory_mib: float | None = None,
     tissue_mask: Any = None,
     normalise: Normalise | Callable[[Tensor], Tensor] | None = None,
     class_index: int = 0,
@@ -228,15 +347,18 @@ def predict_slide(
     also be an array-like such as a zarr array to fill). ``model`` maps normalised RGB
     ``(B, 3, h, w)`` to logits ``(B, L, h, w)``; it is put in eval mode on ``device``.
 
-    ``tile``: core side in working px; ``halo``: px of context per side (default the model's
-    ``halo_px``); both rounded up to the model's ``multiple``. ``tissue_mask``: None, "auto"
+    ``tile``: core side in working px, or ``"auto"``: the cheapest balanced tile whose
+    batch fits ``tile_memory_mib`` of activations (default 1 GiB on CPU, half the free
+    memory on CUDA; :func:`resolve_tile`); ``halo``: px of context per side (default the
+    model's ``halo_px``); both rounded up to the model's ``multiple``. ``tissue_mask``: None, "auto"
     or a 2-D bool mask of the whole slide; tiles without tissue are skipped and stay 0.
     ``normalise``: uint8 (B, h, w, 3) tensor → float (B, 3, h, w); default the model's.
     ``progress(done, total)`` is called per batch; setting ``cancel`` stops at the next batch
     with :class:`InferenceCancelled`. ``prefetch`` batches are read ahead by ``read_threads``
     background threads. ``timings`` (if given) receives ``read_wait_s``, ``forward_s``,
-    ``write_s``, ``total_s``, ``tiles``, ``tiles_total`` and ``overhead`` (input px per
-    output px).
+    ``write_s``, ``total_s``, ``tiles``, ``tiles_total``, ``overhead`` (input px per
+    output px), ``tile_px`` (the tile used, e.g. chosen by ``"auto"``), ``core_h_px`` and
+    ``core_w_px`` (its balanced cores) and ``halo_px``.
     """
     t_start = time.perf_counter()
     if batch_size < 1 or prefetch < 1 or read_threads < 1:
@@ -246,6 +368,10 @@ def predict_slide(
     norm = normalise if normalise is not None else model_normalise(model)
     halo = model_halo(model) if halo is None else int(halo)
     shape = slide.working_shape(working_mpp)
+    tile = resolve_tile(
+        model, shape, tile, halo=halo, batch_size=batch_size, device=dev,
+        memory_mib=tile_memory_mib,
+    )  # fmt: skip
     grid: TileGrid = tile_grid(shape, tile, halo, model_multiple(model))
     mask = resolve_tissue_mask(slide, tissue_mask)
     todo = list(grid.tiles) if mask is None else tiles_with_tissue(grid, mask)
@@ -308,7 +434,9 @@ def predict_slide(
             tiles=float(total),
             tiles_total=float(len(grid)),
             overhead=grid.overhead * total / max(len(grid), 1),
-            tile_px=float(grid.tile_h),
+            tile_px=float(tile),
+            core_h_px=float(grid.tile_h),
+            core_w_px=float(grid.tile_w),
             halo_px=float(grid.halo),
         )
     return result

@@ -53,13 +53,29 @@ _MULTI_SUFFIXES = (".ome.tiff", ".ome.tif")
 _BAND_ROWS = 1024  # working-resolution rows handled at once when post-processing
 
 
+def parse_tile(tile: int | str) -> int | str:
+    """``"auto"`` or a tile side ≥ 16 working px (also from text such as ``"2048"``)."""
+    if isinstance(tile, str):
+        text = tile.strip().lower()
+        if text == "auto":
+            return "auto"
+        try:
+            tile = int(text)
+        except ValueError:
+            raise LsrInputError(f"tile must be 'auto' or a number of px, got {tile!r}") from None
+    if isinstance(tile, bool) or not isinstance(tile, (int, np.integer)) or tile < 16:
+        raise LsrInputError(f"tile must be 'auto' or at least 16 working px, got {tile!r}")
+    return int(tile)
+
+
 @dataclass
 class PredictOptions:
     """Settings of a prediction run (recorded in every summary).
 
     ``mpp``: level-0 µm/px overriding the slide's metadata (None: from the file).
     ``working_mpp``: µm/px of the network's input. ``tile``/``halo``/``batch_size``/
-    ``device``: see :func:`lsr.infer.predict_slide` (``halo`` None: the model's). ``tissue``:
+    ``device``/``tile_memory_mib``: see :func:`lsr.infer.predict_slide` (``tile="auto"``: as
+    large as ``tile_memory_mib`` of activations allows; ``halo`` None: the model's). ``tissue``:
     ``"auto"`` (skip background tiles found on a thumbnail) or ``"none"``. ``threshold``:
     probability for the mask. ``simplify_px``: boundary simplification tolerance in working
     px. ``min_area_mm2``: polygons smaller than this are dropped. ``probability_dtype``:
@@ -69,10 +85,11 @@ class PredictOptions:
 
     mpp: float | None = None
     working_mpp: float = WORKING_MPP
-    tile: int = 1024
+    tile: int | str = "auto"
     halo: int | None = None
     batch_size: int = 1
     device: str = "auto"
+    tile_memory_mib: float | None = None
     tissue: str = "auto"
     threshold: float = 0.5
     simplify_px: float = 1.0
@@ -90,8 +107,9 @@ class PredictOptions:
             )
         if not 0 < self.threshold < 1:
             raise LsrInputError(f"threshold must lie in (0, 1), got {self.threshold}")
-        if self.tile < 16:
-            raise LsrInputError(f"tile must be at least 16 working px, got {self.tile}")
+        self.tile = parse_tile(self.tile)
+        if self.tile_memory_mib is not None and not self.tile_memory_mib > 0:
+            raise LsrInputError(f"tile_memory_mib must be > 0, got {self.tile_memory_mib}")
         if self.min_area_mm2 < 0 or self.simplify_px < 0:
             raise LsrInputError("min_area_mm2 and simplify_px must be ≥ 0")
 
@@ -268,6 +286,7 @@ def predict_to_folder(
             halo=options.halo,
             batch_size=options.batch_size,
             device=options.device,
+            tile_memory_mib=options.tile_memory_mib,
             tissue_mask="auto" if options.tissue == "auto" else None,
             class_index=cancer_class_index(metadata),
             progress=progress,
@@ -295,6 +314,8 @@ def predict_to_folder(
             "cancer_area_mm2": area_mm2,
             "tiles": int(timings.get("tiles", 0)),
             "tiles_total": int(timings.get("tiles_total", 0)),
+            "tile_px": int(timings.get("tile_px", 0)),
+            "halo_px": int(timings.get("halo_px", 0)),
             "options": options.to_dict(),
             "model": _model_summary(metadata),
             "timings_s": {

@@ -8,6 +8,11 @@ lattice: a U-Net with ``depth`` 2×2 poolings is only equivariant to shifts by m
 and all tiles are read with the same input size (edge tiles read white beyond the slide),
 which also lets tiles of a batch be stacked.
 
+The halo costs ``((t + 2 h) / t)²`` in compute for cores of side ``t``, so tiles should be as
+large as memory allows: :func:`auto_tile` picks the balanced grid with the fewest input
+pixels whose batch of tiles fits a memory budget (the network's activations grow with the
+tile, never with the slide).
+
 All coordinates here are working-resolution pixels ``(y, x)`` of the whole slide.
 """
 
@@ -154,3 +159,62 @@ def tiles_with_tissue(grid: TileGrid, mask: np.ndarray) -> list[Tile]:
         if ii[y1, x1] - ii[y0, x1] - ii[y1, x0] + ii[y0, x0] > 0:
             keep.append(t)
     return keep
+
+
+def _breakpoints(side: int, multiple: int, min_tile: int) -> set[int]:
+    """Smallest ``tile`` (multiple of ``multiple``, ≥ ``min_tile``) giving ``k`` = 1, 2, ...
+    cores on an axis of ``side`` px: the only tiles at which a balanced grid changes."""
+    out = set()
+    for k in range(1, side + 1):
+        t = round_up(-(-side // k), multiple)
+        if t < min_tile:
+            break
+        out.add(t)
+    return out
+
+
+def auto_tile(
+    shape: tuple[int, int],
+    halo: int,
+    multiple: int = 1,
+    *,
+    bytes_per_px: float,
+    budget_bytes: float,
+    batch_size: int = 1,
+    min_tile: int = 64,
+) -> int:
+    """The ``tile`` for :func:`tile_grid` that computes the fewest input px within a budget.
+
+    A grid's cost is ``tiles × read_h × read_w`` input px (halo and edges included); its
+    memory is ``batch_size × read_h × read_w × bytes_per_px`` (the network's activation
+    memory per input px, see :func:`lsr.infer.activation_bytes_per_px`). Among the balanced
+    grids (``k`` equal cores per axis) whose memory is ≤ ``budget_bytes`` the cheapest is
+    chosen (ties: fewer tiles) among tiles ≥ ``min_tile``; the result is never larger than
+    needed to cover ``shape`` in one tile. When nothing fits, the tile needing the least
+    memory (``min_tile``) is returned.
+    """
+    h, w = (int(s) for s in shape)
+    if h < 1 or w < 1:
+        raise LsrInputError(f"cannot tile an empty image of shape {shape}")
+    if bytes_per_px <= 0 or budget_bytes <= 0 or batch_size < 1:
+        raise LsrInputError(
+            f"bytes_per_px, budget_bytes and batch_size must be > 0, got {bytes_per_px}, "
+            f"{budget_bytes}, {batch_size}"
+        )
+    m = max(1, int(multiple))
+    halo = round_up(max(int(halo), 0), m)
+    largest = round_up(max(h, w), m)  # one tile covers the image
+    min_tile = min(round_up(max(int(min_tile), 1), m), largest)
+    best: tuple[float, int, int] | None = None  # (input px, tiles, tile)
+    smallest: tuple[float, int] | None = None  # (memory, tile)
+    for t in sorted({min_tile} | _breakpoints(h, m, min_tile) | _breakpoints(w, m, min_tile)):
+        th, tw = _balanced(h, t, m), _balanced(w, t, m)
+        read = (th + 2 * halo) * (tw + 2 * halo)
+        n = (-(-h // th)) * (-(-w // tw))
+        memory = batch_size * read * bytes_per_px
+        if smallest is None or memory < smallest[0]:
+            smallest = (memory, t)
+        if memory <= budget_bytes and (best is None or (n * read, n) < best[:2]):
+            best = (n * read, n, t)
+    assert smallest is not None
+    return best[2] if best is not None else smallest[1]

@@ -45,7 +45,16 @@ def predict(
     out: Path = typer.Option(..., "--out", "-o", help="Output folder (one sub-folder/slide)."),
     mpp: float | None = typer.Option(None, help="Level-0 µm/px, overriding the metadata."),
     working_mpp: float = typer.Option(WORKING_MPP, help="µm/px the network works at."),
-    tile: int = typer.Option(1024, help="Tile side in working px (a halo is added)."),
+    tile: str = typer.Option(
+        "auto",
+        help="Tile side in working px (a halo is added), or 'auto': as large as "
+        "--tile-memory-mib of activations allows.",
+    ),
+    tile_memory_mib: float | None = typer.Option(
+        None,
+        help="Activation memory per batch for --tile auto (default: 1024 on CPU, "
+        "half the free GPU memory on CUDA).",
+    ),
     batch_size: int = typer.Option(1, help="Tiles per forward pass."),
     device: str = typer.Option("auto", help="auto, cpu, cuda, cuda:N or mps."),
     tissue: str = typer.Option("auto", help="'auto': skip background tiles; 'none'."),
@@ -67,6 +76,7 @@ def predict(
         mpp=mpp,
         working_mpp=working_mpp,
         tile=tile,
+        tile_memory_mib=tile_memory_mib,
         batch_size=batch_size,
         device=device,
         tissue=tissue,
