@@ -116,16 +116,19 @@ def run_job(out: str, arm_name: str, seed: int, threads: int) -> tuple[str, int,
 
 def cmd_run(args: argparse.Namespace) -> None:
     arms = load_arms()
-    names = args.arms.split(",")
-    unknown = [n for n in names if n not in arms]
-    if unknown:
-        sys.exit(f"unknown arm(s): {', '.join(unknown)} (see {ARMS})")
     seeds = _parse_seeds(args.seeds)
     out = Path(args.out)
-    # arm-major: the arms listed first finish first; an arm's own ``seeds`` narrow --seeds
-    todo = [(n, s) for n in names for s in seeds
-            if s in arms[n].get("seeds", seeds)
-            and not (_job_dir(out, n, s) / "results.json").exists()]  # fmt: skip
+    # In the order given (the first listed finish first): ``arm`` (--seeds narrowed by the
+    # arm's own ``seeds``) or ``arm:SEEDS`` (e.g. ``ductal:3-4``).
+    todo: list[tuple[str, int]] = []
+    for spec in args.arms.split(","):
+        name, _, own = spec.partition(":")
+        if name not in arms:
+            sys.exit(f"unknown arm: {name} (see {ARMS})")
+        wanted = _parse_seeds(own) if own else seeds
+        todo += [(name, s) for s in wanted if s in arms[name].get("seeds", wanted)
+                 and not (_job_dir(out, name, s) / "results.json").exists()
+                 and (name, s) not in todo]  # fmt: skip
     print(f"{len(todo)} job(s) to run, {args.jobs} at a time", flush=True)
     with ProcessPoolExecutor(args.jobs) as pool:
         futures = [pool.submit(run_job, str(out), n, s, args.threads) for n, s in todo]
@@ -257,7 +260,7 @@ def main() -> None:
     sub = p.add_subparsers(required=True)
     r = sub.add_parser("run", help="run (or resume) arms over seeds")
     r.add_argument("--out", required=True)
-    r.add_argument("--arms", required=True, help="comma-separated arm names")
+    r.add_argument("--arms", required=True, help="comma-separated arms, each NAME or NAME:SEEDS")
     r.add_argument("--seeds", default="0-4", help="e.g. 0-4 or 0,2,5")
     r.add_argument("--jobs", type=int, default=2, help="parallel jobs")
     r.add_argument("--threads", type=int, default=1, help="torch threads per job")
