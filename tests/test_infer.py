@@ -18,6 +18,7 @@ from lsr.infer import (
     InferenceCancelled,
     Normalise,
     activation_bytes_per_px,
+    core_forward,
     predict_array,
     predict_slide,
     resolve_tile,
@@ -99,6 +100,47 @@ def test_tiled_equals_one_shot_unet(tile, batch):
     plain = reference(model, img, pad=0, multiple=4)
     h = model.halo_px
     assert np.abs(prob - plain)[h:-h, h:-h].max() < 1e-3
+
+
+@pytest.mark.parametrize("depth", [0, 1, 2, 3, 4])
+@pytest.mark.parametrize("norm", ["layer", "batch", "none"])
+def test_core_forward_equals_the_core_of_the_full_forward(depth, norm):
+    torch.manual_seed(depth)
+    model = UNet(2, width=4, depth=depth, norm=norm).eval()
+    m = 2**depth
+    halo = -(-model.halo_px // m) * m
+    read = (2 * halo + 3 * m, 2 * halo + 5 * m)
+    fast = core_forward(model, halo, read)
+    assert fast is not None
+    x = torch.randn(2, 3, *read)
+    with torch.inference_mode():
+        full = model(x)[..., halo : read[0] - halo, halo : read[1] - halo]
+        core = fast(x)
+    assert core.shape == (2, 2, 3 * m, 5 * m)
+    assert (core - full).abs().max() < 1e-5
+
+
+def test_core_forward_declines_what_it_cannot_reproduce():
+    unet = UNet(2, width=4, depth=2)
+    assert core_forward(unet, 28, (88, 92)) is not None
+    assert core_forward(UNet(2, width=4, depth=2, norm="group"), 28, (88, 92)) is None
+    assert core_forward(unet, 2, (16, 16)) is None  # too small a halo for the decoder
+    assert core_forward(unet, 28, (90, 92)) is None  # off the 4-px lattice
+    assert core_forward(DilatedNet(), 6, (40, 40)) is None  # not a U-Net
+
+
+@pytest.mark.parametrize("core_only", [True, False])
+def test_core_only_and_plain_forward_give_the_same_tiles(core_only):
+    model = eval_unet(depth=3)
+    img = tissue_image(170, 140, seed=4)
+    ref = reference(model, img, pad=model.halo_px + (-model.halo_px) % 8, multiple=8)
+    timings: dict = {}
+    prob = predict_slide(
+        model, ArraySlide(img, mpp=1.0), working_mpp=1.0, tile=64, core_only=core_only,
+        timings=timings,
+    )  # fmt: skip
+    assert timings["core_only"] == float(core_only) and timings["tiles_total"] == 9
+    assert np.abs(prob - ref).max() < 1e-3
 
 
 def test_default_layer_norm_unet_is_tiled_exactly():

@@ -235,6 +235,78 @@ def resolve_device(device: str | torch.device) -> torch.device:
     return select_device(device)
 
 
+# --- computing only the core of a tile -----------------------------------------------------
+
+
+def _decoder_margins(depth: int) -> tuple[list[int], list[int]]:
+    """(m, n): px beyond the core, at each level's own pitch, that the decoder must produce.
+
+    ``m[L]``: decoder output of level L (m[0] = 0: the core itself); ``n[L] = m[L] + 2``:
+    its input (two 3×3 convolutions); ``m[L + 1] = ceil(n[L] / 2)``: a 2×2 stride-2
+    up-sampling doubles the pitch.
+    """
+    m, n = [0] * (depth + 1), [0] * depth
+    for level in range(depth):
+        n[level] = m[level] + 2
+        m[level + 1] = -(-n[level] // 2)
+    return m, n
+
+
+def core_forward(
+    model: nn.Module, halo: int, read_shape: tuple[int, int]
+) -> Callable[[Tensor], Tensor] | None:
+    """A forward pass of an :class:`lsr.model.UNet` that returns only the tile's core.
+
+    For inputs of ``read_shape`` (core + ``halo`` on each side) the encoder runs on the whole
+    tile (the halo is its context), but the decoder, about two thirds of the compute, runs
+    only on the core plus the few px its own convolutions need (:func:`_decoder_margins`),
+    so the halo costs encoder time only. Logits ``(B, L, core_h, core_w)`` equal the core of
+    ``model(x)`` (same values; each crop keeps the receptive field of what follows).
+    None when this does not apply: another module, a GroupNorm network (its statistics
+    depend on the region computed), or a geometry off the ``2**depth`` lattice.
+    """
+    from lsr.model import UNet
+
+    if not isinstance(model, UNet) or type(model).forward is not UNet.forward:
+        return None
+    depth = model.depth
+    mult = 2**depth
+    if model.norm == "group" or halo % mult or any(r % mult or r <= 2 * halo for r in read_shape):
+        return None
+    m, n = _decoder_margins(depth)
+    if any((halo >> lv) < n[lv] for lv in range(depth)) or (halo >> depth) < m[depth]:
+        return None
+    core = (read_shape[0] - 2 * halo, read_shape[1] - 2 * halo)
+
+    def box(level: int, margin: int) -> tuple[Any, slice, slice]:
+        """Slices of a level's feature map: the core ± ``margin`` px of that level."""
+        c0 = (halo >> level) - margin
+        return (Ellipsis, slice(c0, c0 + (core[0] >> level) + 2 * margin),
+                slice(c0, c0 + (core[1] >> level) + 2 * margin))  # fmt: skip
+
+    def forward(x: Tensor) -> Tensor:
+        skips: list[Tensor | None] = []
+        for i, block in enumerate(model.encoder):
+            if i > 0:
+                x = torch.nn.functional.max_pool2d(x, 2)
+            x = block(x)
+            skips.append(x)
+        x = x[box(depth, m[depth])]
+        for level in reversed(range(depth)):
+            up = model.upsample[level](x)  # core ± 2 m[level + 1] at this level
+            off = 2 * m[level + 1] - n[level]
+            h, w = (core[0] >> level) + 2 * n[level], (core[1] >> level) + 2 * n[level]
+            skip = skips[level]
+            assert skip is not None
+            skips[level] = None  # free the full-size skip as soon as it is used
+            x = torch.cat([skip[box(level, n[level])], up[..., off : off + h, off : off + w]], 1)
+            del up, skip
+            x = model.decoder[level](x)[..., 2:-2, 2:-2]  # the border px saw zero padding
+        return model.head(x)
+
+    return forward
+
+
 # --- one-shot reference -------------------------------------------------------------------
 
 
@@ -338,6 +410,7 @@ def predict_slide(
     cancel: threading.Event | None = None,
     prefetch: int = 2,
     read_threads: int = 1,
+    core_only: bool = True,
     timings: dict[str, float] | None = None,
 ) -> np.ndarray:
     """Probability of class ``class_index`` over the whole slide at ``working_mpp``.
@@ -355,10 +428,13 @@ def predict_slide(
     ``normalise``: uint8 (B, h, w, 3) tensor → float (B, 3, h, w); default the model's.
     ``progress(done, total)`` is called per batch; setting ``cancel`` stops at the next batch
     with :class:`InferenceCancelled`. ``prefetch`` batches are read ahead by ``read_threads``
-    background threads. ``timings`` (if given) receives ``read_wait_s``, ``forward_s``,
-    ``write_s``, ``total_s``, ``tiles``, ``tiles_total``, ``overhead`` (input px per
-    output px), ``tile_px`` (the tile used, e.g. chosen by ``"auto"``), ``core_h_px`` and
-    ``core_w_px`` (its balanced cores) and ``halo_px``.
+    background threads. ``core_only``: for an :class:`lsr.model.UNet`, run its decoder on
+    the tiles' cores only (:func:`core_forward`: same values, the halo then costs encoder
+    time only); False always runs the plain forward. ``timings`` (if given) receives
+    ``read_wait_s``, ``forward_s``, ``write_s``, ``total_s``, ``tiles``, ``tiles_total``,
+    ``overhead`` (input px per output px), ``tile_px`` (the tile used, e.g. chosen by
+    ``"auto"``), ``core_h_px`` and ``core_w_px`` (its balanced cores), ``halo_px`` and
+    ``core_only`` (1 when :func:`core_forward` was used).
     """
     t_start = time.perf_counter()
     if batch_size < 1 or prefetch < 1 or read_threads < 1:
@@ -387,6 +463,12 @@ def predict_slide(
     if progress is not None:
         progress(0, total)
     pin = dev.type == "cuda"
+    fast = core_forward(model, grid.halo, grid.read_shape) if core_only else None
+    forward: Callable[[Tensor], Tensor] = fast or model
+
+    def kept(t: Tile) -> tuple[slice, slice]:  # the core in the network's output
+        return (slice(0, t.h), slice(0, t.w)) if fast is not None else t.core_in_output
+
     pending: collections.deque[tuple[list[Tile], Future[Tensor]]] = collections.deque()
     with ThreadPoolExecutor(read_threads, thread_name_prefix="lsr-read") as pool:
         try:
@@ -410,11 +492,11 @@ def predict_slide(
                 t1 = time.perf_counter()
                 with torch.inference_mode():
                     x = norm(rgb.to(dev, non_blocking=pin))
-                    prob = _class_probability(model(x), class_index)
+                    prob = _class_probability(forward(x), class_index)
                     prob = prob.cpu().numpy()
                 t2 = time.perf_counter()
                 for i, t in enumerate(tiles):
-                    result[t.core] = prob[i][t.core_in_output]
+                    result[t.core] = prob[i][kept(t)]
                 t3 = time.perf_counter()
                 stats["read_wait_s"] += t1 - t0
                 stats["forward_s"] += t2 - t1
@@ -438,6 +520,7 @@ def predict_slide(
             core_h_px=float(grid.tile_h),
             core_w_px=float(grid.tile_w),
             halo_px=float(grid.halo),
+            core_only=float(fast is not None),
         )
     return result
 
