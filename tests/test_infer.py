@@ -193,7 +193,8 @@ def test_auto_tile_stays_within_the_budget_and_equals_one_shot():
     assert np.abs(prob - ref).max() < 1e-3
     assert timings["tiles_total"] > 1  # the budget forced several tiles
     grid = tile_grid((150, 203), int(timings["tile_px"]), 28, 4)
-    bpp = activation_bytes_per_px(model)
+    bpp = activation_bytes_per_px(model, core_only=True)  # the forward predict_slide ran
+    assert timings["core_only"] == 1 and bpp < activation_bytes_per_px(model)
     assert 2 * grid.read_shape[0] * grid.read_shape[1] * bpp <= 6.0 * 2**20
     # the default ("auto", 1 GiB on CPU) covers a small image in one tile
     timings = {}
@@ -218,6 +219,14 @@ def test_activation_estimate_grows_with_the_network():
     assert activation_bytes_per_px(UNet(2, width=16, depth=4)) > activation_bytes_per_px(
         UNet(2, width=8, depth=3)
     )
+    # the core-only forward needs less, except where it does not apply (GroupNorm)
+    unet = UNet(2, width=16, depth=4)
+    assert activation_bytes_per_px(unet, core_only=True) < activation_bytes_per_px(unet)
+    group = UNet(2, width=16, depth=4, norm="group")
+    assert activation_bytes_per_px(group, core_only=True) == activation_bytes_per_px(group)
+    # so with the same budget "auto" picks larger tiles for it
+    plain = resolve_tile(unet, (3125, 3125), "auto", core_only=False)
+    assert resolve_tile(unet, (3125, 3125), "auto") > plain
     # any other module: every layer output is counted (input 3 B + 12 B normalised, then
     # 6 + 6 + 6 + 6 + 3 float channels and the 3-channel logits) -- an upper bound
     est = activation_bytes_per_px(DilatedNet().eval())

@@ -40,10 +40,12 @@ TISSUE_THUMBNAIL_PX = 2048
 CPU_TILE_MEMORY_MIB = 1024.0
 #: Share of the free CUDA memory ``tile="auto"`` may use per batch.
 CUDA_MEMORY_FRACTION = 0.5
-#: Peak bytes per input px of one :class:`lsr.model.UNet` forward on CPU: ``a × width + b``.
-#: Measured (peak RSS rise of a 768–1536 px tile, torch 2.13, 1–2 threads): width 4/8/16/32
-#: → 172/310/490–515/1053 B/px with LayerNorm or BatchNorm, 637 with GroupNorm (width 16).
-UNET_BYTES_PER_PX = {"group": (40.0, 64.0), "default": (32.0, 64.0)}
+#: Peak bytes per input px of one :class:`lsr.model.UNet` forward on CPU: ``a × width + b``
+#: (uint8 tile → probabilities). Measured as the peak RSS rise of one 640–1824 px tile
+#: (torch 2.13, 1–2 threads): the plain forward, width 4/8/16/32 → 172/253–310/490–515/1053
+#: B/px with LayerNorm or BatchNorm, 637 with GroupNorm (width 16); :func:`core_forward`
+#: (decoder on the core only) → 109/174–181/262–270/446.
+UNET_BYTES_PER_PX = {"core": (16.0, 64.0), "group": (40.0, 64.0), "default": (32.0, 64.0)}
 
 ProgressCallback = Callable[[int, int], None]
 """Called as ``progress(tiles_done, tiles_total)`` after each batch (and once at the start)."""
@@ -112,21 +114,32 @@ def model_multiple(model: nn.Module) -> int:
 
 
 def activation_bytes_per_px(
-    model: nn.Module, device: torch.device | str = "cpu", probe_px: int = 256
+    model: nn.Module,
+    device: torch.device | str = "cpu",
+    probe_px: int = 256,
+    *,
+    halo: int | None = None,
+    core_only: bool = False,
 ) -> float:
     """Peak memory of one forward pass (uint8 tile → probabilities) per input px, in bytes.
 
+    ``core_only``: the pass is :func:`core_forward` when it applies to ``model`` and
+    ``halo`` (default the model's), which needs about half the memory of the plain forward.
     CUDA: measured by a probe forward of a ``probe_px``² tile (peak allocated memory).
     CPU/MPS: for an :class:`lsr.model.UNet` (or any model with an integer ``width``) the
     calibrated :data:`UNET_BYTES_PER_PX`; other modules: the sum of every layer's output on
     a probe tile (an upper bound: it assumes nothing is freed).
     """
     dev = resolve_device(device)
+    if core_only:
+        halo = round_up(model_halo(model) if halo is None else halo, model_multiple(model))
+        core_only = _core_forward_applies(model, halo)
     if dev.type == "cuda":
-        return _cuda_probe(model, dev, probe_px)
+        return _cuda_probe(model, dev, probe_px, halo if core_only else None)
     width = getattr(model, "width", None)
     if isinstance(width, int) and width > 0:
-        a, b = UNET_BYTES_PER_PX.get(str(getattr(model, "norm", "")), UNET_BYTES_PER_PX["default"])
+        kind = "core" if core_only else str(getattr(model, "norm", ""))
+        a, b = UNET_BYTES_PER_PX.get(kind, UNET_BYTES_PER_PX["default"])
         return a * width + b
     return _hook_probe(model, probe_px)
 
@@ -161,15 +174,23 @@ def _hook_probe(model: nn.Module, probe_px: int) -> float:
     return (total + sum(t.numel() * t.element_size() for t in seen.values())) / px
 
 
-def _cuda_probe(model: nn.Module, dev: torch.device, probe_px: int) -> float:
-    """Peak CUDA memory (above what was allocated before) of a probe forward, per px."""
+def _cuda_probe(model: nn.Module, dev: torch.device, probe_px: int, halo: int | None) -> float:
+    """Peak CUDA memory (above what was allocated before) of a probe forward, per input px.
+
+    ``halo``: probe :func:`core_forward` on a tile with this halo (None: the plain forward).
+    """
     model.eval().to(dev)
+    side = round_up(max(probe_px, 512), model_multiple(model))
+    forward: Callable[[Tensor], Tensor] | None = model
+    if halo is not None:
+        side += 2 * halo
+        forward = core_forward(model, halo, (side, side))
     torch.cuda.synchronize(dev)
     torch.cuda.reset_peak_memory_stats(dev)
     base = torch.cuda.memory_allocated(dev)
     with torch.inference_mode():
-        x = _probe_input(model, max(probe_px, 512), dev)
-        _class_probability(model(x), 0)
+        x = _probe_input(model, side, dev)
+        _class_probability((forward or model)(x), 0)
     torch.cuda.synchronize(dev)
     peak = torch.cuda.max_memory_allocated(dev) - base
     return max(peak, 1) / (x.shape[-2] * x.shape[-1])
@@ -198,17 +219,20 @@ def resolve_tile(
     batch_size: int = 1,
     device: torch.device | str = "cpu",
     memory_mib: float | None = None,
+    core_only: bool = True,
 ) -> int:
     """Core side (working px) for an image of ``shape``: ``tile`` itself, or for ``"auto"``
     the cheapest balanced tile whose batch fits :func:`tile_memory_budget` (see
-    :func:`lsr.tiling.auto_tile`)."""
+    :func:`lsr.tiling.auto_tile`) with the memory of the forward :func:`predict_slide` runs
+    (``core_only``: :func:`core_forward` where it applies)."""
     if isinstance(tile, str):
         if tile.strip().lower() != "auto":
             raise LsrInputError(f"tile must be a number of px or 'auto', got {tile!r}")
         halo = model_halo(model) if halo is None else int(halo)
+        bpp = activation_bytes_per_px(model, device, halo=halo, core_only=core_only)
         return auto_tile(
             shape, halo, model_multiple(model),
-            bytes_per_px=activation_bytes_per_px(model, device),
+            bytes_per_px=bpp,
             budget_bytes=tile_memory_budget(device, memory_mib),
             batch_size=batch_size,
         )  # fmt: skip
@@ -252,6 +276,19 @@ def _decoder_margins(depth: int) -> tuple[list[int], list[int]]:
     return m, n
 
 
+def _core_forward_applies(model: nn.Module, halo: int) -> bool:
+    """Whether :func:`core_forward` reproduces ``model`` with this halo (px, level 0)."""
+    from lsr.model import UNet
+
+    if not isinstance(model, UNet) or type(model).forward is not UNet.forward:
+        return False
+    depth = model.depth
+    if model.norm == "group" or halo % 2**depth:
+        return False
+    m, n = _decoder_margins(depth)
+    return all((halo >> lv) >= n[lv] for lv in range(depth)) and (halo >> depth) >= m[depth]
+
+
 def core_forward(
     model: nn.Module, halo: int, read_shape: tuple[int, int]
 ) -> Callable[[Tensor], Tensor] | None:
@@ -260,22 +297,18 @@ def core_forward(
     For inputs of ``read_shape`` (core + ``halo`` on each side) the encoder runs on the whole
     tile (the halo is its context), but the decoder, about two thirds of the compute, runs
     only on the core plus the few px its own convolutions need (:func:`_decoder_margins`),
-    so the halo costs encoder time only. Logits ``(B, L, core_h, core_w)`` equal the core of
-    ``model(x)`` (same values; each crop keeps the receptive field of what follows).
-    None when this does not apply: another module, a GroupNorm network (its statistics
-    depend on the region computed), or a geometry off the ``2**depth`` lattice.
+    so the halo costs encoder time only (and about half the memory). Logits
+    ``(B, L, core_h, core_w)`` equal the core of ``model(x)`` (same values; each crop keeps
+    the receptive field of what follows). None when this does not apply: another module, a
+    GroupNorm network (its statistics depend on the region computed), a halo too small for
+    the decoder's margins or a geometry off the ``2**depth`` lattice.
     """
-    from lsr.model import UNet
-
-    if not isinstance(model, UNet) or type(model).forward is not UNet.forward:
+    if not _core_forward_applies(model, halo):
         return None
     depth = model.depth
-    mult = 2**depth
-    if model.norm == "group" or halo % mult or any(r % mult or r <= 2 * halo for r in read_shape):
+    if any(r % 2**depth or r <= 2 * halo for r in read_shape):
         return None
     m, n = _decoder_margins(depth)
-    if any((halo >> lv) < n[lv] for lv in range(depth)) or (halo >> depth) < m[depth]:
-        return None
     core = (read_shape[0] - 2 * halo, read_shape[1] - 2 * halo)
 
     def box(level: int, margin: int) -> tuple[Any, slice, slice]:
@@ -446,7 +479,7 @@ def predict_slide(
     shape = slide.working_shape(working_mpp)
     tile = resolve_tile(
         model, shape, tile, halo=halo, batch_size=batch_size, device=dev,
-        memory_mib=tile_memory_mib,
+        memory_mib=tile_memory_mib, core_only=core_only,
     )  # fmt: skip
     grid: TileGrid = tile_grid(shape, tile, halo, model_multiple(model))
     mask = resolve_tissue_mask(slide, tissue_mask)
