@@ -6,7 +6,9 @@ one pass of the network over the whole (white-padded) slide, with no seams and
 no blending (see :func:`predict_array` for that one-shot pass and docs/inference.md).
 The halo is paid on every tile, so by default (``tile="auto"``) the tiles are as large as an
 activation-memory budget allows (:func:`resolve_tile`: 1 GiB on CPU, half the free memory on
-CUDA), which keeps memory bounded by the budget and the halo's share of compute small.
+CUDA), which keeps memory bounded by the budget and the halo's share of compute small; and
+for an :class:`lsr.model.UNet` only the encoder sees the halo (:func:`core_forward` runs
+the decoder on the core), so a tile costs little more than its core.
 Tiles are read by a background thread while the network runs (prefetching), stacked into
 batches, moved to the device as uint8 (4× less traffic than float) and normalised there.
 Tiles without tissue are skipped (probability 0). The output is written tile by tile into a
