@@ -193,7 +193,7 @@ class PredictionCache:
         progress: Callable[[int, int], None] | None = None,
         cancel: threading.Event | None = None,
         device: str = "cpu",
-        tile: int = 1024,
+        tile: int | str = "auto",
     ) -> tuple[np.ndarray, bool]:
         """(probability map (H, W) float32 at ``working_mpp``, whether it came from the cache).
 
@@ -432,7 +432,7 @@ def run_comparison(
     ground_truth: PathType | tuple[Any, float] | None = None,
     cache: PredictionCache | None = None,
     device: str = "cpu",
-    tile: int = 1024,
+    tile: int | str = "auto",
     progress: Progress | None = None,
     cancel: threading.Event | None = None,
 ) -> Comparison:
