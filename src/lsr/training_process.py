@@ -21,7 +21,9 @@ napari session can re-attach to a running or finished run::
 
 A *job* is one process running several runs one after another (a queue of losses).
 Reading the progress file is cheap and non-blocking (:class:`RunMonitor`: one ``stat``,
-then only the new bytes), which is what the GUI's timer does.
+then only the new bytes); the GUI reads and parses in a worker thread
+(:meth:`RunMonitor.read`) and folds the events into the state in its own thread
+(:meth:`RunMonitor.apply`).
 
 This module imports neither Qt nor torch at import time (torch only inside the child).
 """
@@ -420,11 +422,33 @@ class RunState:
             self.ended = str(event.get("time", ""))
 
 
+@dataclass
+class ProgressBatch:
+    """What one read of a progress file found (:meth:`RunMonitor.read`, any thread).
+
+    ``alive``: the job's process was alive *before* the read, so a ``False`` means every
+    event it will ever write was read (a truncated read always says ``True``).
+    ``restart``: the file was replaced (shorter than what was read): the state starts over.
+    ``more``: the read stopped at its byte limit; read again at once for the rest.
+    """
+
+    events: list[dict[str, Any]]
+    alive: bool
+    launched: bool
+    restart: bool = False
+    more: bool = False
+
+
 class RunMonitor:
     """Tails one run's ``progress.jsonl``; :meth:`poll` is cheap and never blocks.
 
     ``job`` (optional) tells whether the process is still alive, so a run whose process
     ended without an ``end`` event is reported as ``died``.
+
+    :meth:`poll` is :meth:`read` (file I/O and JSON parsing; touches only the read position,
+    so a worker thread may call it) then :meth:`apply` (folds the events into
+    :attr:`state`; call it from the thread that reads the state, e.g. the GUI thread).
+    Call :meth:`read` from one thread at a time.
     """
 
     def __init__(self, run_dir: str | os.PathLike[str], job: TrainingJob | None = None):
@@ -432,7 +456,6 @@ class RunMonitor:
         self.job = job
         self._offset = 0
         self._partial = b""
-        self._size = -1
         self.state = RunState(self.run_dir, self.run_dir.name)
         cfg = _read_json(self.run_dir / CONFIG) or {}
         self.state.loss = str(cfg.get("loss", ""))
@@ -441,21 +464,33 @@ class RunMonitor:
 
     def poll(self) -> list[dict[str, Any]]:
         """New events since the last call (already applied to :attr:`state`)."""
-        events: list[dict[str, Any]] = []
+        return self.apply(self.read())
+
+    def read(self, max_bytes: int | None = None) -> ProgressBatch:
+        """Parse the complete lines appended since the last read (at most ``max_bytes``).
+
+        A partly written last line is kept for the next read; lines that are not JSON
+        objects are skipped.
+        """
         alive = self._job_alive()  # before reading: a dead process has written everything
+        launched = self._launched()
         path = self.run_dir / EVENTS
         try:
             size = path.stat().st_size
         except FileNotFoundError:
             size = 0
-        if size < self._offset:  # the file was replaced: read it again
+        restart = size < self._offset  # the file was replaced: read it again
+        if restart:
             self._offset, self._partial = 0, b""
-            self.state = RunState(self.run_dir, self.run_dir.name, self.state.loss,
-                                  self.state.distance)  # fmt: skip
-        if size > self._offset:
+        events: list[dict[str, Any]] = []
+        todo = size - self._offset
+        more = max_bytes is not None and todo > max_bytes
+        if more:
+            todo, alive = max_bytes, True  # not the last word yet
+        if todo > 0:
             with open(path, "rb") as fh:
                 fh.seek(self._offset)
-                data = fh.read(size - self._offset)
+                data = fh.read(todo)
             self._offset += len(data)
             lines = (self._partial + data).split(b"\n")
             self._partial = lines.pop()
@@ -467,14 +502,24 @@ class RunMonitor:
                 except (json.JSONDecodeError, UnicodeDecodeError):
                     continue
                 if isinstance(event, dict):
-                    self.state.apply(event)
                     events.append(event)
-        if self.state.status == "running" and not alive:
+        return ProgressBatch(events, alive, launched, restart, more)
+
+    def apply(self, batch: ProgressBatch) -> list[dict[str, Any]]:
+        """Fold a :meth:`read` into :attr:`state`; returns its events (plus ``died``)."""
+        if batch.restart:
+            s = self.state
+            self.state = RunState(self.run_dir, self.run_dir.name, s.loss, s.distance,
+                                  total_steps=s.total_steps)  # fmt: skip
+        events = list(batch.events)
+        for event in events:
+            self.state.apply(event)
+        if self.state.status == "running" and not batch.alive:
             died = self._died_event()
             self.state.apply(died)
             self.state.status = "died"
             events.append(died)
-        if self.state.status == "queued" and self._launched() and not alive:
+        if self.state.status == "queued" and batch.launched and not batch.alive:
             self.state.status = "died"
             self.state.message = "the training process ended before this run started"
         return events
