@@ -1,10 +1,13 @@
 """The "Trainer" dock widget: one click trains a model in a separate process.
 
 Everything heavy happens in the training process (:mod:`lsr.training_process`); this
-widget only writes the run folders, launches the process and, every
-:data:`POLL_MS` milliseconds, reads the new lines of the runs' progress files (one
-``stat`` and a small read: never blocking). So the viewer stays responsive, a crash of the
-training cannot take napari down, and a run keeps going (detached) when napari closes.
+widget only writes the run folders and launches the process. A worker thread
+(:class:`ProgressPoller`) reads and parses the new lines of the runs' progress files every
+:data:`POLL_S` seconds and hands them to the GUI thread, which folds them into the runs'
+states and updates the display at most every :data:`SHOW_S` seconds (one coalesced
+repaint: under software OpenGL every repaint re-composes the whole napari window). So the
+viewer stays responsive, a crash of the training cannot take napari down, and a run keeps
+going (detached) when napari closes.
 
 Inputs:
 - data: (slide, grid) pairs from layers opened from files (slides via their
@@ -55,8 +58,12 @@ from lsr.counttable import CountTable
 from lsr.errors import LsrInputError
 from napari_lsr.loss_plot import LossPlot
 
-POLL_MS = 100
-SHOW_S = 0.25  # seconds between display updates while training
+POLL_S = 0.1  # seconds between reads of the progress files (worker thread)
+CHUNK_BYTES = 256 * 1024  # at most this much progress (~1000 steps) per hand-over to the GUI
+SHOW_S = 0.5  # seconds between display updates while training (ends are shown at once)
+#: an ended run is reported (notification, model list) this long after its final display:
+#: two short stretches of GUI-thread work instead of one long one
+REPORT_MS = 50
 PAPER_TABLE = "Paper Table 1"
 WIDGET_TABLE = "Count table widget: "
 FILE_TABLE = "File…"
@@ -136,6 +143,68 @@ class _DeviceProbe(QObject):
     found = Signal(str, str)
 
 
+class ProgressPoller(QObject):
+    """Reads runs' progress files in a worker thread; parsed batches arrive as a signal.
+
+    Every ``period_s`` seconds the thread calls :meth:`lsr.training_process.RunMonitor.read`
+    (a ``stat``, the new bytes, JSON parsing) for each monitor and emits
+    ``delivered(monitor, batch)`` when it found events or the process is gone. The poller
+    lives in the GUI thread, so Qt queues the signal there, in order; the receiver folds
+    the batch in with ``monitor.apply(batch)``. A backlog (attaching to a long run) comes
+    in chunks of ``chunk_bytes``, so the GUI thread never folds too much at once. The
+    monitors must not be read elsewhere while the poller runs.
+    """
+
+    delivered = Signal(object, object)  # RunMonitor, ProgressBatch
+
+    def __init__(
+        self,
+        monitors: list[tp.RunMonitor],
+        period_s: float = POLL_S,
+        chunk_bytes: int = CHUNK_BYTES,
+        parent: QObject | None = None,
+    ) -> None:
+        super().__init__(parent)
+        self.monitors = list(monitors)
+        self.period_s = float(period_s)
+        self.chunk_bytes = int(chunk_bytes)
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._run, name="lsr-progress", daemon=True)
+        self._thread.start()
+
+    def stop(self, wait_s: float = 0.0) -> None:
+        """Ask the thread to end (it does within one period); wait up to ``wait_s``."""
+        self._stop.set()
+        if wait_s > 0 and self._thread is not None:
+            self._thread.join(wait_s)
+
+    @property
+    def active(self) -> bool:
+        return self._thread is not None and self._thread.is_alive()
+
+    def _run(self) -> None:
+        alive = [True] * len(self.monitors)
+        while not self._stop.is_set():
+            more = False
+            for i, m in enumerate(self.monitors):
+                try:
+                    batch = m.read(self.chunk_bytes)
+                except OSError:  # e.g. the run folder was deleted: try again later
+                    continue
+                more |= batch.more
+                if batch.events or batch.restart or batch.alive != alive[i]:
+                    alive[i] = batch.alive
+                    try:
+                        self.delivered.emit(m, batch)
+                    except RuntimeError:  # the receiver is gone
+                        return
+            if not more:
+                self._stop.wait(self.period_s)
+
+
 class TrainerWidget(QWidget):
     """Train LSR models in the background; see the module docstring.
 
@@ -152,16 +221,18 @@ class TrainerWidget(QWidget):
         self.job: tp.TrainingJob | None = None
         self.monitors: list[tp.RunMonitor] = []
         self._reported: set[tuple[str, str]] = set()
+        self._to_report: list[tp.RunState] = []
         self._pbar: Any = None
         self._pbar_run: Path | None = None
         self._table_file: str | None = None
         self._pairs: list[tuple[str, str]] = []
-        self.max_poll_s = 0.0  # longest poll so far (benchmarks: GUI time spent per poll)
-        self._last_show = 0.0
+        self.max_update_s = 0.0  # longest GUI-thread update so far (benchmarks)
         self._stale = True
-        self.timer = QTimer(self)
-        self.timer.setInterval(POLL_MS)
-        self.timer.timeout.connect(self.poll)
+        self._in_refresh = False
+        self._poller: ProgressPoller | None = None
+        self.timer = QTimer(self)  # display updates while watching
+        self.timer.setInterval(int(SHOW_S * 1000))
+        self.timer.timeout.connect(self._refresh)
         self._build()
         self._probe = _DeviceProbe(self)
         self._probe.found.connect(self._device_found)
@@ -352,10 +423,7 @@ class TrainerWidget(QWidget):
         layout.addLayout(form)
         layout.addWidget(self.advanced)
         layout.addLayout(actions)
-        layout.addWidget(self.progress_bar)
-        layout.addWidget(self.status)
-        layout.addWidget(self.queue_label)
-        layout.addWidget(self.plot, 1)
+        layout.addWidget(self._live_panel(), 1)
         layout.addWidget(models_box)
 
         self.layers_button.clicked.connect(self.use_layers)
@@ -372,6 +440,23 @@ class TrainerWidget(QWidget):
         self.resume_button.clicked.connect(lambda: self.resume())
         self.attach_button.clicked.connect(self._ask_attach)
         self.refresh_button.clicked.connect(self.refresh_models)
+
+    def _live_panel(self) -> QWidget:
+        """Progress bar, status, queue and loss curve: what changes while training, in a
+        native window of its own. In a window holding napari's OpenGL canvas every repaint
+        re-composes the whole window through OpenGL (~15 ms under software rendering: Xvfb,
+        remote X); a native child window is flushed on its own (~1 ms)."""
+        panel = QWidget()
+        live = QVBoxLayout(panel)
+        live.setContentsMargins(0, 0, 0, 0)
+        live.addWidget(self.progress_bar)
+        live.addWidget(self.status)
+        live.addWidget(self.queue_label)
+        live.addWidget(self.plot, 1)
+        panel.setAttribute(Qt.WA_DontCreateNativeAncestors)
+        panel.setAttribute(Qt.WA_NativeWindow)
+        self.live_panel = panel
+        return panel
 
     # ------------------------------------------------------------------ data
     @property
@@ -660,18 +745,28 @@ class TrainerWidget(QWidget):
         return self.job is not None and any(m.state.active for m in self.monitors)
 
     def _watch(self, job: tp.TrainingJob, report_old: bool = True) -> None:
+        self._stop_poller()
         self.job = job
         self.monitors = [tp.RunMonitor(r, job) for r in job.runs]
         self._close_pbar()
-        if not report_old:  # finished runs of an attached job are history, not news
-            for m in self.monitors:
-                m.poll()
-                if not m.state.active:
-                    self._reported.add((str(m.run_dir), m.state.ended))
-        self.poll()
+        for m in self.monitors:  # what is there now (attach: the history), read here once
+            m.poll()
+            if not report_old and not m.state.active:  # an attached job's ends are history
+                self._reported.add((str(m.run_dir), m.state.ended))
+        self._poller = ProgressPoller(self.monitors, parent=self)
+        self._poller.delivered.connect(self._deliver)
+        self._poller.start()
         self.timer.start()
         self._update_buttons()
         self._guard_close()
+        self._stale = True
+        self._refresh()
+
+    def _stop_poller(self) -> None:
+        if self._poller is not None:
+            self._poller.stop()
+            self._poller.deleteLater()
+            self._poller = None
 
     def _guard_close(self) -> None:
         """Watch the main window's Close event (the dock's top-level window)."""
@@ -689,43 +784,63 @@ class TrainerWidget(QWidget):
                 return m
         return self.monitors[-1] if self.monitors else None
 
-    def poll(self) -> None:
-        """Read new progress (cheap, non-blocking) and update the display; the timer calls it."""
+    def _deliver(self, monitor: tp.RunMonitor, batch: tp.ProgressBatch) -> None:
+        """Fold a batch from the poller into its run's state (GUI thread); ends show at once."""
+        if self._poller is None or not any(monitor is m for m in self.monitors):
+            return  # from a poller of runs no longer watched
         t0 = time.perf_counter()
-        self._poll()
-        self.max_poll_s = max(self.max_poll_s, time.perf_counter() - t0)
-
-    def _poll(self) -> None:
-        changed = False
-        for m in self.monitors:
-            changed |= bool(m.poll())
-            state = m.state
-            key = (str(m.run_dir), state.ended or state.status)
-            if not state.active and key not in self._reported:
-                self._reported.add(key)
-                self._report_end(state)
-        # the display changes at most SHOW_S times a second (labels re-layout the dock)
-        now = time.monotonic()
-        due = (changed or self._stale) and now - self._last_show >= SHOW_S
-        if due or not self.running:
-            self._show(self.current())
-            self._last_show, self._stale = now, False
-        elif changed:
+        was_active = monitor.state.active
+        if monitor.apply(batch):
             self._stale = True
-        if not self.running:
-            self.timer.stop()
-            self._close_pbar()
-            self._update_buttons()
-            self._unguard_close()
+        self.max_update_s = max(self.max_update_s, time.perf_counter() - t0)
+        if was_active and not monitor.state.active:
+            self._refresh()
+
+    def _refresh(self) -> None:
+        """Report runs that ended and update the display if there is news (the timer calls
+        it every :data:`SHOW_S` seconds); stops watching when no run is active."""
+        if self._in_refresh:  # re-entered (napari's progress bar processes events)
+            return
+        self._in_refresh = True
+        t0 = time.perf_counter()
+        try:
+            for m in self.monitors:
+                state = m.state
+                key = (str(m.run_dir), state.ended or state.status)
+                if not state.active and key not in self._reported:
+                    self._reported.add(key)
+                    self._to_report.append(state)
+                    QTimer.singleShot(REPORT_MS, self._report_ended)
+            running = self.running
+            if self._stale or not running:
+                self._show(self.current())
+                self._stale = False
+            if not running:
+                self.timer.stop()
+                self._stop_poller()
+                self._close_pbar()
+                self._update_buttons()
+                self._unguard_close()
+        finally:
+            self._in_refresh = False
+            self.max_update_s = max(self.max_update_s, time.perf_counter() - t0)
 
     def _show(self, m: tp.RunMonitor | None) -> None:
         if m is None:
             return
         s = m.state
-        self.status.setStyleSheet("")
+        if self.status.styleSheet():
+            self.status.setStyleSheet("")  # (re-polishes the label: only when it was red)
+        # one- and two-line texts get the same height: the panel keeps its layout, so the
+        # loss plot is not resized (and re-rendered) when the status line changes
+        self.status.setMinimumHeight(2 * self.status.fontMetrics().lineSpacing())
         total = max(s.total_steps, 1)
+        # QProgressBar.setValue repaints at once (one more window composition): with updates
+        # off it only changes the value, and re-enabling them schedules one ordinary update
+        self.progress_bar.setUpdatesEnabled(False)
         self.progress_bar.setRange(0, total)
         self.progress_bar.setValue(min(s.step, total))
+        self.progress_bar.setUpdatesEnabled(True)
         name = LOSS_LABELS.get(s.loss, s.loss)
         if s.status == "running" and s.losses:
             eta = _duration(s.eta_s)
@@ -759,8 +874,14 @@ class TrainerWidget(QWidget):
         self.plot.set_losses(s.losses, s.resumes, f"{m.run_dir.name}", force=not s.active)
 
     def _update_pbar(self, m: tp.RunMonitor, desc: str) -> None:
+        """napari's activity progress bar, only while this dock is hidden (else its own bar
+        shows the same): its animated "in progress" indicator re-composes the whole window
+        many times a second, half a CPU core under software OpenGL."""
         from napari.utils import progress
 
+        if self.isVisible():
+            self._close_pbar()
+            return
         s = m.state
         if self._pbar is None or self._pbar_run != m.run_dir:
             self._close_pbar()
@@ -779,6 +900,10 @@ class TrainerWidget(QWidget):
             self._pbar.close()
             self._pbar = None
             self._pbar_run = None
+
+    def _report_ended(self) -> None:
+        while self._to_report:
+            self._report_end(self._to_report.pop(0))
 
     def _report_end(self, s: tp.RunState) -> None:
         name = f"{LOSS_LABELS.get(s.loss, s.loss)} ({s.run_dir.name})"
@@ -859,6 +984,7 @@ class TrainerWidget(QWidget):
     def detach(self) -> None:
         """Stop watching; the training process goes on (it is in its own session)."""
         self.timer.stop()
+        self._stop_poller()
         self._close_pbar()
         self._unguard_close()
 

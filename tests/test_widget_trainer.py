@@ -98,8 +98,8 @@ def test_train_queue_from_layers_to_completion_and_model_list(widget, data, qtbo
     ], [s.message for s in states]
     assert widget.plot.losses == pytest.approx(states[-1].losses) and len(states[-1].losses) == 6
     assert widget.progress_bar.value() == 6
-    # the model list shows both results, as list_models reads them
-    assert widget.models_view.rowCount() == 2
+    # the model list shows both results, as list_models reads them (right after the display)
+    qtbot.waitUntil(lambda: widget.models_view.rowCount() == 2, timeout=5000)
     names = {widget.models_view.item(r, 0).text() for r in range(2)}
     assert names == {s.run_dir.name for s in states}
     row = [widget.models_view.item(0, c).text() for c in range(6)]
@@ -149,6 +149,7 @@ def test_failing_run_reports_error_and_viewer_stays_usable(widget, data, tmp_pat
     before = len(errors())
     assert widget.train()
     qtbot.waitUntil(lambda: not widget.running, timeout=TIMEOUT_MS)
+    qtbot.waitUntil(lambda: len(errors()) > before, timeout=5000)  # reported right after
     new = errors()[before:]
     assert len(new) == 1
     assert "does not match the slide" in new[0] and "wrong_grid.npy" in new[0]
