@@ -15,7 +15,7 @@ Inputs:
   grid file named like the slide beside it), or from a folder (``S.tif`` + ``S_grid.npy``);
 - count table: the paper preset, the table shown in the Count table widget, or a file;
 - losses (several are queued and trained one after another), distance, steps; the other
-  hyper-parameters in a collapsed "Advanced" section, empty = the paper's default per loss;
+  hyper-parameters in a collapsed "Advanced" section, empty = the default per loss;
 - device (auto shows what it found), output folder.
 """
 
@@ -316,7 +316,7 @@ class TrainerWidget(QWidget):
         form.addRow("Device", device_row)
         form.addRow("Output", out_row)
 
-        # advanced (collapsed): empty fields = the paper's default for the loss
+        # advanced (collapsed): empty fields = the default for the loss (lsr.train.DEFAULTS)
         self.advanced = QCollapsible("Advanced")
         adv = QWidget()
         grid = QFormLayout(adv)
@@ -592,16 +592,17 @@ class TrainerWidget(QWidget):
         return [k for k, box in self.loss_checks.items() if box.isChecked()]
 
     def _update_placeholders(self, *_args: Any) -> None:
-        from lsr.train import PAPER_DEFAULTS
+        """Empty fields show the default they stand for (lsr.train.DEFAULTS)."""
+        from lsr.train import DEFAULTS
 
         losses = self.selected_losses() or ["intra_inter"]
-        lrs = sorted({PAPER_DEFAULTS[loss]["lr"] for loss in losses})
-        self.lr.setPlaceholderText("paper: " + " / ".join(f"{v:g}" for v in lrs))
-        self.batch_size.setPlaceholderText(f"paper: {PAPER_DEFAULTS['intra']['batch_size']}")
+        lrs = sorted({DEFAULTS[loss]["lr"] for loss in losses})
+        self.lr.setPlaceholderText("default: " + " / ".join(f"{v:g}" for v in lrs))
+        self.batch_size.setPlaceholderText(f"default: {DEFAULTS['intra']['batch_size']}")
         self.groups_per_batch.setPlaceholderText(
-            f"paper: {PAPER_DEFAULTS['inter']['groups_per_batch']}"
+            f"default: {DEFAULTS['inter']['groups_per_batch']}"
         )
-        self.group_size.setPlaceholderText(f"paper: {PAPER_DEFAULTS['inter']['group_size']}")
+        self.group_size.setPlaceholderText(f"default: {DEFAULTS['inter']['group_size']}")
 
     @staticmethod
     def _optional(edit: QLineEdit, kind: type) -> Any:
