@@ -78,7 +78,8 @@ PAPER_DEFAULTS: dict[str, dict[str, Any]] = {
 #: What :meth:`TrainConfig.resolved` fills in for settings left unset (None): the paper's,
 #: except intra's learning rate, 1e-3 as for the other losses. With the paper's 1e-5 the
 #: intra network stays at its prior in 300 steps (masked IoU 0.28 ± 0.24 over 3 seeds, below
-#: the low-resolution model) while 1e-3 beats that model (training study, docs/results.md).
+#: the low-resolution model) while at 1e-3 it learns and beats that model in 4 of 5 seeds
+#: (training study, docs/results.md).
 DEFAULTS: dict[str, dict[str, Any]] = {
     **PAPER_DEFAULTS,
     "intra": {"batch_size": 30, "lr": 1e-3},
