@@ -90,3 +90,17 @@ def test_nothing_to_compare_with_is_an_error(tmp_path, runner):
     np.save(tmp_path / "a_prob.npy", np.zeros((B, B), np.float32))
     res = runner.invoke(app, ["evaluate", "-p", str(tmp_path / "a_prob.npy")])
     assert isinstance(res.exception, LsrInputError) and "--gt" in str(res.exception)
+
+
+def test_grid_folder_with_images_and_ground_truth_pairs_the_grids(tmp_path, runner):
+    folder = tmp_path / "test"
+    folder.mkdir()
+    np.save(folder / "a_grid.npy", np.array([[9]], np.int16))
+    np.save(folder / "a_gt.npy", np.ones((B, B), np.uint8))
+    np.save(tmp_path / "a_prob.npy", np.full((B, B), 0.25, np.float32))
+    res = runner.invoke(app, ["evaluate", "-p", str(tmp_path / "a_prob.npy"), "--grid",
+                              str(folder), "--block-px", str(B), "--json",
+                              str(tmp_path / "o.json")])  # fmt: skip
+    assert res.exit_code == 0, res.output
+    calib = {r["z"]: r for r in json.loads((tmp_path / "o.json").read_text())["calibration"]}
+    assert calib[9]["n"] == 1 and calib[9]["mean"] == pytest.approx(0.25)

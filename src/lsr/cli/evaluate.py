@@ -171,7 +171,10 @@ def evaluate(
     if gt:
         result = _scores(_pair(preds, _expand(list(gt)), pair_by), band, console)
     if grid:
-        calib = calibration(_pair(preds, _expand(list(grid)), pair_by), block_px, table)
+        grids = _expand(list(grid))
+        # a folder of test patches also holds images and ground truth: keep its *_grid files
+        grids = [g for g in grids if "_grid" in g.name] or grids
+        calib = calibration(_pair(preds, grids, pair_by), block_px, table)
         result["calibration"] = calib
         console.print(_calibration_table(calib, table is not None))
     if json_out is not None:
