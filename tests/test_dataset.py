@@ -249,3 +249,4 @@ def test_slide_cache_respects_its_budget() -> None:
     tiny.read_block(first[0])
     tiny.read_block(first[1])
     assert not tiny._cache and len(src[0].slide.reads) == before + 2  # block by block
+    assert tiny._too_big == {0}  # remembered: later blocks skip the size computation

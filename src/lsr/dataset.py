@@ -132,6 +132,7 @@ class BlockDataset(Dataset):
         self.cache_mb = float(cache_mb)
         #: source -> (y0, x0, image) of its labelled area (+ context), LRU order
         self._cache: OrderedDict[int, tuple[int, int, np.ndarray]] = OrderedDict()
+        self._too_big: set[int] = set()  # sources whose area exceeds the budget
         rows = []
         self.skipped_background = 0
         for si, grid in enumerate(self.grids):
@@ -185,6 +186,8 @@ class BlockDataset(Dataset):
         if si in self._cache:
             self._cache.move_to_end(si)
             return self._cache[si]
+        if si in self._too_big:  # known not to fit: no box computation on every block
+            return None
         rows = self.index[self.index[:, 0] == si]
         if not len(rows):
             return None
@@ -196,6 +199,7 @@ class BlockDataset(Dataset):
         budget = self.cache_mb * 2**20
         nbytes = (y1 - y0) * (x1 - x0) * 3
         if nbytes > budget:
+            self._too_big.add(si)
             return None
         while self._cache and sum(v[2].nbytes for v in self._cache.values()) + nbytes > budget:
             self._cache.popitem(last=False)
