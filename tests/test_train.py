@@ -14,6 +14,7 @@ from lsr.checkpoint import LATEST, MODEL, read_checkpoint
 from lsr.errors import LsrInputError
 from lsr.train import (
     CollapseMonitor,
+    MaskMonitor,
     StepEvent,
     TrainConfig,
     crop_to_block,
@@ -149,6 +150,31 @@ def test_collapse_monitor() -> None:
     assert other.spread == pytest.approx(mon.spread)
 
 
+def test_mask_monitor_flags_a_class_missing_from_the_mask() -> None:
+    # Under-confident cancer: mean probability 30 % but never the argmax -> flagged (class 0).
+    mon = MaskMonitor(window=2, ratio=0.1)
+    assert not mon.update([0.3, 0.7], [0.0, 1.0])  # window not full yet
+    assert mon.update([0.3, 0.7], [0.0, 1.0]) and mon.degenerate_class == 0
+    assert "'cancer' has mean probability 30.0%" in mon.describe(["cancer", "other"])
+    # Cancer everywhere: the non-cancer class vanishes from the mask.
+    full = MaskMonitor(2, 0.1)
+    full.update([0.7, 0.3], [1.0, 0.0])
+    assert full.update([0.7, 0.3], [1.0, 0.0]) and full.degenerate_class == 1
+    # Healthy (argmax share close to the mean) and a class that is absent anyway: not flagged.
+    ok = MaskMonitor(2, 0.1)
+    ok.update([0.4, 0.6], [0.25, 0.75])
+    assert not ok.update([0.01, 0.99], [0.0, 1.0])
+    # The window averages: one degenerate step among healthy ones is not enough.
+    mixed = MaskMonitor(3, 0.1)
+    for hard in ([0.3, 0.7], [0.0, 1.0], [0.3, 0.7]):
+        flagged = mixed.update([0.3, 0.7], hard)
+    assert not flagged
+    assert MaskMonitor(2, 0.0).update([0.3, 0.7], [0.0, 1.0]) is False  # ratio 0: off
+    clone = MaskMonitor(2, 0.1)
+    clone.load_state_dict(mon.state_dict())
+    assert clone.degenerate_class == 0
+
+
 # ---------------------------------------------------------------------- end to end
 @pytest.mark.parametrize("loss", ["intra", "inter", "intra_inter"])
 def test_cli_trains_each_loss_and_loss_decreases(
@@ -256,6 +282,16 @@ def test_collapse_marks_run_failed(pairs: list[tuple[str, str]], tmp_path: Path)
     with pytest.warns(UserWarning, match="collapse"):
         result = train(cfg)
     assert result.status == "failed" and result.failure.startswith("collapsed")
+
+
+def test_degenerate_mask_marks_run_failed(pairs: list[tuple[str, str]], tmp_path: Path) -> None:
+    # Start at 30 % cancer everywhere and barely move: the cancer mask at 0.5 stays empty.
+    cfg = tiny_config(tmp_path, pairs, steps=3, collapse_window=2, prior=[0.3, 0.7], lr=1e-9)
+    with pytest.warns(UserWarning, match="degenerate mask"):
+        result = train(cfg)
+    assert result.status == "failed" and result.failure.startswith("degenerate mask")
+    assert "'cancer' has mean probability" in result.failure and "of pixels" in result.failure
+    assert json.loads((tmp_path / "run" / "run.json").read_text())["status"] == "failed"
 
 
 def test_context_margin_trains(pairs: list[tuple[str, str]], tmp_path: Path) -> None:
