@@ -148,6 +148,17 @@ def test_collapse_monitor() -> None:
     other = CollapseMonitor(3, 1e-4)
     other.load_state_dict(mon.state_dict())
     assert other.spread == pytest.approx(mon.spread)
+    # Constant within each step but drifting between steps (the paper-printed collapse):
+    # collapsed, although the values pooled over steps vary.
+    drift = CollapseMonitor(3, 1e-4)
+    for level in (0.3, 0.5, 0.7):
+        flagged = drift.update([level] * 4)
+    assert flagged and drift.spread == 0.0
+    assert np.std([0.3, 0.5, 0.7]) > 0.1
+    # One block per step: the spread is taken across steps instead (never a false alarm).
+    single = CollapseMonitor(2, 1e-4)
+    single.update([0.2])
+    assert not single.update([0.6]) and single.spread == pytest.approx(0.2)
 
 
 def test_mask_monitor_flags_a_class_missing_from_the_mask() -> None:
