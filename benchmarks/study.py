@@ -12,7 +12,10 @@ from its checkpoints.
     python benchmarks/study.py report --out /tmp/study > study.md
 
 ``report`` prints, per arm, mean ± std over seeds of masked IoU for every row, the paired
-differences with their standard errors, and the failed/collapsed runs.
+differences with their standard errors, and the failed/collapsed runs. ``audit`` re-checks
+every finished run with the trainer's current failure rules (useful for runs trained before
+a rule changed): collapse from the last checkpoint's monitor window, and a degenerate mask
+from the held-out patches (per class: mean probability vs share of argmax pixels).
 """
 
 from __future__ import annotations
@@ -82,6 +85,28 @@ def _link_data(out: Path, synthetic: str, seed: int, job: Path) -> None:
         link.symlink_to(shared.resolve(), target_is_directory=True)
 
 
+def _overrides(cfg: Any, loss: str) -> dict[str, Any]:
+    return {"synthetic": cfg.synthetic, **cfg.train, **cfg.per_loss.get(loss, {})}
+
+
+def _reuse_runs(out: Path, arm: dict[str, Any], cfg: Any, seed: int, job: Path) -> None:
+    """Copy completed runs named by the arm's ``reuse = {loss = "other arm"}`` into the job,
+    when the other arm trains that loss with exactly the same settings (else train anew)."""
+    import shutil
+
+    arms = load_arms()
+    for loss, other in arm.get("reuse", {}).items():
+        src = _job_dir(out, other, seed) / "runs" / f"seed{seed}" / loss
+        dst = job / "runs" / f"seed{seed}" / loss
+        if dst.exists() or not (src / "run.json").exists():
+            continue
+        if json.loads((src / "run.json").read_text()).get("status") != "completed":
+            continue
+        if _overrides(demo_config(arms[other]), loss) != _overrides(cfg, loss):
+            raise ValueError(f"reuse of {other}'s {loss}: its settings differ from this arm's")
+        shutil.copytree(src, dst)
+
+
 def run_job(out: str, arm_name: str, seed: int, threads: int) -> tuple[str, int, str]:
     """One (arm, seed): ``lsr.demo.run_demo`` in its folder; logs to ``job.log``."""
     import torch
@@ -107,6 +132,7 @@ def run_job(out: str, arm_name: str, seed: int, threads: int) -> tuple[str, int,
             with open(lock, "w") as fh:
                 fcntl.flock(fh, fcntl.LOCK_EX)
                 make_data(cfg, seed, job, say)
+            _reuse_runs(Path(out), arm, cfg, seed, job)
             run_demo(job, config=cfg, seeds=[seed], say=say)
         except Exception as err:  # recorded, the other jobs go on
             say(f"FAILED: {type(err).__name__}: {err}")
@@ -255,6 +281,57 @@ def aggregate_json(out: Path, arm: str) -> dict:
     return {"seeds": sorted(per_seed), **aggregate(per_seed)} if per_seed else {}
 
 
+def audit_run(run: Path, patches: list[dict]) -> dict[str, Any]:
+    """One run's collapse spread (last window) and held-out soft/hard class shares."""
+    from lsr import model as lsr_model
+    from lsr.demo import predict_patch
+    from lsr.train import CollapseMonitor, MaskMonitor, TrainConfig
+
+    defaults = TrainConfig()
+    latest = json.loads((run / "latest.json").read_text())["checkpoint"]
+    state = json.loads((run / latest / "trainer.json").read_text())
+    mon = CollapseMonitor(defaults.collapse_window, defaults.collapse_std)
+    mon.load_state_dict(state.get("monitor", {}))
+    net, _ = lsr_model.load(run)
+    probs = [predict_patch(net, p["rgb"]) for p in patches]  # cancer probability (H, W)
+    soft_c = float(np.mean([pm.mean() for pm in probs]))
+    hard_c = float(np.mean([(pm >= 0.5).mean() for pm in probs]))
+    mask = MaskMonitor(1, defaults.mask_ratio)
+    mask.update([soft_c, 1 - soft_c], [hard_c, 1 - hard_c])
+    return {"spread": mon.spread, "collapsed": mon.collapsed, "soft": soft_c, "hard": hard_c,
+            "degenerate": mask.degenerate_class is not None}  # fmt: skip
+
+
+def cmd_audit(args: argparse.Namespace) -> None:
+    from lsr.demo import _load_patch
+
+    out = Path(args.out)
+    names = args.arms.split(",") if args.arms else [
+        p.name for p in sorted(out.iterdir()) if p.is_dir() and p.name != "data"]  # fmt: skip
+    print("| arm | seed | loss | masked IoU | spread (last window) | held-out cancer: mean p / "
+          "share ≥ 0.5 | flagged |\n|---|---|---|---|---|---|---|")  # fmt: skip
+    for arm in names:
+        for job in sorted((out / arm).glob("seed*")):
+            if not (job / "results.json").exists():
+                continue
+            seed = int(job.name[4:])
+            rows = json.loads((job / "results.json").read_text())["per_seed"][str(seed)]
+            data = job / "data" / f"seed{seed}"
+            manifest = json.loads((data / "manifest.json").read_text())
+            patches = [_load_patch(data / "test", e, int(manifest["block_px"]))
+                       for e in manifest["test"]]  # fmt: skip
+            for run in sorted((job / "runs" / f"seed{seed}").iterdir()):
+                a = audit_run(run, patches)
+                flags = [f for f, on in (("collapsed", a["collapsed"]),
+                                         ("degenerate mask", a["degenerate"])) if on]  # fmt: skip
+                print(
+                    f"| {arm} | {seed} | {run.name} | {rows[run.name]['masked_iou']:.3f} | "
+                    f"{a['spread']:.1e} | {100 * a['soft']:.1f} % / {100 * a['hard']:.1f} % | "
+                    f"{', '.join(flags) or '–'} |",
+                    flush=True,
+                )
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     sub = p.add_subparsers(required=True)
@@ -270,6 +347,10 @@ def main() -> None:
     q.add_argument("--arms", default="")
     q.add_argument("--json", default="", help="also write the aggregate as JSON here")
     q.set_defaults(func=cmd_report)
+    a = sub.add_parser("audit", help="re-check finished runs with the current failure rules")
+    a.add_argument("--out", required=True)
+    a.add_argument("--arms", default="")
+    a.set_defaults(func=cmd_audit)
     args = p.parse_args()
     os.environ.setdefault("OMP_NUM_THREADS", str(getattr(args, "threads", 1)))
     with contextlib.suppress(KeyboardInterrupt):
