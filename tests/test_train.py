@@ -96,11 +96,15 @@ def test_defaults_per_loss_and_overrides() -> None:
     assert PAPER_DEFAULTS["intra"]["lr"] == 1e-5
     assert TrainConfig(loss="intra", lr=1e-5).resolved().lr == 1e-5
     for loss in ("inter", "intra_inter"):
-        cfg = TrainConfig(loss=loss).resolved()
-        assert (cfg.groups_per_batch, cfg.group_size, cfg.lr, cfg.batch_size) == (2, 15, 1e-3, 30)
+        cfg = TrainConfig(loss=loss).resolved()  # the study's 6 × 5, not the paper's 2 × 15
+        assert (cfg.groups_per_batch, cfg.group_size, cfg.lr, cfg.batch_size) == (6, 5, 1e-3, 30)
+        assert (PAPER_DEFAULTS[loss]["groups_per_batch"], PAPER_DEFAULTS[loss]["group_size"]) == (
+            2,
+            15,
+        )
     assert TrainConfig(loss="intra").rmsprop_alpha == 0.9
-    custom = TrainConfig(loss="inter", lr=5e-4, group_size=5).resolved()
-    assert (custom.lr, custom.group_size, custom.batch_size) == (5e-4, 5, 10)
+    custom = TrainConfig(loss="inter", lr=5e-4, group_size=4).resolved()
+    assert (custom.lr, custom.group_size, custom.batch_size) == (5e-4, 4, 24)  # 6 groups × 4
     with pytest.raises(LsrInputError, match="group_size"):
         TrainConfig(loss="inter", group_size=1).resolved()
     with pytest.raises(LsrInputError, match="loss"):

@@ -127,8 +127,8 @@ def train(
         None, help="MiB per process of slides kept in memory at working resolution (0: off)."
     ),
     batch_size: int | None = typer.Option(None, help="Intra loss: blocks per batch (paper 30)."),
-    groups_per_batch: int | None = typer.Option(None, help="Inter losses: groups (paper 2)."),
-    group_size: int | None = typer.Option(None, help="Inter losses: blocks per group (paper 15)."),
+    groups_per_batch: int | None = typer.Option(None, help="Inter: groups per batch (6; paper 2)."),
+    group_size: int | None = typer.Option(None, help="Inter: blocks per group (5; paper 15)."),
     group_policy: str | None = typer.Option(None, help="uniform or proportional."),
     lr: float | None = typer.Option(None, help="Learning rate (1e-3; paper intra 1e-5)."),
     rmsprop_alpha: float | None = typer.Option(None, help="RMSprop smoothing (paper 0.9)."),
