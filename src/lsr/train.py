@@ -804,7 +804,10 @@ def _train(
             hard = torch.bincount(p.argmax(dim=1).flatten(), minlength=p.shape[1]) / (
                 p.numel() // p.shape[1]
             )
-        if mask_monitor.update(soft.cpu().tolist(), hard.cpu().tolist()) and not mask_warned:
+        degenerate = mask_monitor.update(soft.cpu().tolist(), hard.cpu().tolist())
+        # A network starting from the table's prior has every pixel on one side of 0.5 for
+        # its first tens of steps (the study: until step 50-100 of 300): warn from half-way.
+        if degenerate and not mask_warned and 2 * step >= cfg.steps:
             mask_warned = True
             warn(f"degenerate mask at step {step}: {mask_monitor.describe(table.class_names)}")
         if monitor.update(mu.cpu().tolist()) and not collapse_warned:
