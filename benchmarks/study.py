@@ -90,21 +90,22 @@ def _overrides(cfg: Any, loss: str) -> dict[str, Any]:
 
 
 def _reuse_runs(out: Path, arm: dict[str, Any], cfg: Any, seed: int, job: Path) -> None:
-    """Copy completed runs named by the arm's ``reuse = {loss = "other arm"}`` into the job,
-    when the other arm trains that loss with exactly the same settings (else train anew)."""
+    """Copy completed runs named by the arm's ``reuse = {loss = "other arm" or [arms]}`` into
+    the job, when another arm trains that loss with exactly the same settings (else train)."""
     import shutil
 
     arms = load_arms()
-    for loss, other in arm.get("reuse", {}).items():
-        src = _job_dir(out, other, seed) / "runs" / f"seed{seed}" / loss
-        dst = job / "runs" / f"seed{seed}" / loss
-        if dst.exists() or not (src / "run.json").exists():
-            continue
-        if json.loads((src / "run.json").read_text()).get("status") != "completed":
-            continue
-        if _overrides(demo_config(arms[other]), loss) != _overrides(cfg, loss):
-            raise ValueError(f"reuse of {other}'s {loss}: its settings differ from this arm's")
-        shutil.copytree(src, dst)
+    for loss, others in arm.get("reuse", {}).items():
+        for other in [others] if isinstance(others, str) else others:
+            src = _job_dir(out, other, seed) / "runs" / f"seed{seed}" / loss
+            dst = job / "runs" / f"seed{seed}" / loss
+            if dst.exists() or not (src / "run.json").exists():
+                continue
+            if json.loads((src / "run.json").read_text()).get("status") != "completed":
+                continue
+            if _overrides(demo_config(arms[other]), loss) != _overrides(cfg, loss):
+                raise ValueError(f"reuse of {other}'s {loss}: its settings differ from this arm's")
+            shutil.copytree(src, dst)
 
 
 def run_job(out: str, arm_name: str, seed: int, threads: int) -> tuple[str, int, str]:
