@@ -338,7 +338,11 @@ class TrainerWidget(QWidget):
         self.depth_spin.setRange(0, 8)
         self.depth_spin.setValue(4)
         self.variance_norm = QComboBox()
-        self.variance_norm.addItems(["n2", "n"])
+        self.variance_norm.addItems(["default", "n2", "n"])
+        self.variance_norm.setToolTip(
+            "Block variance of the losses: 1/n² (n2) or the paper's printed 1/n (n). "
+            "default: n for intra, n2 for the inter losses (lsr.train.DEFAULTS)"
+        )
         self.augment = QCheckBox("augment blocks")
         self.augment.setChecked(True)
         self.min_tissue = QDoubleSpinBox()
@@ -640,7 +644,9 @@ class TrainerWidget(QWidget):
                 working_mpp=self.working_mpp.value(),
                 width=self.width_spin.value(),
                 depth=self.depth_spin.value(),
-                variance_norm=self.variance_norm.currentText(),
+                variance_norm=None
+                if self.variance_norm.currentText() == "default"
+                else self.variance_norm.currentText(),
                 augment=self.augment.isChecked(),
                 min_tissue=self.min_tissue.value(),
                 seed=self.seed.value(),

@@ -93,6 +93,9 @@ def test_defaults_per_loss_and_overrides() -> None:
 
     intra = TrainConfig(loss="intra").resolved()
     assert (intra.batch_size, intra.lr) == (30, 1e-3)  # the study's choice, not the paper's
+    assert intra.variance_norm == "n"  # the study's: 1/n rewards confident pixels
+    assert TrainConfig(loss="intra_inter").resolved().variance_norm == "n2"
+    assert TrainConfig(loss="intra", variance_norm="n2").resolved().variance_norm == "n2"
     assert PAPER_DEFAULTS["intra"]["lr"] == 1e-5
     assert TrainConfig(loss="intra", lr=1e-5).resolved().lr == 1e-5
     for loss in ("inter", "intra_inter"):

@@ -81,11 +81,13 @@ PAPER_DEFAULTS: dict[str, dict[str, Any]] = {
 #: at its prior in 300 steps (masked IoU 0.28 ± 0.24 over 3 seeds, below the low-resolution
 #: model). The inter-type losses draw 6 groups × 5 blocks instead of 2 × 15: each step then
 #: compares up to six bins instead of two (masked IoU +0.058, paired SE 0.025, 5 seeds; the
-#: one 2 × 15 run that predicted cancer everywhere did not).
+#: one 2 × 15 run that predicted cancer everywhere did not). Intra's block variance is the
+#: paper's printed 1/n (mean p(1 − p)), not 1/n²: its log term then rewards confident pixels,
+#: which removed intra's empty-mask failures (docs/method.md).
 DEFAULTS: dict[str, dict[str, Any]] = {
-    "intra": {"batch_size": 30, "lr": 1e-3},
-    "inter": {"groups_per_batch": 6, "group_size": 5, "lr": 1e-3},
-    "intra_inter": {"groups_per_batch": 6, "group_size": 5, "lr": 1e-3},
+    "intra": {"batch_size": 30, "lr": 1e-3, "variance_norm": "n"},
+    "inter": {"groups_per_batch": 6, "group_size": 5, "lr": 1e-3, "variance_norm": "n2"},
+    "intra_inter": {"groups_per_batch": 6, "group_size": 5, "lr": 1e-3, "variance_norm": "n2"},
 }
 RUN_JSON = "run.json"
 
@@ -120,7 +122,7 @@ class TrainConfig:
     # loss
     loss: str = "intra_inter"
     distance: str = "gaussian-nll"
-    variance_norm: str = "n2"
+    variance_norm: str | None = None  # "n2" or "n" (None: the loss's default, DEFAULTS)
     rho_floor: float = 1e-3
     # batches (None: the default for the loss, see DEFAULTS)
     batch_size: int | None = None  # intra

@@ -116,7 +116,7 @@ def train(
     distance: str | None = typer.Option(
         None, help="gaussian-nll, lsr-interval, paper-printed or kl."
     ),
-    variance_norm: str | None = typer.Option(None, help="n2 (default) or n."),
+    variance_norm: str | None = typer.Option(None, help="n2 or n (intra: n, others: n2)."),
     rho_floor: float | None = typer.Option(None, help="Floor for the table's std (fraction)."),
     block_px: int | None = typer.Option(None, help="Block side, working-resolution px."),
     working_mpp: float | None = typer.Option(None, help="µm per working-resolution pixel."),
