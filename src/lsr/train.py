@@ -76,11 +76,11 @@ PAPER_DEFAULTS: dict[str, dict[str, Any]] = {
     "intra_inter": {"groups_per_batch": 2, "group_size": 15, "lr": 1e-3},
 }
 #: What :meth:`TrainConfig.resolved` fills in for settings left unset (None): the paper's
-#: optimiser and batch of 30 blocks, with two changes backed by the training study
+#: optimiser and batch of 30 blocks, with three changes backed by the training study
 #: (docs/results.md). Intra's learning rate is 1e-3: with the paper's 1e-5 the network stays
 #: at its prior in 300 steps (masked IoU 0.28 ± 0.24 over 3 seeds, below the low-resolution
 #: model). The inter-type losses draw 6 groups × 5 blocks instead of 2 × 15: each step then
-#: compares up to six bins instead of two (masked IoU +0.058, paired SE 0.025, 5 seeds; the
+#: compares up to six bins instead of two (masked IoU +0.058, paired SE 0.026, 5 seeds; the
 #: one 2 × 15 run that predicted cancer everywhere did not). Intra's block variance is the
 #: paper's printed 1/n (mean p(1 − p)), not 1/n²: its log term then rewards confident pixels,
 #: which removed intra's empty-mask failures (docs/method.md).
