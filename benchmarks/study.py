@@ -101,7 +101,10 @@ def _reuse_runs(out: Path, arm: dict[str, Any], cfg: Any, seed: int, job: Path) 
             dst = job / "runs" / f"seed{seed}" / loss
             if dst.exists() or not (src / "run.json").exists():
                 continue
-            if json.loads((src / "run.json").read_text()).get("status") != "completed":
+            done = json.loads((src / "run.json").read_text())
+            # a run flagged failed at its end (collapse, degenerate mask) is a result too
+            finished = done.get("step") == _overrides(cfg, loss).get("steps")
+            if done.get("status") not in ("completed", "failed") or not finished:
                 continue
             if _overrides(demo_config(arms[other]), loss) != _overrides(cfg, loss):
                 raise ValueError(f"reuse of {other}'s {loss}: its settings differ from this arm's")
