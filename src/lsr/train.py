@@ -801,18 +801,18 @@ def _train(
         loss_history.append(loss_f)
         with torch.no_grad():
             p = probs_d.detach()
-            mu = p[:, 0].mean(dim=(-2, -1))
-            soft = p.mean(dim=(0, 2, 3))
-            hard = torch.bincount(p.argmax(dim=1).flatten(), minlength=p.shape[1]) / (
-                p.numel() // p.shape[1]
-            )
-        degenerate = mask_monitor.update(soft.cpu().tolist(), hard.cpu().tolist())
+            n_cls = p.shape[1]
+            mu = p[:, 0].mean(dim=(-2, -1))  # (B,) block fractions of class 0
+            soft = p.mean(dim=(0, 2, 3))  # (L,) mean probabilities
+            hard = torch.bincount(p.argmax(dim=1).flatten(), minlength=n_cls) / (p.numel() // n_cls)
+            stats = torch.cat([soft, hard, mu]).cpu().tolist()  # one device sync per step
+        degenerate = mask_monitor.update(stats[:n_cls], stats[n_cls : 2 * n_cls])
         # A network starting from the table's prior has every pixel on one side of 0.5 for
         # its first tens of steps (the study: until step 50-100 of 300): warn from half-way.
         if degenerate and not mask_warned and 2 * step >= cfg.steps:
             mask_warned = True
             warn(f"degenerate mask at step {step}: {mask_monitor.describe(table.class_names)}")
-        if monitor.update(mu.cpu().tolist()) and not collapse_warned:
+        if monitor.update(stats[2 * n_cls :]) and not collapse_warned:
             collapse_warned = True
             warn(
                 f"collapse at step {step}: the predicted {table.class_names[0]} fraction "
