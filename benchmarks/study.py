@@ -90,7 +90,7 @@ def _overrides(cfg: Any, loss: str) -> dict[str, Any]:
 
 
 def _reuse_runs(out: Path, arm: dict[str, Any], cfg: Any, seed: int, job: Path) -> None:
-    """Copy completed runs named by the arm's ``reuse = {loss = "other arm" or [arms]}`` into
+    """Copy finished runs named by the arm's ``reuse = {loss = "other arm" or [arms]}`` into
     the job, when another arm trains that loss with exactly the same settings (else train)."""
     import shutil
 
@@ -264,13 +264,16 @@ def calibration_lines(per_seed: dict[int, dict]) -> list[str]:
     return lines
 
 
+def _arm_names(out: Path, arms: str) -> list[str]:
+    """The comma-separated ``arms``, or every arm folder under ``out``."""
+    if arms:
+        return arms.split(",")
+    return [p.name for p in sorted(out.iterdir()) if p.is_dir() and p.name != "data"]
+
+
 def cmd_report(args: argparse.Namespace) -> None:
     out = Path(args.out)
-    names = (
-        args.arms.split(",")
-        if args.arms
-        else [p.name for p in sorted(out.iterdir()) if p.is_dir() and p.name != "data"]
-    )
+    names = _arm_names(out, args.arms)
     text = report(out, names)
     if args.json:
         blob = {a: aggregate_json(out, a) for a in names}
@@ -310,8 +313,7 @@ def cmd_audit(args: argparse.Namespace) -> None:
     from lsr.demo import _load_patch
 
     out = Path(args.out)
-    names = args.arms.split(",") if args.arms else [
-        p.name for p in sorted(out.iterdir()) if p.is_dir() and p.name != "data"]  # fmt: skip
+    names = _arm_names(out, args.arms)
     print("| arm | seed | loss | masked IoU | spread (last window) | held-out cancer: mean p / "
           "share ≥ 0.5 | flagged |\n|---|---|---|---|---|---|---|")  # fmt: skip
     for arm in names:
