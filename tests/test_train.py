@@ -178,6 +178,7 @@ def test_mask_monitor_flags_a_class_missing_from_the_mask() -> None:
     full = MaskMonitor(2, 0.1)
     full.update([0.7, 0.3], [1.0, 0.0])
     assert full.update([0.7, 0.3], [1.0, 0.0]) and full.degenerate_class == 1
+    assert "every pixel is called 'cancer'" in full.describe(["cancer", "other"])
     # Healthy (argmax share close to the mean) and a class that is absent anyway: not flagged.
     ok = MaskMonitor(2, 0.1)
     ok.update([0.4, 0.6], [0.25, 0.75])

@@ -424,11 +424,14 @@ class MaskMonitor:
         if k is None:
             return "the mask is not degenerate"
         soft, hard = self.means()
-        return (
+        text = (
             f"'{class_names[k]}' has mean probability {soft[k]:.1%} but is the most likely "
             f"class at only {hard[k]:.1%} of pixels over the last {self.window} steps, so "
             "its thresholded mask is (nearly) empty"
         )
+        if len(class_names) == 2:  # the other class then covers (nearly) everything
+            text += f" and (nearly) every pixel is called '{class_names[1 - k]}'"
+        return text
 
     def state_dict(self) -> dict[str, Any]:
         return {"history": [[list(s), list(h)] for s, h in self.history]}
