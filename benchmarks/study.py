@@ -45,6 +45,11 @@ def load_arms(path: Path = ARMS) -> dict[str, dict[str, Any]]:
     return data["arm"]
 
 
+def load_pinned(path: Path = ARMS) -> dict[str, Any]:
+    """The training settings every arm takes unless it overrides them (``[pinned]``)."""
+    return tomllib.loads(path.read_text())["pinned"]
+
+
 def demo_config(arm: dict[str, Any]) -> Any:
     """The :class:`lsr.demo.DemoConfig` of one arm: the base demo config plus the overrides."""
     from lsr.demo import DemoConfig
@@ -55,7 +60,7 @@ def demo_config(arm: dict[str, Any]) -> Any:
             setattr(cfg, key, arm[key])
     if "losses" in arm:
         cfg.losses = tuple(arm["losses"])
-    cfg.train = {**cfg.train, **arm.get("train", {})}
+    cfg.train = {**cfg.train, **load_pinned(), **arm.get("train", {})}
     per_loss = {k: dict(v) for k, v in cfg.per_loss.items()}
     for loss, over in arm.get("per_loss", {}).items():
         per_loss[loss] = {**per_loss.get(loss, {}), **over}

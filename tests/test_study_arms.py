@@ -7,6 +7,7 @@ a study run; these checks catch that in seconds.
 
 from __future__ import annotations
 
+import dataclasses
 import importlib.util
 from pathlib import Path
 
@@ -15,6 +16,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from lsr.demo import DemoConfig
 from lsr.synthetic_config import load_config
 from lsr.train import TrainConfig
 
@@ -53,6 +55,53 @@ def test_every_arm_resolves_to_valid_training_configs(name: str) -> None:
         assert "variance_norm" in pinned, (name, loss)
         if loss != "intra":
             assert "groups_per_batch" in pinned and "group_size" in pinned, (name, loss)
+
+
+#: TrainConfig fields that are not training choices of the study: the data and where it goes,
+#: the hardware, book-keeping, the failure rules (``study.py audit`` re-applies today's), and
+#: the per-loss settings every arm states itself (checked above).
+NOT_PINNED = {
+    "data", "table", "block_px", "working_mpp", "loss", "seed", "out_dir", "resume",
+    "device", "amp", "num_workers", "cache_mb", "checkpoint_every", "keep_checkpoints",
+    "collapse_window", "collapse_std", "mask_ratio",
+    "lr", "variance_norm", "batch_size", "groups_per_batch", "group_size",
+}  # fmt: skip
+
+
+def test_pinned_settings_are_the_shipped_defaults() -> None:
+    # the study's evidence backs the shipped defaults only while they are what it measured;
+    # changing a default means new study arms (docs/results.md), then this table
+    shipped = TrainConfig()
+    demo = DemoConfig.load(None).train
+    for key, value in study.load_pinned().items():
+        default = demo.get(key, getattr(shipped, key))
+        if key == "grad_clip":
+            default = default or 0.0  # None: no clipping
+        assert default == value, (key, default, value)
+
+
+@pytest.mark.parametrize("name", sorted(ARMS))
+def test_arms_do_not_depend_on_the_demo_or_train_defaults(
+    name: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # every training choice is explicit (pinned or the arm's own), so TrainConfig's defaults
+    # never enter; a new TrainConfig setting must be pinned or named in NOT_PINNED
+    cfg = study.demo_config(ARMS[name])
+    choices = {f.name for f in dataclasses.fields(TrainConfig)} - NOT_PINNED
+    before = {loss: study._overrides(cfg, loss) for loss in cfg.losses}
+    for loss, over in before.items():
+        assert choices <= set(over), (loss, sorted(choices - set(over)))
+    # and another demo budget in configs/demo/default.toml does not move an arm either
+    load = DemoConfig.load
+
+    def other_demo(path: object = None, quick: bool = False) -> DemoConfig:
+        demo = load(path, quick)
+        demo.train = {**demo.train, "steps": 7, "width": 4, "depth": 2, "augment": False}
+        return demo
+
+    monkeypatch.setattr(DemoConfig, "load", staticmethod(other_demo))
+    cfg = study.demo_config(ARMS[name])
+    assert {loss: study._overrides(cfg, loss) for loss in cfg.losses} == before
 
 
 def test_reused_runs_come_from_arms_with_identical_settings() -> None:
