@@ -40,9 +40,12 @@ ARMS = ROOT / "configs" / "study" / "arms.toml"
 
 
 def load_arms(path: Path = ARMS) -> dict[str, dict[str, Any]]:
-    """Arm name → {"base": demo config name, "synthetic", "losses", "train", "per_loss", ...}."""
+    """Arm name → {"base": demo config name, "synthetic", "losses", "train", "per_loss", ...};
+    every arm's ``train`` starts from the file's ``[pinned]`` settings."""
     data = tomllib.loads(path.read_text())
-    return data["arm"]
+    pinned = data["pinned"]
+    return {name: {**arm, "train": {**pinned, **arm.get("train", {})}}
+            for name, arm in data["arm"].items()}  # fmt: skip
 
 
 def load_pinned(path: Path = ARMS) -> dict[str, Any]:
@@ -60,7 +63,7 @@ def demo_config(arm: dict[str, Any]) -> Any:
             setattr(cfg, key, arm[key])
     if "losses" in arm:
         cfg.losses = tuple(arm["losses"])
-    cfg.train = {**cfg.train, **load_pinned(), **arm.get("train", {})}
+    cfg.train = {**cfg.train, **arm.get("train", {})}
     per_loss = {k: dict(v) for k, v in cfg.per_loss.items()}
     for loss, over in arm.get("per_loss", {}).items():
         per_loss[loss] = {**per_loss.get(loss, {}), **over}
