@@ -672,7 +672,8 @@ def fig4_png(
     handles = [Line2D([0], [0], color=figures.colour(b.key) if b.key in FIG4_COLOURS
                       else tuple(v / 255 for v in b.colour), linewidth=2.5)
                for b in comp.boundaries]  # fmt: skip
-    fig.legend(handles, [b.label for b in comp.boundaries], loc="lower center",
+    labels = [b.label + figures.missing_boundary_note([masks[b.key]]) for b in comp.boundaries]
+    fig.legend(handles, labels, loc="lower center",
                ncol=min(3, len(handles)), frameon=False, fontsize=8)  # fmt: skip
     figures._save(fig, path)
     plt.close(fig)

@@ -41,6 +41,19 @@ def colour(name: str) -> tuple[float, float, float]:
     return (r / 255, g / 255, b / 255)
 
 
+def missing_boundary_note(masks: Sequence[np.ndarray]) -> str:
+    """Legend suffix for a boundary that no panel can show: its boolean (H, W) mask is all
+    cancer (or none) in every panel, e.g. a failed run's all-cancer map, so there is no 0.5
+    contour to draw and the reader is told why instead of looking for the line. "" otherwise."""
+    if not masks:
+        return ""
+    if all(np.all(m) for m in masks):
+        return " (all cancer here: no boundary)"
+    if not any(np.any(m) for m in masks):
+        return " (no cancer here: no boundary)"
+    return ""
+
+
 def _scale_bar(ax, width_px: int, px_per_mm: float) -> None:
     """A 1 mm (or 0.5 mm on small patches) black-and-white bar, bottom left."""
     mm = 1.0 if width_px >= 3 * px_per_mm else 0.5
@@ -109,17 +122,19 @@ def fig4(
         if titles:
             ax.set_title(titles[i], fontsize=9)
         names += [k for k in masks if k not in names]
-    _legend(fig, [k for k in LABELS if k in names] + [k for k in names if k not in LABELS])
+    names = [k for k in LABELS if k in names] + [k for k in names if k not in LABELS]
+    notes = {k: missing_boundary_note([m[k] for _, m in patches if k in m]) for k in names}
+    _legend(fig, names, notes)
     fig.tight_layout(rect=(0, 0.06 if nrows == 1 else 0.04, 1, 1))
     _save(fig, path)
     plt.close(fig)
 
 
-def _legend(fig, names: Sequence[str]) -> None:
+def _legend(fig, names: Sequence[str], notes: Mapping[str, str]) -> None:
     from matplotlib.lines import Line2D
 
     handles = [Line2D([0], [0], color=colour(k), linewidth=2.5) for k in names]
-    fig.legend(handles, [LABELS.get(k, k) for k in names], loc="lower center",
+    fig.legend(handles, [LABELS.get(k, k) + notes.get(k, "") for k in names], loc="lower center",
                ncol=len(names), frameon=False, fontsize=10)  # fmt: skip
 
 
