@@ -662,9 +662,13 @@ def fig4_png(
     from matplotlib.lines import Line2D
 
     width_in, legend_in = 8.0, 0.7
-    height_in = width_in * h / w + legend_in
+    note = figures.missing_boundaries({b.label: [masks[b.key]] for b in comp.boundaries},
+                                      width_in)  # fmt: skip
+    height_in = width_in * h / w + legend_in + figures.note_height(note)
     fig = plt.figure(figsize=(width_in, height_in))
-    ax = fig.add_axes((0.0, legend_in / height_in, 1.0, 1.0 - legend_in / height_in))
+    note_in = figures.footnote(fig, note, height_in)
+    bottom = (legend_in + note_in) / height_in
+    ax = fig.add_axes((0.0, bottom, 1.0, 1.0 - bottom))
     figures.draw_boundaries(ax, rgb, masks, linewidth=1.4, colours=colours)
     figures._scale_bar(ax, w, 1000.0 / mpp)
     if title:
@@ -672,9 +676,9 @@ def fig4_png(
     handles = [Line2D([0], [0], color=figures.colour(b.key) if b.key in FIG4_COLOURS
                       else tuple(v / 255 for v in b.colour), linewidth=2.5)
                for b in comp.boundaries]  # fmt: skip
-    labels = [b.label + figures.missing_boundary_note([masks[b.key]]) for b in comp.boundaries]
-    fig.legend(handles, labels, loc="lower center",
-               ncol=min(3, len(handles)), frameon=False, fontsize=8)  # fmt: skip
+    fig.legend(handles, [b.label for b in comp.boundaries], loc="lower center",
+               bbox_to_anchor=(0.5, note_in / height_in), ncol=min(3, len(handles)),
+               frameon=False, fontsize=8)  # fmt: skip
     figures._save(fig, path)
     plt.close(fig)
 

@@ -7,6 +7,7 @@ green low-resolution model, red ground truth, blue intra+inter, cyan intra.
 
 from __future__ import annotations
 
+import textwrap
 from collections.abc import Mapping, Sequence
 from os import PathLike
 
@@ -41,17 +42,40 @@ def colour(name: str) -> tuple[float, float, float]:
     return (r / 255, g / 255, b / 255)
 
 
-def missing_boundary_note(masks: Sequence[np.ndarray]) -> str:
-    """Legend suffix for a boundary that no panel can show: its boolean (H, W) mask is all
-    cancer (or none) in every panel, e.g. a failed run's all-cancer map, so there is no 0.5
-    contour to draw and the reader is told why instead of looking for the line. "" otherwise."""
-    if not masks:
-        return ""
-    if all(np.all(m) for m in masks):
-        return " (all cancer here: no boundary)"
-    if not any(np.any(m) for m in masks):
-        return " (no cancer here: no boundary)"
-    return ""
+def missing_boundaries(labelled: Mapping[str, Sequence[np.ndarray]], width_in: float) -> list[str]:
+    """Lines of a footnote naming the boundaries no panel can show: a boolean (H, W) cancer
+    mask that is all cancer (or none) in every panel, e.g. a failed run's all-cancer map, has
+    no 0.5 contour, and the reader is told why instead of looking for its line. ``labelled``:
+    legend label → that boundary's masks, one per panel; ``width_in``: figure width (inches)
+    the lines must fit. [] when every boundary has a line somewhere."""
+    parts = []
+    for label, masks in labelled.items():
+        if masks and all(np.all(m) for m in masks):
+            parts.append(f"{label}: all cancer")
+        elif masks and not any(np.any(m) for m in masks):
+            parts.append(f"{label}: no cancer")
+    if not parts:
+        return []
+    text = "No boundary to draw (same class everywhere shown): " + "; ".join(parts) + "."
+    return textwrap.wrap(text, width=max(30, int(width_in / NOTE_IN_PER_CHAR)))
+
+
+#: Footnote font: 9 pt, about 0.075 in per character; 0.18 in per line.
+NOTE_IN_PER_CHAR, NOTE_IN_PER_LINE = 0.075, 0.18
+
+
+def footnote(fig, lines: Sequence[str], height_in: float) -> float:
+    """Write ``lines`` centred at the bottom of ``fig``; returns the inches they take."""
+    if not lines:
+        return 0.0
+    fig.text(0.5, 0.04 / height_in, "\n".join(lines), ha="center", va="bottom", fontsize=9,
+             color="0.2")  # fmt: skip
+    return note_height(lines)
+
+
+def note_height(lines: Sequence[str]) -> float:
+    """Inches a footnote of ``lines`` needs (0 for none)."""
+    return NOTE_IN_PER_LINE * len(lines) + 0.08 if lines else 0.0
 
 
 def _scale_bar(ax, width_px: int, px_per_mm: float) -> None:
@@ -110,8 +134,16 @@ def fig4(
     n = len(patches)
     ncols = max(1, min(ncols, n))
     nrows = int(np.ceil(n / ncols))
-    fig, axes = plt.subplots(nrows, ncols, figsize=(4 * ncols, 4 * nrows + 0.6), squeeze=False)
     names: list[str] = []
+    for _, masks in patches:
+        names += [k for k in masks if k not in names]
+    names = [k for k in LABELS if k in names] + [k for k in names if k not in LABELS]
+    width_in, panels_in = 4.0 * ncols, 4.0 * nrows + 0.6
+    note = missing_boundaries(
+        {LABELS.get(k, k): [m[k] for _, m in patches if k in m] for k in names}, width_in
+    )
+    height_in = panels_in + note_height(note) + 0.3 * (_legend_rows(names, width_in) - 1)
+    fig, axes = plt.subplots(nrows, ncols, figsize=(width_in, height_in), squeeze=False)
     for i, ax in enumerate(axes.flat):
         if i >= n:
             ax.axis("off")
@@ -121,21 +153,31 @@ def fig4(
         _scale_bar(ax, rgb.shape[1], px_per_mm)
         if titles:
             ax.set_title(titles[i], fontsize=9)
-        names += [k for k in masks if k not in names]
-    names = [k for k in LABELS if k in names] + [k for k in names if k not in LABELS]
-    notes = {k: missing_boundary_note([m[k] for _, m in patches if k in m]) for k in names}
-    _legend(fig, names, notes)
-    fig.tight_layout(rect=(0, 0.06 if nrows == 1 else 0.04, 1, 1))
+    note_in = footnote(fig, note, height_in)
+    rows = _legend(fig, names, width_in, bottom=note_in / height_in)
+    legend_in = (0.06 if nrows == 1 else 0.04) * panels_in * rows
+    fig.tight_layout(rect=(0, (legend_in + note_in) / height_in, 1, 1))
     _save(fig, path)
     plt.close(fig)
 
 
-def _legend(fig, names: Sequence[str], notes: Mapping[str, str]) -> None:
+def _legend_rows(names: Sequence[str], width_in: float) -> int:
+    """Rows the legend needs to fit ``width_in``: one entry is about 0.75 in of line and
+    padding plus 0.085 in per character at 10 pt."""
+    need = sum(0.75 + 0.085 * len(LABELS.get(k, k)) for k in names)
+    return 1 if need <= width_in else 2
+
+
+def _legend(fig, names: Sequence[str], width_in: float, bottom: float = 0.0) -> int:
+    """The Fig. 4 legend, centred above ``bottom`` (figure fraction); returns its rows."""
     from matplotlib.lines import Line2D
 
+    rows = _legend_rows(names, width_in)
     handles = [Line2D([0], [0], color=colour(k), linewidth=2.5) for k in names]
-    fig.legend(handles, [LABELS.get(k, k) + notes.get(k, "") for k in names], loc="lower center",
-               ncol=len(names), frameon=False, fontsize=10)  # fmt: skip
+    fig.legend(handles, [LABELS.get(k, k) for k in names], loc="lower center",
+               bbox_to_anchor=(0.5, bottom), ncol=int(np.ceil(len(names) / rows)),
+               frameon=False, fontsize=10)  # fmt: skip
+    return rows
 
 
 def fig3(
