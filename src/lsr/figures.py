@@ -42,6 +42,10 @@ def colour(name: str) -> tuple[float, float, float]:
     return (r / 255, g / 255, b / 255)
 
 
+#: Footnote font: 9 pt, about 0.075 in per character; 0.18 in per line.
+NOTE_IN_PER_CHAR, NOTE_IN_PER_LINE = 0.075, 0.18
+
+
 def missing_boundaries(labelled: Mapping[str, Sequence[np.ndarray]], width_in: float) -> list[str]:
     """Lines of a footnote naming the boundaries no panel can show: a boolean (H, W) cancer
     mask that is all cancer (or none) in every panel, e.g. a failed run's all-cancer map, has
@@ -58,10 +62,6 @@ def missing_boundaries(labelled: Mapping[str, Sequence[np.ndarray]], width_in: f
         return []
     text = "No boundary to draw (same class everywhere shown): " + "; ".join(parts) + "."
     return textwrap.wrap(text, width=max(30, int(width_in / NOTE_IN_PER_CHAR)))
-
-
-#: Footnote font: 9 pt, about 0.075 in per character; 0.18 in per line.
-NOTE_IN_PER_CHAR, NOTE_IN_PER_LINE = 0.075, 0.18
 
 
 def footnote(fig, lines: Sequence[str], height_in: float) -> float:
