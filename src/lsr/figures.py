@@ -61,7 +61,9 @@ def missing_boundaries(labelled: Mapping[str, Sequence[np.ndarray]], width_in: f
     if not parts:
         return []
     text = "No boundary to draw (same class everywhere shown): " + "; ".join(parts) + "."
-    return textwrap.wrap(text, width=max(30, int(width_in / NOTE_IN_PER_CHAR)))
+    return textwrap.wrap(
+        text, width=max(30, int(width_in / NOTE_IN_PER_CHAR)), break_on_hyphens=False
+    )
 
 
 def footnote(fig, lines: Sequence[str], height_in: float) -> float:
