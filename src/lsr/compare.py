@@ -664,9 +664,10 @@ def fig4_png(
     width_in, legend_in = 8.0, 0.7
     note = figures.missing_boundaries({b.label: [masks[b.key]] for b in comp.boundaries},
                                       width_in)  # fmt: skip
-    height_in = width_in * h / w + legend_in + figures.note_height(note)
+    note_in = figures.note_height(note)
+    height_in = width_in * h / w + legend_in + note_in
     fig = plt.figure(figsize=(width_in, height_in))
-    note_in = figures.footnote(fig, note, height_in)
+    figures.footnote(fig, note, height_in)
     bottom = (legend_in + note_in) / height_in
     ax = fig.add_axes((0.0, bottom, 1.0, 1.0 - bottom))
     figures.draw_boundaries(ax, rgb, masks, linewidth=1.4, colours=colours)

@@ -66,13 +66,11 @@ def missing_boundaries(labelled: Mapping[str, Sequence[np.ndarray]], width_in: f
     )
 
 
-def footnote(fig, lines: Sequence[str], height_in: float) -> float:
-    """Write ``lines`` centred at the bottom of ``fig``; returns the inches they take."""
-    if not lines:
-        return 0.0
-    fig.text(0.5, 0.04 / height_in, "\n".join(lines), ha="center", va="bottom", fontsize=9,
-             color="0.2")  # fmt: skip
-    return note_height(lines)
+def footnote(fig, lines: Sequence[str], height_in: float) -> None:
+    """Write ``lines`` centred at the bottom of ``fig`` (``note_height(lines)`` inches)."""
+    if lines:
+        fig.text(0.5, 0.04 / height_in, "\n".join(lines), ha="center", va="bottom",
+                 fontsize=9, color="0.2")  # fmt: skip
 
 
 def note_height(lines: Sequence[str]) -> float:
@@ -144,7 +142,8 @@ def fig4(
     note = missing_boundaries(
         {LABELS.get(k, k): [m[k] for _, m in patches if k in m] for k in names}, width_in
     )
-    height_in = panels_in + note_height(note) + 0.3 * (_legend_rows(names, width_in) - 1)
+    note_in, rows = note_height(note), _legend_rows(names, width_in)
+    height_in = panels_in + note_in + 0.3 * (rows - 1)
     fig, axes = plt.subplots(nrows, ncols, figsize=(width_in, height_in), squeeze=False)
     for i, ax in enumerate(axes.flat):
         if i >= n:
@@ -155,8 +154,8 @@ def fig4(
         _scale_bar(ax, rgb.shape[1], px_per_mm)
         if titles:
             ax.set_title(titles[i], fontsize=9)
-    note_in = footnote(fig, note, height_in)
-    rows = _legend(fig, names, width_in, bottom=note_in / height_in)
+    footnote(fig, note, height_in)
+    _legend(fig, names, rows, bottom=note_in / height_in)
     legend_in = (0.06 if nrows == 1 else 0.04) * panels_in * rows
     fig.tight_layout(rect=(0, (legend_in + note_in) / height_in, 1, 1))
     _save(fig, path)
@@ -170,16 +169,14 @@ def _legend_rows(names: Sequence[str], width_in: float) -> int:
     return 1 if need <= width_in else 2
 
 
-def _legend(fig, names: Sequence[str], width_in: float, bottom: float = 0.0) -> int:
-    """The Fig. 4 legend, centred above ``bottom`` (figure fraction); returns its rows."""
+def _legend(fig, names: Sequence[str], rows: int, bottom: float = 0.0) -> None:
+    """The Fig. 4 legend in ``rows`` rows, centred above ``bottom`` (figure fraction)."""
     from matplotlib.lines import Line2D
 
-    rows = _legend_rows(names, width_in)
     handles = [Line2D([0], [0], color=colour(k), linewidth=2.5) for k in names]
     fig.legend(handles, [LABELS.get(k, k) for k in names], loc="lower center",
                bbox_to_anchor=(0.5, bottom), ncol=int(np.ceil(len(names) / rows)),
                frameon=False, fontsize=10)  # fmt: skip
-    return rows
 
 
 def fig3(
