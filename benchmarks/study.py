@@ -248,8 +248,10 @@ def calibration_lines(per_seed: dict[int, dict]) -> list[str]:
     """Per bin: predicted cancer % of held-out blocks (pooled over seeds) beside the expert
     tables' η ± ρ (averaged over seeds) and the truth; then each run's overall spread of
     block predictions (a constant output has spread 0)."""
+    from lsr.metrics import TABLE2_ROWS as ROWS
+
     seeds = sorted(per_seed)
-    names = [k for k in ("ground_truth", "intra", "inter", "intra_inter")
+    names = [k for k in ("ground_truth", *ROWS[1:])
              if all(k in per_seed[s]["calibration"] for s in seeds)]  # fmt: skip
     n_bins = len(per_seed[seeds[0]]["calibration"][names[0]])
     head = ["bin", "table η ± ρ (mean of seeds)", *names]

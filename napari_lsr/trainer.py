@@ -67,7 +67,17 @@ REPORT_MS = 50
 PAPER_TABLE = "Paper Table 1"
 WIDGET_TABLE = "Count table widget: "
 FILE_TABLE = "File…"
-LOSS_LABELS = {"intra": "intra", "inter": "inter", "intra_inter": "intra + inter"}
+LOSS_LABELS = {
+    "intra": "intra",
+    "inter": "inter",
+    "intra_inter": "intra + inter",
+    "intra_plus_inter": "intra + inter (sum)",
+}
+#: tooltip text beyond "Train a model with the … loss"
+LOSS_NOTES = {
+    "intra_inter": ": the paper's Eq. 11",
+    "intra_plus_inter": ": not the paper's; intra's per-block term plus the inter term",
+}
 DISTANCES = ("gaussian-nll", "lsr-interval", "paper-printed", "kl")  # lsr.losses.DISTANCES
 MODEL_COLUMNS = ("Name", "Loss", "Distance", "Steps", "Date", "Final loss")
 
@@ -279,7 +289,8 @@ class TrainerWidget(QWidget):
         self.loss_checks["intra_inter"].setChecked(True)
         for key, box in self.loss_checks.items():
             box.setToolTip(
-                f"Train a model with the {LOSS_LABELS[key]} loss (checked ones run in turn)"
+                f"Train a model with the {LOSS_LABELS[key]} loss{LOSS_NOTES.get(key, '')} "
+                "(checked ones run in turn)"
             )
         losses_row = QHBoxLayout()
         for box in self.loss_checks.values():

@@ -24,9 +24,10 @@ from lsr.losses import (
     inter_instance_loss,
     intra_instance_loss,
     intra_inter_instance_loss,
+    intra_plus_inter_loss,
 )
 
-LOSSES = ("intra", "inter", "intra+inter")
+LOSSES = ("intra", "inter", "intra+inter", "sum")
 HSET = settings(max_examples=25, deadline=None)
 
 # ---------------------------------------------------------------------------------------------
@@ -60,6 +61,9 @@ def np_loss(kind, probs, eta, rho, group, dist, norm="n2", floor=RHO_MIN):
             p = probs[k, c].ravel()
             mu[k, c] = p.sum() / n
             v[k, c] = (p * (1 - p)).sum() / (n * n if norm == "n2" else n)
+    if kind == "sum":  # intra's per-block term plus the inter term, each averaged on its own
+        intra = np_loss("intra", probs, eta, rho, group, dist, norm, floor)
+        return intra + np_loss("inter", probs, eta, rho, group, dist, norm, floor)
     values = []
     if kind == "intra":
         for k in range(b):
@@ -85,6 +89,10 @@ def run_loss(kind, probs, eta, rho, group, dist, norm="n2", **kw):
         return intra_instance_loss(probs, eta, rho, distance=dist, variance_norm=norm, **kw)
     if kind == "inter":
         return inter_instance_loss(probs, eta, rho, group, distance=dist, **kw)
+    if kind == "sum":
+        return intra_plus_inter_loss(
+            probs, eta, rho, group, distance=dist, variance_norm=norm, **kw
+        )
     return intra_inter_instance_loss(
         probs, eta, rho, group, distance=dist, variance_norm=norm, **kw
     )
@@ -243,12 +251,14 @@ def test_higher_rho_floor_raises_small_rho_silently():
         intra_instance_loss(torch.from_numpy(probs), eta, rho, rho_floor=0.0)
 
 
-def test_kl_warns_in_intra_only():
+def test_kl_warns_in_losses_with_a_per_block_term_only():
     rng = np.random.default_rng(9)
     probs, eta, rho = make_batch(rng, GROUP)
     probs = torch.from_numpy(probs)
     with pytest.warns(LossWarning, match="kl"):
         intra_instance_loss(probs, eta, rho, distance="kl")
+    with pytest.warns(LossWarning, match="kl"):
+        intra_plus_inter_loss(probs, eta, rho, GROUP, distance="kl")
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         inter_instance_loss(probs, eta, rho, GROUP, distance="kl")
@@ -338,7 +348,8 @@ def test_gaussian_nll_is_bounded_below(batch, kind, norm):
     """D ≥ ½ log(2π(s² + ρ²)) ≥ ½ log(2π ρ_floor²): the d² term and s² are never negative."""
     probs, eta, rho, group = batch
     loss = quiet(run_loss, kind, torch.from_numpy(probs), eta, rho, group, "gaussian-nll", norm)
-    assert loss.item() >= 0.5 * math.log(2 * math.pi * RHO_MIN**2) - 1e-12
+    terms = 2 if kind == "sum" else 1  # the sum adds two such means
+    assert loss.item() >= terms * 0.5 * math.log(2 * math.pi * RHO_MIN**2) - 1e-12
     # tighter: the mean of ½ log(2π ρ²) over the (floored) table entries that are used
     bound = np.mean(0.5 * np.log(2 * np.pi * np.maximum(rho, RHO_MIN) ** 2))
     if kind == "intra":

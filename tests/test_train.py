@@ -195,7 +195,7 @@ def test_mask_monitor_flags_a_class_missing_from_the_mask() -> None:
 
 
 # ---------------------------------------------------------------------- end to end
-@pytest.mark.parametrize("loss", ["intra", "inter", "intra_inter"])
+@pytest.mark.parametrize("loss", ["intra", "inter", "intra_inter", "intra_plus_inter"])
 def test_cli_trains_each_loss_and_loss_decreases(
     loss: str, pairs: list[tuple[str, str]], tmp_path: Path
 ) -> None:

@@ -59,6 +59,7 @@ LABELS = {
     "intra_inter": "intra+inter-instance",
     "intra": "intra-instance",
     "inter": "inter-instance",
+    "intra_plus_inter": "intra + inter (sum)",
 }
 #: Polygons smaller than this (evaluation px²) are left out of the drawn boundaries.
 MIN_AREA_PX = 4.0
@@ -101,7 +102,7 @@ def model_boundaries(models: Sequence[tuple[str, str]]) -> list[Boundary]:
     extra = 0
     for name, loss in models:
         loss_label = LABELS.get(loss, loss or "model")
-        if loss in ("intra", "inter", "intra_inter") and loss not in taken:
+        if loss in FIG4_COLOURS and loss not in ("low_res", "ground_truth") and loss not in taken:
             taken.add(loss)
             out.append(Boundary(loss, f"{loss_label} ({name})", FIG4_COLOURS[loss], name))
             continue

@@ -258,7 +258,10 @@ def aggregate(per_seed: dict[int, dict]) -> dict:
         rows[name] = row
     pairs = [(a, b) for a, b in [("intra", "low_res"), ("inter", "low_res"),
                                  ("intra_inter", "low_res"), ("intra_inter", "intra"),
-                                 ("intra_inter", "inter")] if a in rows and b in rows]  # fmt: skip
+                                 ("intra_inter", "inter"), ("intra_plus_inter", "low_res"),
+                                 ("intra_plus_inter", "intra"),
+                                 ("intra_plus_inter", "intra_inter")]
+             if a in rows and b in rows]  # fmt: skip
     diffs = {}
     for a, b in pairs:
         d = np.array(rows[a]["masked_iou_per_seed"]) - np.array(rows[b]["masked_iou_per_seed"])
@@ -329,7 +332,7 @@ def calibration_markdown(calib: dict, manifest: dict, root: Path) -> str:
     from lsr.counttable import CountTable
 
     table = CountTable.load(root / manifest["tables"]["expert"])
-    names = [k for k in ("ground_truth", "intra", "inter", "intra_inter") if k in calib]
+    names = [k for k in ("ground_truth", *ROWS[1:]) if k in calib]
     head = " | ".join(["bin (%)", "table η ± ρ", *names])
     lines = ["# Calibration: predicted cancer fraction per z on held-out blocks (%)", "",
              f"| {head} |", "|" + "---|" * (len(names) + 2)]  # fmt: skip

@@ -23,6 +23,7 @@ LABELS = {
     "intra": "intra-instance",
     "inter": "inter-instance",
     "intra_inter": "intra+inter-instance",
+    "intra_plus_inter": "intra + inter (sum)",
     "ground_truth": "ground truth",
 }
 

@@ -40,6 +40,7 @@ FIG4_COLOURS: dict[str, tuple[int, int, int]] = {
     "intra_inter": (0, 0, 255),  # blue: intra+inter-instance loss
     "intra": (0, 255, 255),  # cyan: intra-instance loss
     "inter": (255, 0, 255),  # magenta: inter-instance loss
+    "intra_plus_inter": (255, 255, 0),  # yellow: intra + inter sum (not in the paper)
 }
 #: QuPath classification names used by default for those keys ("Tumor" is QuPath's class).
 DEFAULT_NAMES: dict[str, str] = {
@@ -48,6 +49,7 @@ DEFAULT_NAMES: dict[str, str] = {
     "intra_inter": "Intra+inter-instance",
     "intra": "Intra-instance",
     "inter": "Inter-instance",
+    "intra_plus_inter": "Intra-instance + inter-instance",
 }
 _FALLBACK_COLOUR = (255, 200, 0)
 

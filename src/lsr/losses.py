@@ -45,6 +45,7 @@ __all__ = [
     "inter_instance_loss",
     "intra_instance_loss",
     "intra_inter_instance_loss",
+    "intra_plus_inter_loss",
 ]
 
 DISTANCES: tuple[str, ...] = ("gaussian-nll", "lsr-interval", "paper-printed", "kl")
@@ -337,13 +338,17 @@ def intra_instance_loss(
     """
     mu, v, eta_t, rho_t = _prepare(probs, eta, rho, distance, variance_norm, rho_floor)
     assert v is not None
-    if distance == "kl":
+    _warn_kl_per_block(distance)
+    return _distance(distance, mu, v, eta_t, rho_t).mean()
+
+
+def _warn_kl_per_block(distance_name: str) -> None:
+    if distance_name == "kl":
         _warn(
             "distance 'kl' in the intra-instance loss compares ρ (spread across blocks) with "
             "the per-block sampling variance and pushes pixels towards 0.5; it is meant for "
             "the inter losses"
         )
-    return _distance(distance, mu, v, eta_t, rho_t).mean()
 
 
 def _grouped_loss(
@@ -402,6 +407,36 @@ def intra_inter_instance_loss(
     ``s²_G = mean_k v_k + mean_k μ_k² − μ_G²``; shapes as :func:`inter_instance_loss`.
     """
     return _grouped_loss(probs, eta, rho, group, distance, variance_norm, rho_floor, intra=True)
+
+
+def intra_plus_inter_loss(
+    probs: Tensor,
+    eta: Any,
+    rho: Any,
+    group: Any,
+    *,
+    distance: str = DEFAULT_DISTANCE,
+    variance_norm: str = DEFAULT_VARIANCE_NORM,
+    rho_floor: float = RHO_MIN,
+) -> Tensor:
+    """Intra-instance loss plus inter-instance loss on the same grouped batch (not the paper's).
+
+    ``D(μ_k, v_k)`` averaged over blocks plus ``D(μ_G, s²_G)`` averaged over groups
+    (``s²_G = mean_k (μ_k − μ_G)²``, no sampling variance). Paper Eq. 11 replaces the
+    per-block term by the group spread; this sum keeps it, so each block still has to meet
+    the table on its own (which is what makes intra's pixels confident, with
+    ``variance_norm="n"``) while the group term compares blocks of one bin. Shapes as
+    :func:`inter_instance_loss`; returns a scalar.
+    """
+    mu, v, eta_t, rho_t = _prepare(probs, eta, rho, distance, variance_norm, rho_floor)
+    assert v is not None
+    _warn_kl_per_block(distance)
+    index, counts = _group_index(group, mu.shape[0], mu.device)
+    eta_g = _group_table(eta_t, "eta", index, counts)
+    rho_g = _group_table(rho_t, "rho", index, counts)
+    mu_g, s2_g, _ = _group_moments(mu, None, index, counts, intra=False)
+    per_block = _distance(distance, mu, v, eta_t, rho_t).mean()
+    return per_block + _distance(distance, mu_g, s2_g, eta_g, rho_g).mean()
 
 
 # The losses take a keyword named ``distance``, which shadows the function inside them.

@@ -34,7 +34,7 @@ from lsr.errors import LsrInputError
 #: The paper's band: 240 working-resolution pixels (one 240-px block, ≈1 mm at 4.2 µm/px).
 PAPER_BAND_PX = 240
 #: Rows of Table 2 in the paper's order (the paper has no inter-only row; we add it).
-TABLE2_ROWS: tuple[str, ...] = ("low_res", "intra", "inter", "intra_inter")
+TABLE2_ROWS: tuple[str, ...] = ("low_res", "intra", "inter", "intra_inter", "intra_plus_inter")
 #: The scores of a Table 2 row, as :func:`pooled_scores` names them.
 METRICS: tuple[str, ...] = ("masked_iou", "masked_dice", "iou", "dice")
 #: Paper Table 2 (42 test patches of 1200 × 1200): (masked IoU, masked DICE) per row.

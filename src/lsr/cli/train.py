@@ -112,11 +112,15 @@ def train(
     slide: list[str] = typer.Option(None, "--slide", help="Training slide (repeatable)."),
     grid: list[str] = typer.Option(None, "--grid", help="Its low-resolution grid (repeatable)."),
     table: str | None = typer.Option(None, help="Count table: 'paper' or a .json/.csv."),
-    loss: str | None = typer.Option(None, help="intra, inter or intra_inter."),
+    loss: str | None = typer.Option(
+        None, help="intra, inter, intra_inter (paper) or intra_plus_inter (sum, not the paper's)."
+    ),
     distance: str | None = typer.Option(
         None, help="gaussian-nll, lsr-interval, paper-printed or kl."
     ),
-    variance_norm: str | None = typer.Option(None, help="n2 or n (intra: n, others: n2)."),
+    variance_norm: str | None = typer.Option(
+        None, help="n2 or n (intra, intra_plus_inter: n; others: n2)."
+    ),
     rho_floor: float | None = typer.Option(None, help="Floor for the table's std (fraction)."),
     block_px: int | None = typer.Option(None, help="Block side, working-resolution px."),
     working_mpp: float | None = typer.Option(None, help="µm per working-resolution pixel."),
