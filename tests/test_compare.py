@@ -72,12 +72,13 @@ def comp(setup) -> compare.Comparison:
 
 
 def test_boundary_colours_follow_fig4_and_stay_distinct() -> None:
-    bs = compare.model_boundaries(
-        [("r1", "intra"), ("r2", "intra_inter"), ("r3", "intra"), ("r4", "inter"), ("r5", "x")]
-    )
+    models = [("r1", "intra"), ("r2", "intra_inter"), ("r3", "intra"), ("r4", "inter")]
+    bs = compare.model_boundaries([*models, ("r5", "x"), ("r6", "intra_plus_inter")])
     assert [b.key for b in bs][:2] == ["intra", "intra_inter"]
     assert bs[0].colour == FIG4_COLOURS["intra"] and bs[1].colour == FIG4_COLOURS["intra_inter"]
     assert bs[3].colour == FIG4_COLOURS["inter"]
+    assert bs[5].key == "intra_plus_inter" and bs[5].colour == (255, 255, 0)  # yellow
+    assert bs[5].label == "intra + inter (sum) (r6)"
     colours = [b.colour for b in bs] + [FIG4_COLOURS["low_res"], FIG4_COLOURS["ground_truth"]]
     assert len(set(colours)) == len(colours)
     assert len({b.key for b in bs}) == len(bs)
