@@ -352,7 +352,8 @@ class TrainerWidget(QWidget):
         self.variance_norm.addItems(["default", "n2", "n"])
         self.variance_norm.setToolTip(
             "Block variance of the losses: 1/n² (n2) or the paper's printed 1/n (n). "
-            "default: n for intra, n2 for the inter losses (lsr.train.DEFAULTS)"
+            "default: n for intra and intra + inter (sum), n2 for inter and intra + inter "
+            "(lsr.train.DEFAULTS)"
         )
         self.augment = QCheckBox("augment blocks")
         self.augment.setChecked(True)

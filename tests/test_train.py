@@ -95,6 +95,9 @@ def test_defaults_per_loss_and_overrides() -> None:
     assert (intra.batch_size, intra.lr) == (30, 1e-3)  # the study's choice, not the paper's
     assert intra.variance_norm == "n"  # the study's: 1/n rewards confident pixels
     assert TrainConfig(loss="intra_inter").resolved().variance_norm == "n2"
+    summed = TrainConfig(loss="intra_plus_inter").resolved()  # intra's lr and 1/n, 6 × 5 groups
+    assert (summed.variance_norm, summed.lr) == ("n", 1e-3)
+    assert (summed.groups_per_batch, summed.group_size, summed.batch_size) == (6, 5, 30)
     assert TrainConfig(loss="intra", variance_norm="n2").resolved().variance_norm == "n2"
     assert PAPER_DEFAULTS["intra"]["lr"] == 1e-5
     assert TrainConfig(loss="intra", lr=1e-5).resolved().lr == 1e-5

@@ -12,7 +12,8 @@ at that resolution; polygons are in its pixels (``x = column``, ``y = row``, pix
 covering ``[c, c+1) × [r, r+1)``) and exported to QuPath in level-0 pixels.
 
 Boundary keys: ``low_res`` (green), ``ground_truth`` (red), ``intra_inter`` (blue), ``intra``
-(cyan), ``inter`` (magenta) as in :data:`lsr.geojson.FIG4_COLOURS`; a second model trained
+(cyan), ``inter`` (magenta) and ``intra_plus_inter`` (yellow, the sum loss, not in the
+paper) as in :data:`lsr.geojson.FIG4_COLOURS`; a second model trained
 with the same loss, or one with another loss, gets the key ``model:<run name>`` and the next
 colour of :data:`EXTRA_COLOURS`.
 """
@@ -47,7 +48,7 @@ PathType = str | PathLike[str]
 #: from H&E pink/purple.
 EXTRA_COLOURS: tuple[tuple[int, int, int], ...] = (
     (255, 140, 0),  # orange
-    (255, 215, 0),  # gold
+    (128, 128, 0),  # olive (not gold: too close to the sum loss's yellow)
     (0, 128, 128),  # teal
     (139, 69, 19),  # brown
     (128, 128, 128),  # grey
@@ -93,9 +94,10 @@ def paper_boundary(key: str) -> Boundary:
 def model_boundaries(models: Sequence[tuple[str, str]]) -> list[Boundary]:
     """One boundary per model ``(run name, loss)``, in the given order.
 
-    The first model of each paper loss takes the paper's colour (blue intra+inter, cyan
-    intra, magenta inter) and the run name in its label; later ones and unknown losses take
-    :data:`EXTRA_COLOURS` in turn, so no two boundaries share a colour.
+    The first model of each loss takes its colour (the paper's blue intra+inter, cyan
+    intra, magenta inter; yellow for the sum loss) and the run name in its label; later
+    ones and unknown losses take :data:`EXTRA_COLOURS` in turn, so no two boundaries share
+    a colour.
     """
     out: list[Boundary] = []
     taken: set[str] = set()

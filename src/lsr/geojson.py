@@ -49,7 +49,7 @@ DEFAULT_NAMES: dict[str, str] = {
     "intra_inter": "Intra+inter-instance",
     "intra": "Intra-instance",
     "inter": "Inter-instance",
-    "intra_plus_inter": "Intra-instance + inter-instance",
+    "intra_plus_inter": "Intra + inter (sum)",
 }
 _FALLBACK_COLOUR = (255, 200, 0)
 

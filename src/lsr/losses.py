@@ -10,7 +10,8 @@ The network gives, per pixel, a probability ``p_i`` for each class ``l``. A bloc
 and the count table says the fraction of class ``l`` in a block with label ``z`` is
 ``N(η, ρ²)``. Each loss compares a predicted Gaussian ``N(μ, s²)`` with ``N(η, ρ²)`` with a
 distance ``D`` (see :data:`DISTANCES`), then averages over classes and over blocks (intra)
-or groups of blocks sharing ``z`` (inter, intra+inter). The maths is fixed by METHOD.md;
+or groups of blocks sharing ``z`` (inter, intra+inter); the sum loss (not the paper's) adds
+a per-block mean and a per-group mean. The maths is fixed by METHOD.md;
 ``docs/losses.md`` explains each choice.
 
 All fractions are in [0, 1]. Code is device- and dtype-agnostic: everything follows the
