@@ -20,6 +20,7 @@ from lsr.losses import (
     inter_instance_loss,
     intra_instance_loss,
     intra_inter_instance_loss,
+    intra_plus_inter_loss,
 )
 
 
@@ -69,10 +70,11 @@ def main() -> None:
         "intra": lambda p, d: intra_instance_loss(p, eta, rho, distance=d),
         "inter": lambda p, d: inter_instance_loss(p, eta, rho, group, distance=d),
         "intra+inter": lambda p, d: intra_inter_instance_loss(p, eta, rho, group, distance=d),
+        "sum": lambda p, d: intra_plus_inter_loss(p, eta, rho, group, distance=d),
     }
     for name, loss in losses.items():
         for dist in DISTANCES:
-            if name == "intra" and dist == "kl":
+            if name in ("intra", "sum") and dist == "kl":
                 continue  # warns by design; same cost as the others
 
             def loss_step(loss=loss, dist=dist) -> torch.Tensor:
