@@ -346,9 +346,9 @@ def intra_instance_loss(
 def _warn_kl_per_block(distance_name: str) -> None:
     if distance_name == "kl":
         _warn(
-            "distance 'kl' in the intra-instance loss compares ρ (spread across blocks) with "
-            "the per-block sampling variance and pushes pixels towards 0.5; it is meant for "
-            "the inter losses"
+            "distance 'kl' in a per-block term (the intra-instance loss, or the intra part of "
+            "the sum loss) compares ρ (spread across blocks) with the per-block sampling "
+            "variance and pushes pixels towards 0.5; it is meant for the inter losses"
         )
 
 
