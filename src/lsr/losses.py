@@ -365,10 +365,17 @@ def _grouped_loss(
     mu, v, eta_t, rho_t = _prepare(
         probs, eta, rho, distance_name, variance_norm, rho_floor, need_v=intra
     )
+    return _group_term(mu, v if intra else None, eta_t, rho_t, group, distance_name)
+
+
+def _group_term(
+    mu: Tensor, v: Tensor | None, eta_t: Tensor, rho_t: Tensor, group: Any, distance_name: str
+) -> Tensor:
+    """Mean over groups and classes of ``D(μ_G, s²_G)``; ``v`` given: Eq. 11's spread."""
     index, counts = _group_index(group, mu.shape[0], mu.device)
     eta_g = _group_table(eta_t, "eta", index, counts)
     rho_g = _group_table(rho_t, "rho", index, counts)
-    mu_g, s2_g, _ = _group_moments(mu, v, index, counts, intra)
+    mu_g, s2_g, _ = _group_moments(mu, v, index, counts, intra=v is not None)
     return _distance(distance_name, mu_g, s2_g, eta_g, rho_g).mean()
 
 
@@ -432,12 +439,8 @@ def intra_plus_inter_loss(
     mu, v, eta_t, rho_t = _prepare(probs, eta, rho, distance, variance_norm, rho_floor)
     assert v is not None
     _warn_kl_per_block(distance)
-    index, counts = _group_index(group, mu.shape[0], mu.device)
-    eta_g = _group_table(eta_t, "eta", index, counts)
-    rho_g = _group_table(rho_t, "rho", index, counts)
-    mu_g, s2_g, _ = _group_moments(mu, None, index, counts, intra=False)
     per_block = _distance(distance, mu, v, eta_t, rho_t).mean()
-    return per_block + _distance(distance, mu_g, s2_g, eta_g, rho_g).mean()
+    return per_block + _group_term(mu, None, eta_t, rho_t, group, distance)
 
 
 # The losses take a keyword named ``distance``, which shadows the function inside them.
