@@ -49,6 +49,9 @@ def np_distance(name, mu, s2, eta, rho):
 
 
 def np_loss(kind, probs, eta, rho, group, dist, norm="n2", floor=RHO_MIN):
+    if kind == "sum":  # intra's per-block term plus the inter term, each averaged on its own
+        intra = np_loss("intra", probs, eta, rho, group, dist, norm, floor)
+        return intra + np_loss("inter", probs, eta, rho, group, dist, norm, floor)
     probs = np.asarray(probs, dtype=np.float64)
     b, n_cls, h, w = probs.shape
     n = h * w
@@ -61,9 +64,6 @@ def np_loss(kind, probs, eta, rho, group, dist, norm="n2", floor=RHO_MIN):
             p = probs[k, c].ravel()
             mu[k, c] = p.sum() / n
             v[k, c] = (p * (1 - p)).sum() / (n * n if norm == "n2" else n)
-    if kind == "sum":  # intra's per-block term plus the inter term, each averaged on its own
-        intra = np_loss("intra", probs, eta, rho, group, dist, norm, floor)
-        return intra + np_loss("inter", probs, eta, rho, group, dist, norm, floor)
     values = []
     if kind == "intra":
         for k in range(b):
