@@ -1,0 +1,82 @@
+"""The study probe's statistics (benchmarks/study_probe.py) against direct computations."""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _probe():
+    spec = importlib.util.spec_from_file_location(
+        "study_probe", ROOT / "benchmarks" / "study_probe.py"
+    )
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+probe = _probe()
+
+
+def _auroc_pairs(score: np.ndarray, positive: np.ndarray) -> float:
+    """P(score of a positive > score of a negative) + ½ P(tie), over every pair."""
+    pos, neg = score[positive], score[~positive]
+    diff = pos[:, None] - neg[None, :]
+    return float(((diff > 0).sum() + 0.5 * (diff == 0).sum()) / diff.size)
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    st.lists(st.tuples(st.integers(0, 5), st.booleans()), min_size=2, max_size=40).filter(
+        lambda xs: 0 < sum(b for _, b in xs) < len(xs)
+    )
+)
+def test_auroc_equals_pairwise_count_with_ties(items):
+    score = np.array([s for s, _ in items], dtype=float) / 5  # few values: many ties
+    positive = np.array([b for _, b in items])
+    assert probe.auroc(score, positive) == pytest.approx(_auroc_pairs(score, positive))
+
+
+def test_auroc_extremes_and_one_class():
+    y = np.array([False, False, True, True])
+    assert probe.auroc(np.array([0.1, 0.2, 0.8, 0.9]), y) == 1.0
+    assert probe.auroc(np.array([0.9, 0.8, 0.2, 0.1]), y) == 0.0
+    assert probe.auroc(np.full(4, 0.3), y) == 0.5
+    assert np.isnan(probe.auroc(np.array([0.1, 0.2]), np.array([True, True])))
+
+
+@pytest.mark.parametrize("fraction", [0.0, 0.1, 0.37, 0.9, 1.0])
+def test_table_threshold_calls_the_fraction(fraction):
+    probs = np.random.default_rng(1).beta(0.5, 0.5, 20_000)
+    t = probe.table_threshold(probs, fraction)
+    assert (probs >= t).mean() == pytest.approx(fraction, abs=1e-3)
+
+
+def test_table_threshold_rejects_a_percentage():
+    with pytest.raises(ValueError, match="fraction"):
+        probe.table_threshold(np.linspace(0, 1, 11), 37.0)
+
+
+def test_pooled_iou_sums_counts_before_dividing():
+    # patch 1: 10 ∩ of 20 ∪; patch 2: 0 of 80 → pooled 10/100, not the mean of 0.5 and 0
+    counts = np.array([[10, 20, 15, 15], [0, 80, 40, 40]], dtype=float)
+    assert probe.pooled_iou(counts) == pytest.approx(0.1)
+
+
+def test_bootstrap_sd_zero_for_equal_rows_and_grows_with_patch_disagreement():
+    rng = np.random.default_rng(0)
+    a = rng.integers(10, 100, (10, 4)).astype(float)
+    a[:, 1] = a[:, 0] + 50
+    assert probe.bootstrap_sd(a, a.copy()) == 0.0
+    b_close, b_far = a.copy(), a.copy()
+    b_close[:, 0] += rng.normal(0, 2, 10)
+    b_far[:, 0] += rng.normal(0, 20, 10)
+    assert 0 < probe.bootstrap_sd(a, b_close) < probe.bootstrap_sd(a, b_far)
