@@ -296,7 +296,7 @@ def test_paper_scale_smoke():
 
 def test_every_shipped_config_loads():
     names = ("default", "paper_scale", "ductal_nested", "lobular_single_file", "stain_batch",
-             "noisy_classifier")  # fmt: skip
+             "noisy_classifier", "noisier_classifier")  # fmt: skip
     for name in names:
         path = shipped_config(name)
         assert path is not None, name
