@@ -80,3 +80,39 @@ def test_bootstrap_sd_zero_for_equal_rows_and_grows_with_patch_disagreement():
     b_close[:, 0] += rng.normal(0, 2, 10)
     b_far[:, 0] += rng.normal(0, 20, 10)
     assert 0 < probe.bootstrap_sd(a, b_close) < probe.bootstrap_sd(a, b_far)
+
+
+def _seed(auc_low, auc_intra, auc_ii, iou_intra, iou_ii, t=None):
+    rows = {"low_res": {"auroc": auc_low, "iou05": 0.4},
+            "intra": {"auroc": auc_intra, "iou05": iou_intra},
+            "intra_inter": {"auroc": auc_ii, "iou05": iou_ii}}  # fmt: skip
+    if t is not None:
+        for name in ("intra", "intra_inter"):
+            rows[name] |= {"iou_t": rows[name]["iou05"] + t, "t": 0.4, "fstar": 0.3,
+                           "train_share05": 0.25}  # fmt: skip
+    return rows
+
+
+def _paired_text(d):
+    d = np.asarray(d)
+    return f"{d.mean():+.3f} ({d.std(ddof=1) / np.sqrt(len(d)):.3f}), {int((d > 0).sum())}/{len(d)}"
+
+
+def test_report_pairs_seeds_and_leaves_out_the_threshold_table_when_not_run():
+    per_seed = {0: _seed(0.70, 0.80, 0.83, 0.5, 0.6), 1: _seed(0.72, 0.78, 0.79, 0.6, 0.5)}
+    for rows in per_seed.values():
+        rows["boot_sd_ii_minus_intra"] = 0.02
+    text = probe.report({"arm": per_seed})
+    first = _paired_text([0.80 - 0.70, 0.78 - 0.72])
+    second = _paired_text([0.83 - 0.80, 0.79 - 0.78])
+    assert f"| arm | 0–1 | 0.710 / 0.790 / 0.810 | {first} | {second} | – |" in text
+    assert "at t" not in text
+    # SD over seeds of the masked-IoU difference (+0.1, −0.1), and the bootstrap RMS
+    assert f"| arm | {np.std([0.1, -0.1], ddof=1):.3f} | 0.020 |" in text
+
+
+def test_report_threshold_table_when_run():
+    per_seed = {s: _seed(0.7, 0.8, 0.8, 0.5, 0.6, t=0.02 * (s + 1)) for s in range(3)}
+    text = probe.report({"arm": per_seed})
+    assert "| arm | intra | 0.500 | 0.540 | +0.040 (0.012), 3/3 |" in text
+    assert "| arm | intra+inter − intra at t | | +0.100 (0.000), 3/3 |" in text
