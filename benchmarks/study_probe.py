@@ -58,9 +58,10 @@ def table_threshold(pixel_probs: np.ndarray, fraction: float) -> float:
 
 
 def pooled_iou(counts: np.ndarray) -> np.ndarray:
-    """Pooled IoU from per-patch counts (..., P, 4) of ``(|P∩G|, |P∪G|, |P|, |G|)``."""
+    """Pooled IoU from per-patch counts (..., P, 4) of ``(|P∩G|, |P∪G|, |P|, |G|)``; an empty
+    union scores 1, as in :func:`lsr.metrics.pooled_scores` (vectorised for the bootstrap)."""
     tot = counts.sum(axis=-2)
-    return tot[..., 0] / np.maximum(tot[..., 1], 1)
+    return np.where(tot[..., 1] > 0, tot[..., 0] / np.maximum(tot[..., 1], 1), 1.0)
 
 
 def bootstrap_sd(counts_a: np.ndarray, counts_b: np.ndarray, n: int = 2000, seed: int = 0) -> float:

@@ -69,6 +69,17 @@ def test_pooled_iou_sums_counts_before_dividing():
     # patch 1: 10 ∩ of 20 ∪; patch 2: 0 of 80 → pooled 10/100, not the mean of 0.5 and 0
     counts = np.array([[10, 20, 15, 15], [0, 80, 40, 40]], dtype=float)
     assert probe.pooled_iou(counts) == pytest.approx(0.1)
+    assert probe.pooled_iou(np.zeros((2, 4))) == 1.0  # nothing predicted, nothing true
+
+
+def test_pooled_iou_agrees_with_lsr_metrics():
+    from lsr.metrics import _counts, pooled_scores
+
+    rng = np.random.default_rng(3)
+    gts = [rng.random((40, 40)) < 0.4 for _ in range(3)]
+    preds = [rng.random((40, 40)) < 0.5 for _ in range(3)]
+    counts = np.array([_counts(p, g, None) for p, g in zip(preds, gts, strict=True)], float)
+    assert probe.pooled_iou(counts) == pytest.approx(pooled_scores(preds, gts)["iou"])
 
 
 def test_bootstrap_sd_zero_for_equal_rows_and_grows_with_patch_disagreement():
