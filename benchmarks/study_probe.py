@@ -142,10 +142,14 @@ def probe_seed(job: Path, seed: int, n_slides: int) -> dict[str, Any]:
 def _paired(per_seed: dict[int, dict], a: str, b: str, key: str) -> str:
     pairs = [(r[a][key], r[b][key]) for r in per_seed.values()
              if key in r.get(a, {}) and key in r.get(b, {})]  # fmt: skip
-    if len(pairs) < 2:
-        return "–"
-    d = np.array([x - y for x, y in pairs])
-    return f"{d.mean():+.3f} ({d.std(ddof=1) / np.sqrt(len(d)):.3f}), {int((d > 0).sum())}/{len(d)}"
+    return _diff_text([x - y for x, y in pairs]) if len(pairs) > 1 else "–"
+
+
+def _diff_text(diffs: list[float]) -> str:
+    """Paired differences as "mean (SE), seeds ahead/seeds"."""
+    d = np.asarray(diffs, dtype=np.float64)
+    se = d.std(ddof=1) / np.sqrt(len(d)) if len(d) > 1 else float("nan")
+    return f"{d.mean():+.3f} ({se:.3f}), {int((d > 0).sum())}/{len(d)}"
 
 
 def report(per_arm: dict[str, dict[int, dict]]) -> str:
@@ -167,9 +171,10 @@ def report(per_arm: dict[str, dict[int, dict]]) -> str:
                 continue
             ts = [r["t"] for r in rs]
             gap = [r["train_share05"] - r["fstar"] for r in rs]
+            shift = _diff_text([r["iou_t"] - r["iou05"] for r in rs])
             thr.append(
                 f"| {arm} | {loss} | {np.mean([r['iou05'] for r in rs]):.3f} | "
-                f"{np.mean([r['iou_t'] for r in rs]):.3f} | {_shift(rs)} | "
+                f"{np.mean([r['iou_t'] for r in rs]):.3f} | {shift} | "
                 f"{min(ts):.2f}–{max(ts):.2f} | {min(gap):+.2f} to {max(gap):+.2f} |"
             )
         at_t = _paired(per_seed, "intra_inter", "intra", "iou_t")
@@ -188,12 +193,6 @@ def report(per_arm: dict[str, dict[int, dict]]) -> str:
             boot = np.sqrt(np.mean([r["boot_sd_ii_minus_intra"] ** 2 for r in rs]))
             lines.append(f"| {arm} | {np.std(d, ddof=1):.3f} | {boot:.3f} |")
     return "\n".join(lines)
-
-
-def _shift(rs: list[dict]) -> str:
-    d = np.array([r["iou_t"] - r["iou05"] for r in rs])
-    se = d.std(ddof=1) / np.sqrt(len(d)) if len(d) > 1 else float("nan")
-    return f"{d.mean():+.3f} ({se:.3f}), {int((d > 0).sum())}/{len(d)}"
 
 
 def main() -> None:
