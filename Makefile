@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: setup test lint demo bench docs clean sysdeps
+.PHONY: setup test lint demo bench docs clean sysdeps sample
 
 setup: $(STAMP)
 
@@ -46,6 +46,10 @@ lint: setup
 
 demo: setup
 	$(BIN)/lsr demo --out demo-out
+
+# Regenerate the shipped sample slide (napari_lsr/sample/) after a change of lsr.synthetic.
+sample: setup
+	$(BIN)/python -m napari_lsr._sample_data
 
 bench: $(VENV)/.installed-dev sysdeps
 	xvfb-run -a $(BIN)/python benchmarks/run_all.py $(BENCH_ARGS)

@@ -27,6 +27,7 @@ BENCHMARKS: dict[str, tuple[str, list[str], list[str]]] = {
     "infer": ("bench_infer.py", ["--size", "12000", "--norm", "layer"], ["--norm", "layer"]),
     "gui_training": ("bench_gui_training.py", ["--steps", "60"], []),
     "synthetic": ("synthetic_speed.py", ["--slides", "8", "--patches", "2"], []),
+    "sample_open": ("bench_sample_open.py", [], []),
 }
 
 

@@ -49,6 +49,7 @@ from lsr.annotation import (
 )
 from lsr.counttable import CountTable, bin_probabilities
 from lsr.errors import LsrInputError
+from napari_lsr._sample_data import is_shipped
 from napari_lsr.counttable_widget import CountTableWidget
 from napari_lsr.layer_choice import refill
 
@@ -364,9 +365,7 @@ class AnnotatorWidget(QWidget):
             expert = self.expert.text().strip()
             if not expert:
                 raise LsrInputError("type your name in Expert (each expert has own estimates)")
-            folder = self.folder.text().strip() or (
-                str(Path(slide["path"]).parent) if slide["path"] else ""
-            )
+            folder = self.folder.text().strip() or default_autosave_folder(slide["path"])
             if not folder:
                 raise LsrInputError("the slide has no file: choose an autosave folder")
         except LsrInputError as err:
@@ -754,6 +753,21 @@ def _canvas_size(viewer) -> tuple[int, int]:
         warnings.simplefilter("ignore", FutureWarning)
         size = getattr(viewer, "_canvas_size", None)
     return tuple(size) if size and min(size) > 0 else (600, 800)
+
+
+def default_autosave_folder(slide_path: str | None) -> str:
+    """Where annotations autosave when no folder is chosen: next to the slide.
+
+    The shipped sample slide lies inside the install (read-only, or a source checkout), so
+    its annotations go to the user data folder instead. "" when the slide has no file.
+    """
+    if not slide_path:
+        return ""
+    if is_shipped(slide_path):
+        from platformdirs import user_data_dir
+
+        return str(Path(user_data_dir("napari-lsr")) / "sample-annotations")
+    return str(Path(slide_path).parent)
 
 
 def _user() -> str:

@@ -136,6 +136,68 @@ def test_viewer_opens_all_and_table_opens_widget(make_napari_viewer, files, erro
     assert not errors
 
 
+def test_shipped_sample_opens_without_generating(monkeypatch):
+    """The sample napari opens is read from the install: nothing is generated on napari's
+    main thread (generation takes half a minute, the event loop may block ~50 ms)."""
+    import lsr.synthetic
+    from napari_lsr import _sample_data
+
+    def no_generation(*_a, **_k):
+        raise AssertionError("the shipped sample must not be regenerated")
+
+    monkeypatch.setattr(lsr.synthetic, "write_slide", no_generation)
+    assert _sample_data.sample_folder() == _sample_data.SHIPPED
+    layers = _sample_data.synthetic_sample()
+    assert [kind for _d, _kw, kind in layers] == ["image", "labels", "image", "labels"]
+    slide, gt, prob, z = layers
+    assert slide[0][0].shape[:2] == (2400, 2400)
+    assert gt[1]["visible"] is False
+    assert np.asarray(gt[0][0]).max() == 1
+    p = np.asarray(prob[0])
+    tissue = np.isfinite(p)  # background blocks carry no probability (NaN)
+    assert p.shape == (20, 20) and tissue.mean() > 0.3
+    assert 0 <= p[tissue].min() <= p[tissue].max() <= 1
+    assert np.asarray(z[0]).max() >= 5  # some blocks in high bins: cancer to find
+
+
+def test_shipped_sample_made_by_the_current_generator():
+    from napari_lsr import _sample_data
+
+    record = json.loads((_sample_data.SHIPPED / "sample.json").read_text())
+    assert record["sample_version"] == _sample_data.SAMPLE_VERSION
+    assert (record["seed"], record["size_px"]) == (_sample_data.SAMPLE_SEED, 2400)
+    assert record["generator_sha256"] == _sample_data.generator_fingerprint(), (
+        "the synthetic generator's defaults changed: regenerate the shipped sample "
+        "with `make sample`"
+    )
+
+
+def test_build_sample_replaces_a_folder_whole(tmp_path):
+    from napari_lsr import _sample_data
+
+    folder = tmp_path / "s"
+    _sample_data.build_sample(folder, size_px=240, seed=1)
+    (folder / "stale.txt").write_text("from an older sample")
+    _sample_data.build_sample(folder, size_px=240, seed=2)
+    assert sorted(p.name for p in folder.iterdir()) == sorted(_sample_data.FILES)
+    assert json.loads((folder / "sample.json").read_text())["seed"] == 2
+    assert [p.name for p in tmp_path.iterdir()] == ["s"]  # no temporary or old folder left
+
+
+def test_sample_annotations_autosave_outside_the_install(monkeypatch, tmp_path):
+    from napari_lsr import _sample_data
+    from napari_lsr.annotator import default_autosave_folder
+
+    monkeypatch.setenv("XDG_DATA_HOME", str(tmp_path / "data"))
+    shipped = str(_sample_data.SHIPPED / f"{_sample_data.NAME}.tif")
+    assert default_autosave_folder(shipped) == str(
+        tmp_path / "data" / "napari-lsr" / "sample-annotations"
+    )
+    own = tmp_path / "slides" / "a.svs"
+    assert default_autosave_folder(str(own)) == str(own.parent)
+    assert default_autosave_folder(None) == ""
+
+
 def test_sample_data_generated_once_and_cached(monkeypatch, tmp_path):
     from napari_lsr import _sample_data
 
