@@ -157,6 +157,9 @@ def report(per_arm: dict[str, dict[int, dict]]) -> str:
     lines = ["| arm | seeds | AUROC low-res / intra / intra+inter (/ sum) | intra − low-res | "
              "intra+inter − intra | sum − intra |", "|---|---|---|---|---|---|"]  # fmt: skip
     for arm, per_seed in per_arm.items():
+        if not per_seed:
+            lines.append(f"| {arm} | no finished seed | | | | |")
+            continue
         means = [f"{np.mean([r[k]['auroc'] for r in per_seed.values()]):.3f}" for k in ROWS
                  if all(k in r for r in per_seed.values())]  # fmt: skip
         lines.append(f"| {arm} | {min(per_seed)}–{max(per_seed)} | {' / '.join(means)} | "

@@ -127,3 +127,10 @@ def test_report_threshold_table_when_run():
     text = probe.report({"arm": per_seed})
     assert "| arm | intra | 0.500 | 0.540 | +0.040 (0.012), 3/3 |" in text
     assert "| arm | intra+inter − intra at t | | +0.100 (0.000), 3/3 |" in text
+
+
+def test_report_names_an_arm_with_no_finished_seed():
+    per_seed = {0: _seed(0.70, 0.80, 0.83, 0.5, 0.6), 1: _seed(0.72, 0.78, 0.79, 0.6, 0.5)}
+    text = probe.report({"running": {}, "arm": per_seed})
+    assert "| running | no finished seed |" in text
+    assert "| arm | 0–1 |" in text  # the other arm is still reported
