@@ -608,17 +608,24 @@ class TrainerWidget(QWidget):
         return [k for k, box in self.loss_checks.items() if box.isChecked()]
 
     def _update_placeholders(self, *_args: Any) -> None:
-        """Empty fields show the default they stand for (lsr.train.DEFAULTS)."""
+        """Empty fields show the default they stand for (lsr.train.DEFAULTS).
+
+        Each field shows the defaults of the ticked losses that use it (all losses that use
+        it when none of those is ticked), joined with " / " where they differ.
+        """
         from lsr.train import DEFAULTS
 
-        losses = self.selected_losses() or ["intra_inter"]
-        lrs = sorted({DEFAULTS[loss]["lr"] for loss in losses})
-        self.lr.setPlaceholderText("default: " + " / ".join(f"{v:g}" for v in lrs))
-        self.batch_size.setPlaceholderText(f"default: {DEFAULTS['intra']['batch_size']}")
-        self.groups_per_batch.setPlaceholderText(
-            f"default: {DEFAULTS['inter']['groups_per_batch']}"
-        )
-        self.group_size.setPlaceholderText(f"default: {DEFAULTS['inter']['group_size']}")
+        ticked = self.selected_losses() or ["intra_inter"]
+
+        def text(key: str) -> str:
+            users = [k for k in DEFAULTS if DEFAULTS[k].get(key) is not None]
+            values = {DEFAULTS[k][key] for k in (set(ticked) & set(users) or users)}
+            return "default: " + " / ".join(f"{v:g}" for v in sorted(values))
+
+        self.lr.setPlaceholderText(text("lr"))
+        self.batch_size.setPlaceholderText(text("batch_size"))
+        self.groups_per_batch.setPlaceholderText(text("groups_per_batch"))
+        self.group_size.setPlaceholderText(text("group_size"))
 
     @staticmethod
     def _optional(edit: QLineEdit, kind: type) -> Any:

@@ -209,3 +209,26 @@ def test_ground_truth_labels_layer_is_not_a_training_slide(data: Path) -> None:
     gt = Labels(np.zeros((8, 8), np.uint8), metadata=gt_meta)
     pairs, problems, _geo = pairs_from_layers([rgb, gt])
     assert pairs == [(slide, grid)] and problems == []
+
+
+def test_placeholders_show_the_ticked_losses_defaults(widget, monkeypatch):
+    import lsr.train
+
+    defaults = {k: dict(v) for k, v in lsr.train.DEFAULTS.items()}
+    defaults["inter"].update(group_size=5, lr=1e-3)
+    defaults["intra_inter"].update(group_size=7, lr=2e-3)
+    monkeypatch.setattr(lsr.train, "DEFAULTS", defaults)
+    for loss, box in widget.loss_checks.items():
+        box.setChecked(loss in ("inter", "intra_inter"))
+    widget._update_placeholders()
+    assert widget.group_size.placeholderText() == "default: 5 / 7"
+    assert widget.lr.placeholderText() == "default: 0.001 / 0.002"
+    # intra's batch size is shown although intra is not ticked: the field's only user
+    assert widget.batch_size.placeholderText() == f"default: {defaults['intra']['batch_size']:g}"
+    for loss, box in widget.loss_checks.items():
+        box.setChecked(loss == "intra_inter")
+    widget._update_placeholders()
+    assert widget.group_size.placeholderText() == "default: 7"
+    assert widget.groups_per_batch.placeholderText() == (
+        f"default: {defaults['intra_inter']['groups_per_batch']:g}"
+    )
