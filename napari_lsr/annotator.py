@@ -746,12 +746,16 @@ def _camera(viewer):
 
 
 def _canvas_size(viewer) -> tuple[int, int]:
-    """(h, w) of the canvas in screen px (napari has no public accessor yet)."""
+    """(h, w) of the canvas in screen px: ``viewer.canvas.size`` from napari 0.9, before it
+    the private ``viewer._canvas_size``; (600, 800) while the canvas has no size yet."""
     import warnings
 
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", FutureWarning)
-        size = getattr(viewer, "_canvas_size", None)
+    canvas = getattr(viewer, "canvas", None)
+    size = getattr(canvas, "size", None)
+    if size is None:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", FutureWarning)
+            size = getattr(viewer, "_canvas_size", None)
     return tuple(size) if size and min(size) > 0 else (600, 800)
 
 

@@ -722,11 +722,7 @@ def _camera(viewer: Any) -> Any:
 
 
 def _canvas_hw(viewer: Any) -> tuple[float, float]:
-    """(h, w) of the canvas in screen px: ``viewer.canvas.size`` (napari 0.9), else the
-    annotator's fallback for older napari."""
-    size = getattr(getattr(viewer, "canvas", None), "size", None)
-    if size is not None and min(size) > 0:
-        return (float(size[0]), float(size[1]))
+    """(h, w) of the canvas in screen px (see the annotator's ``_canvas_size``)."""
     from napari_lsr.annotator import _canvas_size
 
     h, w = _canvas_size(viewer)

@@ -15,7 +15,7 @@ from lsr.slide import write_pyramidal_tiff
 napari = pytest.importorskip("napari")
 from qtpy.QtCore import Qt  # noqa: E402
 
-from napari_lsr.annotator import _camera  # noqa: E402
+from napari_lsr.annotator import CONTEXT_BLOCKS, _camera  # noqa: E402
 
 H, W, B, MPP = 480, 600, 120, 8.0  # slide working px, block px, µm/px -> 4 x 5 blocks
 
@@ -58,6 +58,7 @@ def test_annotate_by_keys_autosave_and_resume(make_napari_viewer, qtbot, tmp_pat
     w = open_annotator(viewer, slide, grid)
     assert w.slide_combo.currentText() == "s" and w.grid_combo.currentText() == "s_grid z"
     w.per_bin.setValue(3)
+    viewer.canvas.size = (432, 910)  # (h, w) screen px; the zoom must follow the canvas
     assert w.start()
     s = w.session
     assert len(s.blocks) == 15  # 5 bins (one per column), 3 of each
@@ -74,6 +75,9 @@ def test_annotate_by_keys_autosave_and_resume(make_napari_viewer, qtbot, tmp_pat
     assert outline.max(axis=0) == pytest.approx([(blk.row + 1) * B * MPP, (blk.col + 1) * B * MPP])
     cy, cx = _camera(viewer).center[-2:]
     assert (cy, cx) == pytest.approx(((blk.row + 0.5) * B * MPP, (blk.col + 0.5) * B * MPP))
+    # zoomed so that the block and half a block of context each side fill the canvas
+    seen_um = 432 / _camera(viewer).zoom
+    assert seen_um == pytest.approx((1 + 2 * CONTEXT_BLOCKS) * B * MPP, rel=1e-6)
     qtbot.keyClick(w.percent, Qt.Key.Key_A)  # skip: artefact
     assert s.results[1].skipped == "artefact"
     qtbot.keyClick(w.percent, Qt.Key.Key_Up)  # back to the skipped block
