@@ -93,10 +93,26 @@ def _train_pixels(net: Any, data: Path, manifest: dict, table: Any, n_slides: in
     return np.concatenate(vals), float(np.mean(fracs))
 
 
+def low_res_rows(patches: list[dict], block_px: int) -> tuple[list, list]:
+    """The blocky model's per-pixel scores and 0.5 masks of each test patch ((H, W) each).
+
+    Unlabelled (NaN) blocks and padding score 0, as :func:`lsr.baseline.low_res_mask` calls
+    them non-cancer; with NaN scores the AUROC would be NaN (paper-scale patches reach into
+    unlabelled blocks)."""
+    from lsr.baseline import low_res_mask, low_res_probability
+
+    shapes = [p["gt"].shape for p in patches]
+    scores = [
+        low_res_probability(p["probs"], block_px, s, fill=0.0)
+        for p, s in zip(patches, shapes, strict=True)
+    ]
+    masks = [low_res_mask(p["probs"], block_px, s) for p, s in zip(patches, shapes, strict=True)]
+    return scores, masks
+
+
 def probe_seed(job: Path, seed: int, n_slides: int) -> dict[str, Any]:
     """All three looks for one (arm, seed) job folder."""
     from lsr import model as lsr_model
-    from lsr.baseline import low_res_mask, low_res_probability
     from lsr.counttable import CountTable
     from lsr.demo import _load_patch, predict_patch
     from lsr.metrics import _counts, boundary_band
@@ -116,9 +132,7 @@ def probe_seed(job: Path, seed: int, n_slides: int) -> dict[str, Any]:
         score = np.concatenate([q[m] for q, m in zip(probs, bands, strict=True)])
         return auroc(score, truth), counts
 
-    low_p = [low_res_probability(p["probs"], bp, p["gt"].shape) for p in patches]
-    low_m = [low_res_mask(p["probs"], bp, p["gt"].shape) for p in patches]
-    auc, counts = scores(low_p, low_m)
+    auc, counts = scores(*low_res_rows(patches, bp))
     out: dict[str, Any] = {"low_res": {"auroc": auc, "iou05": float(pooled_iou(counts))}}
     count_by_row = {"low_res": counts}
     for run in sorted((job / "runs" / f"seed{seed}").iterdir()):

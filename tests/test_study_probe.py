@@ -134,3 +134,15 @@ def test_report_names_an_arm_with_no_finished_seed():
     text = probe.report({"running": {}, "arm": per_seed})
     assert "| running | no finished seed |" in text
     assert "| arm | 0–1 |" in text  # the other arm is still reported
+
+
+def test_low_res_scores_agree_with_its_mask_where_blocks_are_unlabelled():
+    probs = np.array([[0.2, np.nan], [0.7, 0.5]], dtype=np.float32)
+    patch = {"probs": probs, "gt": np.zeros((5, 7), dtype=np.uint8)}  # cropped: 2 x 2 blocks of 3
+    (score,), (mask,) = probe.low_res_rows([patch], 3)
+    assert score.shape == mask.shape == (5, 7) and np.isfinite(score).all()
+    np.testing.assert_array_equal(score >= 0.5, mask)
+    assert score[0, 4] == 0.0 and score[4, 1] == pytest.approx(0.7)
+    truth = np.zeros((5, 7), dtype=bool)
+    truth[3:, :3] = True  # the 0.7 block is the cancer
+    assert probe.auroc(score, truth) == 1.0
