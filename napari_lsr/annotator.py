@@ -52,6 +52,8 @@ from lsr.errors import LsrInputError
 from napari_lsr._sample_data import is_shipped
 from napari_lsr.counttable_widget import CountTableWidget
 from napari_lsr.layer_choice import refill
+from napari_lsr.viewer_compat import camera as _camera
+from napari_lsr.viewer_compat import canvas_size as _canvas_size
 
 #: Context shown around the block, in blocks on each side.
 CONTEXT_BLOCKS = 0.5
@@ -737,26 +739,6 @@ class AnnotatorWidget(QWidget):
         from napari.utils.notifications import show_error
 
         show_error(message)
-
-
-def _camera(viewer):
-    """The 2-D camera (``viewer.scene.camera`` from napari 0.9, ``viewer.camera`` before)."""
-    scene = getattr(viewer, "scene", None)
-    return scene.camera if scene is not None else viewer.camera
-
-
-def _canvas_size(viewer) -> tuple[int, int]:
-    """(h, w) of the canvas in screen px: ``viewer.canvas.size`` from napari 0.9, before it
-    the private ``viewer._canvas_size``; (600, 800) while the canvas has no size yet."""
-    import warnings
-
-    canvas = getattr(viewer, "canvas", None)
-    size = getattr(canvas, "size", None)
-    if size is None:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", FutureWarning)
-            size = getattr(viewer, "_canvas_size", None)
-    return tuple(size) if size and min(size) > 0 else (600, 800)
 
 
 def default_autosave_folder(slide_path: str | None) -> str:

@@ -46,6 +46,8 @@ from lsr import compare as lc
 from lsr.errors import LsrInputError
 from lsr.metrics import PAPER_TABLE2 as PAPER
 from napari_lsr.layer_choice import refill
+from napari_lsr.viewer_compat import camera as _camera
+from napari_lsr.viewer_compat import canvas_size
 
 NONE = "(none)"
 FILE = "file (below)"
@@ -572,7 +574,7 @@ class CompareWidget(QWidget):
         """The part of the slide on screen, (y0, x0, y1, x1) evaluation px."""
         comp = self.comparison
         cam = _camera(self.viewer)
-        h, w = _canvas_hw(self.viewer)
+        h, w = canvas_size(self.viewer)
         cy, cx = cam.center[-2:]
         half_h, half_w = h / 2 / cam.zoom, w / 2 / cam.zoom
         mpp = comp.working_mpp
@@ -713,20 +715,6 @@ class CompareWidget(QWidget):
             lambda folder, stem: lc.write_results(comp, folder, stem, scores, calib, region),
             "results",
         )
-
-
-def _camera(viewer: Any) -> Any:
-    """The 2-D camera (``viewer.scene.camera`` from napari 0.9, ``viewer.camera`` before)."""
-    scene = getattr(viewer, "scene", None)
-    return scene.camera if scene is not None else viewer.camera
-
-
-def _canvas_hw(viewer: Any) -> tuple[float, float]:
-    """(h, w) of the canvas in screen px (see the annotator's ``_canvas_size``)."""
-    from napari_lsr.annotator import _canvas_size
-
-    h, w = _canvas_size(viewer)
-    return (float(h), float(w))
 
 
 def _fit_rows(table: QTableWidget, max_rows: int = 12) -> None:
