@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: setup test lint demo bench docs clean sysdeps sample
+.PHONY: setup test lint demo bench clean sysdeps sample
 
 setup: $(STAMP)
 

@@ -299,7 +299,7 @@ class TrainerWidget(QWidget):
         self.distance = QComboBox()
         self.distance.addItems(DISTANCES)
         self.distance.setToolTip(
-            "Distance between predicted and target class fractions (METHOD.md)"
+            "Distance between predicted and target class fractions (docs/losses.md)"
         )
         self.steps = QSpinBox()
         self.steps.setRange(1, 10_000_000)

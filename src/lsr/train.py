@@ -1,8 +1,8 @@
 """The training loop: blocks → U-Net → softmax → LSR loss → RMSprop, with checkpoints.
 
 :class:`TrainConfig` holds every choice (per-loss :data:`DEFAULTS`, the paper's except intra's
-learning rate, are filled in by :meth:`TrainConfig.resolved` for whatever the user left
-unset); :func:`train` runs it and
+learning rate and variance and the inter-type groups, are filled in by
+:meth:`TrainConfig.resolved` for whatever the user left unset); :func:`train` runs it and
 reports through callbacks (:class:`TrainCallback`: ``on_start``, ``on_step``,
 ``on_checkpoint``, ``on_end``) that the CLI and the napari widget both implement.
 
@@ -112,7 +112,8 @@ class DataPair:
 @dataclass
 class TrainConfig:
     """Every setting of a training run. ``None`` means "the default for this loss"
-    (:data:`DEFAULTS`: the paper's, except intra's learning rate)."""
+    (:data:`DEFAULTS`: the paper's, except intra's learning rate and block variance and the
+    inter-type losses' groups)."""
 
     # data
     data: list[DataPair] = field(default_factory=list)
