@@ -84,7 +84,10 @@ def expert_table(folder: Path, work: Path) -> Path:
 
 
 def train_models(folder: Path, work: Path, steps: int) -> Path:
-    """Train (or reuse) one small network per loss on the sample; returns the models folder."""
+    """Train (or reuse) one network per loss on the sample with the shipped per-loss defaults
+    (``lsr.train.DEFAULTS``, what the Trainer uses) and the demo's small U-Net; returns the
+    models folder. A finished run of another step count is trained again (delete --work after
+    changing anything else)."""
     from lsr.train import DataPair, TrainConfig, train
     from napari_lsr._sample_data import NAME
 
@@ -93,10 +96,6 @@ def train_models(folder: Path, work: Path, steps: int) -> Path:
     table = expert_table(folder, work)
     for loss in LOSSES:
         out = models / loss
-        run = out / "run.json"
-        if run.is_file() and json.loads(run.read_text()).get("status") == "completed":
-            continue
-        shutil.rmtree(out, ignore_errors=True)
         cfg = TrainConfig(
             data=[DataPair(str(folder / f"{NAME}.tif"), str(folder / f"{NAME}_grid.npy"))],
             table=str(table),
@@ -106,14 +105,16 @@ def train_models(folder: Path, work: Path, steps: int) -> Path:
             width=8,
             depth=3,
             steps=steps,
-            lr=1e-3,
-            batch_size=10,
-            group_size=5,
-            groups_per_batch=2,
             device="cpu",
             out_dir=str(out),
             checkpoint_every=max(steps, 1),
         )
+        run = out / "run.json"
+        if run.is_file():
+            done = json.loads(run.read_text())
+            if done.get("status") == "completed" and done.get("step") == steps:
+                continue
+        shutil.rmtree(out, ignore_errors=True)
         t0 = time.perf_counter()
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
@@ -180,15 +181,16 @@ def _run_compare(viewer, models: Path, work: Path):
 def _zoom_on_boundaries(viewer, w) -> None:
     """Centre on the block-rich part of the ground-truth boundary, about 8 blocks wide."""
     from lsr.metrics import boundary_band
+    from napari_lsr.viewer_compat import camera, canvas_size
 
     comp = w.comparison
     band = boundary_band(comp.gt, comp.block_px / 2)
     ys, xs = np.nonzero(band)
     cy, cx = float(np.median(ys)), float(np.median(xs))
     mpp = comp.working_mpp
-    cam = viewer.scene.camera if hasattr(viewer, "scene") else viewer.camera
+    cam = camera(viewer)
     cam.center = (cy * mpp, cx * mpp)
-    h, wd = viewer.canvas.size if hasattr(viewer, "canvas") else (900, 1100)
+    h, wd = canvas_size(viewer)
     cam.zoom = min(h, wd) / (8 * comp.block_px * mpp)
     w.update_line_width()
 
@@ -229,7 +231,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--out", type=Path, default=Path("docs/img"))
     parser.add_argument("--work", type=Path, default=Path(tempfile.gettempdir()) / "lsr-tutorial")
-    parser.add_argument("--steps", type=int, default=60)
+    parser.add_argument("--steps", type=int, default=300)
     parser.add_argument("--only", nargs="*", choices=["sample", "annotate", "train", "compare"])
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
