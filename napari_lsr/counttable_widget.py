@@ -96,7 +96,8 @@ class CountTableWidget(QWidget):
         table = self.table
         ref = self._tables[PRESET] if self.compare.isChecked() else None
         self.view.set_table(table, reference=ref)
-        notes = [f"{len(table.flagged)} bin(s) flagged (hover for why)"] if table.flagged else []
+        problems = table.bin_problems()
+        notes = [f"{len(problems)} bin(s) flagged (hover for why)"] if problems else []
         if table.n is not None:
             notes.insert(0, f"{int(table.n.sum())} estimates")
         self.status.setText(" · ".join(notes))

@@ -20,7 +20,8 @@ class CountTableView(QTableWidget):
     """Rows: bins; columns: bin range, mean ± std (percent) per class, n.
 
     With a ``reference`` table (e.g. paper Table 1) each class gets a second column so the
-    two can be compared side by side. Flagged bins are highlighted, their reason as tooltip.
+    two can be compared side by side. Flagged bins (:meth:`CountTable.bin_problems`) are
+    highlighted, their reason as tooltip.
     """
 
     def __init__(self, parent=None) -> None:
@@ -53,8 +54,9 @@ class CountTableView(QTableWidget):
         self.setColumnCount(len(header))
         self.setRowCount(len(rows))
         self.setHorizontalHeaderLabels(header)
+        problems = table.bin_problems()
         for i, row in enumerate(rows):
-            why = table.flagged.get(i)
+            why = problems.get(i)
             for j, text in enumerate(row):
                 item = QTableWidgetItem(text)
                 if why:

@@ -126,6 +126,24 @@ def test_spread_flag():
     assert "spread" in t.flagged[0]
 
 
+def test_top_bin_below_a_lower_bin_is_flagged_once_complete():
+    """A complete top bin with 25 points less cancer than bin 90-95 is flagged (the study's
+    under-calling intra); 15 points less, or an incomplete top bin, is not."""
+    z = np.repeat(np.arange(10), 16).reshape(10, 16)
+    for top, flagged in ((45, True), (55, False)):
+        s = AnnotationSession("a", "s", sample_blocks(z, per_bin=10, seed=0), per_bin=10)
+        while not s.finished:
+            b = s.block.z
+            s.record(top + s.n_done % 2 if b == 9 else 70 if b == 8 else 5 * b)
+        t = s.table()
+        assert ("below bin 90–95%" in t.bin_problems().get(9, "")) is flagged, t.bin_problems()
+    partial = AnnotationSession("a", "s", sample_blocks(z, per_bin=10, seed=0), per_bin=10)
+    while partial.block.z != 9:
+        partial.record(70 if partial.block.z == 8 else 5)
+    partial.record(10)
+    assert "only 1 of 10" in partial.table().bin_problems()[9]
+
+
 def test_autosave_round_trip_and_resume(tmp_path):
     s = make_session()
     s.record(3)

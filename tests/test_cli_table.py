@@ -54,3 +54,18 @@ def test_show_reports_bad_file_in_one_line(tmp_path):
     res = run("table", "show", str(p))
     assert res.returncode == 2
     assert res.stderr.strip().count("\n") == 0 and "row 2" in res.stderr and str(p) in res.stderr
+
+
+def test_from_estimates_and_show_name_a_top_bin_below_a_lower_one(tmp_path):
+    z = np.repeat(np.arange(10), 3)
+    pc = np.where(z == 9, 40.0, np.where(z == 8, 75.0, 5.0 * z))  # top bin 35 points low
+    est = tmp_path / "est.csv"
+    est.write_text("z,percent_cancer\n" + "".join(f"{a},{b}\n" for a, b in zip(z, pc, strict=True)))
+    res = run("table", "from-estimates", str(est), "-o", str(tmp_path / "t.json"))
+    assert res.returncode == 0, res.stderr
+    text = " ".join(res.stdout.split())  # rich wraps long lines
+    assert "the top bin 95–100% averages 40.0% cancer, 35 points below bin 90–95% (75.0%)" in text
+    res = run("table", "show", str(tmp_path / "t.json"))
+    assert "35 points below bin 90–95%" in " ".join(res.stdout.split())
+    res = run("table", "show", "paper-table1")
+    assert "top bin" not in res.stdout

@@ -14,6 +14,7 @@ from hypothesis import strategies as st
 from lsr.counttable import (
     PAPER_EDGES,
     RHO_FLOOR,
+    TOP_BIN_MAX_DROP,
     CountTable,
     Estimate,
     bin_probabilities,
@@ -276,3 +277,40 @@ def test_loaded_table_flags_zero_std_and_small_bins(tmp_path):
     t = CountTable.from_csv(p)
     assert set(t.flagged) == {3, 5}
     assert "std 0" in t.flagged[3] and "1 estimate" in t.flagged[5]
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.integers(0, 100), min_size=10, max_size=10))
+def test_top_bin_problem_iff_a_lower_bin_has_20_points_more(percent):
+    """Reported exactly when some lower bin's cancer mean exceeds the top bin's by more
+    than 20 points (brute force over the bins), naming the bin with the most cancer."""
+    eta = np.array(percent, float)[:, None] / 100 * [1, -1] + [0, 1]
+    table = CountTable(eta=eta, rho=np.full((10, 2), 0.05))
+    drops = [(percent[b] - percent[9], b) for b in range(9)]
+    worst, bin_ = max(drops, key=lambda d: (d[0], -d[1]))
+    why = table.top_bin_problem()
+    assert (why is not None) == (worst / 100 > TOP_BIN_MAX_DROP + 1e-12)
+    if why is not None:
+        assert f"{worst} points below bin {table.bin_labels()[bin_]}%" in why
+        assert why.startswith("the top bin 95–100%")
+
+
+def test_top_bin_problem_on_the_paper_table_and_a_study_table():
+    assert CountTable.paper_table1().top_bin_problem() is None
+    # paper_scale seed 8's simulated expert (docs/results.md): 95-100 % at 47.4 %, 90-95 % at 70.5 %
+    cancer = [10.2, 38.9, 42.5, 51.1, 69.5, 56.2, 65.9, 65.9, 70.5, 47.4]
+    eta = np.array(cancer)[:, None] / 100 * [1, -1] + [0, 1]
+    why = CountTable(eta=eta, rho=np.full((10, 2), 0.3)).top_bin_problem()
+    assert why is not None and "23 points below bin 90–95% (70.5%)" in why
+    assert CountTable(eta=eta, rho=np.full((10, 2), 0.3)).top_bin_problem(max_drop=0.25) is None
+
+
+def test_bin_problems_adds_the_top_bin_problem_to_its_flag():
+    cancer = np.array([10.0, 20, 30, 40, 50, 60, 70, 80, 90, 40]) / 100
+    table = CountTable(eta=np.stack([cancer, 1 - cancer], 1), rho=np.full((10, 2), 0.1))
+    assert list(table.bin_problems()) == [9] and table.flagged == {}
+    table.flagged = {3: "only 1 estimate", 9: "estimates spread widely"}
+    problems = table.bin_problems()
+    assert problems[3] == "only 1 estimate"
+    assert problems[9].startswith("estimates spread widely; the top bin 95–100% averages 40.0%")
+    assert table.flagged[9] == "estimates spread widely"  # the table itself is not changed

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import threading
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -317,6 +318,26 @@ def test_degenerate_mask_marks_run_failed(pairs: list[tuple[str, str]], tmp_path
     assert result.status == "failed" and result.failure.startswith("degenerate mask")
     assert "'cancer' has mean probability" in result.failure and "of pixels" in result.failure
     assert json.loads((tmp_path / "run" / "run.json").read_text())["status"] == "failed"
+
+
+def test_table_with_a_low_top_bin_warns_but_trains(
+    pairs: list[tuple[str, str]], tmp_path: Path
+) -> None:
+    from lsr.counttable import CountTable
+
+    table = CountTable.paper_table1()
+    table.eta[0] = (0.60, 0.40)  # bin 0-20 % holds 60 % cancer, the top bin 70 %: consistent
+    table.save(tmp_path / "ok.json")
+    table.eta[9] = (0.30, 0.70)  # now the top bin holds 30 points less than bin 0-20 %
+    table.save(tmp_path / "low_top.json")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        ok = train(tiny_config(tmp_path, pairs, steps=1, table=str(tmp_path / "ok.json")))
+    assert not any("top bin" in str(w.message) for w in caught)
+    assert not any("top bin" in w for w in ok.warnings)
+    with pytest.warns(UserWarning, match="count table: the top bin 95–100% averages 30.0%"):
+        result = train(tiny_config(tmp_path, pairs, steps=1, table=str(tmp_path / "low_top.json")))
+    assert result.step == 1 and any("30 points below bin 0–20%" in w for w in result.warnings)
 
 
 def test_context_margin_trains(pairs: list[tuple[str, str]], tmp_path: Path) -> None:

@@ -43,3 +43,17 @@ def test_widget_loads_file_and_reports_bad_file(make_napari_viewer, tmp_path):
     assert w.load(bad) is None
     assert "missing column" in w.status.text() and str(bad) in w.status.text()
     assert w.view.cell_text(3, 3) == "3"  # the table shown before stays
+
+
+def test_widget_highlights_a_top_bin_below_a_lower_bin(make_napari_viewer, tmp_path):
+    viewer = make_napari_viewer()
+    w = open_widget(viewer)
+    cancer = np.array([10.0, 20, 30, 40, 50, 60, 70, 80, 75, 47]) / 100  # top 33 points low
+    CountTable(eta=np.stack([cancer, 1 - cancer], 1), rho=np.full((10, 2), 0.1)).to_json(
+        tmp_path / "low_top.json"
+    )
+    w.load(tmp_path / "low_top.json")
+    assert "33 points below bin 80–90% (80.0%)" in w.view.item(9, 1).toolTip()
+    assert w.view.item(8, 1).toolTip() == ""
+    assert w.view.item(9, 1).background() != w.view.item(8, 1).background()
+    assert "1 bin(s) flagged" in w.status.text()

@@ -34,6 +34,11 @@ PAPER_EDGES: tuple[float, ...] = (0.0, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0
 DEFAULT_CLASSES: tuple[str, ...] = ("cancer", "non-cancer")
 #: Smallest usable standard deviation (fraction): a Gaussian with rho = 0 has no density.
 RHO_FLOOR = 1e-3
+#: How far (fraction) the top bin's cancer mean may lie below a lower bin's before
+#: :meth:`CountTable.top_bin_problem` reports it. In the training study every table whose top
+#: bin was more than 20 points below a lower bin (4 of 142) gave an intra-instance network
+#: below the blocky model; drops in middle bins (38 runs) did no such harm (docs/results.md).
+TOP_BIN_MAX_DROP = 0.20
 #: Paper Table 1: cancer percentage per bin, (mean, std).
 PAPER_TABLE1_PERCENT: tuple[tuple[float, float], ...] = (
     (0.0, 0.1), (1.0, 0.4), (2.0, 0.4), (5.0, 0.8), (6.0, 1.0),
@@ -300,6 +305,38 @@ class CountTable:
         if ((zs < 0) | (zs >= self.n_bins)).any():
             raise LsrInputError(f"labels z must lie in 0..{self.n_bins - 1}")
         return self.eta[zs], self.rho[zs]
+
+    def top_bin_problem(self, max_drop: float = TOP_BIN_MAX_DROP) -> str | None:
+        """Why the top bin contradicts the classifier's order, or None.
+
+        The bins are ordered by the classifier's cancer probability, so its most confident
+        bin should hold the most cancer. When the top bin's cancer mean (column 0) is more
+        than ``max_drop`` (fraction) below a lower bin's, the expert's sample of it is most
+        likely unrepresentative, and intra-instance learns to under-call cancer.
+        """
+        cancer = self.eta[:, 0]
+        if self.n_bins < 2:
+            return None
+        low = int(np.argmax(cancer[:-1]))
+        drop = float(cancer[low] - cancer[-1])
+        if drop <= max_drop + 1e-9:  # exactly max_drop (in float) is not reported
+            return None
+        labels = self.bin_labels()
+        return (
+            f"the top bin {labels[-1]}% averages {_percent(cancer[-1])}% cancer, "
+            f"{100 * drop:.0f} points below bin {labels[low]}% ({_percent(cancer[low])}%); "
+            "the classifier's most confident bin should hold the most cancer: estimate more "
+            "of its blocks (intra-instance under-calls cancer with such a table)"
+        )
+
+    def bin_problems(self) -> dict[int, str]:
+        """What to show against each bin: the :attr:`flagged` reasons, and for the top bin
+        also its :meth:`top_bin_problem`."""
+        out = dict(self.flagged)
+        if top := self.top_bin_problem():
+            last = self.n_bins - 1
+            out[last] = f"{out[last]}; {top}" if last in out else top
+        return out
 
     def bin_labels(self) -> list[str]:
         """Human labels of the bins in percent, e.g. ``'0–20'``."""

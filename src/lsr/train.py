@@ -634,6 +634,8 @@ def _train(
         table = CountTable.from_dict(ckpt.metadata["table"], ckpt.path)
     else:
         table = CountTable.load(cfg.table)
+    if why := table.top_bin_problem():
+        warn(f"count table: {why}")
     dataset = build_dataset(cfg, table, sources)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", SamplerWarning)

@@ -18,10 +18,11 @@ app = typer.Typer(help="Count tables p(c|z): show, build from estimates.", no_ar
 def render(table: CountTable, title: str | None = None) -> Table:
     """A rich table laid out like paper Table 1 (percent, mean ± std per class, n)."""
     out = Table(title=title or table.name or None)
+    problems = table.bin_problems()
     for col in table.header():
         out.add_column(col, justify="right")
     for b, row in enumerate(table.format_rows()):
-        style = "yellow" if b in table.flagged else None
+        style = "yellow" if b in problems else None
         out.add_row(*row, style=style)
     return out
 
@@ -32,7 +33,12 @@ def show(source: str = typer.Argument(..., help="'paper-table1', or a table .jso
     table = CountTable.load(source)
     console = Console()
     console.print(render(table, title=str(source)))
-    for b, why in table.flagged.items():
+    print_problems(console, table)
+
+
+def print_problems(console: Console, table: CountTable) -> None:
+    """Each flagged bin's reason, and a top bin that contradicts the classifier's order."""
+    for b, why in table.bin_problems().items():
         console.print(f"[yellow]bin {table.bin_labels()[b]}%: {why}[/yellow]")
 
 
@@ -93,5 +99,7 @@ def from_estimates(
     except LsrInputError as err:
         raise LsrInputError(err.problem, estimates) from None
     table.save(output)
-    Console().print(render(table, title=str(output)))
+    console = Console()
+    console.print(render(table, title=str(output)))
+    print_problems(console, table)
     typer.echo(f"wrote {output}")
