@@ -36,7 +36,7 @@ DEFAULT_CLASSES: tuple[str, ...] = ("cancer", "non-cancer")
 RHO_FLOOR = 1e-3
 #: How far (fraction) the top bin's cancer mean may lie below a lower bin's before
 #: :meth:`CountTable.top_bin_problem` reports it. In the training study every table whose top
-#: bin was more than 20 points below a lower bin (4 of 142) gave an intra-instance network
+#: bin was more than 20 points below a lower bin (4 of 95 tables) gave an intra-instance network
 #: below the blocky model; drops in middle bins (38 runs) did no such harm (docs/results.md).
 TOP_BIN_MAX_DROP = 0.20
 #: Paper Table 1: cancer percentage per bin, (mean, std).
