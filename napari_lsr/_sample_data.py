@@ -18,7 +18,6 @@ import hashlib
 import json
 import os
 import shutil
-import tempfile
 from pathlib import Path
 
 SAMPLE_VERSION = 1
@@ -67,12 +66,13 @@ def build_sample(folder: Path, size_px: int = SAMPLE_SIZE_PX, seed: int = SAMPLE
     ``synthetic_slide_grid.json`` (block geometry) and ``sample.json`` (what made it).
     """
     from lsr import __version__
+    from lsr.atomic import make_temp_dir
     from lsr.synthetic import SyntheticConfig, write_slide
 
     folder = Path(folder)
     folder.parent.mkdir(parents=True, exist_ok=True)
     cfg = SyntheticConfig()
-    tmp = Path(tempfile.mkdtemp(prefix=".sample-", dir=folder.parent))
+    tmp = make_temp_dir(".sample-", folder.parent)
     old = folder.with_name(f".{folder.name}-old")
     try:
         record, _blocks = write_slide(cfg, seed, tmp, NAME, size_px, size_px)

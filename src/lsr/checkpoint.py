@@ -39,7 +39,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load as st_load
 from safetensors.torch import save as st_save
 
-from lsr.atomic import atomic_write_bytes, atomic_write_text
+from lsr.atomic import atomic_write_bytes, atomic_write_text, make_temp_dir
 from lsr.errors import LsrInputError
 
 FORMAT = "napari-lsr checkpoint"
@@ -175,7 +175,7 @@ def write_checkpoint(
         "files": {n: {"bytes": len(b), "sha256": _sha256(b)} for n, b in payload.items()},
     }
     final = root / step_name(step)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.tmp-", dir=root))
+    tmp = make_temp_dir(f".{final.name}.tmp-", root)
     try:
         for name, data in payload.items():
             atomic_write_bytes(tmp / name, data)

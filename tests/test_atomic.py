@@ -1,0 +1,54 @@
+"""Atomic writes give the user's files the permissions a plain open()/mkdir() would."""
+
+from __future__ import annotations
+
+import os
+import stat
+from pathlib import Path
+
+import pytest
+
+from lsr.atomic import atomic_write_text, default_mode, make_temp_dir
+
+
+@pytest.fixture
+def umask_027():
+    old = os.umask(0o027)
+    yield 0o027
+    os.umask(old)
+
+
+def mode(path: Path) -> int:
+    return stat.S_IMODE(path.stat().st_mode)
+
+
+def test_new_files_and_folders_follow_the_umask(tmp_path: Path, umask_027: int) -> None:
+    plain = tmp_path / "plain.txt"
+    plain.write_text("x")  # what open() gives under this umask: the reference
+    atomic_write_text(tmp_path / "atomic.txt", "x")
+    assert mode(tmp_path / "atomic.txt") == mode(plain) == 0o640 == default_mode()
+    folder = make_temp_dir(".t-", tmp_path)
+    (tmp_path / "plain_dir").mkdir()
+    assert mode(folder) == mode(tmp_path / "plain_dir") == 0o750 == default_mode(True)
+
+
+def test_overwritten_file_keeps_its_mode(tmp_path: Path) -> None:
+    target = tmp_path / "table.json"
+    target.write_text("old")
+    target.chmod(0o604)
+    atomic_write_text(target, "new")
+    assert target.read_text() == "new" and mode(target) == 0o604
+
+
+def test_checkpoint_folder_and_files_follow_the_umask(tmp_path: Path, umask_027: int) -> None:
+    import torch
+
+    from lsr.checkpoint import write_checkpoint
+
+    folder = write_checkpoint(
+        tmp_path / "run", 1, model_state={"w": torch.zeros(2)}, metadata={"loss": "intra"},
+        optimizer_state={"state": {}, "param_groups": []}, trainer_state={},
+    )  # fmt: skip
+    assert mode(folder) == 0o750
+    files = [*sorted(folder.iterdir()), tmp_path / "run" / "latest.json"]
+    assert len(files) >= 5 and all(mode(f) == 0o640 for f in files), [oct(mode(f)) for f in files]
