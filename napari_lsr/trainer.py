@@ -573,13 +573,15 @@ class TrainerWidget(QWidget):
     def set_table_file(self, path: str | Path) -> bool:
         """Use a count-table file (checked now: a bad file is reported, not trained on)."""
         try:
-            CountTable.load(path)
+            table = CountTable.load(path)
         except (LsrInputError, OSError) as err:
             self._say(f"Could not load the count table: {err}", error=True)
             return False
         self._table_file = str(path)
         self._refresh_tables()
         self.table_combo.setCurrentText(str(path))
+        if why := table.top_bin_problem():  # trainable, but the expert should look again
+            self._notify(f"Count table {Path(path).name}: {why}.", warning=True)
         return True
 
     def _table_chosen(self, _index: int) -> None:
@@ -949,6 +951,13 @@ class TrainerWidget(QWidget):
                 f"Training failed: {name}: {s.message or s.status}.{kept} Log: {s.log_path}",
                 error=True,
             )
+        if s.warnings:  # also for completed runs: a recovered collapse, a doubtful table, ...
+            more = f" (+{len(s.warnings) - 2} more)" if len(s.warnings) > 2 else ""
+            self._notify(
+                f"{name}: {len(s.warnings)} warning(s) during training: "
+                f"{'; '.join(s.warnings[:2])}{more}. Log: {s.log_path}",
+                warning=True,
+            )
         self.run_finished.emit(str(s.run_dir), s.status)
 
     def _update_buttons(self) -> None:
@@ -1026,12 +1035,12 @@ class TrainerWidget(QWidget):
         if error:
             self._notify(message, error=True)
 
-    def _notify(self, message: str, error: bool = False) -> None:
-        from napari.utils.notifications import show_error, show_info
+    def _notify(self, message: str, error: bool = False, warning: bool = False) -> None:
+        from napari.utils.notifications import show_error, show_info, show_warning
 
         self.status.setText(message)
         self.status.setStyleSheet("color: #e05050" if error else "")
-        (show_error if error else show_info)(message)
+        (show_error if error else show_warning if warning else show_info)(message)
 
 
 def _duration(seconds: float) -> str:

@@ -63,14 +63,15 @@ def widget(make_napari_viewer, tmp_path, monkeypatch):
     w.detach()
 
 
-def errors() -> list[str]:
+def notices(severity: str = "ERROR") -> list[str]:
     from napari.utils.notifications import NotificationSeverity, notification_manager
 
-    return [
-        str(n.message)
-        for n in notification_manager.records
-        if n.severity == NotificationSeverity.ERROR
-    ]
+    level = getattr(NotificationSeverity, severity)
+    return [str(n.message) for n in notification_manager.records if n.severity == level]
+
+
+def errors() -> list[str]:
+    return notices("ERROR")
 
 
 def test_train_queue_from_layers_to_completion_and_model_list(widget, data, qtbot) -> None:
@@ -160,6 +161,31 @@ def test_failing_run_reports_error_and_viewer_stays_usable(widget, data, tmp_pat
     qtbot.wait(50)
     assert layer in widget.viewer.layers
     assert widget.models_view.rowCount() == 0
+
+
+def test_doubtful_table_warns_when_chosen_and_when_the_run_ends(
+    widget, data, tmp_path, qtbot
+) -> None:
+    from lsr.counttable import CountTable
+
+    table = CountTable.paper_table1()
+    table.eta[8] = (0.95, 0.05)  # bin 90-95 % at 95 % cancer, the top bin at 70 %: 25 points
+    table.save(tmp_path / "doubtful.json")
+    before = len(notices("WARNING"))
+    assert widget.set_table_file(tmp_path / "doubtful.json")  # still usable for training
+    new = notices("WARNING")[before:]
+    assert len(new) == 1 and "doubtful.json" in new[0] and "25 points below bin 90–95%" in new[0]
+    widget.add_folder(data)
+    widget.steps.setValue(2)
+    before = len(notices("WARNING"))
+    assert widget.train()
+    qtbot.waitUntil(lambda: not widget.running, timeout=TIMEOUT_MS)
+    qtbot.waitUntil(lambda: len(notices("WARNING")) > before, timeout=5000)
+    state = widget.current().state
+    assert state.status == "completed" and any("top bin" in w for w in state.warnings)
+    end = notices("WARNING")[before:]
+    assert len(end) == 1 and "warning(s) during training" in end[0] and "top bin" in end[0]
+    assert str(state.log_path) in end[0]
 
 
 def test_close_asks_detach_then_reattach_and_stop(widget, data, qtbot, monkeypatch) -> None:
