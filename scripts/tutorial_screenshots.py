@@ -145,7 +145,7 @@ def shot_annotate(viewer, out: Path) -> None:
     print(f"wrote {out / 'tutorial_2_annotate.png'}")
 
 
-def shot_train(viewer, out: Path, models: Path, table: Path) -> None:
+def shot_train(viewer, out: Path, models: Path, table: Path, steps: int) -> None:
     open_sample(viewer)
     viewer.window._qt_window.resize(1600, 1000)
     _dock, w = viewer.window.add_plugin_dock_widget("napari-lsr", "Trainer")
@@ -156,6 +156,7 @@ def shot_train(viewer, out: Path, models: Path, table: Path) -> None:
         box.setChecked(loss in LOSSES)
     w.width_spin.setValue(8)
     w.depth_spin.setValue(3)
+    w.steps.setValue(steps)
     w.refresh_models()
     _grab(viewer, out / "tutorial_3_train.png")
 
@@ -248,7 +249,9 @@ def main() -> None:
     shots = {
         "sample": lambda v: shot_sample(v, args.out),
         "annotate": lambda v: shot_annotate(v, args.out),
-        "train": lambda v: shot_train(v, args.out, models, args.work / "count_table.json"),
+        "train": lambda v: shot_train(
+            v, args.out, models, args.work / "count_table.json", args.steps
+        ),
         "compare": lambda v: shot_compare(v, args.out, models, args.work),
     }
     for name in todo:
