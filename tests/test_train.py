@@ -302,8 +302,10 @@ def test_nan_loss_marks_run_failed(
 def test_collapse_marks_run_failed(pairs: list[tuple[str, str]], tmp_path: Path) -> None:
     # A huge collapse threshold makes any run "collapsed": the flag reaches the result.
     cfg = tiny_config(tmp_path, pairs, steps=3, collapse_window=2, collapse_std=10.0)
-    with pytest.warns(UserWarning, match="collapse"):
+    with warnings.catch_warnings(record=True) as caught:  # a degenerate mask may come too
+        warnings.simplefilter("always")
         result = train(cfg)
+    assert any("collapse" in str(w.message) for w in caught)
     assert result.status == "failed" and result.failure.startswith("collapsed")
 
 
