@@ -20,7 +20,7 @@ from typing import Any
 
 import numpy as np
 from qtpy.QtCore import QObject, Qt, QTimer, Signal
-from qtpy.QtGui import QColor, QIcon, QPixmap
+from qtpy.QtGui import QBrush, QColor, QIcon, QPixmap
 from qtpy.QtWidgets import (
     QCheckBox,
     QComboBox,
@@ -655,7 +655,32 @@ class CompareWidget(QWidget):
                 )
             for j, c in enumerate(cells):
                 t.setItem(i, j, _cell(c))
+        self._fill_calibration_error(calib, keys, 1 if tkey else 0)
         _fit_rows(t, max_rows=5)  # ten bins: the rest scrolls
+
+    def _fill_calibration_error(self, calib: list[dict], keys: list[str], first: int) -> None:
+        """A last row: each model's block-weighted distance from its table, marked when it
+        is past :data:`lsr.metrics.CALIBRATION_ERROR_LIMIT` (then the network is suspect)."""
+        from lsr.metrics import CALIBRATION_ERROR_LIMIT
+
+        errors = lc.calibration_errors(calib)
+        t = self.calib_table
+        row = t.rowCount()
+        t.setRowCount(row + 1)
+        t.setVerticalHeaderItem(row, QTableWidgetItem("off the table"))
+        limit = 100 * CALIBRATION_ERROR_LIMIT
+        for j, k in enumerate(keys, start=first):
+            err = errors.get(k)
+            bad = err is not None and err > CALIBRATION_ERROR_LIMIT
+            item = _cell("–" if err is None else f"{100 * err:.1f} points" + (" ⚠" if bad else ""))
+            item.setToolTip(
+                f"Block-weighted |predicted − table| cancer %. Over {limit:.0f} points the "
+                "network does not follow its count table: in the training study 6 of 8 such "
+                "networks scored below the blocky model. Below that it does not rank networks."
+            )
+            if bad:
+                item.setForeground(QBrush(QColor("#e05050")))
+            t.setItem(row, j, item)
 
     # ------------------------------------------------------------------ export
     def _export_target(self) -> tuple[Path, str] | None:

@@ -15,7 +15,12 @@ from lsr import compare
 from lsr.errors import LsrInputError
 from lsr.geojson import FIG4_COLOURS, import_geojson
 from lsr.grid import load_grid
-from lsr.metrics import boundary_band, calibration_table, iou_dice, masked_iou_dice
+from lsr.metrics import (
+    boundary_band,
+    calibration_table,
+    iou_dice,
+    masked_iou_dice,
+)
 
 BLOCK, MPP = 120, 8.33
 
@@ -158,6 +163,12 @@ def test_calibration_matches_metrics(comp, setup) -> None:
             [("a", "intra_inter"), ("b", "intra_inter")])[1].key}  # fmt: skip
     gt = calibration_table([comp.gt.astype(np.float32)], [z], BLOCK)
     assert [r["ground_truth"] for r in rows] == gt
+    # each model's distance from its own table: every labelled block against its bin's eta
+    means = {r["z"]: r["models"]["intra_inter"]["mean"] for r in rows}
+    eta = {r["z"]: r["table"]["intra_inter"][0] for r in rows}
+    lab = z[z >= 0]
+    want_err = np.mean([abs(means[b] - eta[b]) for b in lab])
+    assert compare.calibration_errors(rows)["intra_inter"] == pytest.approx(want_err)
     # a region: only the whole blocks inside it
     sub = compare.calibration(comp, (130, 0, 480, 600))  # rows 2..3 of blocks
     want = calibration_table([np.asarray(comp.probs["intra_inter"])[240:480]], [z[2:4]], BLOCK)
@@ -184,6 +195,7 @@ def test_exports(comp, tmp_path) -> None:
     out = compare.write_results(comp, tmp_path, "s", scores, calib)
     rec = json.loads(out[0].read_text())
     assert rec["scores"]["low_res"]["masked_iou"] == scores["low_res"]["masked_iou"]
+    assert rec["calibration_error"] == compare.calibration_errors(calib)
     lines = (tmp_path / "s_scores.csv").read_text().splitlines()
     assert lines[0].startswith("boundary,label,masked_iou") and len(lines) == 1 + len(scores)
     assert len((tmp_path / "s_calibration.csv").read_text().splitlines()) == 11

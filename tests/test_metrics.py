@@ -12,6 +12,7 @@ from lsr.errors import LsrInputError
 from lsr.metrics import (
     block_fractions,
     boundary_band,
+    calibration_error,
     calibration_table,
     iou_dice,
     masked_iou_dice,
@@ -153,3 +154,27 @@ def test_block_fractions_and_calibration_table():
     assert rows[9]["mean"] == pytest.approx(1.0)
     with pytest.raises(LsrInputError, match="label grid"):
         calibration_table([prob], [z[:1]], block_px=2)
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    st.lists(st.tuples(st.integers(0, 9), st.floats(0, 1)), min_size=0, max_size=40),
+    st.lists(st.floats(0, 1), min_size=10, max_size=10),
+)
+def test_calibration_error_is_the_mean_over_blocks(blocks, eta):
+    """Block-weighted |bin mean - eta| equals the mean over blocks of |their bin's mean - eta|
+    (each block stands in for its bin); None without blocks."""
+    z = np.array([b for b, _ in blocks], int)
+    f = np.array([v for _, v in blocks], float)
+    rows = []
+    for b in range(10):
+        vals = f[z == b]
+        rows.append(
+            {"z": b, "n": int(vals.size), "mean": float(vals.mean()) if vals.size else None}
+        )
+    got = calibration_error(rows, eta)
+    if not blocks:
+        assert got is None
+        return
+    means = np.array([rows[b]["mean"] for b in z])
+    assert got == pytest.approx(np.abs(means - np.asarray(eta)[z]).mean())

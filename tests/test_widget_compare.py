@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 import tifffile
 
+from lsr.compare import calibration_errors
 from lsr.geojson import FIG4_COLOURS, import_geojson
 from lsr.metrics import iou_dice, masked_iou_dice
 
@@ -122,7 +123,15 @@ def test_compare_draws_scores_and_exports(make_napari_viewer, qtbot, data, tmp_p
         assert (row["iou"], row["dice"]) == pytest.approx(iou_dice(comp.masks[key], gt))
     assert w.scores_table.rowCount() == 2
     assert w.scores_table.item(0, 0).text() == f"{w.scores['low_res']['masked_iou']:.4f}"
-    assert w.calib_table.rowCount() == 10
+    # ten bins and a last row with each model's distance from its table (lsr.compare's)
+    assert w.calib_table.rowCount() == 11
+    assert w.calib_table.verticalHeaderItem(10).text() == "off the table"
+    errs = calibration_errors(w.calib)
+    key = next(iter(errs))
+    cell = w.calib_table.item(10, 1).text()
+    assert cell.startswith(f"{100 * errs[key]:.1f} points") and cell.endswith("⚠") == (
+        errs[key] > 0.3
+    )
 
     # exports: GeoJSON readable by lsr and shapely, PNG, results
     assert w.export_geojson()

@@ -555,6 +555,22 @@ def evaluate(comp: Comparison, region: tuple[int, int, int, int] | None = None) 
     return {k: rows[k] for k in order}
 
 
+def calibration_errors(calib: Sequence[dict]) -> dict[str, float | None]:
+    """Each model's block-weighted distance from its own count table
+    (:func:`lsr.metrics.calibration_error`, a fraction) from :func:`calibration`'s rows."""
+    from lsr.metrics import calibration_error
+
+    keys = list(calib[0]["models"]) if calib else []
+    out: dict[str, float | None] = {}
+    for k in keys:
+        if not all(k in row["table"] for row in calib):
+            out[k] = None  # no table to compare with
+            continue
+        rows = [{**row["models"][k], "z": i} for i, row in enumerate(calib)]
+        out[k] = calibration_error(rows, [row["table"][k][0] for row in calib])
+    return out
+
+
 def calibration(comp: Comparison, region: tuple[int, int, int, int] | None = None) -> list[dict]:
     """Predicted cancer fraction per bin z vs each model's count table (fractions).
 
@@ -720,6 +736,7 @@ def results_dict(
         },
         "scores": dict(scores) if scores else None,
         "calibration": list(calib) if calib else None,
+        "calibration_error": calibration_errors(calib) if calib else None,
     }
 
 

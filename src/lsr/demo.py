@@ -330,6 +330,7 @@ def table1_markdown(manifest: dict, root: Path) -> str:
 def calibration_markdown(calib: dict, manifest: dict, root: Path) -> str:
     """Per bin: predicted cancer fraction of held-out blocks vs the count table."""
     from lsr.counttable import CountTable
+    from lsr.metrics import calibration_error
 
     table = CountTable.load(root / manifest["tables"]["expert"])
     names = [k for k in ("ground_truth", *ROWS[1:]) if k in calib]
@@ -346,6 +347,10 @@ def calibration_markdown(calib: dict, manifest: dict, root: Path) -> str:
                 else f"{100 * row['mean']:.1f} ± {100 * row['std']:.1f} (n={row['n']})"
             )
         lines.append("| " + " | ".join(cells) + " |")
+    errors = {k: calibration_error(calib[k], table.eta[:, 0]) for k in names if k != "ground_truth"}
+    text = ", ".join(f"{k} {100 * e:.1f}" for k, e in errors.items() if e is not None)
+    if text:
+        lines += ["", f"Block-weighted distance from the table (points): {text}."]
     lines.append("")
     return "\n".join(lines)
 

@@ -177,6 +177,8 @@ def evaluate(
         calib = calibration(_pair(preds, grids, pair_by), block_px, table)
         result["calibration"] = calib
         console.print(_calibration_table(calib, table is not None))
+        if table is not None:
+            result["calibration_error"] = _report_calibration_error(calib, console)
     if json_out is not None:
         atomic_write_text(json_out, json.dumps(result, indent=2))
         console.print(f"scores written to {json_out}")
@@ -212,6 +214,23 @@ def _scores(pairs: list[tuple[Path, Path]], band: int, console: Console) -> dict
         )
     console.print(table)
     return scores
+
+
+def _report_calibration_error(rows: list[dict], console: Console) -> float | None:
+    """Print the block-weighted distance from the table; warn past the limit."""
+    from lsr.metrics import CALIBRATION_ERROR_LIMIT, calibration_error
+
+    err = calibration_error(rows, [r["table_mean"] for r in rows])
+    if err is None:
+        return None
+    console.print(f"block-weighted distance from the count table: {100 * err:.1f} points")
+    if err > CALIBRATION_ERROR_LIMIT:
+        console.print(
+            f"[yellow]more than {100 * CALIBRATION_ERROR_LIMIT:.0f} points: the network does "
+            "not follow its count table (in the training study 6 of 8 such networks scored "
+            "below the blocky model)[/yellow]"
+        )
+    return err
 
 
 def _calibration_table(rows: list[dict], with_table: bool) -> Table:
