@@ -615,7 +615,8 @@ class CompareWidget(QWidget):
             if region is None
             else f"region y {region[0]}–{region[2]}, x {region[1]}–{region[3]} px"
         )
-        self.status.setText(f"evaluated on the {where}" if scores else "calibration only")
+        status = f"evaluated on the {where}" if scores else "calibration only"
+        self.status.setText(status + self._calibration_warning(calib))
         t = self.scores_table
         rows = list((scores or {}).items())
         t.setRowCount(len(rows))
@@ -657,6 +658,17 @@ class CompareWidget(QWidget):
                 t.setItem(i, j, _cell(c))
         self._fill_calibration_error(calib, keys, 1 if tkey else 0)
         _fit_rows(t, max_rows=5)  # ten bins: the rest scrolls
+
+    def _calibration_warning(self, calib: list[dict] | None) -> str:
+        """' · <model>: N points off its count table ⚠' for each model past the limit."""
+        from lsr.metrics import CALIBRATION_ERROR_LIMIT
+
+        bad = [
+            f"{self.comparison.boundary(k).label}: {100 * e:.0f} points off its count table ⚠"
+            for k, e in lc.calibration_errors(calib or []).items()
+            if e is not None and e > CALIBRATION_ERROR_LIMIT
+        ]
+        return "".join(f" · {b}" for b in bad)
 
     def _fill_calibration_error(self, calib: list[dict], keys: list[str], first: int) -> None:
         """A last row: each model's block-weighted distance from its table, marked when it

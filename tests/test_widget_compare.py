@@ -3,6 +3,7 @@ notifications for bad input."""
 
 from __future__ import annotations
 
+import copy
 import json
 import warnings
 from pathlib import Path
@@ -132,6 +133,15 @@ def test_compare_draws_scores_and_exports(make_napari_viewer, qtbot, data, tmp_p
     assert cell.startswith(f"{100 * errs[key]:.1f} points") and cell.endswith("⚠") == (
         errs[key] > 0.3
     )
+    assert ("points off its count table" in w.status.text()) == any(
+        e is not None and e > 0.3 for e in errs.values()
+    )
+    far = copy.deepcopy(w.calib)  # the same rows with one model 40 points off in every bin
+    for row in far:
+        eta = row["table"][key][0]
+        row["models"][key] = {"n": 5, "mean": eta + 0.4 if eta < 0.6 else eta - 0.4, "std": 0.0}
+    label = comp.boundary(key).label
+    assert w._calibration_warning(far) == f" · {label}: 40 points off its count table ⚠"
 
     # exports: GeoJSON readable by lsr and shapely, PNG, results
     assert w.export_geojson()
