@@ -935,6 +935,13 @@ class TrainerWidget(QWidget):
 
     def _report_end(self, s: tp.RunState) -> None:
         name = f"{LOSS_LABELS.get(s.loss, s.loss)} ({s.run_dir.name})"
+        if s.warnings:  # also for completed runs: a recovered collapse, a doubtful table, ...
+            more = f" (+{len(s.warnings) - 2} more)" if len(s.warnings) > 2 else ""
+            self._notify(  # first, so that the status line ends with the outcome below
+                f"{name}: {len(s.warnings)} warning(s) during training: "
+                f"{'; '.join(s.warnings[:2])}{more}. Log: {s.log_path}",
+                warning=True,
+            )
         if s.status == "completed":
             final = f"{s.final_loss:.4g}" if s.final_loss is not None else "-"
             self._notify(f"Training finished: {name}, {s.step} steps, final loss {final}.")
@@ -950,13 +957,6 @@ class TrainerWidget(QWidget):
             self._notify(
                 f"Training failed: {name}: {s.message or s.status}.{kept} Log: {s.log_path}",
                 error=True,
-            )
-        if s.warnings:  # also for completed runs: a recovered collapse, a doubtful table, ...
-            more = f" (+{len(s.warnings) - 2} more)" if len(s.warnings) > 2 else ""
-            self._notify(
-                f"{name}: {len(s.warnings)} warning(s) during training: "
-                f"{'; '.join(s.warnings[:2])}{more}. Log: {s.log_path}",
-                warning=True,
             )
         self.run_finished.emit(str(s.run_dir), s.status)
 

@@ -186,6 +186,7 @@ def test_doubtful_table_warns_when_chosen_and_when_the_run_ends(
     end = notices("WARNING")[before:]
     assert len(end) == 1 and "warning(s) during training" in end[0] and "top bin" in end[0]
     assert str(state.log_path) in end[0]
+    assert widget.status.text().startswith("Training finished")  # the outcome stays visible
 
 
 def test_close_asks_detach_then_reattach_and_stop(widget, data, qtbot, monkeypatch) -> None:
