@@ -92,7 +92,7 @@ def build_sample(folder: Path, size_px: int = SAMPLE_SIZE_PX, seed: int = SAMPLE
         (tmp / f"{NAME}_grid.json").write_text(json.dumps(geometry, indent=1) + "\n")
         (tmp / "sample.json").write_text(json.dumps(record, indent=1) + "\n")
         for path in tmp.iterdir():
-            path.chmod(0o644)  # temporary files are 0600; shipped and cached ones are readable
+            path.chmod(0o644)  # shipped and cached files are readable whatever the umask
         tmp.chmod(0o755)
         if folder.exists():
             shutil.rmtree(old, ignore_errors=True)

@@ -4,47 +4,42 @@ Everything the project saves (tables, annotations, checkpoints, exports) goes th
 :func:`atomic_path`: the data is written to a temporary file in the same folder, flushed
 to disk and renamed over the target in one step, so a crash leaves either the old file or
 the new one, never a truncated mix. The temporary files and folders that become the user's
-files get the permissions a plain ``open``/``mkdir`` would give (0o666/0o777 less the
-umask; an overwritten file keeps its own), not :mod:`tempfile`'s private 0o600/0o700, so
-exports and models stay readable by whoever could read the folder.
+are created as a plain ``open``/``mkdir`` creates them (mode 0o666/0o777, so the kernel
+applies the umask, a setgid folder's group and default ACLs), not with :mod:`tempfile`'s
+owner-only 0o600/0o700; an overwritten file keeps its own mode. So exports and models stay
+readable by whoever could read the folder.
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
+import secrets
 import stat
-import tempfile
-import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
-_UMASK_LOCK = threading.Lock()
+
+def _unique(parent: Path, prefix: str, suffix: str, create: Callable[[Path], object]) -> Path:
+    """``create(path)`` on a fresh random name in ``parent`` (retried if it exists)."""
+    for _ in range(100):
+        path = parent / f"{prefix}{secrets.token_hex(6)}{suffix}"
+        try:
+            create(path)
+        except FileExistsError:
+            continue
+        return path
+    raise FileExistsError(f"no free temporary name in {parent}")  # pragma: no cover
 
 
-def _umask() -> int:
-    """The process umask; read from /proc where possible (``os.umask`` can only swap it)."""
-    with contextlib.suppress(OSError, ValueError, IndexError):
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("Umask:"):
-                return int(line.split()[1], 8)
-    with _UMASK_LOCK:
-        old = os.umask(0o022)
-        os.umask(old)
-    return old
-
-
-def default_mode(directory: bool = False) -> int:
-    """Permissions a plain ``open`` (0o666) or ``mkdir`` (0o777) gives under the umask."""
-    return (0o777 if directory else 0o666) & ~_umask()
+def _create_file(path: Path) -> None:
+    os.close(os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o666))
 
 
 def make_temp_dir(prefix: str, parent: str | os.PathLike[str]) -> Path:
-    """A new uniquely named folder in ``parent`` with :func:`default_mode` permissions, to be
-    filled and renamed into place (``tempfile.mkdtemp`` alone makes it owner-only)."""
-    tmp = Path(tempfile.mkdtemp(prefix=prefix, dir=parent))
-    os.chmod(tmp, default_mode(directory=True))
-    return tmp
+    """A new uniquely named folder in ``parent``, made as ``mkdir`` makes one (umask, setgid
+    group, default ACLs apply), to be filled and renamed into place."""
+    return _unique(Path(parent), prefix, "", lambda p: os.mkdir(p, 0o777))
 
 
 @contextlib.contextmanager
@@ -57,25 +52,17 @@ def atomic_path(path: str | os.PathLike[str], suffix: str | None = None) -> Iter
     """
     target = Path(path)
     target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(
-        prefix=f".{target.stem}.tmp-",
-        suffix=target.suffix if suffix is None else suffix,
-        dir=target.parent,
-    )
-    os.close(fd)
-    tmp = Path(tmp_name)
+    ext = target.suffix if suffix is None else suffix
+    tmp = _unique(target.parent, f".{target.stem}.tmp-", ext, _create_file)
     try:
-        try:
-            mode = stat.S_IMODE(target.stat().st_mode)  # an overwritten file keeps its mode
-        except FileNotFoundError:
-            mode = default_mode()
-        os.chmod(tmp, mode)
         yield tmp
         with open(tmp, "rb+") as fh:
             os.fsync(fh.fileno())
+        with contextlib.suppress(FileNotFoundError):  # an overwritten file keeps its mode,
+            os.chmod(tmp, stat.S_IMODE(target.stat().st_mode))  # set after the writing
         os.replace(tmp, target)
     except BaseException:
-        with contextlib.suppress(FileNotFoundError):
+        with contextlib.suppress(OSError):
             tmp.unlink()
         raise
 
