@@ -292,7 +292,7 @@ def test_top_bin_problem_iff_a_lower_bin_has_20_points_more(percent):
     assert (why is not None) == (worst / 100 > TOP_BIN_MAX_DROP + 1e-12)
     if why is not None:
         assert f"{worst} points below bin {table.bin_labels()[bin_]}%" in why
-        assert why.startswith("the top bin 95–100%")
+        assert "classifier's top bin (95–100%)" in why
 
 
 def test_top_bin_problem_on_the_paper_table_and_a_study_table():
@@ -312,5 +312,26 @@ def test_bin_problems_adds_the_top_bin_problem_to_its_flag():
     table.flagged = {3: "only 1 estimate", 9: "estimates spread widely"}
     problems = table.bin_problems()
     assert problems[3] == "only 1 estimate"
-    assert problems[9].startswith("estimates spread widely; the top bin 95–100% averages 40.0%")
+    assert problems[9].startswith(
+        "estimates spread widely; blocks of the classifier's top bin (95–100%) average 40.0%"
+    )
     assert table.flagged[9] == "estimates spread widely"  # the table itself is not changed
+
+
+def test_top_bin_problem_uses_only_bins_with_two_estimates():
+    """A single estimate is no mean, and a bin filled from a fallback table has none."""
+    z = np.repeat(np.arange(10), 3)
+    pc = np.where(z == 8, 90.0, np.where(z == 9, 50.0, 5.0 * z))  # 40 points below bin 8
+    pc = pc + np.tile([0.0, 1.0, 2.0], 10)  # spread within each bin (no std-0 warning)
+    assert CountTable.from_estimates(z, pc).top_bin_problem() is not None
+    keep = ~((z == 8) & (np.arange(z.size) % 3 > 0))  # bin 8 keeps one estimate of 90 %
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the bins with a single estimate are flagged
+        one = CountTable.from_estimates(z[keep], pc[keep])
+        assert one.n[8] == 1 and one.top_bin_problem() is None
+        top_once = ~((z == 9) & (np.arange(z.size) % 3 > 0))
+        assert CountTable.from_estimates(z[top_once], pc[top_once]).top_bin_problem() is None
+        filled = CountTable.from_estimates(  # bin 8 from paper Table 1 (20 %): no estimate
+            z[z != 8], pc[z != 8], fallback=CountTable.paper_table1()
+        )
+        assert filled.n[8] == 0 and filled.top_bin_problem() is None

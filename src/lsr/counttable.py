@@ -312,21 +312,27 @@ class CountTable:
         The bins are ordered by the classifier's cancer probability, so its most confident
         bin should hold the most cancer. When the top bin's cancer mean (column 0) is more
         than ``max_drop`` (fraction) below a lower bin's, the expert's sample of it is most
-        likely unrepresentative, and intra-instance learns to under-call cancer.
+        likely unrepresentative, and intra-instance learns to under-call cancer. For a table
+        with estimate counts ``n``, only bins with two estimates or more take part (a bin
+        filled from a fallback table has none).
         """
         cancer = self.eta[:, 0]
-        if self.n_bins < 2:
+        known = np.ones(self.n_bins, bool) if self.n is None else np.asarray(self.n) >= 2
+        lower = np.flatnonzero(known[:-1])
+        if self.n_bins < 2 or not known[-1] or lower.size == 0:
             return None
-        low = int(np.argmax(cancer[:-1]))
+        low = int(lower[np.argmax(cancer[lower])])
         drop = float(cancer[low] - cancer[-1])
         if drop <= max_drop + 1e-9:  # exactly max_drop (in float) is not reported
             return None
         labels = self.bin_labels()
         return (
-            f"the top bin {labels[-1]}% averages {_percent(cancer[-1])}% cancer, "
-            f"{100 * drop:.0f} points below bin {labels[low]}% ({_percent(cancer[low])}%); "
-            "the classifier's most confident bin should hold the most cancer: estimate more "
-            "of its blocks (intra-instance under-calls cancer with such a table)"
+            f"blocks of the classifier's top bin ({labels[-1]}%) average "
+            f"{_percent(cancer[-1])}% cancer in this table, {100 * drop:.0f} points below bin "
+            f"{labels[low]}% ({_percent(cancer[low])}%); the classifier's most confident "
+            "blocks should hold the most cancer, so the top bin's estimates are probably "
+            "unrepresentative: estimate more of its blocks (intra-instance under-calls cancer "
+            "with such a table)"
         )
 
     def bin_problems(self) -> dict[int, str]:
