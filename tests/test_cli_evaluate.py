@@ -74,7 +74,7 @@ def test_calibration_matches_numpy_per_bin(tmp_path, runner):
 def test_calibration_with_a_mask_counts_cancer_pixels(tmp_path, runner):
     mask = np.zeros((B, 2 * B), np.uint8)
     mask[:, :B] = 255  # left block all cancer
-    mask[: B // 2, B:] = 1  # right block: half
+    mask[: B // 2, B:] = 255  # right block: half
     np.save(tmp_path / "a_mask.npy", mask)
     np.save(tmp_path / "a_grid.npy", np.array([[9, 4]], np.int16))
     res = runner.invoke(app, ["evaluate", "-p", str(tmp_path / "a_mask.npy"), "--grid",
@@ -112,3 +112,47 @@ def test_grid_folder_with_images_and_ground_truth_pairs_the_grids(tmp_path, runn
     assert res.exit_code == 0, res.output
     calib = {r["z"]: r for r in json.loads((tmp_path / "o.json").read_text())["calibration"]}
     assert calib[9]["n"] == 1 and calib[9]["mean"] == pytest.approx(0.25)
+
+
+def test_lsr_predicts_uint8_probability_map_is_read_as_probabilities(tmp_path, runner):
+    """``lsr predict`` stores probability.tif as uint8 round(255 p): scores and calibration
+    must use p, not 'nonzero = cancer' (which called almost every pixel cancer)."""
+    from lsr.metrics import masked_iou_dice
+    from lsr.predict import _Quantised
+    from lsr.slide import write_pyramidal_tiff
+
+    rng = np.random.default_rng(5)
+    yy, xx = np.mgrid[: 4 * B, : 4 * B]
+    prob = np.clip(0.5 + 0.4 * np.sin(yy / 9.0) * np.cos(xx / 7.0)
+                   + rng.normal(0, 0.05, yy.shape), 0, 1).astype(np.float32)  # fmt: skip
+    gt = (np.sin(yy / 9.0) * np.cos(xx / 7.0) > 0.1).astype(np.uint8) * 255
+    z = rng.integers(0, 10, (4, 4)).astype(np.int16)
+    (tmp_path / "pred").mkdir()
+    write_pyramidal_tiff(tmp_path / "pred" / "s_prob.tif", _Quantised(prob), mpp=1.0,
+                         compression="zlib", min_size=4 * B)  # fmt: skip
+    np.save(tmp_path / "s_gt.npy", gt)
+    np.save(tmp_path / "s_grid.npy", z)
+    CountTable.paper_table1().to_json(tmp_path / "t.json")
+    args = ["evaluate", "-p", str(tmp_path / "pred"), "-g", str(tmp_path / "s_gt.npy"),
+            "--band", str(B), "--grid", str(tmp_path / "s_grid.npy"), "--block-px", str(B),
+            "-t", str(tmp_path / "t.json"), "--json", str(tmp_path / "o.json")]  # fmt: skip
+    res = runner.invoke(app, args)
+    assert res.exit_code == 0, res.output
+    out = json.loads((tmp_path / "o.json").read_text())
+    q = np.clip(np.rint(prob * 255), 0, 255).astype(np.uint8) / 255.0  # what the file holds
+    want = masked_iou_dice(q >= 0.5, gt > 0, B)
+    assert (out["masked_iou"], out["masked_dice"]) == pytest.approx(want)
+    blocks = q.reshape(4, B, 4, B).mean(axis=(1, 3))
+    for row in out["calibration"]:
+        if row["n"]:
+            assert row["mean"] == pytest.approx(blocks[z == row["z"]].mean(), abs=1e-9)
+
+
+@pytest.mark.parametrize("on", [1, 255])
+def test_binary_uint8_prediction_is_a_mask(tmp_path, runner, on):
+    from lsr.cli.evaluate import read_fraction_map
+
+    m = np.zeros((B, B), np.uint8)
+    m[: B // 2] = on
+    np.save(tmp_path / "m.npy", m)
+    np.testing.assert_array_equal(read_fraction_map(tmp_path / "m.npy"), (m > 0).astype(float))

@@ -63,18 +63,33 @@ def read_map(path: Path) -> np.ndarray:
 
 
 def read_mask(path: Path) -> np.ndarray:
-    """A 2-D boolean mask (see :func:`read_map`): float maps are cancer where >= 0.5,
-    integer maps where nonzero."""
+    """A 2-D boolean ground-truth mask (see :func:`read_map`): float maps are cancer where
+    >= 0.5, integer maps (masks, label images) where nonzero."""
     a = read_map(path)
     return a >= 0.5 if np.issubdtype(a.dtype, np.floating) else a > 0
 
 
 def read_fraction_map(path: Path) -> np.ndarray:
-    """(H, W) float64 cancer probability: a float map as stored, a mask as 0/1."""
+    """(H, W) float64 cancer probability of a prediction: a float map as stored; an unsigned
+    integer map with more than two values is a quantised probability map, value / dtype max
+    (``lsr predict``'s ``probability.tif`` is uint8, round(255 p)); any other map is a mask
+    (nonzero = 1)."""
     a = read_map(path)
     if np.issubdtype(a.dtype, np.floating):
         return a.astype(np.float64)
+    if a.dtype in (np.uint8, np.uint16) and _n_values(a) > 2:
+        return a.astype(np.float64) / np.iinfo(a.dtype).max
     return (a > 0).astype(np.float64)
+
+
+def read_prediction_mask(path: Path) -> np.ndarray:
+    """A prediction as a boolean mask: :func:`read_fraction_map` >= 0.5."""
+    return read_fraction_map(path) >= 0.5
+
+
+def _n_values(a: np.ndarray) -> int:
+    """Distinct values of a uint8/uint16 array (bincount: no sort of a whole slide)."""
+    return int(np.count_nonzero(np.bincount(a.ravel(), minlength=2)))
 
 
 def _is_pyramid(path: Path) -> bool:
@@ -190,7 +205,7 @@ def _scores(pairs: list[tuple[Path, Path]], band: int, console: Console) -> dict
 
     preds, gts = [], []
     for p, g in pairs:
-        pm, gm = read_mask(p), read_mask(g)
+        pm, gm = read_prediction_mask(p), read_mask(g)
         if pm.shape != gm.shape:
             raise LsrInputError(f"shape {pm.shape} differs from ground truth {g} {gm.shape}", p)
         preds.append(pm)
