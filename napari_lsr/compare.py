@@ -660,37 +660,40 @@ class CompareWidget(QWidget):
         _fit_rows(t, max_rows=5)  # ten bins: the rest scrolls
 
     def _calibration_warning(self, calib: list[dict] | None) -> str:
-        """' · <model>: N points off its count table ⚠' for each model past the limit."""
-        from lsr.metrics import CALIBRATION_ERROR_LIMIT
-
+        """' · <model>: N points off its count table ⚠' for each flagged model."""
         bad = [
-            f"{self.comparison.boundary(k).label}: {100 * e:.0f} points off its count table ⚠"
-            for k, e in lc.calibration_errors(calib or []).items()
-            if e is not None and e > CALIBRATION_ERROR_LIMIT
+            f"{self.comparison.boundary(k).label}: {100 * c['error']:.0f} points off its "
+            "count table ⚠"
+            for k, c in lc.calibration_checks(calib or []).items()
+            if c and c["flagged"]
         ]
         return "".join(f" · {b}" for b in bad)
 
     def _fill_calibration_error(self, calib: list[dict], keys: list[str], first: int) -> None:
-        """A last row: each model's block-weighted distance from its table, marked when it
-        is past :data:`lsr.metrics.CALIBRATION_ERROR_LIMIT` (then the network is suspect)."""
-        from lsr.metrics import CALIBRATION_ERROR_LIMIT
+        """A last row: each model's block-weighted distance from its table, marked when
+        :func:`lsr.metrics.off_the_table` flags it (then the network is suspect)."""
+        from lsr.metrics import CALIBRATION_ERROR_LIMIT, CALIBRATION_MIN_BLOCKS
 
-        errors = lc.calibration_errors(calib)
+        checks = lc.calibration_checks(calib)
         t = self.calib_table
         row = t.rowCount()
         t.setRowCount(row + 1)
         t.setVerticalHeaderItem(row, QTableWidgetItem("off the table"))
-        limit = 100 * CALIBRATION_ERROR_LIMIT
         for j, k in enumerate(keys, start=first):
-            err = errors.get(k)
-            bad = err is not None and err > CALIBRATION_ERROR_LIMIT
-            item = _cell("–" if err is None else f"{100 * err:.1f} points" + (" ⚠" if bad else ""))
+            c = checks.get(k)
+            if c is None or c["error"] is None:
+                item = _cell("–")
+            else:
+                flag = " ⚠" if c["flagged"] else ""
+                item = _cell(f"{100 * c['error']:.1f} points ({c['blocks']} blocks){flag}")
             item.setToolTip(
-                f"Block-weighted |predicted − table| cancer %. Over {limit:.0f} points the "
-                "network does not follow its count table: in the training study 6 of 8 such "
-                "networks scored below the blocky model. Below that it does not rank networks."
+                "Block-weighted |predicted − table| cancer %. Over "
+                f"{100 * CALIBRATION_ERROR_LIMIT:.0f} points on {CALIBRATION_MIN_BLOCKS} blocks "
+                "or more the network does not follow its count table: in the training study 6 "
+                "of 8 such networks scored below the blocky model. Below that it does not rank "
+                "networks."
             )
-            if bad:
+            if c is not None and c["flagged"]:
                 item.setForeground(QBrush(QColor("#e05050")))
             t.setItem(row, j, item)
 

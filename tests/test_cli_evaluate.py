@@ -65,10 +65,12 @@ def test_calibration_matches_numpy_per_bin(tmp_path, runner):
     blocks = np.concatenate([f[z >= 0] for f, (_, z) in zip(fr, data, strict=True)])
     zs = np.concatenate([z[z >= 0] for _, (_, z) in zip(fr, data, strict=True)])
     want = np.abs(blocks - table.eta[zs, 0]).mean()
-    err = json.loads((tmp_path / "out.json").read_text())["calibration_error"]
-    assert err == pytest.approx(want)
-    assert f"distance from the count table: {100 * want:.1f} points" in " ".join(res.output.split())
-    assert ("does not follow its count table" in res.output) == (want > 0.3)
+    check = json.loads((tmp_path / "out.json").read_text())["calibration_check"]
+    assert check["error"] == pytest.approx(want) and check["blocks"] == zs.size
+    text = " ".join(res.output.split())
+    assert f"distance from the count table: {100 * want:.1f} points ({zs.size} blocks)" in text
+    assert check["flagged"] == (want > 0.3 and zs.size >= 100)
+    assert ("does not follow its count table" in res.output) == check["flagged"]
 
 
 def test_calibration_with_a_mask_counts_cancer_pixels(tmp_path, runner):

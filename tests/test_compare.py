@@ -168,7 +168,9 @@ def test_calibration_matches_metrics(comp, setup) -> None:
     eta = {r["z"]: r["table"]["intra_inter"][0] for r in rows}
     lab = z[z >= 0]
     want_err = np.mean([abs(means[b] - eta[b]) for b in lab])
-    assert compare.calibration_errors(rows)["intra_inter"] == pytest.approx(want_err)
+    check = compare.calibration_checks(rows)["intra_inter"]
+    assert check["error"] == pytest.approx(want_err) and check["blocks"] == lab.size
+    assert check["flagged"] == (want_err > 0.3 and lab.size >= 100)
     # a region: only the whole blocks inside it
     sub = compare.calibration(comp, (130, 0, 480, 600))  # rows 2..3 of blocks
     want = calibration_table([np.asarray(comp.probs["intra_inter"])[240:480]], [z[2:4]], BLOCK)
@@ -195,7 +197,7 @@ def test_exports(comp, tmp_path) -> None:
     out = compare.write_results(comp, tmp_path, "s", scores, calib)
     rec = json.loads(out[0].read_text())
     assert rec["scores"]["low_res"]["masked_iou"] == scores["low_res"]["masked_iou"]
-    assert rec["calibration_error"] == compare.calibration_errors(calib)
+    assert rec["calibration_check"] == compare.calibration_checks(calib)
     lines = (tmp_path / "s_scores.csv").read_text().splitlines()
     assert lines[0].startswith("boundary,label,masked_iou") and len(lines) == 1 + len(scores)
     assert len((tmp_path / "s_calibration.csv").read_text().splitlines()) == 11

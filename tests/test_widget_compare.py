@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import tifffile
 
-from lsr.compare import calibration_errors
+from lsr.compare import calibration_checks
 from lsr.geojson import FIG4_COLOURS, import_geojson
 from lsr.metrics import iou_dice, masked_iou_dice
 
@@ -127,21 +127,30 @@ def test_compare_draws_scores_and_exports(make_napari_viewer, qtbot, data, tmp_p
     # ten bins and a last row with each model's distance from its table (lsr.compare's)
     assert w.calib_table.rowCount() == 11
     assert w.calib_table.verticalHeaderItem(10).text() == "off the table"
-    errs = calibration_errors(w.calib)
-    key = next(iter(errs))
+    checks = calibration_checks(w.calib)
+    key = next(iter(checks))
+    c = checks[key]
     cell = w.calib_table.item(10, 1).text()
-    assert cell.startswith(f"{100 * errs[key]:.1f} points") and cell.endswith("⚠") == (
-        errs[key] > 0.3
-    )
+    assert cell.startswith(f"{100 * c['error']:.1f} points ({c['blocks']} blocks)")
+    assert cell.endswith("⚠") == c["flagged"]
     assert ("points off its count table" in w.status.text()) == any(
-        e is not None and e > 0.3 for e in errs.values()
+        v is not None and v["flagged"] for v in checks.values()
     )
-    far = copy.deepcopy(w.calib)  # the same rows with one model 40 points off in every bin
-    for row in far:
-        eta = row["table"][key][0]
-        row["models"][key] = {"n": 5, "mean": eta + 0.4 if eta < 0.6 else eta - 0.4, "std": 0.0}
-    label = comp.boundary(key).label
-    assert w._calibration_warning(far) == f" · {label}: 40 points off its count table ⚠"
+    # the same rows with one model 40 points off in every bin: flagged on 50 blocks, not on 5
+    for n, flagged in ((50, True), (5, False)):
+        far = copy.deepcopy(w.calib)
+        for row in far:
+            eta = row["table"][key][0]
+            row["models"][key] = {"n": n, "mean": eta + 0.4 if eta < 0.6 else eta - 0.4,
+                                  "std": 0.0}  # fmt: skip
+        label = comp.boundary(key).label
+        warning = f" · {label}: 40 points off its count table ⚠"
+        assert w._calibration_warning(far) == (warning if flagged else "")
+        w._fill_calibration(far)
+        item = w.calib_table.item(10, 1)
+        assert item.text() == f"40.0 points ({10 * n} blocks)" + (" ⚠" if flagged else "")
+        assert (item.foreground().color().name() == "#e05050") is flagged
+    w._fill_calibration(w.calib)
 
     # exports: GeoJSON readable by lsr and shapely, PNG, results
     assert w.export_geojson()

@@ -555,19 +555,25 @@ def evaluate(comp: Comparison, region: tuple[int, int, int, int] | None = None) 
     return {k: rows[k] for k in order}
 
 
-def calibration_errors(calib: Sequence[dict]) -> dict[str, float | None]:
-    """Each model's block-weighted distance from its own count table
-    (:func:`lsr.metrics.calibration_error`, a fraction) from :func:`calibration`'s rows."""
-    from lsr.metrics import calibration_error
+def calibration_checks(calib: Sequence[dict]) -> dict[str, dict[str, Any] | None]:
+    """Each model's distance from its own count table, from :func:`calibration`'s rows:
+    ``error`` (:func:`lsr.metrics.calibration_error`, a fraction), ``blocks`` behind it and
+    ``flagged`` (:func:`lsr.metrics.off_the_table`); None for a model without a table."""
+    from lsr.metrics import calibration_blocks, calibration_error, off_the_table
 
     keys = list(calib[0]["models"]) if calib else []
-    out: dict[str, float | None] = {}
+    out: dict[str, dict[str, Any] | None] = {}
     for k in keys:
         if not all(k in row["table"] for row in calib):
             out[k] = None  # no table to compare with
             continue
         rows = [{**row["models"][k], "z": i} for i, row in enumerate(calib)]
-        out[k] = calibration_error(rows, [row["table"][k][0] for row in calib])
+        eta = [row["table"][k][0] for row in calib]
+        out[k] = {
+            "error": calibration_error(rows, eta),
+            "blocks": calibration_blocks(rows),
+            "flagged": off_the_table(rows, eta),
+        }
     return out
 
 
@@ -736,7 +742,7 @@ def results_dict(
         },
         "scores": dict(scores) if scores else None,
         "calibration": list(calib) if calib else None,
-        "calibration_error": calibration_errors(calib) if calib else None,
+        "calibration_check": calibration_checks(calib) if calib else None,
     }
 
 

@@ -199,6 +199,9 @@ def block_fractions(mask_or_prob: np.ndarray, block_px: int) -> np.ndarray:
 #: scored below the blocky model; below it the distance did not rank networks (Spearman −0.07
 #: against masked IoU), so it rejects, it does not rank (docs/tutorial.md).
 CALIBRATION_ERROR_LIMIT = 0.30
+#: Fewest labelled blocks behind a flag: the study's networks were read on about 250 held-out
+#: blocks each; a few blocks of a small region are not evidence of anything.
+CALIBRATION_MIN_BLOCKS = 100
 
 
 def calibration_error(rows: Sequence[dict], eta: Sequence[float]) -> float | None:
@@ -215,6 +218,23 @@ def calibration_error(rows: Sequence[dict], eta: Sequence[float]) -> float | Non
             total += n
             weighted += n * abs(float(mean) - float(eta[int(row["z"])]))
     return weighted / total if total else None
+
+
+def calibration_blocks(rows: Sequence[dict]) -> int:
+    """Labelled blocks behind :func:`calibration_error` (bins with a mean)."""
+    return int(sum(row.get("n") or 0 for row in rows if row.get("mean") is not None))
+
+
+def off_the_table(rows: Sequence[dict], eta: Sequence[float]) -> bool:
+    """True when a network is further than :data:`CALIBRATION_ERROR_LIMIT` from its table,
+    measured on at least :data:`CALIBRATION_MIN_BLOCKS` blocks (of probability maps: the
+    limit was read from mean probabilities, not from thresholded masks)."""
+    err = calibration_error(rows, eta)
+    return (
+        err is not None
+        and err > CALIBRATION_ERROR_LIMIT
+        and calibration_blocks(rows) >= CALIBRATION_MIN_BLOCKS
+    )
 
 
 def calibration_table(

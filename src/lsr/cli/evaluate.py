@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import typer
@@ -69,17 +70,23 @@ def read_mask(path: Path) -> np.ndarray:
     return a >= 0.5 if np.issubdtype(a.dtype, np.floating) else a > 0
 
 
-def read_fraction_map(path: Path) -> np.ndarray:
-    """(H, W) float64 cancer probability of a prediction: a float map as stored; an unsigned
-    integer map with more than two values is a quantised probability map, value / dtype max
-    (``lsr predict``'s ``probability.tif`` is uint8, round(255 p)); any other map is a mask
-    (nonzero = 1)."""
+def read_prediction(path: Path) -> tuple[np.ndarray, bool]:
+    """((H, W) float64 cancer probability, whether it is one) of a prediction: a float map as
+    stored; an unsigned integer map with more than two values is a quantised probability map,
+    value / dtype max (``lsr predict``'s ``probability.tif`` is uint8, round(255 p)); any other
+    map is a mask (nonzero = 1, not a probability)."""
     a = read_map(path)
     if np.issubdtype(a.dtype, np.floating):
-        return a.astype(np.float64)
+        return a.astype(np.float64), True
     if a.dtype in (np.uint8, np.uint16) and _n_values(a) > 2:
-        return a.astype(np.float64) / np.iinfo(a.dtype).max
-    return (a > 0).astype(np.float64)
+        return a.astype(np.float64) / np.iinfo(a.dtype).max, True
+    return (a > 0).astype(np.float64), False
+
+
+def read_fraction_map(path: Path) -> np.ndarray:
+    """(H, W) float64 cancer probability (or 0/1 mask) of a prediction, see
+    :func:`read_prediction`."""
+    return read_prediction(path)[0]
 
 
 def read_prediction_mask(path: Path) -> np.ndarray:
@@ -130,9 +137,10 @@ def calibration(
     from lsr.grid import load_grid
     from lsr.metrics import calibration_table
 
-    maps, zs = [], []
+    maps, zs, probabilities = [], [], True
     for p, g in pairs:
-        m = read_fraction_map(p)
+        m, is_probability = read_prediction(p)
+        probabilities &= is_probability
         grid = load_grid(g, block_px=block_px)
         rows, cols = m.shape[0] // block_px, m.shape[1] // block_px
         if grid.z.shape != (rows, cols):
@@ -152,6 +160,7 @@ def calibration(
         n_bins = ct.n_bins
     rows_out = calibration_table(maps, zs, block_px, n_bins=n_bins)
     for row in rows_out:
+        row["probability"] = probabilities  # the flag's limit holds for probability maps
         if ct is not None:
             row["table_mean"] = float(ct.eta[row["z"], 0])
             row["table_std"] = float(ct.rho[row["z"], 0])
@@ -193,7 +202,7 @@ def evaluate(
         result["calibration"] = calib
         console.print(_calibration_table(calib, table is not None))
         if table is not None:
-            result["calibration_error"] = _report_calibration_error(calib, console)
+            result["calibration_check"] = _report_calibration_error(calib, console)
     if json_out is not None:
         atomic_write_text(json_out, json.dumps(result, indent=2))
         console.print(f"scores written to {json_out}")
@@ -231,21 +240,32 @@ def _scores(pairs: list[tuple[Path, Path]], band: int, console: Console) -> dict
     return scores
 
 
-def _report_calibration_error(rows: list[dict], console: Console) -> float | None:
-    """Print the block-weighted distance from the table; warn past the limit."""
-    from lsr.metrics import CALIBRATION_ERROR_LIMIT, calibration_error
+def _report_calibration_error(rows: list[dict], console: Console) -> dict[str, Any] | None:
+    """Print the block-weighted distance from the table; warn when it is flagged
+    (:func:`lsr.metrics.off_the_table`, probability maps only)."""
+    from lsr.metrics import (
+        CALIBRATION_ERROR_LIMIT,
+        calibration_blocks,
+        calibration_error,
+        off_the_table,
+    )
 
-    err = calibration_error(rows, [r["table_mean"] for r in rows])
+    eta = [r["table_mean"] for r in rows]
+    err = calibration_error(rows, eta)
     if err is None:
         return None
-    console.print(f"block-weighted distance from the count table: {100 * err:.1f} points")
-    if err > CALIBRATION_ERROR_LIMIT:
+    blocks = calibration_blocks(rows)
+    flagged = bool(rows[0].get("probability", True)) and off_the_table(rows, eta)
+    console.print(
+        f"block-weighted distance from the count table: {100 * err:.1f} points ({blocks} blocks)"
+    )
+    if flagged:
         console.print(
             f"[yellow]more than {100 * CALIBRATION_ERROR_LIMIT:.0f} points: the network does "
             "not follow its count table (in the training study 6 of 8 such networks scored "
             "below the blocky model)[/yellow]"
         )
-    return err
+    return {"error": err, "blocks": blocks, "flagged": flagged}
 
 
 def _calibration_table(rows: list[dict], with_table: bool) -> Table:
