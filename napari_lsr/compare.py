@@ -615,8 +615,9 @@ class CompareWidget(QWidget):
             if region is None
             else f"region y {region[0]}–{region[2]}, x {region[1]}–{region[3]} px"
         )
+        checks = lc.calibration_checks(calib or [])
         status = f"evaluated on the {where}" if scores else "calibration only"
-        self.status.setText(status + self._calibration_warning(calib))
+        self.status.setText(status + self._calibration_warning(checks))
         t = self.scores_table
         rows = list((scores or {}).items())
         t.setRowCount(len(rows))
@@ -628,9 +629,9 @@ class CompareWidget(QWidget):
             t.setItem(i, 4, _cell(f"{paper[0]:.4f} / {paper[1]:.4f}" if paper else "–"))
             t.verticalHeaderItem(i).setIcon(swatch(self.comparison.boundary(key).colour))
         _fit_rows(t)
-        self._fill_calibration(calib)
+        self._fill_calibration(calib, checks)
 
-    def _fill_calibration(self, calib: list[dict]) -> None:
+    def _fill_calibration(self, calib: list[dict], checks: dict[str, Any]) -> None:
         comp = self.comparison
         keys = list(calib[0]["models"]) if calib else []
         has_gt = bool(calib) and "ground_truth" in calib[0]
@@ -656,25 +657,25 @@ class CompareWidget(QWidget):
                 )
             for j, c in enumerate(cells):
                 t.setItem(i, j, _cell(c))
-        self._fill_calibration_error(calib, keys, 1 if tkey else 0)
+        self._fill_calibration_check(checks, keys, 1 if tkey else 0)
         _fit_rows(t, max_rows=5)  # ten bins: the rest scrolls
 
-    def _calibration_warning(self, calib: list[dict] | None) -> str:
-        """' · <model>: N points off its count table ⚠' for each flagged model."""
+    def _calibration_warning(self, checks: dict[str, Any]) -> str:
+        """' · <model>: N points off its count table ⚠' for each flagged model
+        (``checks``: :func:`lsr.compare.calibration_checks`)."""
         bad = [
             f"{self.comparison.boundary(k).label}: {100 * c['error']:.0f} points off its "
             "count table ⚠"
-            for k, c in lc.calibration_checks(calib or []).items()
+            for k, c in checks.items()
             if c and c["flagged"]
         ]
         return "".join(f" · {b}" for b in bad)
 
-    def _fill_calibration_error(self, calib: list[dict], keys: list[str], first: int) -> None:
+    def _fill_calibration_check(self, checks: dict[str, Any], keys: list[str], first: int) -> None:
         """A last row: each model's block-weighted distance from its table, marked when
-        :func:`lsr.metrics.off_the_table` flags it (then the network is suspect)."""
+        :func:`lsr.metrics.calibration_check` flags it (then the network is suspect)."""
         from lsr.metrics import CALIBRATION_ERROR_LIMIT, CALIBRATION_MIN_BLOCKS
 
-        checks = lc.calibration_checks(calib)
         t = self.calib_table
         row = t.rowCount()
         t.setRowCount(row + 1)

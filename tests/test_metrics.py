@@ -14,12 +14,11 @@ from lsr.metrics import (
     CALIBRATION_MIN_BLOCKS,
     block_fractions,
     boundary_band,
-    calibration_blocks,
+    calibration_check,
     calibration_error,
     calibration_table,
     iou_dice,
     masked_iou_dice,
-    off_the_table,
     pooled_scores,
 )
 
@@ -188,12 +187,13 @@ def test_calibration_error_is_the_mean_over_blocks(blocks, eta):
     ("off", "n_per_bin", "flagged"),
     [(0.35, 10, True), (0.25, 10, False), (0.35, 9, False), (0.30, 10, False)],
 )
-def test_off_the_table_needs_the_limit_and_enough_blocks(off, n_per_bin, flagged):
+def test_calibration_check_flags_past_the_limit_on_enough_blocks(off, n_per_bin, flagged):
     """10 bins x n blocks each, every bin ``off`` from the table: flagged past the limit
     (0.30) on at least 100 blocks only."""
     eta = np.linspace(0.05, 0.6, 10)
     rows = [{"z": b, "n": n_per_bin, "mean": float(eta[b] + off)} for b in range(10)]
-    assert calibration_blocks(rows) == 10 * n_per_bin
-    assert calibration_error(rows, eta) == pytest.approx(off)
+    check = calibration_check(rows, eta)
+    assert check["blocks"] == 10 * n_per_bin
+    assert check["error"] == pytest.approx(off) == pytest.approx(calibration_error(rows, eta))
     assert CALIBRATION_ERROR_LIMIT == 0.30 and CALIBRATION_MIN_BLOCKS == 100
-    assert off_the_table(rows, eta) is flagged
+    assert check["flagged"] is flagged

@@ -145,12 +145,13 @@ def test_compare_draws_scores_and_exports(make_napari_viewer, qtbot, data, tmp_p
                                   "std": 0.0}  # fmt: skip
         label = comp.boundary(key).label
         warning = f" · {label}: 40 points off its count table ⚠"
-        assert w._calibration_warning(far) == (warning if flagged else "")
-        w._fill_calibration(far)
+        far_checks = calibration_checks(far)
+        assert w._calibration_warning(far_checks) == (warning if flagged else "")
+        w._fill_calibration(far, far_checks)
         item = w.calib_table.item(10, 1)
         assert item.text() == f"40.0 points ({10 * n} blocks)" + (" ⚠" if flagged else "")
         assert (item.foreground().color().name() == "#e05050") is flagged
-    w._fill_calibration(w.calib)
+    w._fill_calibration(w.calib, checks)
 
     # exports: GeoJSON readable by lsr and shapely, PNG, results
     assert w.export_geojson()

@@ -556,10 +556,10 @@ def evaluate(comp: Comparison, region: tuple[int, int, int, int] | None = None) 
 
 
 def calibration_checks(calib: Sequence[dict]) -> dict[str, dict[str, Any] | None]:
-    """Each model's distance from its own count table, from :func:`calibration`'s rows:
-    ``error`` (:func:`lsr.metrics.calibration_error`, a fraction), ``blocks`` behind it and
-    ``flagged`` (:func:`lsr.metrics.off_the_table`); None for a model without a table."""
-    from lsr.metrics import calibration_blocks, calibration_error, off_the_table
+    """Each model's :func:`lsr.metrics.calibration_check` against its own count table
+    (``error`` a fraction, ``blocks``, ``flagged``), from :func:`calibration`'s rows; None
+    for a model without a table."""
+    from lsr.metrics import calibration_check
 
     keys = list(calib[0]["models"]) if calib else []
     out: dict[str, dict[str, Any] | None] = {}
@@ -568,12 +568,7 @@ def calibration_checks(calib: Sequence[dict]) -> dict[str, dict[str, Any] | None
             out[k] = None  # no table to compare with
             continue
         rows = [{**row["models"][k], "z": i} for i, row in enumerate(calib)]
-        eta = [row["table"][k][0] for row in calib]
-        out[k] = {
-            "error": calibration_error(rows, eta),
-            "blocks": calibration_blocks(rows),
-            "flagged": off_the_table(rows, eta),
-        }
+        out[k] = calibration_check(rows, [row["table"][k][0] for row in calib])
     return out
 
 

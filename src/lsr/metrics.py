@@ -25,6 +25,7 @@ Definitions (all counts are pixel counts):
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 from scipy import ndimage
@@ -220,21 +221,15 @@ def calibration_error(rows: Sequence[dict], eta: Sequence[float]) -> float | Non
     return weighted / total if total else None
 
 
-def calibration_blocks(rows: Sequence[dict]) -> int:
-    """Labelled blocks behind :func:`calibration_error` (bins with a mean)."""
-    return int(sum(row.get("n") or 0 for row in rows if row.get("mean") is not None))
-
-
-def off_the_table(rows: Sequence[dict], eta: Sequence[float]) -> bool:
-    """True when a network is further than :data:`CALIBRATION_ERROR_LIMIT` from its table,
-    measured on at least :data:`CALIBRATION_MIN_BLOCKS` blocks (of probability maps: the
-    limit was read from mean probabilities, not from thresholded masks)."""
+def calibration_check(rows: Sequence[dict], eta: Sequence[float]) -> dict[str, Any]:
+    """``error`` (:func:`calibration_error`), the labelled ``blocks`` behind it, and
+    ``flagged``: further than :data:`CALIBRATION_ERROR_LIMIT` on at least
+    :data:`CALIBRATION_MIN_BLOCKS` blocks. The limit was read from mean probabilities, so a
+    caller with thresholded masks should not act on the flag."""
     err = calibration_error(rows, eta)
-    return (
-        err is not None
-        and err > CALIBRATION_ERROR_LIMIT
-        and calibration_blocks(rows) >= CALIBRATION_MIN_BLOCKS
-    )
+    blocks = int(sum(row.get("n") or 0 for row in rows if row.get("mean") is not None))
+    flagged = err is not None and err > CALIBRATION_ERROR_LIMIT and blocks >= CALIBRATION_MIN_BLOCKS
+    return {"error": err, "blocks": blocks, "flagged": flagged}
 
 
 def calibration_table(

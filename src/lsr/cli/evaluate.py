@@ -131,9 +131,10 @@ def _pair(preds: list[Path], gts: list[Path], by: str) -> list[tuple[Path, Path]
 
 def calibration(
     pairs: list[tuple[Path, Path]], block_px: int, table: Path | None = None
-) -> list[dict]:
+) -> tuple[list[dict], bool]:
     """Per bin z: predicted cancer fraction of the blocks (mean, std, n) beside the count
-    table's eta ± rho (``table_mean``/``table_std``) when a table is given."""
+    table's eta ± rho (``table_mean``/``table_std``) when a table is given; and whether every
+    prediction was a probability map (not a mask)."""
     from lsr.grid import load_grid
     from lsr.metrics import calibration_table
 
@@ -160,11 +161,10 @@ def calibration(
         n_bins = ct.n_bins
     rows_out = calibration_table(maps, zs, block_px, n_bins=n_bins)
     for row in rows_out:
-        row["probability"] = probabilities  # the flag's limit holds for probability maps
         if ct is not None:
             row["table_mean"] = float(ct.eta[row["z"], 0])
             row["table_std"] = float(ct.rho[row["z"], 0])
-    return rows_out
+    return rows_out, probabilities
 
 
 def evaluate(
@@ -198,11 +198,11 @@ def evaluate(
         grids = _expand(list(grid))
         # a folder of test patches also holds images and ground truth: keep its *_grid files
         grids = [g for g in grids if "_grid" in g.name] or grids
-        calib = calibration(_pair(preds, grids, pair_by), block_px, table)
+        calib, probabilities = calibration(_pair(preds, grids, pair_by), block_px, table)
         result["calibration"] = calib
         console.print(_calibration_table(calib, table is not None))
         if table is not None:
-            result["calibration_check"] = _report_calibration_error(calib, console)
+            result["calibration_check"] = _report_calibration_check(calib, probabilities, console)
     if json_out is not None:
         atomic_write_text(json_out, json.dumps(result, indent=2))
         console.print(f"scores written to {json_out}")
@@ -240,32 +240,28 @@ def _scores(pairs: list[tuple[Path, Path]], band: int, console: Console) -> dict
     return scores
 
 
-def _report_calibration_error(rows: list[dict], console: Console) -> dict[str, Any] | None:
-    """Print the block-weighted distance from the table; warn when it is flagged
-    (:func:`lsr.metrics.off_the_table`, probability maps only)."""
-    from lsr.metrics import (
-        CALIBRATION_ERROR_LIMIT,
-        calibration_blocks,
-        calibration_error,
-        off_the_table,
-    )
+def _report_calibration_check(
+    rows: list[dict], probabilities: bool, console: Console
+) -> dict[str, Any] | None:
+    """Print the block-weighted distance from the table; warn when
+    :func:`lsr.metrics.calibration_check` flags it (probability maps only)."""
+    from lsr.metrics import CALIBRATION_ERROR_LIMIT, calibration_check
 
-    eta = [r["table_mean"] for r in rows]
-    err = calibration_error(rows, eta)
-    if err is None:
+    check = calibration_check(rows, [r["table_mean"] for r in rows])
+    if check["error"] is None:
         return None
-    blocks = calibration_blocks(rows)
-    flagged = bool(rows[0].get("probability", True)) and off_the_table(rows, eta)
+    check["flagged"] = check["flagged"] and probabilities
     console.print(
-        f"block-weighted distance from the count table: {100 * err:.1f} points ({blocks} blocks)"
+        f"block-weighted distance from the count table: {100 * check['error']:.1f} points "
+        f"({check['blocks']} blocks)"
     )
-    if flagged:
+    if check["flagged"]:
         console.print(
             f"[yellow]more than {100 * CALIBRATION_ERROR_LIMIT:.0f} points: the network does "
             "not follow its count table (in the training study 6 of 8 such networks scored "
             "below the blocky model)[/yellow]"
         )
-    return {"error": err, "blocks": blocks, "flagged": flagged}
+    return check
 
 
 def _calibration_table(rows: list[dict], with_table: bool) -> Table:
