@@ -47,14 +47,14 @@ def main() -> None:
     parser.add_argument("--out", type=Path, required=True, help="the study's output folder")
     args = parser.parse_args()
 
-    tables: dict[bytes, list[str]] = {}
+    tables: dict[bytes, tuple[CountTable, list[str]]] = {}
     gains: dict[str, dict[tuple, float]] = {"top": {}, "middle": {}, "none": {}}
     errors, ious, below = [], [], []
     for arm, seed, res, table in jobs(args.out):
         rows = res["rows"]
         cancer = table.eta[:, 0]
         drops = np.maximum.accumulate(cancer) - cancer
-        tables.setdefault(np.round(table.eta, 6).tobytes(), []).append(f"{arm}/{seed}")
+        tables.setdefault(np.round(table.eta, 6).tobytes(), (table, []))[1].append(f"{arm}/{seed}")
         if "intra" in rows and ("lobular" not in arm or table.top_bin_problem()):
             kind = (
                 "top" if table.top_bin_problem() else
@@ -71,10 +71,7 @@ def main() -> None:
                 ious.append(rows[loss]["masked_iou"])
                 below.append(rows[loss]["masked_iou"] < rows["low_res"]["masked_iou"])
 
-    flagged = [names for blob, names in tables.items()
-               if CountTable(eta=np.frombuffer(blob).reshape(-1, 2),
-                             rho=np.full((len(np.frombuffer(blob)) // 2, 2), 0.1)
-                             ).top_bin_problem()]  # fmt: skip
+    flagged = [names for table, names in tables.values() if table.top_bin_problem()]
     print(f"distinct expert tables: {len(tables)}; top bin > {100 * TOP_BIN_MAX_DROP:.0f} "
           f"points below a lower bin: {len(flagged)} {flagged}")  # fmt: skip
     for kind, values in gains.items():
