@@ -152,9 +152,11 @@ def test_lsr_predicts_uint8_probability_map_is_read_as_probabilities(tmp_path, r
 
 @pytest.mark.parametrize("on", [1, 255])
 def test_binary_uint8_prediction_is_a_mask(tmp_path, runner, on):
-    from lsr.cli.evaluate import read_fraction_map
+    from lsr.cli.evaluate import read_prediction
 
     m = np.zeros((B, B), np.uint8)
     m[: B // 2] = on
     np.save(tmp_path / "m.npy", m)
-    np.testing.assert_array_equal(read_fraction_map(tmp_path / "m.npy"), (m > 0).astype(float))
+    fraction, is_probability = read_prediction(tmp_path / "m.npy")
+    np.testing.assert_array_equal(fraction, (m > 0).astype(float))
+    assert not is_probability

@@ -83,15 +83,9 @@ def read_prediction(path: Path) -> tuple[np.ndarray, bool]:
     return (a > 0).astype(np.float64), False
 
 
-def read_fraction_map(path: Path) -> np.ndarray:
-    """(H, W) float64 cancer probability (or 0/1 mask) of a prediction, see
-    :func:`read_prediction`."""
-    return read_prediction(path)[0]
-
-
 def read_prediction_mask(path: Path) -> np.ndarray:
-    """A prediction as a boolean mask: :func:`read_fraction_map` >= 0.5."""
-    return read_fraction_map(path) >= 0.5
+    """A prediction as a boolean mask: its :func:`read_prediction` probability >= 0.5."""
+    return read_prediction(path)[0] >= 0.5
 
 
 def _n_values(a: np.ndarray) -> int:
