@@ -382,3 +382,100 @@ def test_non_pyramidal_large_tiff_warns(tmp_path, monkeypatch):
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         open_slide(path).close()
+
+
+def test_ome_size_is_used_when_the_tags_say_72_dpi(tmp_path):
+    """An image editor's 72 dpi in the tags must not hide a valid OME PhysicalSizeX."""
+    path = tmp_path / "edited.ome.tif"
+    tifffile.imwrite(
+        path, smooth_rgb(64, 64), photometric="rgb", resolution=(72, 72),
+        resolutionunit="INCH", metadata={"axes": "YXS", "PhysicalSizeX": 0.5},
+    )  # fmt: skip
+    with open_slide(path) as s:
+        assert s.mpp == pytest.approx(0.5) and s.file_mpp == pytest.approx(0.5)
+
+
+def test_72_dpi_alone_names_the_value_and_asks_for_mpp(tmp_path):
+    path = tmp_path / "screen.tif"
+    tifffile.imwrite(path, smooth_rgb(32, 32), photometric="rgb", resolution=(72, 72),
+                     resolutionunit="INCH")  # fmt: skip
+    with pytest.raises(LsrInputError) as err:
+        open_slide(path)
+    text = str(err.value)
+    assert "screen.tif" in text and "352.8" in text and "--mpp" in text
+    assert "not in the file's metadata" not in text  # it is there, and it was ignored
+
+
+def test_imagej_micron_calibration_is_read(tmp_path):
+    path = tmp_path / "fiji.tif"
+    tifffile.imwrite(path, smooth_rgb(32, 48), imagej=True, resolution=(2.5, 2.5),
+                     metadata={"unit": "micron"})  # fmt: skip
+    with open_slide(path) as s:
+        assert s.mpp == pytest.approx(0.4)
+    other = tmp_path / "fiji_inch.tif"
+    tifffile.imwrite(other, smooth_rgb(32, 48), imagej=True, resolution=(2.5, 2.5),
+                     metadata={"unit": "inch"})  # fmt: skip
+    with pytest.raises(LsrInputError, match="--mpp"):
+        open_slide(other)
+
+
+def test_explicit_mpp_keeps_the_files_own_value(zlib_slide):
+    path, _ = zlib_slide
+    with open_slide(path) as s:
+        own = s.mpp
+    with open_slide(path, mpp=3 * own) as s:
+        assert s.mpp == pytest.approx(3 * own) and s.file_mpp == pytest.approx(own)
+
+
+def test_a_file_whose_first_image_is_an_overview_is_refused(tmp_path):
+    """bfconvert writes a VSI's overview as series 0: it must not pass for the slide."""
+    path = tmp_path / "vsi.ome.tif"
+    with tifffile.TiffWriter(path, ome=True) as tw:
+        tw.write(smooth_rgb(40, 60), photometric="rgb", metadata={"Name": "overview"})
+        tw.write(smooth_rgb(256, 384), photometric="rgb", tile=(64, 64),
+                 metadata={"Name": "20x", "PhysicalSizeX": 0.5})  # fmt: skip
+    with pytest.raises(LsrInputError) as err:
+        open_slide(path)
+    text = str(err.value)
+    assert "vsi.ome.tif" in text and "overview" in text and "20x" in text
+    assert "-series 1" in text
+    # the usual order (slide first, smaller images after) opens
+    fine = tmp_path / "slide_first.ome.tif"
+    with tifffile.TiffWriter(fine, ome=True) as tw:
+        tw.write(smooth_rgb(256, 384), photometric="rgb", tile=(64, 64),
+                 metadata={"PhysicalSizeX": 0.5})  # fmt: skip
+        tw.write(smooth_rgb(40, 60), photometric="rgb")
+    with open_slide(fine) as s:
+        assert s.shape == (256, 384)
+
+
+def test_rgba_is_composited_over_white():
+    rgba = np.zeros((4, 4, 4), np.uint8)
+    rgba[..., :3] = (200, 100, 0)
+    rgba[..., 3] = [[0], [255], [128], [64]]
+    got = ArraySlide(rgba, mpp=1.0).read_working(0, 0, 4, 4, working_mpp=1.0)
+    a = rgba[..., 3:4] / 255.0
+    want = np.rint(rgba[..., :3] * a + 255 * (1 - a))
+    np.testing.assert_allclose(got, want, atol=1)
+    assert (got[0] == 255).all()  # fully transparent = glass, not black
+
+
+def test_large_flat_slide_note_is_kept(tmp_path, monkeypatch):
+    path = tmp_path / "flat.tif"
+    tifffile.imwrite(path, smooth_rgb(256, 100), photometric="rgb",
+                     resolution=(2e4, 2e4), resolutionunit="CENTIMETER")  # fmt: skip
+    monkeypatch.setattr(slide_mod, "LARGE_FLAT_PX", 256)  # a side of exactly the limit
+    with pytest.warns(UserWarning, match="non-pyramidal"), open_slide(path) as s:
+        assert len(s.notes) == 1 and "non-pyramidal" in s.notes[0]
+
+
+def test_empty_or_non_tiff_bytes_are_named_as_such_not_a_missing_openslide(tmp_path):
+    empty = tmp_path / "empty.svs"
+    empty.write_bytes(b"")
+    with pytest.raises(LsrInputError, match=r"empty\.svs: file is empty"):
+        open_slide(empty)
+    junk = tmp_path / "junk.tif"
+    junk.write_bytes(bytes(range(256)) * 8)
+    with pytest.raises(LsrInputError, match=r"junk\.tif: not a TIFF file") as err:
+        open_slide(junk)
+    assert "OpenSlide" not in str(err.value)

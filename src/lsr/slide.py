@@ -42,10 +42,11 @@ MAX_PLAUSIBLE_MPP: float = 100.0
 screen-resolution defaults (72 dpi = 353 µm/px), never from a microscope."""
 
 LARGE_FLAT_PX: int = 20000
-"""A single-level slide with a side longer than this triggers a warning (slow reads)."""
+"""A single-level slide with a side this long or longer triggers a warning (slow reads)."""
 
 _CHUNK_SOURCE_PX = 1024  # source pixels per axis read at once by read_working
 _PLAIN_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif"}
+_TIFF_SUFFIXES = {".tif", ".tiff", ".svs", ".ndpi", ".scn", ".bif", ".btf", ".qptiff"}
 _LEVEL_TOLERANCE = 1.01  # a level up to 1 % coarser than asked still counts as "finer"
 
 
@@ -96,11 +97,13 @@ def _halve(a: np.ndarray) -> np.ndarray:
 
 
 def _to_rgb_uint8(arr: np.ndarray, path: Path | None) -> np.ndarray:
-    """(h, w[, 1|3|4]) uint8 -> (h, w, 3) uint8 (grey replicated, alpha dropped)."""
+    """(h, w[, 1|3|4]) uint8 -> (h, w, 3) uint8: grey replicated, RGBA composited over white
+    (transparent = no tissue, as OpenSlide does), so every backend gives the same pixels."""
     if arr.dtype != np.uint8:
         raise LsrInputError(
-            f"read_working needs an 8-bit RGB or grey slide, this one holds {arr.dtype}; "
-            "use Slide.read_level for other data (probability maps, masks)",
+            f"the network needs an 8-bit RGB or grey slide, this one holds {arr.dtype} pixels; "
+            "convert it to 8-bit RGB (QuPath, vips or bfconvert) "
+            "(Python: Slide.read_level reads other data such as probability maps)",
             path,
         )
     if arr.ndim == 2:
@@ -111,7 +114,9 @@ def _to_rgb_uint8(arr: np.ndarray, path: Path | None) -> np.ndarray:
     if c == 1:
         return np.repeat(arr, 3, axis=2)
     if c == 4:
-        return arr[..., :3]
+        alpha = arr[..., 3:4].astype(np.uint16)
+        rgb = arr[..., :3].astype(np.uint16) * alpha + 255 * (255 - alpha)
+        return ((rgb + 127) // 255).astype(np.uint8)
     raise LsrInputError(f"slide has {c} channels; expected 1, 3 or 4", path)
 
 
@@ -122,6 +127,8 @@ class Slide:
     """A pyramidal image with a known pixel size (base class of every backend).
 
     Attributes: ``path`` (None for in-memory slides), ``mpp`` (µm per level-0 pixel),
+    ``file_mpp`` (the pixel size the file's metadata states, None when it states none; it
+    differs from ``mpp`` only when the caller overrode it),
     ``level_dimensions`` ((width, height) per level, level 0 first, like OpenSlide),
     ``level_downsamples`` (level-0 px per level px), ``dtype`` and ``channels`` (0 for a
     2-D single-channel image) of the stored pixels.
@@ -130,6 +137,8 @@ class Slide:
 
     path: Path | None
     mpp: float
+    file_mpp: float | None = None
+    notes: tuple[str, ...] = ()  # what opening found worth telling (e.g. no pyramid)
     level_dimensions: tuple[tuple[int, int], ...]
     level_downsamples: tuple[float, ...]
     dtype: np.dtype
@@ -386,6 +395,14 @@ class TiffSlideSlide(Slide):
     def __init__(self, path: Path, mpp: float | None):
         self.path = path
         self._ts: Any = None
+        try:
+            self._open(mpp)
+        except BaseException:
+            self.close()  # no file handle left behind by a refused file
+            raise
+
+    def _open(self, mpp: float | None) -> None:
+        path = self.path
         ts = self._handle()
         props = ts.properties
         axes = props.get("tiffslide.series-axes")
@@ -401,17 +418,25 @@ class TiffSlideSlide(Slide):
             self.channels = 0
         else:
             raise LsrInputError(f"unsupported image layout (axes {axes!r})", path)
+        _check_first_series_is_the_slide(ts.ts_tifffile, path)
         self.level_dimensions = tuple((int(w), int(h)) for w, h in ts.level_dimensions)
         self.level_downsamples = tuple(float(d) for d in ts.level_downsamples)
-        self.mpp = _check_mpp(mpp, path) if mpp is not None else _mpp_from_metadata(ts, path)
-        if self.level_count == 1 and max(self.level_dimensions[0]) > LARGE_FLAT_PX:
-            warnings.warn(
-                f"{path}: single-level (non-pyramidal) slide of "
-                f"{self.level_dimensions[0][0]}x{self.level_dimensions[0][1]} px; every "
-                "read at working resolution decodes full-resolution pixels and will be slow. "
-                "Convert it once to a pyramid (lsr.slide.write_pyramidal_tiff, vips, QuPath).",
-                stacklevel=3,
+        try:
+            self.file_mpp = _mpp_from_metadata(ts, path)
+        except LsrInputError:
+            if mpp is None:
+                raise
+            self.file_mpp = None
+        self.mpp = _check_mpp(mpp, path) if mpp is not None else self.file_mpp
+        if self.level_count == 1 and max(self.level_dimensions[0]) >= LARGE_FLAT_PX:
+            note = (
+                f"single-level (non-pyramidal) slide of {self.level_dimensions[0][0]}x"
+                f"{self.level_dimensions[0][1]} px; every read at working resolution decodes "
+                "full-resolution pixels and will be slow. Convert it once to a pyramid "
+                "(lsr.slide.write_pyramidal_tiff, vips, QuPath)."
             )
+            self.notes = (note,)
+            warnings.warn(f"{path}: {note}", stacklevel=4)
 
     def _handle(self) -> Any:
         if self._ts is None:
@@ -462,10 +487,13 @@ class OpenSlideSlide(Slide):  # pragma: no cover - needs the optional openslide 
         self.level_downsamples = tuple(float(d) for d in osl.level_downsamples)
         self.dtype = np.dtype(np.uint8)
         self.channels = 3
-        if mpp is not None:
-            self.mpp = _check_mpp(mpp, path)
-        else:
-            self.mpp = _mpp_from_properties(osl.properties, "openslide.mpp-x", path)
+        try:
+            self.file_mpp = _mpp_from_properties(osl.properties, "openslide.mpp-x", path)
+        except LsrInputError:
+            if mpp is None:
+                raise
+            self.file_mpp = None
+        self.mpp = _check_mpp(mpp, path) if mpp is not None else self.file_mpp
 
     def _handle(self) -> Any:
         if self._os is None:
@@ -498,10 +526,11 @@ class OpenSlideSlide(Slide):  # pragma: no cover - needs the optional openslide 
 
 # --- metadata ----------------------------------------------------------------------------
 
-_MPP_HINT = (
-    "the pixel size (µm/px) is not in the file's metadata; pass it explicitly "
-    "(--mpp 0.25 for a 40X scan, --mpp 0.5 for 20X; Python: open_slide(path, mpp=...))"
+_MPP_PASS = (
+    "pass it explicitly (--mpp 0.25 for a 40X scan, --mpp 0.5 for 20X; "
+    "Python: open_slide(path, mpp=...))"
 )
+_MPP_HINT = "the pixel size (µm/px) is not in the file's metadata; " + _MPP_PASS
 
 
 def _check_mpp(mpp: Any, path: Path | None) -> float:
@@ -521,7 +550,9 @@ def _mpp_from_properties(props: Any, key: str, path: Path) -> float:
         raise LsrInputError(_MPP_HINT, path) from None
     if not (0 < value <= MAX_PLAUSIBLE_MPP):
         raise LsrInputError(
-            f"implausible pixel size {value:g} µm/px in metadata; " + _MPP_HINT, path
+            f"the metadata's pixel size, {value:.4g} µm/px, is not a microscope's (a screen "
+            "resolution such as 72 dpi?) and no other pixel size was found; " + _MPP_PASS,
+            path,
         )
     key_y = key.replace("-x", "-y")
     with contextlib.suppress(TypeError, ValueError):
@@ -557,13 +588,66 @@ def _mpp_from_ome(ts: Any) -> float | None:
     return None
 
 
+def _mpp_from_imagej(ts: Any) -> float | None:
+    """µm/px of an ImageJ TIFF (``unit=micron`` in its description, pixels per unit in the
+    resolution tags, which tiffslide ignores because their ResolutionUnit is NONE)."""
+    tf = ts.ts_tifffile
+    meta = getattr(tf, "imagej_metadata", None) or {}
+    unit = str(meta.get("unit", "")).replace("\\u00B5", "µ").lower()
+    if unit not in ("micron", "microns", "um", "µm"):
+        return None
+    tag = tf.pages[0].tags.get("XResolution")
+    if tag is None:
+        return None
+    num, den = tag.value
+    return float(den) / float(num) if num else None
+
+
 def _mpp_from_metadata(ts: Any, path: Path) -> float:
+    """Level-0 µm/px: tiffslide's reading (Aperio, resolution tags, ...), then OME-XML, then
+    ImageJ's description; an implausible value (72 dpi) falls through to the next source."""
     props = ts.properties
-    if props.get("tiffslide.mpp-x") is None:
-        ome = _mpp_from_ome(ts)
-        if ome is not None:
-            return _mpp_from_properties({"x": ome}, "x", path)
-    return _mpp_from_properties(props, "tiffslide.mpp-x", path)
+    try:
+        return _mpp_from_properties(props, "tiffslide.mpp-x", path)
+    except LsrInputError as exc:
+        first_error = exc
+    for other in (_mpp_from_ome(ts), _mpp_from_imagej(ts)):
+        if other is not None:
+            with contextlib.suppress(LsrInputError):
+                return _mpp_from_properties({"x": other}, "x", path)
+    raise first_error
+
+
+def _yx_pixels(series: Any) -> int:
+    axes = str(getattr(series, "axes", ""))
+    shape = tuple(getattr(series, "shape", ()))
+    if "Y" in axes and "X" in axes and len(shape) == len(axes):
+        return int(shape[axes.index("Y")]) * int(shape[axes.index("X")])
+    return 0
+
+
+def _check_first_series_is_the_slide(tf: Any, path: Path) -> None:
+    """Refuse files whose first image is not the largest (bfconvert puts a VSI's overview
+    first): tiffslide reads only the first, and predicting on an overview looks like success."""
+    series = list(getattr(tf, "series", ()) or ())
+    if len(series) < 2:
+        return
+    sizes = [_yx_pixels(s) for s in series]
+    big = int(np.argmax(sizes))
+    if sizes[big] <= sizes[0]:
+        return
+
+    def label(i: int) -> str:
+        name = getattr(series[i], "name", "") or f"series {i}"
+        return f"{i}: '{name}' {' x '.join(str(v) for v in series[i].shape)}"
+
+    listing = "; ".join(label(i) for i in range(len(series)))
+    raise LsrInputError(
+        f"the file holds {len(series)} images and the first is not the slide but a smaller "
+        f"one ({listing}); napari-lsr reads only the first: save image {big} as its own "
+        f"file (e.g. bfconvert -series {big} in.ome.tif out.ome.tif, or QuPath's export)",
+        path,
+    )
 
 
 def _check_tiff_complete(path: Path) -> None:
@@ -616,8 +700,16 @@ def open_slide(path: str | Path, *, mpp: float | None = None) -> Slide:
         raise LsrInputError("is a folder, not a slide file", p)
     if mpp is not None:
         mpp = _check_mpp(mpp, p)
+    if p.stat().st_size == 0:
+        raise LsrInputError("file is empty (an interrupted copy or download?)", p)
     if p.suffix.lower() in _PLAIN_SUFFIXES:
         return _open_plain(p, mpp)
+    if p.suffix.lower() in _TIFF_SUFFIXES and not _is_tiff(p):
+        raise LsrInputError(
+            f"not a TIFF file although named {p.suffix} (it does not start with a TIFF "
+            "header): corrupt, or another format renamed?",
+            p,
+        )
     if _is_tiff(p):
         _check_tiff_complete(p)
         try:
