@@ -220,3 +220,125 @@ def test_auto_tile_is_the_default_and_gives_the_same_outputs(tmp_path, model_dir
     a = tifffile.imread(tmp_path / "auto" / "a" / "probability.tif")
     b = tifffile.imread(tmp_path / "t32" / "a" / "probability.tif")
     assert np.array_equal(a, b)
+
+
+def test_the_models_working_resolution_is_the_default(tmp_path, model_dir):
+    """A model trained at 4 µm/px runs at 4 µm/px unless told otherwise, and then warns."""
+    slide = make_slide(tmp_path / "a.tif")
+    default = PredictOptions(**{**OPTS.to_dict(), "working_mpp": None})
+    res = predict_one(str(slide), str(model_dir), str(tmp_path / "d"), default)
+    assert res.status == "done", res.error
+    assert res.summary["working_mpp"] == WMPP and res.summary["working_shape"] == [64, 80]
+    assert res.summary["warnings"] == []
+    other = PredictOptions(**{**OPTS.to_dict(), "working_mpp": 2 * WMPP})
+    with pytest.warns(UserWarning, match="trained at 4 µm/px"):
+        res = predict_one(str(slide), str(model_dir), str(tmp_path / "o"), other)
+    assert res.summary["working_shape"] == [32, 40]
+    assert any("trained at 4" in w for w in res.summary["warnings"])
+
+
+def test_mpp_override_and_coarse_slides_are_warned_in_the_summary(tmp_path, model_dir):
+    slide = make_slide(tmp_path / "a.tif")  # the file says 1 µm/px
+    opts = PredictOptions(**{**OPTS.to_dict(), "mpp": 8.0})  # 2x coarser than the model
+    with pytest.warns(UserWarning):
+        res = predict_one(str(slide), str(model_dir), str(tmp_path / "out"), opts)
+    assert res.status == "done", res.error
+    notes = " | ".join(res.summary["warnings"])
+    assert "overrides the file's own 1 µm/px" in notes and "coarser than the model's" in notes
+    assert res.summary["file_mpp"] == pytest.approx(MPP0) and res.summary["mpp"] == 8.0
+    # matching metadata: no warning
+    ok = PredictOptions(**{**OPTS.to_dict(), "mpp": MPP0 * 1.01})
+    res = predict_one(str(slide), str(model_dir), str(tmp_path / "ok"), ok)
+    assert res.summary["warnings"] == []
+
+
+def test_blank_slide_tissue_warning_names_the_slide(tmp_path, model_dir):
+    slide = make_slide(tmp_path / "blank.tif", square=(0, 0, 0, 0))
+    opts = PredictOptions(**{**OPTS.to_dict(), "tissue": "auto"})
+    with pytest.warns(UserWarning, match=r"^blank: no tissue found"):
+        res = predict_one(str(slide), str(model_dir), str(tmp_path / "out"), opts)
+    assert res.status == "done" and "no tissue found" in res.summary["warnings"][0]
+
+
+def test_boundaries_class_is_the_compare_exports_never_plain_tumor(tmp_path, model_dir):
+    from lsr.predict import _boundary_class
+
+    assert _boundary_class({"loss": "intra"}) == ("intra", {"intra": "Intra-instance"})
+    assert _boundary_class({"loss": "intra_inter"})[1] == {"intra_inter": "Intra+inter-instance"}
+    assert _boundary_class({})[1] == {"prediction": "LSR prediction"}
+    assert _boundary_class({"loss": "mine"})[1] == {"mine": "LSR prediction (mine)"}
+    slide = make_slide(tmp_path / "a.tif")
+    res = predict_one(str(slide), str(model_dir), str(tmp_path / "o"), OPTS)
+    doc = json.loads((tmp_path / "o" / "a" / "boundaries.geojson").read_text())
+    cls = doc["features"][0]["properties"]["classification"]
+    assert res.status == "done" and cls == {"name": "Intra+inter-instance", "color": [0, 0, 255]}
+
+
+def test_a_rerun_with_another_model_or_threshold_redoes_the_slide(tmp_path, model_dir):
+    slide = make_slide(tmp_path / "a.tif")
+    out = tmp_path / "out"
+    assert predict_cohort([slide], model_dir, out, OPTS)[0].status == "done"
+    assert predict_cohort([slide], model_dir, out, OPTS)[0].status == "skipped"
+    # tile size does not change the result: still skipped
+    tiled = PredictOptions(**{**OPTS.to_dict(), "tile": 48})
+    assert predict_cohort([slide], model_dir, out, tiled)[0].status == "skipped"
+    # another threshold does
+    lower = PredictOptions(**{**OPTS.to_dict(), "threshold": 0.3})
+    res = predict_cohort([slide], model_dir, out, lower)[0]
+    assert res.status == "done" and res.summary["threshold"] == 0.3
+    # other weights (same folder layout, different bytes) do too
+    other = tmp_path / "other_run"
+    net = dark_square_net()
+    with torch.no_grad():
+        net.head.bias[0] = -4.0
+    meta = {"model": net.config(), "class_names": ["cancer", "non-cancer"], "loss": "intra",
+            "working_mpp": WMPP}  # fmt: skip
+    opt = torch.optim.SGD(net.parameters(), lr=0.1)
+    write_checkpoint(other, 1, model_state=net.state_dict(), metadata=meta,
+                     optimizer_state=opt.state_dict(), trainer_state={})  # fmt: skip
+    res = predict_cohort([slide], other, out, lower)[0]
+    assert res.status == "done" and res.summary["model"]["loss"] == "intra"
+
+
+def test_run_wide_problems_fail_once_before_any_slide(tmp_path, model_dir):
+    import shutil
+
+    slide = make_slide(tmp_path / "a.tif")
+    with pytest.raises(LsrInputError, match="batch_size"):
+        PredictOptions(batch_size=0)
+    with pytest.raises(LsrInputError, match="working_mpp"):
+        PredictOptions(working_mpp=-1)
+    broken = tmp_path / "broken"
+    shutil.copytree(model_dir, broken)
+    weights = next(broken.rglob("model.safetensors"))
+    raw = bytearray(weights.read_bytes())
+    raw[-1] ^= 0xFF
+    weights.write_bytes(bytes(raw))
+    with pytest.raises(LsrInputError, match=r"model\.safetensors"):
+        predict_cohort([slide], broken, tmp_path / "out", OPTS)
+    assert not (tmp_path / "out" / "a").exists()
+
+
+def test_cli_line_shows_the_scale_and_warnings_and_keeps_brackets():
+    from lsr.cli.predict import _result_line
+    from lsr.predict import SlideResult
+
+    ok = SlideResult("a.tif", "a", "done", 1.5, "", 0.25,
+                     {"mpp": 0.5, "working_mpp": 4.17, "warnings": ["odd [thing]"]})  # fmt: skip
+    text = _result_line(ok)
+    assert "0.5 µm/px, read at 4.17 µm/px" in text and "cancer 0.25 mm²" in text
+    assert "⚠ odd \\[thing]" in text  # escaped: rich would eat [thing]
+    bad = SlideResult("b.tif", "b", "failed", 0.1, "install napari-lsr[wsi]")
+    assert "napari-lsr\\[wsi]" in _result_line(bad)
+
+
+def test_cli_output_folder_that_is_a_file_is_one_line(tmp_path, model_dir):
+    a = make_slide(tmp_path / "a.tif")
+    blocker = tmp_path / "out"
+    blocker.write_text("mine\n")
+    cmd = [sys.executable, "-m", "lsr", "predict", str(a), "--model", str(model_dir),
+           "--out", str(blocker), "--device", "cpu"]  # fmt: skip
+    res = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+    assert res.returncode == 2 and "Traceback" not in res.stderr
+    assert f"{blocker}: a file is in the way" in res.stderr
+    assert blocker.read_text() == "mine\n"

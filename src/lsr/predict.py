@@ -24,13 +24,14 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
 import os
 import threading
 import time
 import traceback
 import warnings
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -51,6 +52,10 @@ COHORT = "cohort.json"
 OUTPUTS: tuple[str, ...] = (PROBABILITY, MASK, BOUNDARIES, SUMMARY)
 _MULTI_SUFFIXES = (".ome.tiff", ".ome.tif")
 _BAND_ROWS = 1024  # working-resolution rows handled at once when post-processing
+PREDICTION_CLASS = "LSR prediction"
+"""QuPath class of a model whose loss is not recorded (never ``Tumor``: that is the user's)."""
+MPP_TOLERANCE = 0.05
+"""Two pixel sizes further apart than this (relative) are a different scale: warned about."""
 
 
 def parse_tile(tile: int | str) -> int | str:
@@ -72,8 +77,10 @@ def parse_tile(tile: int | str) -> int | str:
 class PredictOptions:
     """Settings of a prediction run (recorded in every summary).
 
-    ``mpp``: level-0 µm/px overriding the slide's metadata (None: from the file).
-    ``working_mpp``: µm/px of the network's input. ``tile``/``halo``/``batch_size``/
+    ``mpp``: level-0 µm/px overriding the slide's metadata (None: from the file; a value more
+    than 5 % off the file's own is used, with a warning in the summary).
+    ``working_mpp``: µm/px of the network's input (None: the one the model was trained at,
+    from its checkpoint; another value is used with a warning). ``tile``/``halo``/``batch_size``/
     ``device``/``tile_memory_mib``: see :func:`lsr.infer.predict_slide` (``tile="auto"``: as
     large as ``tile_memory_mib`` of activations allows; ``halo`` None: the model's). ``tissue``:
     ``"auto"`` (skip background tiles found on a thumbnail) or ``"none"``. ``threshold``:
@@ -84,7 +91,7 @@ class PredictOptions:
     """
 
     mpp: float | None = None
-    working_mpp: float = WORKING_MPP
+    working_mpp: float | None = None
     tile: int | str = "auto"
     halo: int | None = None
     batch_size: int = 1
@@ -112,6 +119,15 @@ class PredictOptions:
             raise LsrInputError(f"tile_memory_mib must be > 0, got {self.tile_memory_mib}")
         if self.min_area_mm2 < 0 or self.simplify_px < 0:
             raise LsrInputError("min_area_mm2 and simplify_px must be ≥ 0")
+        for key in ("mpp", "working_mpp"):
+            value = getattr(self, key)
+            if value is not None and not (isinstance(value, (int, float)) and 0 < value < 1e4):
+                raise LsrInputError(f"{key} must be a positive number of µm per pixel, got {value}")
+        if int(self.batch_size) < 1 or int(self.read_threads) < 1:
+            raise LsrInputError(
+                f"batch_size and read_threads must be ≥ 1, got {self.batch_size}, "
+                f"{self.read_threads}"
+            )
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -199,9 +215,101 @@ def _mask_of(prob: Any, threshold: float) -> np.ndarray:
     return mask
 
 
+def _off(a: float, b: float) -> bool:
+    """True when two pixel sizes differ by more than :data:`MPP_TOLERANCE` (relative)."""
+    return abs(a - b) > MPP_TOLERANCE * max(a, b)
+
+
+def resolve_working_mpp(
+    options: PredictOptions, metadata: dict[str, Any]
+) -> tuple[float, list[str]]:
+    """(µm/px to predict at, warnings): the option, else the model's, else :data:`WORKING_MPP`.
+
+    A network sees tissue at the scale it was trained at; another scale is allowed (to
+    experiment) but never silent.
+    """
+    trained = metadata.get("working_mpp")
+    trained = float(trained) if isinstance(trained, (int, float)) and trained > 0 else None
+    if options.working_mpp is None:
+        return (trained or WORKING_MPP), []
+    chosen = float(options.working_mpp)
+    if trained is not None and _off(chosen, trained):
+        return chosen, [
+            f"predicting at {chosen:g} µm/px, but the model was trained at {trained:g} µm/px: "
+            f"tissue looks {trained / chosen:.2g}x its training size to the network"
+        ]
+    return chosen, []
+
+
+def slide_warnings(slide: Slide, working_mpp: float) -> list[str]:
+    """Pixel-size problems of one slide worth telling the user (scale overridden, too coarse)."""
+    notes = []
+    if slide.file_mpp is not None and _off(slide.mpp, slide.file_mpp):
+        notes.append(
+            f"--mpp {slide.mpp:g} overrides the file's own {slide.file_mpp:g} µm/px: areas and "
+            "the scale the network sees follow --mpp"
+        )
+    if slide.mpp > working_mpp * (1 + MPP_TOLERANCE):
+        notes.append(
+            f"the slide ({slide.mpp:g} µm/px) is coarser than the model's {working_mpp:g} "
+            f"µm/px: it is upsampled {slide.mpp / working_mpp:.2g}x and holds less detail "
+            "than the network was trained on"
+        )
+    return notes
+
+
+def _boundary_class(metadata: dict[str, Any]) -> tuple[str, dict[str, str]]:
+    """(key, {key: QuPath class name}) of a model's boundaries: the names the Compare export
+    uses (``Intra+inter-instance``, ...), never plain ``Tumor``, which is the ground truth's
+    and the user's own annotations' class."""
+    from lsr.geojson import DEFAULT_NAMES
+
+    key = str(metadata.get("loss") or "prediction")
+    if key in DEFAULT_NAMES and key not in ("ground_truth", "low_res"):
+        return key, {key: DEFAULT_NAMES[key]}
+    return key, {key: PREDICTION_CLASS if key == "prediction" else f"{PREDICTION_CLASS} ({key})"}
+
+
+def _model_sha256(metadata: dict[str, Any]) -> str | None:
+    from lsr.checkpoint import MODEL
+
+    info = metadata.get("files", {}).get(MODEL, {})
+    return info.get("sha256") if isinstance(info, dict) else None
+
+
 def _model_summary(metadata: dict[str, Any]) -> dict[str, Any]:
     keep = ("path", "step", "loss", "distance", "class_names", "model", "working_mpp", "git")
-    return {k: metadata[k] for k in keep if k in metadata}
+    return {**{k: metadata[k] for k in keep if k in metadata}, "sha256": _model_sha256(metadata)}
+
+
+#: Options that change what a slide's outputs hold (tile size, batch, device and threads do not).
+_RESULT_OPTIONS = ("mpp", "halo", "tissue", "threshold", "simplify_px", "min_area_mm2",
+                   "probability_dtype")  # fmt: skip
+
+
+def reusable_summary(
+    folder: str | os.PathLike[str], options: PredictOptions, metadata: dict[str, Any]
+) -> dict[str, Any] | None:
+    """The folder's complete summary if it was made by this model (same weights) with these
+    result-changing options, else None: a re-run with another model or threshold redoes the
+    slide instead of keeping outputs that no longer match the command."""
+    done = read_summary(folder)
+    if done is None:
+        return None
+    model = done.get("model", {})
+    sha = _model_sha256(metadata)
+    if model.get("sha256") is not None or sha is not None:
+        if model.get("sha256") != sha:
+            return None
+    elif (model.get("path"), model.get("step")) != (metadata.get("path"), metadata.get("step")):
+        return None
+    working_mpp, _ = resolve_working_mpp(options, metadata)
+    if not math.isclose(float(done.get("working_mpp", -1)), working_mpp, rel_tol=1e-6):
+        return None
+    earlier = done.get("options", {})
+    if any(earlier.get(k) != getattr(options, k) for k in _RESULT_OPTIONS):
+        return None
+    return done
 
 
 def write_outputs(
@@ -237,9 +345,8 @@ def write_outputs(
         scale=options.working_mpp / slide.mpp,
     )
     del mask
-    key = str(metadata.get("loss", "prediction"))
-    names = {key: f"Tumor ({key})"} if key != "prediction" else {key: "Tumor"}
-    colours = None if key != "prediction" else {key: (255, 0, 0)}
+    key, names = _boundary_class(metadata)
+    colours = None  # the Fig. 4 colour of the model's loss (a fallback colour for others)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)  # an empty boundary is not an error
         export_geojson(folder / BOUNDARIES, {key: polygons}, colours=colours, names=names)
@@ -265,11 +372,16 @@ def predict_to_folder(
     """Predict one slide and write its four outputs into ``out_dir/<slide name>/``.
 
     ``model`` is an eval-mode network (see :func:`lsr.model.load`); ``metadata`` its
-    checkpoint metadata. Returns the summary (also written as ``summary.json``).
+    checkpoint metadata. Returns the summary (also written as ``summary.json``), whose
+    ``"warnings"`` lists what the user should know (a scale other than the model's or the
+    file's, no tissue found, ...); each is also issued as a UserWarning naming the slide.
     """
-    from lsr.infer import cancer_class_index, predict_slide
+    from lsr.infer import TISSUE_THUMBNAIL_PX, cancer_class_index, predict_slide
+    from lsr.tissue import tissue_mask
 
     options = options or PredictOptions()
+    working_mpp, notes = resolve_working_mpp(options, metadata)
+    options = replace(options, working_mpp=working_mpp)
     t_start = time.perf_counter()
     folder = Path(out_dir) / slide_name(slide_path)
     folder.mkdir(parents=True, exist_ok=True)
@@ -278,6 +390,13 @@ def predict_to_folder(
     timings: dict[str, float] = {}
     with open_slide(slide_path, mpp=options.mpp) as slide:
         t_open = time.perf_counter()
+        notes += [*slide.notes, *slide_warnings(slide, working_mpp)]
+        tissue = None
+        if options.tissue == "auto":
+            try:
+                tissue = tissue_mask(slide.thumbnail(TISSUE_THUMBNAIL_PX), on_empty="error")
+            except LsrInputError as exc:
+                notes.append(f"{exc}; the whole slide was treated as tissue")
         prob = predict_slide(
             model,
             slide,
@@ -287,7 +406,7 @@ def predict_to_folder(
             batch_size=options.batch_size,
             device=options.device,
             tile_memory_mib=options.tile_memory_mib,
-            tissue_mask="auto" if options.tissue == "auto" else None,
+            tissue_mask=tissue,
             class_index=cancer_class_index(metadata),
             progress=progress,
             cancel=cancel,
@@ -306,7 +425,9 @@ def predict_to_folder(
             "slide": str(Path(slide_path).resolve()),
             "name": slide_name(slide_path),
             "mpp": slide.mpp,
+            "file_mpp": slide.file_mpp,
             "working_mpp": options.working_mpp,
+            "read_level": slide.best_level(options.working_mpp / slide.mpp),
             "level0_shape": [h0, w0],
             "working_shape": [hw, ww],
             "threshold": options.threshold,
@@ -318,6 +439,7 @@ def predict_to_folder(
             "halo_px": int(timings.get("halo_px", 0)),
             "options": options.to_dict(),
             "model": _model_summary(metadata),
+            "warnings": notes,
             "timings_s": {
                 "open": t_open - t_start,
                 "inference": t_pred - t_open,
@@ -329,6 +451,8 @@ def predict_to_folder(
     atomic_write_text(folder / SUMMARY, json.dumps(summary, indent=1, default=str) + "\n")
     with contextlib.suppress(FileNotFoundError):
         (folder / ERROR).unlink()
+    for note in notes:
+        warnings.warn(f"{slide_name(slide_path)}: {note}", UserWarning, stacklevel=2)
     return summary
 
 
@@ -353,11 +477,10 @@ def predict_one(
     folder = Path(out_dir) / name
     t0 = time.perf_counter()
     if not overwrite:
-        done = read_summary(folder)
-        if done is not None:
-            return SlideResult(
-                str(slide_path), name, "skipped", 0.0, "", done.get("cancer_area_mm2"), done
-            )
+        with contextlib.suppress(LsrInputError):  # an unreadable model fails below, per slide
+            done = reusable_summary(folder, options, model_metadata(model_path))
+            if done is not None:
+                return _skipped(str(slide_path), done)
     try:
         import torch
 
@@ -388,6 +511,30 @@ def predict_one(
         summary["cancer_area_mm2"],
         summary,
     )
+
+
+def model_metadata(model_path: str | os.PathLike[str]) -> dict[str, Any]:
+    """The checkpoint metadata of a model (with its folder as ``"path"``), weights unread."""
+    from lsr.checkpoint import read_metadata
+
+    folder, meta = read_metadata(model_path)
+    return {**meta, "path": str(folder)}
+
+
+def _check_run(model_path: str, options: PredictOptions, *, check_device: bool) -> None:
+    """Problems that would fail every slide, raised once before any slide: the device
+    (``cuda`` without a GPU) and the model's weights (missing, truncated or modified)."""
+    from lsr.checkpoint import read_model
+    from lsr.infer import resolve_device
+
+    if check_device:
+        resolve_device(options.device)
+    read_model(model_path)
+
+
+def _skipped(slide: str, done: dict[str, Any]) -> SlideResult:
+    name = slide_name(slide)
+    return SlideResult(slide, name, "skipped", 0.0, "", done.get("cancer_area_mm2"), done)
 
 
 # --- the cohort -----------------------------------------------------------------------------
@@ -444,17 +591,18 @@ def predict_cohort(
         raise LsrInputError("no slides given")
     _check_names(slides)
     model_path = str(resolve(model_path))  # fail early on a missing or foreign model
+    metadata = model_metadata(model_path)
+    # a remote scheduler's workers may have the GPU this machine lacks
+    _check_run(model_path, options, check_device=scheduler in (None, "local"))
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     paths = [str(s) for s in slides]
     results: dict[int, SlideResult] = {}
     todo: list[int] = []
     for i, p in enumerate(paths):
-        done = None if overwrite else read_summary(out / slide_name(p))
+        done = None if overwrite else reusable_summary(out / slide_name(p), options, metadata)
         if done is not None:
-            results[i] = SlideResult(
-                p, slide_name(p), "skipped", 0.0, "", done.get("cancer_area_mm2"), done
-            )
+            results[i] = _skipped(p, done)
             if on_result:
                 on_result(results[i])
         else:

@@ -45,3 +45,19 @@ def main(argv: list[str] | None = None) -> None:
     except FileNotFoundError as err:
         typer.secho(f"error: file not found: {err.filename}", fg="red", err=True)
         sys.exit(2)
+    except (FileExistsError, NotADirectoryError, IsADirectoryError, PermissionError) as err:
+        # an output path that is a file, a folder or not writable: the user's to fix
+        typer.secho(f"error: {_os_problem(err)}", fg="red", err=True)
+        sys.exit(2)
+
+
+def _os_problem(err: OSError) -> str:
+    """One line for an OSError on a path the user gave: what is wrong and where."""
+    what = {
+        FileExistsError: "a file is in the way (a folder was expected)",
+        NotADirectoryError: "a file is in the way (a folder was expected)",
+        IsADirectoryError: "is a folder (a file was expected)",
+        PermissionError: "permission denied (not writable?)",
+    }.get(type(err), err.strerror or str(err))
+    where = err.filename if err.filename is not None else ""
+    return f"{where}: {what}" if where else what

@@ -14,11 +14,13 @@ go on; ``OUT/cohort.json`` lists every slide. Exit code 1 if any slide failed.
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 from typing import Any
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import (
     BarColumn,
     MofNCompleteColumn,
@@ -31,20 +33,37 @@ from lsr.slide import WORKING_MPP
 
 
 def _result_line(res: Any) -> str:
+    """One line per slide (with its scale: the µm/px read and the network's), then one
+    line per warning of its summary."""
     if res.status == "failed":
-        return f"[red]✗ {res.name}[/red]  failed: {res.error}"
+        return f"[red]✗ {escape(res.name)}[/red]  failed: {escape(res.error)}"
     if res.status == "skipped":
-        return f"[dim]- {res.name}  already done (skipped)[/dim]"
+        return f"[dim]- {escape(res.name)}  already done (skipped)[/dim]"
+    s = res.summary or {}
     area = "" if res.cancer_area_mm2 is None else f"  cancer {res.cancer_area_mm2:.2f} mm²"
-    return f"[green]✓ {res.name}[/green]  {res.seconds:.1f} s{area}"
+    scale = ""
+    if s.get("mpp") and s.get("working_mpp"):
+        scale = f"  {s['mpp']:.3g} µm/px, read at {s['working_mpp']:g} µm/px"
+    lines = [f"[green]✓ {escape(res.name)}[/green]  {res.seconds:.1f} s{scale}{area}"]
+    lines += [f"  [yellow]⚠ {escape(str(w))}[/yellow]" for w in s.get("warnings", ())]
+    return "\n".join(lines)
 
 
 def predict(
     slides: list[Path] = typer.Argument(..., help="Slide files (.svs, .tif, .ndpi, ...)."),
     model: Path = typer.Option(..., "--model", "-m", help="Training folder or checkpoint."),
     out: Path = typer.Option(..., "--out", "-o", help="Output folder (one sub-folder/slide)."),
-    mpp: float | None = typer.Option(None, help="Level-0 µm/px, overriding the metadata."),
-    working_mpp: float = typer.Option(WORKING_MPP, help="µm/px the network works at."),
+    mpp: float | None = typer.Option(
+        None,
+        help="Level-0 µm/px of every slide, for files without a pixel size; it overrides "
+        "the metadata of those that have one (with a warning when they differ by > 5 %).",
+    ),
+    working_mpp: float | None = typer.Option(
+        None,
+        help="µm/px the network works at (default: the one it was trained at, from the "
+        f"checkpoint; {WORKING_MPP} for models that do not record it). Another value is "
+        "used with a warning.",
+    ),
     tile: str = typer.Option(
         "auto",
         help="Tile side in working px (a halo is added), or 'auto': as large as "
@@ -109,23 +128,35 @@ def predict(
         return update
 
     def on_result(res: Any) -> None:
+        finished.append(res)
         if res.slide in tasks:
             progress.remove_task(tasks.pop(res.slide))
         progress.console.print(_result_line(res))
 
-    with progress:
-        results = predict_cohort(
-            [str(s) for s in slides],
-            model,
-            out,
-            options,
-            scheduler=scheduler,
-            workers=workers,
-            processes=not threads,
-            overwrite=overwrite,
-            on_result=on_result,
-            on_start=on_start,
+    finished: list[Any] = []
+    try:
+        with progress, warnings.catch_warnings():
+            # every slide's warnings are in its summary and printed under its line
+            warnings.simplefilter("ignore", UserWarning)
+            results = predict_cohort(
+                [str(s) for s in slides],
+                model,
+                out,
+                options,
+                scheduler=scheduler,
+                workers=workers,
+                processes=not threads,
+                overwrite=overwrite,
+                on_result=on_result,
+                on_start=on_start,
+            )
+    except KeyboardInterrupt:
+        done = sum(r.status == "done" for r in finished)
+        console.print(
+            f"[yellow]interrupted[/yellow] after {done} slide(s); finished slides are kept and "
+            "the one in progress has no summary, so the same command resumes where it stopped"
         )
+        raise typer.Exit(130) from None
     failed = [r for r in results if r.status == "failed"]
     done = sum(r.status == "done" for r in results)
     skipped = sum(r.status == "skipped" for r in results)
