@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 
@@ -88,3 +89,27 @@ def test_demo_rerun_reuses_finished_work(demo_out):
     )  # fmt: skip
     assert res.returncode == 0, res.stderr[-2000:]
     assert "reusing" in res.stdout and "training on" not in res.stdout
+
+
+def test_demo_config_errors_come_before_any_work(tmp_path):
+    from lsr.demo import DemoConfig, run_demo
+    from lsr.errors import LsrInputError
+
+    def cfg_file(text: str):
+        path = tmp_path / "demo.toml"
+        path.write_text(text)
+        return path
+
+    cases = {
+        'n_train_slides = "x"': "n_train_slides must be a whole number",
+        'losses = ["intra", "foo"]': "losses must be distinct names",
+        'losses = ["intra"]\n[per_loss.inter]\nlr = 0.1': "per_loss names losses",
+        'losses = ["intra", "inter"]\n[per_loss.inter]\ndistance = "l7"': "(training inter)",
+    }
+    for text, message in cases.items():
+        with pytest.raises(LsrInputError, match=re.escape(message)) as err:
+            DemoConfig.load(cfg_file(text))
+        assert "demo.toml" in str(err.value)
+    with pytest.raises(LsrInputError, match="no seeds"):
+        run_demo(tmp_path / "out", config=DemoConfig.load(None, quick=True), seeds=[])
+    assert not (tmp_path / "out").exists()

@@ -364,3 +364,12 @@ def test_cli_synth_and_evaluate(tmp_path):
     assert res.exit_code == 0, res.output
     scores = json.loads((tmp_path / "s.json").read_text())
     assert scores["iou"] == 1.0 and scores["n_patches"] == 1
+
+
+def test_dataset_needs_a_training_slide(cfg, tmp_path):
+    from lsr.synthetic import generate_dataset
+
+    for n_slides, n_test in ((0, 1), (-1, 1), (1, -1)):
+        with pytest.raises(LsrInputError, match="at least 1 training slide"):
+            generate_dataset(cfg, 0, tmp_path / "d", n_slides=n_slides, n_test_patches=n_test)
+    assert not (tmp_path / "d").exists()

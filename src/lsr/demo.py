@@ -72,10 +72,42 @@ class DemoConfig:
         if "losses" in data:
             data["losses"] = tuple(data["losses"])
         cfg = cls(**data)
+        cfg.check(p)
         synth = Path(cfg.synthetic)
         if synth.suffix and not synth.is_absolute():  # a path relative to the config file
             cfg.synthetic = str((p.parent / synth).resolve())
         return cfg
+
+    def check(self, path: Path | None = None) -> None:
+        """Raise :class:`LsrInputError` naming the first bad setting, before any slide is
+        made or network trained (a typo in the last loss must not cost the first ones)."""
+        from lsr.train import LOSSES, TrainConfig
+
+        def is_int(v: Any) -> bool:
+            return isinstance(v, int) and not isinstance(v, bool)
+
+        for key in ("n_train_slides", "n_test_patches", "slide_px"):
+            v = getattr(self, key)
+            if v is not None and not (is_int(v) and v >= 1):
+                raise LsrInputError(f"{key} must be a whole number ≥ 1, got {v!r}", path)
+        if not (is_int(self.n_fig4) and self.n_fig4 >= 0):
+            raise LsrInputError(f"n_fig4 must be a whole number ≥ 0, got {self.n_fig4!r}", path)
+        unknown = [loss for loss in self.losses if loss not in LOSSES]
+        if not self.losses or unknown or len(set(self.losses)) != len(self.losses):
+            raise LsrInputError(
+                f"losses must be distinct names among {', '.join(LOSSES)}, got {list(self.losses)}",
+                path,
+            )
+        extra = sorted(set(self.per_loss) - set(self.losses))
+        if extra:
+            raise LsrInputError(f"per_loss names losses the demo does not train: {extra}", path)
+        for loss in self.losses:
+            try:
+                TrainConfig.from_dict(
+                    {**self.train, **self.per_loss.get(loss, {}), "loss": loss}, path=path
+                ).resolved().validate()
+            except LsrInputError as err:
+                raise LsrInputError(f"{err.problem} (training {loss})", path) from None
 
 
 Progress = Callable[[str], None]
@@ -431,6 +463,9 @@ def run_demo(
 ) -> dict:
     """Run the demo into ``out`` and return the results dict (also in results.json)."""
     cfg = config or DemoConfig.load(None, quick=quick)
+    if not seeds:
+        raise LsrInputError("no seeds to run (--seeds must be ≥ 1)")
+    cfg.check()
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()

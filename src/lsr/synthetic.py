@@ -29,6 +29,7 @@ import numpy as np
 
 from lsr.atomic import atomic_write_text
 from lsr.counttable import bin_probabilities
+from lsr.errors import LsrInputError
 from lsr.synthetic_classifier import (
     block_dice,
     block_features,
@@ -334,6 +335,11 @@ def generate_dataset(
     out = Path(out_dir)
     n_slides = cfg.slide.n_slides if n_slides is None else int(n_slides)
     n_test = cfg.slide.n_test_patches if n_test_patches is None else int(n_test_patches)
+    if n_slides < 1 or n_test < 0:
+        raise LsrInputError(
+            f"need at least 1 training slide (the expert's table is built from them) and "
+            f"0 or more test patches, got {n_slides} and {n_test}"
+        )
     jobs = [
         (cfg, _derive_seed(seed, 1, i), out / "train", f"slide_{i:03d}", False)
         for i in range(n_slides)

@@ -12,7 +12,7 @@ from rich.markdown import Markdown
 def demo(
     out: Path = typer.Option(Path("demo-out"), "--out", "-o", help="output folder"),
     config: Path | None = typer.Option(None, "--config", help="demo config (TOML)"),
-    seeds: int = typer.Option(1, "--seeds", help="number of seeds (0 .. N-1)"),
+    seeds: int = typer.Option(1, "--seeds", help="number of seeds (--seed .. --seed + N - 1)"),
     seed: int = typer.Option(0, "--seed", help="first seed"),
     quick: bool = typer.Option(False, "--quick", help="tiny run (minutes): checks the pipeline"),
 ) -> None:
