@@ -652,9 +652,13 @@ def _check_first_series_is_the_slide(tf: Any, path: Path) -> None:
 
 def _check_tiff_complete(path: Path) -> None:
     """Raise LsrInputError when a TIFF is unreadable or its image data runs past the end."""
+    import logging
+
     import tifffile
 
     size = path.stat().st_size
+    quiet = _Quiet()  # tifffile logs each bad tag; the one error below says it all
+    logging.getLogger("tifffile").addFilter(quiet)
     try:
         with tifffile.TiffFile(path) as tf:
             if not tf.series:
@@ -677,6 +681,15 @@ def _check_tiff_complete(path: Path) -> None:
         raise
     except Exception as exc:  # tifffile.TiffFileError, struct errors, ...
         raise LsrInputError(f"not a readable TIFF (corrupt or truncated?): {exc}", path) from exc
+    finally:
+        logging.getLogger("tifffile").removeFilter(quiet)
+
+
+class _Quiet:
+    """A logging filter that drops every record (for tifffile while a file is checked)."""
+
+    def filter(self, record: object) -> bool:
+        return False
 
 
 def _is_tiff(path: Path) -> bool:
