@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+import warnings
 
 import typer
 
@@ -34,9 +35,15 @@ def _register() -> None:
     app.command("evaluate")(evaluate_cli.evaluate)
 
 
+def _one_line_warning(message: Warning | str, category: type[Warning], *_: object) -> str:
+    """Warnings as ``warning: <message>``: the user needs the message, not our source line."""
+    return f"warning: {message}\n"
+
+
 def main(argv: list[str] | None = None) -> None:
     """Entry point of the ``lsr`` script: user errors print one line, not a traceback."""
     _register()
+    warnings.formatwarning = _one_line_warning
     try:
         app(args=argv, prog_name="lsr")
     except LsrInputError as err:

@@ -45,11 +45,18 @@ def synth(
     tab = Table(title=f"count table: simulated expert vs truth ({cfg.name}, seed {seed})")
     for col in ("bin %", "expert cancer %", "true cancer %", "expert n", "blocks"):
         tab.add_column(col, justify="right")
+
+    def cell(table: CountTable, b: int) -> str:
+        text = f"{100 * table.eta[b, 0]:.1f} ± {100 * table.rho[b, 0]:.1f}"
+        if table.n is not None and table.n[b] == 0:  # nothing measured: the fallback's values
+            return f"[dim]({text} fallback)[/dim]"
+        return text
+
     for b, label in enumerate(expert.bin_labels()):
         tab.add_row(
             label,
-            f"{100 * expert.eta[b, 0]:.1f} ± {100 * expert.rho[b, 0]:.1f}",
-            f"{100 * truth.eta[b, 0]:.1f} ± {100 * truth.rho[b, 0]:.1f}",
+            cell(expert, b),
+            cell(truth, b),
             str(int(expert.n[b])) if expert.n is not None else "",
             str(int(truth.n[b])) if truth.n is not None else "",
             style="yellow" if (b in expert.flagged or b in truth.flagged) else None,
