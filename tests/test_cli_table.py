@@ -70,3 +70,35 @@ def test_from_estimates_and_show_name_a_top_bin_below_a_lower_one(tmp_path):
     assert "35 points below bin 90–95%" in " ".join(res.stdout.split())
     res = run("table", "show", "paper-table1")
     assert "top bin" not in res.stdout
+
+
+def _estimates_csv(path):
+    z = np.repeat(np.arange(10), 3)
+    path.write_text("z,percent_cancer\n" + "".join(f"{b},{5 * b + i}\n" for i, b in enumerate(z)))
+    return path.read_bytes()
+
+
+def test_from_estimates_never_overwrites_the_estimates_or_other_files(tmp_path):
+    est = tmp_path / "mine.csv"
+    before = _estimates_csv(est)
+    res = run("table", "from-estimates", str(est), "-o", str(est))
+    assert res.returncode == 2 and "estimates file itself" in res.stderr
+    assert est.read_bytes() == before
+    # the same file by another spelling
+    res = run("table", "from-estimates", str(est), "-o", str(tmp_path / "." / "mine.csv"))
+    assert res.returncode == 2 and est.read_bytes() == before
+    # another expert's estimates, or any file that is not a count table, is kept
+    other = tmp_path / "other.csv"
+    other_bytes = _estimates_csv(other)
+    notes = tmp_path / "notes.json"
+    notes.write_text('{"mine": 1}\n')
+    for target, content in ((other, other_bytes), (notes, b'{"mine": 1}\n')):
+        res = run("table", "from-estimates", str(est), "-o", str(target))
+        assert res.returncode == 2 and "not a count table" in res.stderr, res.stderr
+        assert str(target) in res.stderr and target.read_bytes() == content
+    # an older table is replaced, as asked
+    old = tmp_path / "t.json"
+    CountTable.paper_table1().to_json(old)
+    res = run("table", "from-estimates", str(est), "-o", str(old))
+    assert res.returncode == 0, res.stderr
+    assert CountTable.from_json(old).n.sum() == 30

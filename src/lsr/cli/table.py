@@ -81,6 +81,27 @@ def read_estimates(path: Path) -> list[Estimate]:
     return out
 
 
+def refuse_to_clobber(output: Path, estimates: Path) -> None:
+    """Raise unless writing ``output`` can lose nothing the user made: it must not be the
+    estimates file itself, and an existing file there must be a count table (replacing an
+    older table is normal; replacing estimates, annotations or anything else is not)."""
+    if output.exists():
+        if estimates.exists() and output.resolve().samefile(estimates):
+            raise LsrInputError(
+                "the output is the estimates file itself; writing the table there would "
+                "replace the expert's estimates: choose another -o",
+                output,
+            )
+        try:
+            CountTable.load(output)
+        except LsrInputError:
+            raise LsrInputError(
+                "exists and is not a count table; refusing to overwrite it: choose another "
+                "-o, or move the file away",
+                output,
+            ) from None
+
+
 @app.command("from-estimates")
 def from_estimates(
     estimates: Path = typer.Argument(..., help="CSV with columns z, percent_cancer (0-100)"),
@@ -90,6 +111,7 @@ def from_estimates(
     ),
 ) -> None:
     """Build a count table from an expert's block estimates."""
+    refuse_to_clobber(output, estimates)
     records = read_estimates(estimates)
     fb = CountTable.load(fallback) if fallback else None
     try:
