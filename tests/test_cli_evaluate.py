@@ -160,3 +160,77 @@ def test_binary_uint8_prediction_is_a_mask(tmp_path, runner, on):
     fraction, is_probability = read_prediction(tmp_path / "m.npy")
     np.testing.assert_array_equal(fraction, (m > 0).astype(float))
     assert not is_probability
+
+
+def _u8(values, shape=(B, B)):
+    """A uint8 map holding ``values`` cyclically (every value occurs)."""
+    return np.resize(np.asarray(values, np.uint8), shape[0] * shape[1]).reshape(shape)
+
+
+@pytest.mark.parametrize(
+    ("name", "a", "want"),
+    [
+        ("x_pred.npy", _u8([81, 82]), "probability"),  # collapsed network, p ~ 0.32
+        ("x_pred.npy", _u8([0, 200]), "probability"),  # {0, v}: skipped tissue
+        ("x_pred.npy", _u8([0, 1]), "mask"),
+        ("x_pred.npy", _u8([0, 255]), "mask"),
+        ("x_pred.npy", _u8([255]), "mask"),
+        ("x_pred.npy", _u8([0, 3, 250]), "probability"),
+        ("x_pred.npy", _u8([0, 1]).astype(np.uint16) * 65535, "mask"),
+        ("x_pred.npy", _u8([0, 1]).astype(np.uint16) * 255, "mask"),
+        ("x_pred.npy", _u8([0, 1, 2, 3]).astype(np.int32), "mask"),  # label image
+        ("x_pred.npy", _u8([0, 1]).astype(bool), "mask"),
+        ("x_pred.npy", _u8([0, 1]).astype(np.float32), "probability"),
+        ("probability.npy", _u8([0, 1]), "probability"),  # lsr predict's name decides
+        ("mask.npy", _u8([0, 7]), "mask"),
+    ],
+)
+def test_prediction_kind_rule(tmp_path, name, a, want):
+    from lsr.cli.evaluate import prediction_kind, read_prediction
+
+    np.save(tmp_path / name, a)
+    assert prediction_kind(tmp_path / name, a) == want
+    prob, is_probability = read_prediction(tmp_path / name)
+    assert is_probability == (want == "probability")
+    if want == "mask":
+        np.testing.assert_array_equal(prob, (a > 0).astype(float))
+    elif a.dtype == np.uint8:
+        np.testing.assert_allclose(prob, a / 255.0)
+
+
+def test_near_constant_probability_map_is_not_read_as_a_mask(tmp_path, runner):
+    """A uint8 map of only {81, 82} (p ~ 0.32) predicts no cancer: IoU 0 against a ground
+    truth with cancer (read as a mask it scored IoU > 0); --pred-kind mask overrides."""
+    from lsr.metrics import pooled_scores
+
+    pred = _u8([81, 82], (4 * B, 4 * B))
+    gt = np.zeros((4 * B, 4 * B), np.uint8)
+    gt[:, : 2 * B] = 255
+    np.save(tmp_path / "s_pred.npy", pred)
+    np.save(tmp_path / "s_gt.npy", gt)
+    args = ["evaluate", "-p", str(tmp_path / "s_pred.npy"), "-g", str(tmp_path / "s_gt.npy"),
+            "--band", str(B), "--json", str(tmp_path / "o.json")]  # fmt: skip
+    res = runner.invoke(app, args)
+    assert res.exit_code == 0, res.output
+    out = json.loads((tmp_path / "o.json").read_text())
+    assert out["iou"] == 0.0 and out["per_patch"][0]["pred_kind"] == "probability"
+    assert "1 probability map(s)" in " ".join(res.output.split())
+    res = runner.invoke(app, [*args, "--pred-kind", "mask"])
+    assert res.exit_code == 0, res.output
+    out = json.loads((tmp_path / "o.json").read_text())
+    want = pooled_scores([pred > 0], [gt > 0], band=B)
+    assert out["iou"] == pytest.approx(want["iou"]) == pytest.approx(0.5)
+    assert out["per_patch"][0]["pred_kind"] == "mask"
+    res = runner.invoke(app, [*args, "--pred-kind", "maybe"])
+    assert isinstance(res.exception, LsrInputError) and "--pred-kind" in str(res.exception)
+
+
+def test_forced_probability_of_a_label_image_is_an_error(tmp_path):
+    from lsr.cli.evaluate import read_prediction
+
+    np.save(tmp_path / "l.npy", _u8([0, 1, 2]).astype(np.int32))
+    with pytest.raises(LsrInputError, match="--pred-kind mask") as err:
+        read_prediction(tmp_path / "l.npy", "probability")
+    assert "l.npy" in str(err.value)
+    prob, is_probability = read_prediction(tmp_path / "l.npy")
+    assert not is_probability and prob.max() == 1.0

@@ -70,27 +70,62 @@ def read_mask(path: Path) -> np.ndarray:
     return a >= 0.5 if np.issubdtype(a.dtype, np.floating) else a > 0
 
 
-def read_prediction(path: Path) -> tuple[np.ndarray, bool]:
-    """((H, W) float64 cancer probability, whether it is one) of a prediction: a float map as
-    stored; an unsigned integer map with more than two values is a quantised probability map,
-    value / dtype max (``lsr predict``'s ``probability.tif`` is uint8, round(255 p)); any other
-    map is a mask (nonzero = 1, not a probability)."""
+#: How ``lsr evaluate`` reads a prediction (``--pred-kind``).
+PRED_KINDS = ("auto", "probability", "mask")
+
+
+def prediction_kind(path: Path, a: np.ndarray) -> str:
+    """'probability' or 'mask' for a prediction ``a`` read from ``path`` (``--pred-kind auto``).
+
+    A value count cannot tell a near-constant probability map (a collapsed network's {81, 82},
+    or {0, v} where tissue was skipped) from a mask, so the rule uses dtype, name and the exact
+    mask values: float maps are probabilities; bool and integer maps other than uint8/uint16
+    (label images) are masks; ``lsr predict``'s files go by name (``probability.*`` is a
+    probability, ``mask.*`` a mask); any other uint8/uint16 map is a mask when its values are
+    only {0, 1}, {0, 255} or {0, dtype max}, else a quantised probability (value / dtype max).
+    """
+    if np.issubdtype(a.dtype, np.floating):
+        return "probability"
+    if a.dtype not in (np.uint8, np.uint16):
+        return "mask"
+    stem = path.name.split(".")[0].lower()
+    if stem in ("probability", "mask"):
+        return stem
+    values = set(np.flatnonzero(np.bincount(a.ravel(), minlength=2)).tolist())
+    top = int(np.iinfo(a.dtype).max)
+    if any(values <= {0, on} for on in (1, 255, top)):
+        return "mask"
+    return "probability"
+
+
+def read_prediction(path: Path, kind: str = "auto") -> tuple[np.ndarray, bool]:
+    """((H, W) float64 cancer probability, whether it is one) of a prediction.
+
+    ``kind``: 'probability' (float maps as stored, uint8/uint16 value / dtype max, as
+    ``lsr predict``'s ``probability.tif`` stores round(255 p)), 'mask' (nonzero = 1, not a
+    probability) or 'auto' (:func:`prediction_kind` decides).
+    """
+    if kind not in PRED_KINDS:
+        raise LsrInputError(f"--pred-kind must be one of {', '.join(PRED_KINDS)}, got {kind!r}")
     a = read_map(path)
+    if kind == "auto":
+        kind = prediction_kind(path, a)
+    if kind == "mask":
+        return (a > 0).astype(np.float64), False
     if np.issubdtype(a.dtype, np.floating):
         return a.astype(np.float64), True
-    if a.dtype in (np.uint8, np.uint16) and _n_values(a) > 2:
+    if a.dtype in (np.uint8, np.uint16):
         return a.astype(np.float64) / np.iinfo(a.dtype).max, True
-    return (a > 0).astype(np.float64), False
+    raise LsrInputError(
+        f"a probability map must be float, uint8 (value / 255) or uint16 (value / 65535), got "
+        f"{a.dtype}; pass --pred-kind mask if it is a mask",
+        path,
+    )
 
 
-def read_prediction_mask(path: Path) -> np.ndarray:
+def read_prediction_mask(path: Path, kind: str = "auto") -> np.ndarray:
     """A prediction as a boolean mask: its :func:`read_prediction` probability >= 0.5."""
-    return read_prediction(path)[0] >= 0.5
-
-
-def _n_values(a: np.ndarray) -> int:
-    """Distinct values of a uint8/uint16 array (bincount: no sort of a whole slide)."""
-    return int(np.count_nonzero(np.bincount(a.ravel(), minlength=2)))
+    return read_prediction(path, kind)[0] >= 0.5
 
 
 def _is_pyramid(path: Path) -> bool:
@@ -124,7 +159,10 @@ def _pair(preds: list[Path], gts: list[Path], by: str) -> list[tuple[Path, Path]
 
 
 def calibration(
-    pairs: list[tuple[Path, Path]], block_px: int, table: Path | None = None
+    pairs: list[tuple[Path, Path]],
+    block_px: int,
+    table: Path | None = None,
+    pred_kind: str = "auto",
 ) -> tuple[list[dict], bool]:
     """Per bin z: predicted cancer fraction of the blocks (mean, std, n) beside the count
     table's eta ± rho (``table_mean``/``table_std``) when a table is given; and whether every
@@ -134,7 +172,7 @@ def calibration(
 
     maps, zs, probabilities = [], [], True
     for p, g in pairs:
-        m, is_probability = read_prediction(p)
+        m, is_probability = read_prediction(p, pred_kind)
         probabilities &= is_probability
         grid = load_grid(g, block_px=block_px)
         rows, cols = m.shape[0] // block_px, m.shape[1] // block_px
@@ -173,10 +211,18 @@ def evaluate(
     table: Path | None = typer.Option(None, "--table", "-t", help="count table shown beside "
                                       "the calibration (.json/.csv)"),
     json_out: Path | None = typer.Option(None, "--json", help="write the scores as JSON here"),
+    pred_kind: str = typer.Option("auto", "--pred-kind", help="'probability', 'mask' or "
+                                  "'auto': float = probability; uint8/uint16 only 0/1, 0/255 or "
+                                  "0/max = mask, other values = probability (value / max); "
+                                  "probability.tif / mask.tif by name; other integers = mask"),
 ) -> None:  # fmt: skip
     """Masked (within BAND px of the true boundary) and unmasked IoU / DICE, paper Table 2;
     with --grid, the calibration per bin z: the predicted cancer fraction of the blocks
     (mean ± std) beside the count table's η ± ρ, which needs no ground truth."""
+    if pred_kind not in PRED_KINDS:
+        raise LsrInputError(
+            f"--pred-kind must be one of {', '.join(PRED_KINDS)}, got {pred_kind!r}"
+        )
     if pair_by not in ("name", "order"):
         raise LsrInputError(f"--pair-by must be 'name' or 'order', got {pair_by!r}")
     if not gt and not grid:
@@ -187,12 +233,12 @@ def evaluate(
     console = Console()
     result: dict = {}
     if gt:
-        result = _scores(_pair(preds, _expand(list(gt)), pair_by), band, console)
+        result = _scores(_pair(preds, _expand(list(gt)), pair_by), band, console, pred_kind)
     if grid:
         grids = _expand(list(grid))
         # a folder of test patches also holds images and ground truth: keep its *_grid files
         grids = [g for g in grids if "_grid" in g.name] or grids
-        calib, probabilities = calibration(_pair(preds, grids, pair_by), block_px, table)
+        calib, probabilities = calibration(_pair(preds, grids, pair_by), block_px, table, pred_kind)
         result["calibration"] = calib
         console.print(_calibration_table(calib, table is not None))
         if table is not None:
@@ -202,20 +248,30 @@ def evaluate(
         console.print(f"scores written to {json_out}")
 
 
-def _scores(pairs: list[tuple[Path, Path]], band: int, console: Console) -> dict:
-    """Pooled masked/unmasked scores of the pairs, printed as a table and returned."""
+def _scores(
+    pairs: list[tuple[Path, Path]], band: int, console: Console, pred_kind: str = "auto"
+) -> dict:
+    """Pooled masked/unmasked scores of the pairs, printed as a table and returned; each
+    per-patch row says how its prediction was read (``pred_kind``)."""
     from lsr.metrics import pooled_scores
 
-    preds, gts = [], []
+    preds, gts, kinds = [], [], []
     for p, g in pairs:
-        pm, gm = read_prediction_mask(p), read_mask(g)
+        prob, is_probability = read_prediction(p, pred_kind)
+        pm, gm = prob >= 0.5, read_mask(g)
+        kinds.append("probability" if is_probability else "mask")
         if pm.shape != gm.shape:
             raise LsrInputError(f"shape {pm.shape} differs from ground truth {g} {gm.shape}", p)
         preds.append(pm)
         gts.append(gm)
     scores = pooled_scores(preds, gts, band=band)
-    for row, (p, g) in zip(scores["per_patch"], pairs, strict=True):
-        row["pred"], row["gt"] = str(p), str(g)
+    for row, (p, g), kind in zip(scores["per_patch"], pairs, kinds, strict=True):
+        row["pred"], row["gt"], row["pred_kind"] = str(p), str(g), kind
+    n_prob = kinds.count("probability")
+    console.print(
+        f"predictions read as {n_prob} probability map(s) (>= 0.5 = cancer) and "
+        f"{len(kinds) - n_prob} mask(s) (nonzero = cancer); --pred-kind {pred_kind}"
+    )
     table = Table(
         title=f"{len(pairs)} patches, band {band} px ({scores['n_with_boundary']} with a boundary)"
     )
