@@ -234,3 +234,52 @@ def test_forced_probability_of_a_label_image_is_an_error(tmp_path):
     assert "l.npy" in str(err.value)
     prob, is_probability = read_prediction(tmp_path / "l.npy")
     assert not is_probability and prob.max() == 1.0
+
+
+def test_gt_folder_never_pairs_an_image_or_grid_as_ground_truth(tmp_path, runner):
+    """A --gt folder like lsr synth's test/: patch_001's _gt is missing, its H&E image and
+    grid are there; neither may be scored as its ground truth."""
+    gt, pred = tmp_path / "test", tmp_path / "pred"
+    gt.mkdir()
+    pred.mkdir()
+    np.save(gt / "patch_000_gt.npy", np.ones((B, B), np.uint8))
+    np.save(gt / "patch_001.npy", np.full((B, B, 3), 200, np.uint8))  # the H&E image
+    np.save(gt / "patch_001_grid.npy", np.array([[3]], np.int16))
+    for name in ("patch_000_pred.npy", "patch_001_pred.npy"):
+        np.save(pred / name, np.ones((B, B), np.float32))
+    res = runner.invoke(app, ["evaluate", "-p", str(pred), "--gt", str(gt), "--band", str(B)])
+    assert isinstance(res.exception, LsrInputError), res.output
+    msg = str(res.exception)
+    assert "no ground-truth file for patch 'patch_001'" in msg and "patch_001_gt" in msg
+    assert "patch_001_pred.npy" in msg
+    # with its ground truth it is scored against it
+    np.save(gt / "patch_001_mask.npy", np.zeros((B, B), np.uint8))
+    res = runner.invoke(app, ["evaluate", "-p", str(pred), "--gt", str(gt), "--band", str(B),
+                              "--json", str(tmp_path / "o.json")])  # fmt: skip
+    assert res.exit_code == 0, res.output
+    rows = json.loads((tmp_path / "o.json").read_text())["per_patch"]
+    assert [r["gt"] for r in rows] == [str(gt / "patch_000_gt.npy"), str(gt / "patch_001_mask.npy")]
+    # two candidates for one patch: an error naming both
+    np.save(gt / "patch_001_gt.npy", np.zeros((B, B), np.uint8))
+    res = runner.invoke(app, ["evaluate", "-p", str(pred), "--gt", str(gt)])
+    msg = str(res.exception)
+    assert isinstance(res.exception, LsrInputError) and "patch_001_gt.npy" in msg
+    assert "patch_001_mask.npy" in msg and "2 ground-truth files" in msg
+
+
+def test_gt_folder_without_ground_truth_names_and_grid_as_gt_are_errors(tmp_path, runner):
+    gt = tmp_path / "gt"
+    gt.mkdir()
+    np.save(gt / "a.npy", np.ones((B, B), np.uint8))
+    np.save(tmp_path / "a_pred.npy", np.ones((B, B), np.float32))
+    np.save(tmp_path / "a_grid.npy", np.array([[3]], np.int16))
+    res = runner.invoke(app, ["evaluate", "-p", str(tmp_path / "a_pred.npy"), "--gt", str(gt)])
+    assert isinstance(res.exception, LsrInputError) and "_gt.*" in str(res.exception)
+    assert str(gt) in str(res.exception)
+    res = runner.invoke(app, ["evaluate", "-p", str(tmp_path / "a_pred.npy"), "--gt",
+                              str(tmp_path / "a_grid.npy")])  # fmt: skip
+    assert isinstance(res.exception, LsrInputError) and "--grid" in str(res.exception)
+    # a file given by itself is ground truth whatever its name
+    res = runner.invoke(app, ["evaluate", "-p", str(tmp_path / "a_pred.npy"), "--gt",
+                              str(gt / "a.npy")])  # fmt: skip
+    assert res.exit_code == 0, res.output

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +16,10 @@ from lsr.atomic import atomic_write_text
 from lsr.errors import LsrInputError
 
 _SUFFIXES = (".tif", ".tiff", ".png", ".npy")
+#: Ground truth is named ``<patch>_gt.*`` or ``<patch>_mask.*`` (as ``lsr synth`` writes it and
+#: as the napari reader and the Trainer's folder scan recognise it); in a --gt folder nothing
+#: else (the H&E image ``<patch>.tif``, the grid ``<patch>_grid.npy``) may serve as ground truth.
+_GT_STEM = re.compile(r"_(gt|mask)$", re.IGNORECASE)
 
 
 def _expand(paths: list[Path]) -> list[Path]:
@@ -27,6 +32,29 @@ def _expand(paths: list[Path]) -> list[Path]:
             raise LsrInputError("file not found", p)
         else:
             out.append(p)
+    return out
+
+
+def _expand_gt(paths: list[Path]) -> list[Path]:
+    """Ground-truth files: a folder stands for its ``*_gt.*`` / ``*_mask.*`` files only; a file
+    given by itself is taken as ground truth unless it is a grid."""
+    out: list[Path] = []
+    for p in paths:
+        if p.is_dir():
+            found = _expand([p])
+            gts = [q for q in found if _GT_STEM.search(_stem(q))]
+            if found and not gts:
+                raise LsrInputError(
+                    "no ground truth in this folder: ground truth must be named <patch>_gt.* "
+                    "or <patch>_mask.* (images and grids never count); rename it, or give "
+                    "the files themselves",
+                    p,
+                )
+            out += gts
+        else:
+            if _stem(p).lower().endswith("_grid"):
+                raise LsrInputError("a grid is not ground truth: give it with --grid", p)
+            out += _expand([p])
     return out
 
 
@@ -135,25 +163,50 @@ def _is_pyramid(path: Path) -> bool:
         return len(tf.series) > 0 and len(tf.series[0].levels) > 1
 
 
+def _stem(p: Path) -> str:
+    """The name without every suffix: ``patch_000_gt.ome.tif`` -> ``patch_000_gt``."""
+    return p.name.split(".")[0]
+
+
 def _key(p: Path) -> str:
     """The patch name a file stands for: ``patch_000_gt.tif`` -> ``patch_000``."""
-    stem = p.name.split(".")[0]
+    stem = _stem(p)
     for tag in ("_gt", "_mask", "_pred", "_prediction", "_prob", "_probability", "_grid"):
         stem = stem.removesuffix(tag)
     return stem
 
 
-def _pair(preds: list[Path], gts: list[Path], by: str) -> list[tuple[Path, Path]]:
-    """Pair each prediction with its ground truth (or grid) by name or by order."""
+def _by_key(files: list[Path], what: str) -> dict[str, Path]:
+    """``{patch name: file}``; two files for one patch is an error naming both (a dict
+    would silently keep the last)."""
+    out: dict[str, list[Path]] = {}
+    for f in files:
+        out.setdefault(_key(f), []).append(f)
+    for key, fs in out.items():
+        if len(fs) > 1:
+            raise LsrInputError(
+                f"{len(fs)} {what} files for patch '{key}': {', '.join(str(f) for f in fs)}; "
+                "keep one"
+            )
+    return {key: fs[0] for key, fs in out.items()}
+
+
+def _pair(
+    preds: list[Path], gts: list[Path], by: str, what: str = "ground-truth"
+) -> list[tuple[Path, Path]]:
+    """Pair each prediction with its ground truth (or grid: ``what``) by name or by order."""
     if by == "order":
         if len(preds) != len(gts):
-            raise LsrInputError(f"{len(preds)} predictions but {len(gts)} ground-truth masks")
+            raise LsrInputError(f"{len(preds)} predictions but {len(gts)} {what} files")
         return list(zip(preds, gts, strict=True))
-    gmap = {_key(g): g for g in gts}
+    _by_key(preds, "prediction")
+    gmap = _by_key(gts, what)
     pairs = []
     for p in preds:
         if _key(p) not in gmap:
-            raise LsrInputError(f"no ground truth named like '{_key(p)}'", p)
+            k = _key(p)
+            named = f"{k}_gt.* or {k}_mask.*" if what == "ground-truth" else f"{k}_grid.*"
+            raise LsrInputError(f"no {what} file for patch '{k}' (looked for {named})", p)
         pairs.append((p, gmap[_key(p)]))
     return pairs
 
@@ -233,12 +286,14 @@ def evaluate(
     console = Console()
     result: dict = {}
     if gt:
-        result = _scores(_pair(preds, _expand(list(gt)), pair_by), band, console, pred_kind)
+        result = _scores(_pair(preds, _expand_gt(list(gt)), pair_by), band, console, pred_kind)
     if grid:
         grids = _expand(list(grid))
         # a folder of test patches also holds images and ground truth: keep its *_grid files
         grids = [g for g in grids if "_grid" in g.name] or grids
-        calib, probabilities = calibration(_pair(preds, grids, pair_by), block_px, table, pred_kind)
+        calib, probabilities = calibration(
+            _pair(preds, grids, pair_by, "grid"), block_px, table, pred_kind
+        )
         result["calibration"] = calib
         console.print(_calibration_table(calib, table is not None))
         if table is not None:
