@@ -283,3 +283,51 @@ def test_gt_folder_without_ground_truth_names_and_grid_as_gt_are_errors(tmp_path
     res = runner.invoke(app, ["evaluate", "-p", str(tmp_path / "a_pred.npy"), "--gt",
                               str(gt / "a.npy")])  # fmt: skip
     assert res.exit_code == 0, res.output
+
+
+def test_lsr_predict_output_folder_pairs_by_slide_folder(tmp_path, runner):
+    """lsr predict writes OUT/<slide>/probability.tif and mask.tif: --pred OUT scores each
+    slide's probability.tif against <slide>_gt (mask.tif only where there is no
+    probability.tif), and a single probability.tif pairs by its folder name."""
+    from lsr.metrics import pooled_scores
+    from lsr.predict import _Quantised
+    from lsr.slide import write_pyramidal_tiff
+
+    rng = np.random.default_rng(7)
+    out, gt = tmp_path / "preds", tmp_path / "test"
+    gt.mkdir()
+    want_pred, want_gt = [], []
+    for i, name in enumerate(("patch_000", "patch_001", "patch_002")):
+        (out / name).mkdir(parents=True)
+        prob = rng.random((2 * B, 2 * B)).astype(np.float32)
+        g = (rng.random((2 * B, 2 * B)) > 0.5).astype(np.uint8)
+        np.save(gt / f"{name}_gt.npy", g)
+        (out / name / "summary.json").write_text("{}")
+        # a mask.tif that disagrees with the probability, to see which one is read
+        wrong = np.zeros_like(prob, dtype=bool) if i < 2 else prob >= 0.5
+        write_pyramidal_tiff(out / name / "mask.tif", wrong, mpp=1.0, min_size=4 * B)
+        if i < 2:
+            write_pyramidal_tiff(out / name / "probability.tif", _Quantised(prob), mpp=1.0,
+                                 min_size=4 * B)  # fmt: skip
+        q = np.clip(np.rint(prob * 255), 0, 255) / 255.0 if i < 2 else prob
+        want_pred.append(q >= 0.5)
+        want_gt.append(g > 0)
+    (out / "cohort.json").write_text("{}")
+    res = runner.invoke(app, ["evaluate", "-p", str(out), "--gt", str(gt), "--band", str(B),
+                              "--json", str(tmp_path / "o.json")])  # fmt: skip
+    assert res.exit_code == 0, res.output
+    got = json.loads((tmp_path / "o.json").read_text())
+    assert [r["pred"] for r in got["per_patch"]] == [
+        str(out / "patch_000" / "probability.tif"), str(out / "patch_001" / "probability.tif"),
+        str(out / "patch_002" / "mask.tif"),
+    ]  # fmt: skip
+    assert [r["pred_kind"] for r in got["per_patch"]] == ["probability", "probability", "mask"]
+    want = pooled_scores(want_pred, want_gt, band=B)
+    assert got["iou"] == pytest.approx(want["iou"]) and got["dice"] == pytest.approx(want["dice"])
+    for args in ([str(out / "patch_001" / "probability.tif")], [str(out / "patch_001")]):
+        res = runner.invoke(app, ["evaluate", "-p", *args, "--gt", str(gt / "patch_001_gt.npy"),
+                                  "--json", str(tmp_path / "one.json")])  # fmt: skip
+        assert res.exit_code == 0, res.output
+        one = json.loads((tmp_path / "one.json").read_text())
+        assert one["per_patch"][0]["pred"].endswith("probability.tif")
+        assert one["iou"] == pytest.approx(pooled_scores(want_pred[1:2], want_gt[1:2])["iou"])

@@ -35,6 +35,31 @@ def _expand(paths: list[Path]) -> list[Path]:
     return out
 
 
+#: ``lsr predict``'s outputs in ``OUT/<slide>/``, preferred first; keyed by the folder name.
+_PREDICT_OUTPUTS = ("probability.tif", "mask.tif")
+
+
+def _expand_predictions(paths: list[Path]) -> list[Path]:
+    """Prediction files: a folder stands for its mask files and, for ``lsr predict``'s output
+    ``OUT/<slide>/``, each sub-folder's ``probability.tif`` (its ``mask.tif`` only when there
+    is no ``probability.tif``); ``mask.tif`` beside ``probability.tif`` is skipped."""
+    out: list[Path] = []
+    for p in paths:
+        if not p.is_dir():
+            out += _expand([p])
+            continue
+        for folder in (p, *sorted(q for q in p.iterdir() if q.is_dir())):
+            outputs = [folder / n for n in _PREDICT_OUTPUTS if (folder / n).is_file()]
+            if folder is not p:
+                out += outputs[:1]
+                continue
+            files = _expand([p])
+            if len(outputs) > 1:  # a slide folder of lsr predict given itself
+                files = [f for f in files if f not in outputs[1:]]
+            out += files
+    return out
+
+
 def _expand_gt(paths: list[Path]) -> list[Path]:
     """Ground-truth files: a folder stands for its ``*_gt.*`` / ``*_mask.*`` files only; a file
     given by itself is taken as ground truth unless it is a grid."""
@@ -171,6 +196,8 @@ def _stem(p: Path) -> str:
 def _key(p: Path) -> str:
     """The patch name a file stands for: ``patch_000_gt.tif`` -> ``patch_000``."""
     stem = _stem(p)
+    if p.name.lower() in _PREDICT_OUTPUTS:  # lsr predict's OUT/<slide>/probability.tif
+        return p.resolve().parent.name
     for tag in ("_gt", "_mask", "_pred", "_prediction", "_prob", "_probability", "_grid"):
         stem = stem.removesuffix(tag)
     return stem
@@ -254,7 +281,8 @@ def calibration(
 
 def evaluate(
     pred: list[Path] = typer.Option(..., "--pred", "-p", help="predicted masks or probability "
-                                    "maps (files or folder)"),
+                                    "maps (files or folder), or lsr predict's output folder "
+                                    "(each OUT/<slide>/probability.tif, named <slide>)"),
     gt: list[Path] = typer.Option([], "--gt", "-g", help="ground-truth masks (files or folder)"),
     band: int = typer.Option(240, "--band", "-b", help="band around the boundary, working px"),
     pair_by: str = typer.Option("name", "--pair-by", help="'name' (strip _gt/_pred) or 'order'"),
@@ -280,9 +308,12 @@ def evaluate(
         raise LsrInputError(f"--pair-by must be 'name' or 'order', got {pair_by!r}")
     if not gt and not grid:
         raise LsrInputError("nothing to evaluate against: give --gt masks and/or --grid grids")
-    preds = _expand(list(pred))
+    preds = _expand_predictions(list(pred))
     if not preds:
-        raise LsrInputError("no masks to evaluate")
+        raise LsrInputError(
+            "no predictions to evaluate: --pred takes .tif/.png/.npy files, folders of them, "
+            "or lsr predict's output folder (OUT/<slide>/probability.tif)"
+        )
     console = Console()
     result: dict = {}
     if gt:
