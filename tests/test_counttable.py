@@ -335,3 +335,54 @@ def test_top_bin_problem_uses_only_bins_with_two_estimates():
             z[z != 8], pc[z != 8], fallback=CountTable.paper_table1()
         )
         assert filled.n[8] == 0 and filled.top_bin_problem() is None
+
+
+def test_estimates_given_as_fractions_are_an_error_suggesting_percent():
+    z = np.repeat(np.arange(10), 3)
+    with pytest.raises(LsrInputError, match=r"all 30 estimates lie in 0-1.*multiply them by 100"):
+        CountTable.from_estimates(z, np.linspace(0, 0.9, 30))
+    # whole percents of 0 and 1 are percent, not fractions
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        t = CountTable.from_estimates(z, z % 2)
+    assert t.eta[:, 0].max() <= 0.01
+
+
+def test_csv_whose_class_means_do_not_sum_to_100_names_the_bin(tmp_path):
+    rows = [f"{b},{c:g},1,{100 - c:g},1" for b, (c, _) in enumerate(PAPER_CANCER)]
+    rows[3] = "3,50,3,20,3"
+    p = tmp_path / "t.csv"
+    p.write_text("bin,cancer_mean,cancer_std,non-cancer_mean,non-cancer_std\n" + "\n".join(rows))
+    with pytest.raises(LsrInputError, match=r"row 5: bin 3: class means sum to 70%") as err:
+        CountTable.from_csv(p)
+    assert str(p) in str(err.value)
+    rows[3] = "3,33.3,3,66.6,3"  # hand rounding is fine
+    p.write_text("bin,cancer_mean,cancer_std,non-cancer_mean,non-cancer_std\n" + "\n".join(rows))
+    assert CountTable.from_csv(p).eta[3, 0] == pytest.approx(0.333)
+
+
+def test_json_whose_class_means_do_not_sum_to_1_or_of_another_version(tmp_path):
+    p = tmp_path / "t.json"
+    d = CountTable.paper_table1().to_dict()
+    d["eta"][2] = [0.3, 0.3]
+    p.write_text(json.dumps(d))
+    with pytest.raises(LsrInputError, match=r"bin 2: class means \[0.3, 0.3\] sum to 0.6") as err:
+        CountTable.from_json(p)
+    assert str(p) in str(err.value)
+    for version in (99, "1", None):
+        d = CountTable.paper_table1().to_dict()
+        d["version"] = version
+        p.write_text(json.dumps(d))
+        with pytest.raises(LsrInputError, match=f"version {version!r} is not one"):
+            CountTable.from_json(p)
+    d.pop("version")  # a hand-written table without a version is version 1
+    p.write_text(json.dumps(d))
+    np.testing.assert_array_equal(CountTable.from_json(p).eta, CountTable.paper_table1().eta)
+
+
+def test_paper_table1_survives_both_file_formats_with_the_new_checks(tmp_path):
+    t = CountTable.paper_table1()
+    t.to_csv(tmp_path / "t.csv")
+    t.to_json(tmp_path / "t.json")
+    for name in ("t.csv", "t.json"):
+        np.testing.assert_allclose(CountTable.load(tmp_path / name).eta, t.eta, atol=1e-9)

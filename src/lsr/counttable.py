@@ -47,6 +47,10 @@ PAPER_TABLE1_PERCENT: tuple[tuple[float, float], ...] = (
 
 JSON_FORMAT = "napari-lsr count table"
 JSON_VERSION = 1
+#: How far (fraction) a bin's class means may sum from 1 in a table file: the classes share
+#: each block, so their fractions add up to 100 %; 0.5 points allows hand-rounded CSVs
+#: (33.3 + 66.6) and catches a row like cancer 50 %, non-cancer 20 %.
+CLASS_SUM_TOLERANCE = 0.005
 
 PathType = str | PathLike[str]
 
@@ -201,6 +205,11 @@ class CountTable:
             raise LsrInputError(f"{int(np.isnan(pc).sum())} estimates are NaN")
         if ((pc < 0) | (pc > 100)).any():
             raise LsrInputError("cancer percentages must lie in 0-100")
+        if pc.size and pc.max() <= 1 and ((pc > 0) & (pc < 1)).any():
+            raise LsrInputError(
+                f"all {pc.size} estimates lie in 0-1 (largest {pc.max():g}): these look like "
+                "fractions, but percent_cancer is in percent (0-100); multiply them by 100"
+            )
         if fallback is not None and tuple(fallback.edges) != tuple(float(e) for e in edges):
             raise LsrInputError("the fallback table has different bin edges")
 
@@ -389,6 +398,13 @@ class CountTable:
             raise LsrInputError("expected a JSON object", path)
         if data.get("format") != JSON_FORMAT:
             raise LsrInputError(f'not a count table (missing "format": "{JSON_FORMAT}")', path)
+        version = data.get("version", JSON_VERSION)
+        if type(version) is not int or version != JSON_VERSION:
+            raise LsrInputError(
+                f"count table version {version!r} is not one this napari-lsr reads "
+                f"(version {JSON_VERSION}); a newer napari-lsr wrote it?",
+                path,
+            )
         for key in ("edges", "class_names", "eta", "rho"):
             if key not in data:
                 raise LsrInputError(f"missing key '{key}'", path)
@@ -414,6 +430,13 @@ class CountTable:
                 raise LsrInputError("mean outside [0, 1] (fractions expected)", path, where)
             if (rho[b] < 0).any():
                 raise LsrInputError("negative std", path, where)
+            if eta.shape[1] > 1 and abs(eta[b].sum() - 1) > CLASS_SUM_TOLERANCE:
+                raise LsrInputError(
+                    f"class means {eta[b].tolist()} sum to {eta[b].sum():g}, not 1: the "
+                    "classes share each block, so their fractions must add up to 1",
+                    path,
+                    where,
+                )
         try:
             estimates = [Estimate(**e) for e in data.get("estimates") or []]
         except TypeError as err:
@@ -527,6 +550,15 @@ class CountTable:
                     raise LsrInputError(f"{c}_mean {m:g} is outside 0-100 (percent)", path, where)
                 if s < 0:
                     raise LsrInputError(f"{c}_std {s:g} is negative", path, where)
+            total = sum(rec[f"{c}_mean"] for c in classes)
+            if len(classes) > 1 and abs(total - 100) > 100 * CLASS_SUM_TOLERANCE:
+                means = ", ".join(f"{c}_mean {rec[c + '_mean']:g}" for c in classes)
+                raise LsrInputError(
+                    f"bin {b}: class means sum to {total:g}%, not 100% ({means}); the classes "
+                    "share each block, so their percentages must add up to 100",
+                    path,
+                    where,
+                )
             rec["_line"] = i
             rows[b] = rec
         if not rows:
