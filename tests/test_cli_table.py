@@ -102,3 +102,15 @@ def test_from_estimates_never_overwrites_the_estimates_or_other_files(tmp_path):
     res = run("table", "from-estimates", str(est), "-o", str(old))
     assert res.returncode == 0, res.stderr
     assert CountTable.from_json(old).n.sum() == 30
+
+
+def test_bad_estimates_name_their_rows_and_values(tmp_path):
+    est = tmp_path / "est.csv"
+    est.write_text("z,percent_cancer,skipped\n0,5,\n1,nan,\n2,150,\n3,-2,\n4,900,artefact\n")
+    res = run("table", "from-estimates", str(est), "-o", str(tmp_path / "t.json"))
+    assert res.returncode == 2 and f"{est}, row 3: 1 estimate is NaN" in res.stderr
+    est.write_text("z,percent_cancer,skipped\n0,5,\n2,150,\n3,-2,\n4,900,artefact\n")
+    res = run("table", "from-estimates", str(est), "-o", str(tmp_path / "t.json"))
+    want = f"{est}, rows 3, 4: cancer percentages must lie in 0-100, got 150, -2"
+    assert res.returncode == 2 and want in res.stderr, res.stderr
+    assert not (tmp_path / "t.json").exists()

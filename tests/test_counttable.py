@@ -386,3 +386,18 @@ def test_paper_table1_survives_both_file_formats_with_the_new_checks(tmp_path):
     t.to_json(tmp_path / "t.json")
     for name in ("t.csv", "t.json"):
         np.testing.assert_allclose(CountTable.load(tmp_path / name).eta, t.eta, atol=1e-9)
+
+
+def test_bad_estimates_name_value_bin_and_block():
+    z = [0, 1, 2, 3, 4, 5]
+    with pytest.raises(LsrInputError, match=r"^1 estimate is NaN: nan \(z 1, slide s, block b1\)$"):
+        CountTable.from_estimates(z, [1, np.nan, 3, 4, 5, 6], slides=["s"] * 6,
+                                  blocks=[f"b{i}" for i in range(6)])  # fmt: skip
+    with pytest.raises(LsrInputError, match=r"^2 estimates are NaN: nan \(z 1\), nan \(z 4\)$"):
+        CountTable.from_estimates(z, [1, np.nan, 3, 4, np.nan, 6])
+    pc = [101, -1, 3, 150, 200, 6]
+    with pytest.raises(LsrInputError) as err:
+        CountTable.from_estimates(z, pc)
+    assert str(err.value) == (
+        "cancer percentages must lie in 0-100, got 101 (z 0), -1 (z 1), 150 (z 3), ..."
+    )

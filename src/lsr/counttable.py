@@ -201,10 +201,27 @@ class CountTable:
         zs = zs.astype(np.int64)
         if ((zs < 0) | (zs >= n_bins)).any():
             raise LsrInputError(f"z must lie in 0..{n_bins - 1}, got {sorted(set(zs.tolist()))}")
-        if np.isnan(pc).any():
-            raise LsrInputError(f"{int(np.isnan(pc).sum())} estimates are NaN")
-        if ((pc < 0) | (pc > 100)).any():
-            raise LsrInputError("cancer percentages must lie in 0-100")
+
+        def _which(bad: np.ndarray) -> str:
+            """The first few bad estimates: value, bin and (when known) slide and block."""
+            idx = np.flatnonzero(bad)
+            parts = []
+            for i in idx[:3]:
+                where = [f"z {int(zs[i])}"]
+                if slides is not None and slides[i]:
+                    where.append(f"slide {slides[i]}")
+                if blocks is not None and blocks[i]:
+                    where.append(f"block {blocks[i]}")
+                parts.append(f"{pc[i]:g} ({', '.join(where)})")
+            return ", ".join(parts) + (", ..." if idx.size > 3 else "")
+
+        nan = np.isnan(pc)
+        if nan.any():
+            n = int(nan.sum())
+            raise LsrInputError(f"{n} estimate{' is' if n == 1 else 's are'} NaN: {_which(nan)}")
+        out = (pc < 0) | (pc > 100)
+        if out.any():
+            raise LsrInputError(f"cancer percentages must lie in 0-100, got {_which(out)}")
         if pc.size and pc.max() <= 1 and ((pc > 0) & (pc < 1)).any():
             raise LsrInputError(
                 f"all {pc.size} estimates lie in 0-1 (largest {pc.max():g}): these look like "

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import math
 from pathlib import Path
 
 import typer
@@ -54,7 +55,7 @@ def read_estimates(path: Path) -> list[Estimate]:
         for col in ("z", "percent_cancer"):
             if col not in header:
                 raise LsrInputError(f"missing column '{col}'", path, "header")
-        out = []
+        out, bad = [], []
         for i, row in enumerate(reader, start=2):
             skipped = (row.get("skipped") or "").strip()
             try:
@@ -72,12 +73,25 @@ def read_estimates(path: Path) -> list[Estimate]:
                 raise LsrInputError(
                     "percent_cancer is empty (and no skip reason)", path, f"row {i}"
                 )
+            if pc is not None and not skipped and not 0 <= pc <= 100:  # NaN fails too
+                bad.append((i, pc))
             out.append(
                 Estimate(
                     z, pc, (row.get("expert") or "").strip(), (row.get("slide") or "").strip(),
                     (row.get("block") or "").strip(), skipped=skipped,
                 )
             )  # fmt: skip
+    if bad:
+        nan = [(i, v) for i, v in bad if math.isnan(v)]
+        rows = nan or bad
+        where = ("row " if len(rows) == 1 else "rows ") + ", ".join(str(i) for i, _ in rows[:5])
+        where += ", ..." if len(rows) > 5 else ""
+        if nan:
+            problem = f"{len(nan)} estimate{' is' if len(nan) == 1 else 's are'} NaN"
+        else:
+            values = ", ".join(f"{v:g}" for _, v in rows[:5])
+            problem = f"cancer percentages must lie in 0-100, got {values}"
+        raise LsrInputError(problem, path, where)
     return out
 
 
