@@ -114,3 +114,13 @@ def test_bad_estimates_name_their_rows_and_values(tmp_path):
     want = f"{est}, rows 3, 4: cancer percentages must lie in 0-100, got 150, -2"
     assert res.returncode == 2 and want in res.stderr, res.stderr
     assert not (tmp_path / "t.json").exists()
+
+
+def test_missing_table_or_fallback_is_file_not_found(tmp_path):
+    res = run("table", "show", str(tmp_path / "nope"))
+    assert res.returncode == 2 and "file not found" in res.stderr and "format" not in res.stderr
+    est = tmp_path / "est.csv"
+    _estimates_csv(est)
+    res = run("table", "from-estimates", str(est), "-o", str(tmp_path / "t.json"), "--fallback",
+              str(tmp_path / "nope.csv"))  # fmt: skip
+    assert res.returncode == 2 and f"{tmp_path / 'nope.csv'}: file not found" in res.stderr

@@ -645,6 +645,9 @@ class CountTable:
         if str(source) in ("paper", "paper-table1"):
             return cls.paper_table1()
         p = Path(source)
+        if not p.exists():  # before the suffix: 'nope' is a missing file, not a format
+            hint = "" if p.suffix else " (the preset is called 'paper-table1')"
+            raise LsrInputError(f"file not found{hint}", p)
         if p.suffix.lower() == ".json":
             return cls.from_json(p)
         if p.suffix.lower() in (".csv", ".txt"):
