@@ -331,3 +331,15 @@ def test_lsr_predict_output_folder_pairs_by_slide_folder(tmp_path, runner):
         one = json.loads((tmp_path / "one.json").read_text())
         assert one["per_patch"][0]["pred"].endswith("probability.tif")
         assert one["iou"] == pytest.approx(pooled_scores(want_pred[1:2], want_gt[1:2])["iou"])
+
+
+@pytest.mark.parametrize(("scale", "shift", "want"), [(5, 0, "0..5"), (1, -0.5, "-0.5..0.5")])
+def test_float_prediction_outside_0_1_names_file_and_range(tmp_path, runner, scale, shift, want):
+    p = np.linspace(0, 1, B * B, dtype=np.float32).reshape(B, B) * scale + shift
+    np.save(tmp_path / "a_pred.npy", p)
+    np.save(tmp_path / "a_gt.npy", np.ones((B, B), np.uint8))
+    res = runner.invoke(app, ["evaluate", "-p", str(tmp_path / "a_pred.npy"), "-g",
+                              str(tmp_path / "a_gt.npy")])  # fmt: skip
+    assert isinstance(res.exception, LsrInputError), res.output
+    msg = str(res.exception)
+    assert str(tmp_path / "a_pred.npy") in msg and f"found {want}" in msg

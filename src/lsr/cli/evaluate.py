@@ -166,6 +166,13 @@ def read_prediction(path: Path, kind: str = "auto") -> tuple[np.ndarray, bool]:
     if kind == "mask":
         return (a > 0).astype(np.float64), False
     if np.issubdtype(a.dtype, np.floating):
+        lo, hi = float(a.min()), float(a.max())
+        if lo < 0 or hi > 1:
+            raise LsrInputError(
+                f"a probability map must lie in [0, 1], found {lo:g}..{hi:g} (percent, logits "
+                "or a scaled map?); pass --pred-kind mask if nonzero means cancer",
+                path,
+            )
         return a.astype(np.float64), True
     if a.dtype in (np.uint8, np.uint16):
         return a.astype(np.float64) / np.iinfo(a.dtype).max, True
