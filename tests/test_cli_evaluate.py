@@ -343,3 +343,35 @@ def test_float_prediction_outside_0_1_names_file_and_range(tmp_path, runner, sca
     assert isinstance(res.exception, LsrInputError), res.output
     msg = str(res.exception)
     assert str(tmp_path / "a_pred.npy") in msg and f"found {want}" in msg
+
+
+def test_probability_grid_is_binned_with_the_tables_own_edges(tmp_path, runner):
+    """A 3-bin table (edges 0, .5, .8, 1) with a probability grid: blocks are binned with the
+    table's edges (the paper's ten gave bins up to 9 that the table does not have)."""
+    rng = np.random.default_rng(11)
+    edges = [0.0, 0.5, 0.8, 1.0]
+    table = CountTable(eta=[[0.1, 0.9], [0.4, 0.6], [0.8, 0.2]], rho=[[0.05, 0.05]] * 3,
+                       edges=edges)  # fmt: skip
+    table.to_json(tmp_path / "t3.json")
+    probs = np.array([[0.1, 0.55, 0.79], [0.8, 0.95, np.nan]], np.float32)
+    np.save(tmp_path / "a_grid.npy", probs)
+    pred = rng.random((2 * B, 3 * B)).astype(np.float32)
+    np.save(tmp_path / "a_pred.npy", pred)
+    args = ["evaluate", "-p", str(tmp_path / "a_pred.npy"), "--grid", str(tmp_path / "a_grid.npy"),
+            "--block-px", str(B), "-t", str(tmp_path / "t3.json"), "--json",
+            str(tmp_path / "o.json")]  # fmt: skip
+    res = runner.invoke(app, args)
+    assert res.exit_code == 0, res.output
+    calib = json.loads((tmp_path / "o.json").read_text())["calibration"]
+    assert [r["z"] for r in calib] == [0, 1, 2]
+    blocks = pred.reshape(2, B, 3, B).mean(axis=(1, 3))
+    want_z = np.array([[0, 1, 1], [2, 2, -1]])  # by hand from the edges
+    for row in calib:
+        vals = blocks[want_z == row["z"]]
+        assert row["n"] == vals.size and row["mean"] == pytest.approx(vals.mean())
+        assert row["table_mean"] == pytest.approx(table.eta[row["z"], 0])
+    # ready bins beyond the table's last one: an error naming the grid
+    np.save(tmp_path / "a_grid.npy", np.array([[0, 1, 7], [2, 2, -1]], np.int16))
+    res = runner.invoke(app, args)
+    assert isinstance(res.exception, LsrInputError) and "a_grid.npy" in str(res.exception)
+    assert "up to 7 but the count table has 3 bins" in str(res.exception)

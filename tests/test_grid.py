@@ -135,3 +135,13 @@ def test_malformed_npy_and_tif(tmp_path):
         load_grid(tmp_path / "missing.csv", block_px=240)
     with pytest.raises(LsrInputError, match="format"):
         save_grid(BlockGrid(np.zeros((1, 1), np.float32), 240), tmp_path / "g.xlsx")
+
+
+def test_bins_use_the_given_edges_and_check_ready_bins():
+    g = BlockGrid(np.array([[0.0, 0.49, 0.5], [0.79, 0.8, np.nan]]), block_px=4)
+    np.testing.assert_array_equal(g.bins((0, 0.5, 0.8, 1)), [[0, 0, 1], [1, 2, -1]])
+    np.testing.assert_array_equal(g.bins(PAPER_EDGES), g.z)
+    ready = BlockGrid.from_z(np.array([[0, 2], [-1, 3]]), block_px=4)
+    np.testing.assert_array_equal(ready.bins((0, 0.25, 0.5, 0.75, 1)), ready.z)
+    with pytest.raises(LsrInputError, match="up to 3 but the count table has 3 bins"):
+        ready.bins((0, 0.5, 0.8, 1))

@@ -90,6 +90,29 @@ class BlockGrid:
             z[known] = bin_probabilities(self.probs[known])
         return z
 
+    def bins(self, edges: tuple[float, ...] | list[float] = PAPER_EDGES) -> np.ndarray:
+        """(rows, cols) int16 bins for a count table with bin ``edges`` (-1 = no label).
+
+        :attr:`z` bins probabilities with the paper's ten edges; a table with its own edges
+        (e.g. 0, 0.5, 0.8, 1) needs its own bins, or every block above 0.5 would get a paper
+        bin the table does not have. Ready bins (:meth:`from_z`) are returned as given, and
+        one beyond the table's last bin is an error.
+        """
+        n_bins = len(edges) - 1
+        if self.z_explicit is not None:
+            z = self.z_explicit.astype(np.int16)
+            if (z >= n_bins).any():
+                raise LsrInputError(
+                    f"the grid's ready bins go up to {int(z.max())} but the count table has "
+                    f"{n_bins} bins (0..{n_bins - 1})"
+                )
+            return z
+        z = np.full(self.probs.shape, -1, dtype=np.int16)
+        known = ~np.isnan(self.probs)
+        if known.any():
+            z[known] = bin_probabilities(self.probs[known], edges)
+        return z
+
     @property
     def labelled(self) -> np.ndarray:
         """(rows, cols) bool: blocks that carry a label."""

@@ -254,30 +254,34 @@ def calibration(
     """Per bin z: predicted cancer fraction of the blocks (mean, std, n) beside the count
     table's eta ± rho (``table_mean``/``table_std``) when a table is given; and whether every
     prediction was a probability map (not a mask)."""
+    from lsr.counttable import PAPER_EDGES
     from lsr.grid import load_grid
     from lsr.metrics import calibration_table
 
+    ct = None
+    if table is not None:
+        from lsr.counttable import CountTable
+
+        ct = CountTable.load(table)
+    edges = ct.edges if ct is not None else PAPER_EDGES
     maps, zs, probabilities = [], [], True
     for p, g in pairs:
         m, is_probability = read_prediction(p, pred_kind)
         probabilities &= is_probability
         grid = load_grid(g, block_px=block_px)
         rows, cols = m.shape[0] // block_px, m.shape[1] // block_px
-        if grid.z.shape != (rows, cols):
+        if grid.shape != (rows, cols):
             raise LsrInputError(
-                f"grid of {grid.z.shape} blocks does not match the prediction's {m.shape} px "
+                f"grid of {grid.shape} blocks does not match the prediction's {m.shape} px "
                 f"= {(rows, cols)} blocks of {block_px} px",
                 g,
             )
+        try:  # probabilities are binned with the table's edges, not always the paper's
+            zs.append(grid.bins(edges))
+        except LsrInputError as err:
+            raise LsrInputError(err.problem, g) from None
         maps.append(m)
-        zs.append(grid.z)
-    n_bins = 10
-    ct = None
-    if table is not None:
-        from lsr.counttable import CountTable
-
-        ct = CountTable.load(table)
-        n_bins = ct.n_bins
+    n_bins = len(edges) - 1
     rows_out = calibration_table(maps, zs, block_px, n_bins=n_bins)
     for row in rows_out:
         if ct is not None:
