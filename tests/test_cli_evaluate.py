@@ -375,3 +375,39 @@ def test_probability_grid_is_binned_with_the_tables_own_edges(tmp_path, runner):
     res = runner.invoke(app, args)
     assert isinstance(res.exception, LsrInputError) and "a_grid.npy" in str(res.exception)
     assert "up to 7 but the count table has 3 bins" in str(res.exception)
+
+
+def test_band_and_block_come_from_the_synth_manifest_unless_given(tmp_path, runner):
+    """lsr synth's default data has 120-px blocks, written to OUT/manifest.json: evaluate
+    --gt OUT/test uses its band_px and block_px when --band/--block-px are not given."""
+    from lsr.metrics import pooled_scores
+
+    out = tmp_path / "synth"
+    test = out / "test"
+    test.mkdir(parents=True)
+    (out / "manifest.json").write_text(json.dumps(
+        {"format": "napari-lsr synthetic benchmark", "block_px": 2 * B, "band_px": 3}
+    ))  # fmt: skip
+    yy, xx = np.mgrid[: 4 * B, : 4 * B]
+    gt = ((yy - 2 * B) ** 2 + (xx - 2 * B) ** 2 < (1.5 * B) ** 2).astype(np.uint8)
+    pred = (np.abs(yy - 2 * B) + np.abs(xx - 2 * B) < 2 * B).astype(np.float32)
+    np.save(test / "p_gt.npy", gt)
+    np.save(test / "p_grid.npy", np.array([[1, 2], [3, 4]], np.int16))
+    np.save(tmp_path / "p_pred.npy", pred)
+    base = ["evaluate", "-p", str(tmp_path / "p_pred.npy"), "--gt", str(test), "--grid",
+            str(test), "--json", str(tmp_path / "o.json")]  # fmt: skip
+    res = runner.invoke(app, base)
+    assert res.exit_code == 0, res.output
+    text = "".join(res.output.split())  # rich wraps long paths
+    assert f"--band3(from{out / 'manifest.json'}" in text
+    assert f"--block-px{2 * B}(from" in text
+    got = json.loads((tmp_path / "o.json").read_text())
+    want = pooled_scores([pred >= 0.5], [gt > 0], band=3)
+    assert got["band"] == 3 and got["masked_iou"] == pytest.approx(want["masked_iou"])
+    assert got["block_px"] == 2 * B and sum(r["n"] for r in got["calibration"]) == 4
+    # a given value wins, with a note where it differs from the manifest
+    res = runner.invoke(app, [*base, "--band", "5"])
+    assert res.exit_code == 0, res.output
+    got = json.loads((tmp_path / "o.json").read_text())
+    assert got["band"] == 5 and got["block_px"] == 2 * B
+    assert "--band5:thedata's" in "".join(res.output.split()) and "says 3" in res.output

@@ -295,11 +295,15 @@ def evaluate(
                                     "maps (files or folder), or lsr predict's output folder "
                                     "(each OUT/<slide>/probability.tif, named <slide>)"),
     gt: list[Path] = typer.Option([], "--gt", "-g", help="ground-truth masks (files or folder)"),
-    band: int = typer.Option(240, "--band", "-b", help="band around the boundary, working px"),
+    band: int | None = typer.Option(None, "--band", "-b", help="band around the boundary, "
+                                    "working px [default: 240, or band_px of the lsr synth "
+                                    "manifest.json beside --gt/--grid]"),
     pair_by: str = typer.Option("name", "--pair-by", help="'name' (strip _gt/_pred) or 'order'"),
     grid: list[Path] = typer.Option([], "--grid", help="low-resolution grids of the same "
                                     "patches (files or folder): adds the calibration table"),
-    block_px: int = typer.Option(240, "--block-px", help="block side of the grids, working px"),
+    block_px: int | None = typer.Option(None, "--block-px", help="block side of the grids, "
+                                        "working px [default: 240, or block_px of the lsr "
+                                        "synth manifest.json beside --gt/--grid]"),
     table: Path | None = typer.Option(None, "--table", "-t", help="count table shown beside "
                                       "the calibration (.json/.csv)"),
     json_out: Path | None = typer.Option(None, "--json", help="write the scores as JSON here"),
@@ -326,6 +330,9 @@ def evaluate(
             "or lsr predict's output folder (OUT/<slide>/probability.tif)"
         )
     console = Console()
+    band, block_px = _scale_from_manifest(
+        band, block_px, [*gt, *grid], console, (bool(gt), bool(grid))
+    )
     result: dict = {}
     if gt:
         result = _scores(_pair(preds, _expand_gt(list(gt)), pair_by), band, console, pred_kind)
@@ -337,12 +344,68 @@ def evaluate(
             _pair(preds, grids, pair_by, "grid"), block_px, table, pred_kind
         )
         result["calibration"] = calib
+        result["block_px"] = block_px
         console.print(_calibration_table(calib, table is not None))
         if table is not None:
             result["calibration_check"] = _report_calibration_check(calib, probabilities, console)
     if json_out is not None:
         atomic_write_text(json_out, json.dumps(result, indent=2))
         console.print(f"scores written to {json_out}")
+
+
+#: What ``lsr evaluate`` assumes without --band/--block-px and without a manifest: one block
+#: of the paper's scale (240 px at 4.17 µm/px).
+DEFAULT_BAND_PX = DEFAULT_BLOCK_PX = 240
+MANIFEST = "manifest.json"
+_MANIFEST_FORMAT = "napari-lsr synthetic benchmark"
+
+
+def find_manifest(paths: list[Path]) -> Path | None:
+    """The ``lsr synth`` manifest.json of the first path inside a synth output: beside a file,
+    in a folder, or one folder up (``OUT/test/`` -> ``OUT/manifest.json``)."""
+    for p in paths:
+        folder = p if p.is_dir() else p.parent
+        for candidate in (folder / MANIFEST, folder.parent / MANIFEST):
+            if candidate.is_file():
+                try:
+                    data = json.loads(candidate.read_text(encoding="utf-8"))
+                except (OSError, ValueError):
+                    continue
+                if isinstance(data, dict) and data.get("format") == _MANIFEST_FORMAT:
+                    return candidate
+    return None
+
+
+def _scale_from_manifest(
+    band: int | None,
+    block_px: int | None,
+    paths: list[Path],
+    console: Console,
+    used: tuple[bool, bool] = (True, True),
+) -> tuple[int, int]:
+    """(band, block_px): each as given; one not given comes from the lsr synth manifest
+    beside the data (its default blocks are 120 px, not the paper's 240), else 240. Says which
+    values it took from where, and notes a given value that differs from the manifest's;
+    ``used`` (band, block_px) keeps an option the run does not use out of the output."""
+    manifest = find_manifest(paths)
+    data: dict[str, Any] = {}
+    if manifest is not None:
+        data = json.loads(manifest.read_text(encoding="utf-8"))
+    out = []
+    options = (
+        ("--band", band, "band_px", DEFAULT_BAND_PX),
+        ("--block-px", block_px, "block_px", DEFAULT_BLOCK_PX),
+    )
+    for (name, value, key, default), use in zip(options, used, strict=True):
+        known = data.get(key)
+        known = int(known) if isinstance(known, int | float) and known > 0 else None
+        if use and value is None and known is not None:
+            console.print(f"{name} {known} (from {manifest}; pass {name} to override)")
+            value = known
+        elif use and value is not None and known is not None and value != known:
+            console.print(f"[yellow]{name} {value}: the data's {manifest} says {known}[/yellow]")
+        out.append(default if value is None else value)
+    return out[0], out[1]
 
 
 def _scores(
