@@ -61,7 +61,7 @@ def test_every_arm_resolves_to_valid_training_configs(name: str) -> None:
 #: the hardware, book-keeping, the failure rules (``study.py audit`` re-applies today's), and
 #: the per-loss settings every arm states itself (checked above).
 NOT_PINNED = {
-    "data", "table", "block_px", "working_mpp", "loss", "seed", "out_dir", "resume",
+    "data", "table", "block_px", "working_mpp", "loss", "seed", "out_dir", "resume", "overwrite",
     "device", "amp", "num_workers", "cache_mb", "checkpoint_every", "keep_checkpoints",
     "collapse_window", "collapse_std", "mask_ratio",
     "lr", "variance_norm", "batch_size", "groups_per_batch", "group_size",

@@ -339,7 +339,9 @@ def test_table_with_a_low_top_bin_warns_but_trains(
     assert not any("top bin" in w for w in ok.warnings)
     want = r"count table: blocks of the classifier's top bin \(95–100%\) average 30.0%"
     with pytest.warns(UserWarning, match=want):
-        result = train(tiny_config(tmp_path, pairs, steps=1, table=str(tmp_path / "low_top.json")))
+        result = train(
+            tiny_config(tmp_path / "low", pairs, steps=1, table=str(tmp_path / "low_top.json"))
+        )
     assert result.step == 1 and any("30 points below bin 0–20%" in w for w in result.warnings)
 
 
@@ -371,3 +373,68 @@ def test_bad_checkpoints_raise(pairs: list[tuple[str, str]], tmp_path: Path) -> 
         load(foreign)
     with pytest.raises(LsrInputError):
         load(tmp_path / "nothing-here")
+
+
+# ---------------------------------------------------------------------- output folder
+def _fingerprint(folder: Path) -> dict[str, bytes]:
+    """Every file under ``folder`` and its bytes (to show nothing changed)."""
+    return {str(p.relative_to(folder)): p.read_bytes() for p in folder.rglob("*") if p.is_file()}
+
+
+def test_a_folder_holding_a_run_is_refused_unless_overwrite(
+    pairs: list[tuple[str, str]], tmp_path: Path
+) -> None:
+    first = train(tiny_config(tmp_path, pairs, steps=4, checkpoint_every=2, loss="intra"))
+    out = tmp_path / "run"
+    (out / "notes.txt").write_text("mine")
+    before = _fingerprint(out)
+    assert "checkpoints/step-000002/model.safetensors" in before
+    with pytest.raises(LsrInputError, match=r"already holds a training run .*--overwrite") as err:
+        train(tiny_config(tmp_path, pairs, steps=2, checkpoint_every=1, loss="inter"))
+    assert str(out) in str(err.value)
+    assert _fingerprint(out) == before  # nothing written, nothing pruned
+
+    # --overwrite: the old run's checkpoints go first, so no mix of the two runs remains
+    second = train(
+        tiny_config(tmp_path, pairs, steps=3, checkpoint_every=1, loss="inter", overwrite=True)
+    )
+    assert second.ok and first.ok
+    names = sorted(p.name for p in (out / "checkpoints").iterdir())
+    assert names == ["step-000001", "step-000002", "step-000003"]
+    for name in names:
+        assert read_checkpoint(out / "checkpoints" / name).metadata["loss"] == "inter"
+    assert json.loads((out / LATEST).read_text())["step"] == 3
+    assert json.loads((out / "run.json").read_text())["step"] == 3
+    assert (out / "notes.txt").read_text() == "mine"  # not ours: kept
+
+
+def test_cli_second_run_into_the_default_folder_is_refused(
+    pairs: list[tuple[str, str]], tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys
+) -> None:
+    from lsr.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    args = ["train", "--block-px", str(BLOCK), "--working-mpp", str(WORKING_MPP)]
+    for s, g in pairs:
+        args += ["--slide", s, "--grid", g]
+    args += ["--width", "4", "--depth", "2", "--steps", "2", "--device", "cpu"]
+    args += ["--group-size", "4", "--groups-per-batch", "2"]
+    with pytest.raises(SystemExit) as exc:
+        main(args)
+    assert exc.value.code in (0, None)
+    before = _fingerprint(tmp_path / "lsr-run")
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as exc:
+        main([*args, "--loss", "intra"])
+    assert exc.value.code == 2
+    err = capsys.readouterr().err
+    assert "lsr-run: already holds a training run" in err and "--overwrite" in err
+    assert _fingerprint(tmp_path / "lsr-run") == before
+    with pytest.raises(SystemExit) as exc:
+        main([*args, "--resume", "lsr-run", "--overwrite"])
+    assert exc.value.code == 2
+    assert "give only one of them" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exc:
+        main([*args, "--loss", "intra", "--overwrite"])
+    assert exc.value.code in (0, None)
+    assert read_checkpoint(tmp_path / "lsr-run").metadata["loss"] == "intra"

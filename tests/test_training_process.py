@@ -180,6 +180,22 @@ def test_cancel_stops_within_a_step_and_resume_continues(pairs, tmp_path: Path) 
     assert summary["losses"] == pytest.approx(s2.losses)
 
 
+def test_resume_of_a_run_that_failed_before_any_checkpoint_starts_over(
+    pairs, tmp_path: Path
+) -> None:
+    run = tp.prepare_run(tiny(pairs, loss="intra", steps=2), tmp_path, name="r")
+    # what a run that crashed in its first step leaves: run.json, no checkpoint
+    (run / "run.json").write_text('{"status": "failed", "step": 0}\n')
+    tp.prepare_resume(run)
+    cfg = tp.read_config(run)
+    assert cfg["resume"] is None and cfg["overwrite"] is True
+    job = tp.launch([run])
+    mon = tp.RunMonitor(run, job)
+    wait([mon])
+    assert mon.state.status == "completed", mon.state.message
+    assert json.loads((run / "run.json").read_text())["step"] == 2
+
+
 def test_bad_grid_fails_with_reason_and_log(pairs, tmp_path: Path) -> None:
     from lsr.grid import BlockGrid, save_grid
 

@@ -222,6 +222,18 @@ def resolve(path: str | os.PathLike[str]) -> Path:
     raise LsrInputError(f"not an lsr checkpoint or training folder (no {METADATA} or {LATEST})", p)
 
 
+def training_folder(path: str | os.PathLike[str]) -> Path:
+    """The training output folder a checkpoint belongs to (where a resumed run keeps writing).
+
+    ``OUT`` for ``OUT``, ``OUT/checkpoints/step-N`` or a file in it; a checkpoint folder
+    that is not under a ``checkpoints/`` folder is its own training folder.
+    """
+    folder = resolve(path)
+    if folder.parent.name == CHECKPOINTS:
+        return folder.parent.parent
+    return folder
+
+
 def _read_verified(folder: Path, name: str, meta: dict[str, Any]) -> bytes:
     path = folder / name
     info = meta.get("files", {}).get(name)

@@ -28,6 +28,8 @@ import dataclasses
 import json
 import math
 import os
+import shutil
+import tempfile
 import threading
 import time
 import warnings
@@ -47,11 +49,14 @@ from lsr import losses
 from lsr.atomic import atomic_write_text
 from lsr.augment import NO_AUGMENT, AugmentConfig
 from lsr.checkpoint import (
+    CHECKPOINTS,
+    LATEST,
     git_revision,
     library_versions,
     read_checkpoint,
     rng_state,
     set_rng_state,
+    training_folder,
     write_checkpoint,
 )
 from lsr.counttable import CountTable
@@ -158,6 +163,7 @@ class TrainConfig:
     keep_checkpoints: int = 3
     out_dir: str = "lsr-run"
     resume: str | None = None  # training folder or checkpoint to continue from
+    overwrite: bool = False  # replace a previous run in out_dir (else: refuse to train there)
     collapse_window: int = 50  # steps
     collapse_std: float = 5e-4  # fraction, std across one step's blocks
     mask_ratio: float = 0.1  # degenerate mask: a class's argmax share < ratio × its mean (0: off)
@@ -582,6 +588,69 @@ def _distributed() -> Any:
             dist.destroy_process_group()
 
 
+def previous_run(out_dir: str | os.PathLike[str]) -> list[str]:
+    """What of an earlier run ``out_dir`` holds: ``run.json``, ``latest.json``, ``checkpoints/``.
+
+    Empty when training there loses nothing (a new folder, or the GUI's fresh run folder
+    holding only its ``config.json`` and log).
+    """
+    out = Path(out_dir)
+    found = [name for name in (RUN_JSON, LATEST) if (out / name).exists()]
+    ckpts = out / CHECKPOINTS
+    if ckpts.is_dir() and any(ckpts.glob("step-*")):
+        found.append(f"{CHECKPOINTS}/")
+    return found
+
+
+def check_out_dir(cfg: TrainConfig, ckpt: Any = None) -> None:
+    """Refuse to train into a folder that holds another run, unless told to replace it.
+
+    Continuing the run of that very folder (``resume``) is fine; ``overwrite`` lets
+    :func:`clear_run` delete the old run first. Two runs never share a folder: their
+    checkpoints would be mixed and pruned by each other, and latest.json and run.json lost.
+    """
+    out = Path(cfg.out_dir)
+    if out.exists() and not out.is_dir():
+        raise LsrInputError("the output folder is a file, not a folder", out)
+    found = previous_run(out)
+    if not found or cfg.overwrite:
+        return
+    if _continues_own_run(out, ckpt):
+        return
+    raise LsrInputError(
+        f"already holds a training run ({', '.join(found)}); continue it with "
+        f"--resume {out}, choose another --out-dir, or replace it with --overwrite",
+        out,
+    )
+
+
+def _continues_own_run(out_dir: Path, ckpt: Any) -> bool:
+    """True when the resumed checkpoint is the run of ``out_dir`` itself."""
+    return ckpt is not None and training_folder(ckpt.path).resolve() == out_dir.resolve()
+
+
+def clear_run(out_dir: str | os.PathLike[str]) -> None:
+    """Delete an earlier run's ``latest.json``, checkpoints and ``run.json`` (``overwrite``).
+
+    ``latest.json`` goes first, so the folder never points at a half-deleted checkpoint;
+    each checkpoint is renamed aside in one step before it is deleted, so no partial
+    checkpoint is left under a real name. Other files in the folder are kept.
+    """
+    out = Path(out_dir)
+    (out / LATEST).unlink(missing_ok=True)
+    ckpts = out / CHECKPOINTS
+    if ckpts.is_dir():
+        olds = [p for p in ckpts.iterdir() if p.name.startswith(("step-", ".step-"))]
+        if olds:
+            trash = Path(tempfile.mkdtemp(prefix=".replaced-", dir=ckpts))
+            for old in olds:
+                os.replace(old, trash / old.name)
+            shutil.rmtree(trash)
+        with contextlib.suppress(OSError):
+            ckpts.rmdir()  # only when empty: nothing of anyone else's is deleted
+    (out / RUN_JSON).unlink(missing_ok=True)
+
+
 def _resume_source(cfg: TrainConfig) -> Any:
     if not cfg.resume:
         return None
@@ -623,6 +692,7 @@ def _train(
     is_main = rank == 0
     out_dir = Path(cfg.out_dir)
     ckpt = _resume_source(cfg)
+    check_out_dir(cfg, ckpt)
     device = select_device(cfg.device)
     if device.type == "cuda":
         torch.cuda.set_device(device)
@@ -718,6 +788,8 @@ def _train(
         "world_size": world,
     }
     if is_main:
+        if cfg.overwrite and not _continues_own_run(out_dir, ckpt):
+            clear_run(out_dir)
         _emit(
             callbacks,
             "on_start",

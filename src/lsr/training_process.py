@@ -203,10 +203,14 @@ def prepare_resume(run_dir: str | os.PathLike[str], steps: int | None = None) ->
     """Make a cancelled/failed run continue: from its checkpoint when it has one.
 
     ``steps`` raises the total number of steps (``None`` keeps it). Clears the stop request.
+    A run that ended before its first checkpoint starts again from scratch in its own folder
+    (``overwrite``: the trainer otherwise refuses a folder holding a run's ``run.json``).
     """
     run = Path(run_dir)
     cfg = read_config(run)
-    cfg["resume"] = str(run) if has_checkpoint(run) else None
+    resumable = has_checkpoint(run)
+    cfg["resume"] = str(run) if resumable else None
+    cfg["overwrite"] = not resumable
     if steps is not None:
         cfg["steps"] = int(steps)
     atomic_write_text(run / CONFIG, json.dumps(cfg, indent=1) + "\n")

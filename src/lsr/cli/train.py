@@ -97,16 +97,6 @@ def _batch_text(cfg: Any) -> str:
     return f"{cfg.groups_per_batch}×{cfg.group_size}"
 
 
-def _training_folder(resume: Path) -> Path:
-    """The output folder a resumed run keeps writing to."""
-    from lsr.checkpoint import CHECKPOINTS, resolve
-
-    folder = resolve(resume)
-    if folder.parent.name == CHECKPOINTS:
-        return folder.parent.parent
-    return folder
-
-
 def train(
     config: Path | None = typer.Argument(None, help="A .toml or .json training config."),
     slide: list[str] = typer.Option(None, "--slide", help="Training slide (repeatable)."),
@@ -150,20 +140,31 @@ def train(
     checkpoint_every: int | None = typer.Option(None, help="Steps between checkpoints."),
     out_dir: str | None = typer.Option(None, help="Output folder."),
     resume: Path | None = typer.Option(None, help="Training folder or checkpoint to continue."),
+    overwrite: bool = typer.Option(
+        False,
+        "--overwrite",
+        help="Replace the run already in --out-dir (its checkpoints, latest.json and run.json "
+        "are deleted first). Without it, lsr train refuses a folder that holds a run.",
+    ),
     save_config: Path | None = typer.Option(None, help="Also write the resolved config here."),
 ) -> None:
     """Train a network (per-loss defaults: lsr.train.DEFAULTS, the paper's except intra lr 1e-3 and
     1/n block variance, inter-type 6 groups x 5 blocks; all overridable)."""
-    from lsr.checkpoint import read_metadata
+    from lsr.checkpoint import read_metadata, training_folder
     from lsr.train import DataPair, TrainConfig
     from lsr.train import train as run_training
 
+    if resume is not None and overwrite:
+        raise LsrInputError(
+            "--resume continues a run and --overwrite replaces one: give only one of them"
+        )
     if config is not None:
         cfg = TrainConfig.from_file(config)
     elif resume is not None and not slide:
         _, meta = read_metadata(resume)
         cfg = TrainConfig.from_dict(meta.get("config", {}), path=resume)
-        cfg.out_dir = str(_training_folder(resume))
+        cfg.out_dir = str(training_folder(resume))
+        cfg.overwrite = False  # continuing: never inherit a replace from the first run
     else:
         cfg = TrainConfig()
     if slide or grid:
@@ -187,6 +188,8 @@ def train(
             setattr(cfg, key, value)
     if resume is not None:
         cfg.resume = str(resume)
+    if overwrite:
+        cfg.overwrite = True
     if save_config is not None:
         cfg.resolved().save(save_config)
 
