@@ -438,3 +438,20 @@ def test_cli_second_run_into_the_default_folder_is_refused(
         main([*args, "--loss", "intra", "--overwrite"])
     assert exc.value.code in (0, None)
     assert read_checkpoint(tmp_path / "lsr-run").metadata["loss"] == "intra"
+
+
+# ---------------------------------------------------------------------- data checks
+@pytest.mark.parametrize("shape", [(2, 2), (7, 7)])
+def test_a_grid_that_does_not_tile_its_slide_is_refused(
+    shape: tuple[int, int], pairs: list[tuple[str, str]], tmp_path: Path
+) -> None:
+    from lsr.grid import BlockGrid, save_grid
+
+    grid = tmp_path / "wrong_grid.npy"  # the slides are 4x4 blocks of 32 px
+    save_grid(BlockGrid.from_z(np.zeros(shape, np.int16), BLOCK), grid)
+    cfg = tiny_config(tmp_path, [(pairs[0][0], str(grid))], steps=1)
+    with pytest.raises(LsrInputError, match=f"{shape[0]}x{shape[1]} blocks") as err:
+        train(cfg)
+    assert str(grid) in str(err.value) and pairs[0][0] in str(err.value)
+    assert "needs 4 x 4 blocks" in str(err.value)
+    assert not (tmp_path / "run").exists()  # nothing written

@@ -136,6 +136,7 @@ class BlockDataset(Dataset):
         rows = []
         self.skipped_background = 0
         for si, grid in enumerate(self.grids):
+            self._check_fits(si, grid)
             z = np.asarray(grid.z)
             n_bins = self.eta.shape[0]
             if (z >= n_bins).any():
@@ -153,6 +154,30 @@ class BlockDataset(Dataset):
             raise LsrInputError("no labelled blocks with tissue in the training data")
         self.index = np.asarray(rows, dtype=np.int64)
         self.labels = self.index[:, 3].copy()
+
+    def _check_fits(self, si: int, grid: GridLike) -> None:
+        """Open source ``si``'s slide and reject a grid that does not tile it.
+
+        Why here: blocks outside the slide would be read as white glass and still carry
+        their labels, and a missing or unreadable slide should fail before training starts,
+        not at its first block. Slides without ``working_shape`` or grids without
+        ``check_fits`` (test fakes) are not checked.
+        """
+        check = getattr(grid, "check_fits", None)
+        slide = self.slide(si)
+        shape_of = getattr(slide, "working_shape", None)
+        if check is None or shape_of is None:
+            return
+        source = self.sources[si]
+        try:
+            check(shape_of(self.working_mpp))
+        except LsrInputError as err:
+            slide_name = getattr(slide, "path", None) or self.names[si]
+            grid_path = None if hasattr(source.grid, "z") else source.grid
+            raise LsrInputError(
+                f"{err.problem} (slide {slide_name} at {self.working_mpp:g} µm/px)",
+                grid_path if grid_path is not None else err.path,
+            ) from None
 
     # ------------------------------------------------------------------ slides
     def slide(self, si: int) -> SlideLike:
