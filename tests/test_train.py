@@ -455,3 +455,43 @@ def test_a_grid_that_does_not_tile_its_slide_is_refused(
     assert str(grid) in str(err.value) and pairs[0][0] in str(err.value)
     assert "needs 4 x 4 blocks" in str(err.value)
     assert not (tmp_path / "run").exists()  # nothing written
+
+
+def test_a_missing_slide_fails_before_anything_is_written(
+    pairs: list[tuple[str, str]], tmp_path: Path
+) -> None:
+    train(tiny_config(tmp_path, pairs, steps=2, checkpoint_every=2))
+    out = tmp_path / "run"
+    before = _fingerprint(out)
+    missing = [(str(tmp_path / "nope.tif"), pairs[0][1])]
+    cfg = tiny_config(tmp_path, missing, steps=4, resume=str(out))  # continuing its own run
+    with pytest.raises(LsrInputError, match=r"nope\.tif"):
+        train(cfg)
+    assert _fingerprint(out) == before  # run.json still says completed at step 2
+    assert json.loads((out / "run.json").read_text())["status"] == "completed"
+
+
+class UnreadableSlide:
+    """A slide whose pixels cannot be read (a corrupt tile found only when training)."""
+
+    def read_working(self, y: int, x: int, h: int, w: int, working_mpp: float) -> np.ndarray:
+        raise LsrInputError("cannot read region (corrupt tile?)", "broken.tif")
+
+
+def broken_sources() -> list:
+    from lsr.dataset import BlockSource
+    from lsr.grid import BlockGrid
+
+    z = np.zeros((2, 2), np.int16)
+    return [BlockSource(UnreadableSlide(), BlockGrid.from_z(z, BLOCK), name="broken")]
+
+
+def test_an_error_during_training_leaves_run_json_failed(
+    pairs: list[tuple[str, str]], tmp_path: Path
+) -> None:
+    cfg = tiny_config(tmp_path, pairs, steps=2, loss="intra")
+    with pytest.raises(LsrInputError, match="corrupt tile"):
+        train(cfg, sources=broken_sources())
+    run = json.loads((tmp_path / "run" / "run.json").read_text())
+    assert run["status"] == "failed" and "broken.tif" in run["failure"]
+    assert run["step"] == 0 and run["checkpoint"] == ""

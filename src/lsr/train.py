@@ -672,7 +672,43 @@ def train(
     Returns a :class:`TrainResult`; ``run.json`` of the run is written to ``out_dir``.
     """
     with _distributed() as (rank, world):
-        return _train(config.resolved(), list(callbacks), cancel, sources, rank, world)
+        cfg = config.resolved()
+        record = _RunRecord()
+        try:
+            return _train(cfg, list(callbacks), cancel, sources, rank, world, record)
+        except BaseException as err:
+            if record.started:  # never touch a run.json this attempt did not write
+                record.fail(cfg, err)
+            raise
+
+
+@dataclass
+class _RunRecord:
+    """What :func:`_train` has written so far, so an exception can close its ``run.json``.
+
+    Why: an error in the middle of a run (a corrupt tile, out of memory, a second Ctrl-C)
+    would otherwise leave ``{"status": "running"}`` in ``run.json`` forever.
+    """
+
+    started: bool = False  # run.json says "running" for this attempt
+    step: int = 0
+    checkpoint: str = ""
+    losses: list[float] = field(default_factory=list)
+
+    def fail(self, cfg: TrainConfig, err: BaseException) -> None:
+        interrupted = isinstance(err, KeyboardInterrupt)
+        reason = str(err) if isinstance(err, LsrInputError) else f"{type(err).__name__}: {err}"
+        _write_run_json(
+            Path(cfg.out_dir),
+            {
+                "status": "cancelled" if interrupted else "failed",
+                "failure": "interrupted" if interrupted else reason,
+                "step": self.step,
+                "losses": self.losses,
+                "checkpoint": self.checkpoint,
+                "config": cfg.to_dict(),
+            },
+        )
 
 
 def _train(
@@ -682,7 +718,9 @@ def _train(
     sources: Sequence[BlockSource] | None,
     rank: int,
     world: int,
+    record: _RunRecord | None = None,
 ) -> TrainResult:
+    record = record if record is not None else _RunRecord()
     run_warnings: list[str] = []
 
     def warn(msg: str) -> None:
@@ -798,6 +836,9 @@ def _train(
             ),
         )
         _write_run_json(out_dir, {"status": "running", "step": start, "config": cfg.to_dict()})
+        record.started, record.step, record.losses = True, start, loss_history
+        if ckpt is not None:
+            record.checkpoint = str(ckpt.path)
 
     last_ckpt = ""
     totals = collections.Counter()
@@ -833,7 +874,7 @@ def _train(
             rng_state=rng_state(),
             keep=cfg.keep_checkpoints,
         )
-        last_ckpt = str(path)
+        last_ckpt = record.checkpoint = str(path)
         _emit(callbacks, "on_checkpoint", path, step_done)
 
     net.train()
@@ -884,6 +925,7 @@ def _train(
         sync()
         t5 = time.perf_counter()
         step += 1
+        record.step = step
         loss_history.append(loss_f)
         with torch.no_grad():
             p = probs_d.detach()
@@ -968,6 +1010,7 @@ def _train(
     )
     if is_main:
         _write_run_json(out_dir, result.to_dict())
+        record.started = False  # run.json holds the result now
         _emit(callbacks, "on_end", result)
     if world > 1:
         dist.barrier()
