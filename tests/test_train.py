@@ -495,3 +495,33 @@ def test_an_error_during_training_leaves_run_json_failed(
     run = json.loads((tmp_path / "run" / "run.json").read_text())
     assert run["status"] == "failed" and "broken.tif" in run["failure"]
     assert run["step"] == 0 and run["checkpoint"] == ""
+
+
+def test_cli_ctrl_c_keeps_a_checkpoint_and_exits_130(
+    pairs: list[tuple[str, str]], tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys
+) -> None:
+    import signal
+
+    from lsr.cli import main
+    from lsr.cli.train import RichProgress
+
+    real_on_step = RichProgress.on_step
+
+    def ctrl_c_at_step_2(self: RichProgress, event: StepEvent) -> None:
+        real_on_step(self, event)
+        if event.step == 2:
+            signal.raise_signal(signal.SIGINT)  # what the terminal sends on Ctrl-C
+
+    monkeypatch.setattr(RichProgress, "on_step", ctrl_c_at_step_2)
+    out = tmp_path / "out"
+    args = ["train", "--loss", "intra", "--block-px", str(BLOCK), "--working-mpp", str(WORKING_MPP)]
+    for s, g in pairs:
+        args += ["--slide", s, "--grid", g]
+    args += ["--width", "4", "--depth", "2", "--steps", "50", "--checkpoint-every", "100"]
+    args += ["--device", "cpu", "--out-dir", str(out), "--batch-size", "8"]
+    with pytest.raises(SystemExit) as exc:
+        main(args)
+    assert exc.value.code == 130
+    assert json.loads((out / "run.json").read_text())["status"] == "cancelled"
+    assert read_checkpoint(out).step == 2
+    assert f"resume with: lsr train --resume {out} --steps 50" in capsys.readouterr().err

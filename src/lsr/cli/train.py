@@ -8,7 +8,8 @@ Examples::
     torchrun --nproc-per-node 4 -m lsr train run.toml    # DistributedDataParallel
 
 Flags override the file; unset flags keep the file's value or the default of the chosen
-loss (lsr.train.DEFAULTS). The first Ctrl-C stops after the current step and writes a checkpoint.
+loss (lsr.train.DEFAULTS). The first Ctrl-C stops after the current step and writes a checkpoint
+(exit status 130).
 """
 
 from __future__ import annotations
@@ -31,6 +32,9 @@ from rich.progress import (
 
 from lsr.errors import LsrInputError
 
+#: Exit status of a run stopped with Ctrl-C (128 + SIGINT, the shell's convention).
+EXIT_INTERRUPTED = 130
+
 
 class RichProgress:
     """Train callback drawing a rich progress bar (loss, blocks/s, ETA)."""
@@ -39,9 +43,11 @@ class RichProgress:
         self.console = console or Console(stderr=True)
         self.progress: Progress | None = None
         self.task: Any = None
+        self.total_steps = 0
 
     def on_start(self, event: Any) -> None:
         cfg = event.config
+        self.total_steps = cfg.steps
         self.console.print(
             f"[bold]lsr train[/bold] loss={cfg.loss} distance={cfg.distance} "
             f"lr={cfg.lr:g} batch={_batch_text(cfg)} on {event.device}"
@@ -89,6 +95,12 @@ class RichProgress:
         )
         if result.checkpoint:
             self.console.print(f"latest checkpoint: {result.checkpoint}")
+        if result.status == "cancelled" and result.checkpoint:
+            self.console.print(
+                f"resume with: lsr train --resume {result.out_dir} --steps {self.total_steps}",
+                markup=False,
+                soft_wrap=True,  # one line, so the command can be copied
+            )
 
 
 def _batch_text(cfg: Any) -> str:
@@ -209,3 +221,5 @@ def train(
             signal.signal(signal.SIGINT, previous)
     if result.status == "failed":
         raise typer.Exit(1)
+    if result.status == "cancelled":
+        raise typer.Exit(EXIT_INTERRUPTED)  # scripts must not take a stopped run for success
