@@ -138,6 +138,35 @@ def test_config_files_toml_and_json(tmp_path: Path) -> None:
         TrainConfig.from_file(tmp_path / "broken.json")
 
 
+@pytest.mark.parametrize(
+    ("line", "message"),
+    [
+        ('steps = "2"', "steps = '2': expected an integer, got text"),
+        ("width = 4.5", "width = 4.5: expected an integer, got a decimal number"),
+        ("augment = 1", "augment = 1: expected true or false, got an integer"),
+        ('lr = "1e-3"', "lr = '1e-3': expected a number or nothing"),
+        ("table = 3", "table = 3: expected text, got an integer"),
+    ],
+)
+def test_wrongly_typed_settings_name_key_type_and_file(
+    line: str, message: str, tmp_path: Path
+) -> None:
+    (tmp_path / "run.toml").write_text(line + "\n")
+    with pytest.raises(LsrInputError) as err:
+        TrainConfig.from_file(tmp_path / "run.toml")
+    assert str(err.value).startswith(f"{tmp_path / 'run.toml'}: bad setting {message}")
+
+
+def test_whole_numbers_are_taken_and_types_are_checked_on_resolve() -> None:
+    cfg = TrainConfig.from_dict({"steps": 300.0, "grad_clip": 1, "prior": [0.3, 0.7]})
+    assert cfg.steps == 300 and isinstance(cfg.steps, int)
+    assert cfg.grad_clip == 1.0 and isinstance(cfg.grad_clip, float)
+    with pytest.raises(LsrInputError, match="bad setting steps = '2': expected an integer"):
+        TrainConfig(steps="2").resolved()  # type: ignore[arg-type]
+    with pytest.raises(LsrInputError, match="prior = 5: expected text or a list"):
+        TrainConfig(prior=5).resolved()  # type: ignore[arg-type]
+
+
 def test_learning_rate_schedule() -> None:
     cfg = TrainConfig(lr=1.0, steps=10, warmup_steps=2, lr_schedule="cosine").resolved()
     lrs = [learning_rate(cfg, s) for s in range(10)]

@@ -32,6 +32,7 @@ import shutil
 import tempfile
 import threading
 import time
+import typing
 import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -185,8 +186,28 @@ class TrainConfig:
         cfg.validate()
         return cfg
 
+    def check_types(self, path: str | os.PathLike[str] | None = None) -> None:
+        """Raise :class:`LsrInputError` naming the first setting of the wrong type.
+
+        Why: a TOML ``steps = "2"`` or ``width = 4.5`` otherwise fails deep inside rich or
+        torch. Integers written as whole floats (``4.0``) become ints and ints become floats
+        where a float is expected; anything else is an error naming the key and the type.
+        """
+        hints = typing.get_type_hints(type(self))
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            ok, converted, expected = _conform(value, hints[f.name])
+            if not ok:
+                raise LsrInputError(
+                    f"bad setting {f.name} = {value!r}: expected {expected}, "
+                    f"got {_type_name(value)}",
+                    path,
+                )
+            setattr(self, f.name, converted)
+
     def validate(self) -> None:
         """Raise :class:`LsrInputError` naming the first bad setting."""
+        self.check_types()
 
         def bad(name: str, why: str) -> LsrInputError:
             return LsrInputError(f"bad setting {name}={getattr(self, name)!r}: {why}")
@@ -263,6 +284,7 @@ class TrainConfig:
             cfg = cls(data=pairs, **kwargs)
         except TypeError as err:
             raise LsrInputError(f"malformed config ({err})", path) from None
+        cfg.check_types(path)
         return cfg
 
     @classmethod
@@ -287,6 +309,64 @@ class TrainConfig:
 
     def save(self, path: str | os.PathLike[str]) -> None:
         atomic_write_text(path, json.dumps(self.to_dict(), indent=2) + "\n")
+
+
+def _type_name(value: Any) -> str:
+    names = {
+        bool: "true/false",
+        int: "an integer",
+        float: "a decimal number",
+        str: "text",
+        type(None): "nothing (null)",
+    }
+    return names.get(type(value), type(value).__name__)
+
+
+def _conform(value: Any, hint: Any) -> tuple[bool, Any, str]:
+    """(fits, the value converted, what was expected) for a TrainConfig type hint."""
+    args = typing.get_args(hint)
+    if type(None) in args:  # X | None
+        if value is None:
+            return True, None, ""
+        rest = [a for a in args if a is not type(None)]
+        ok, converted, expected = _conform(value, rest[0] if len(rest) == 1 else rest)
+        return ok, converted, f"{expected} or nothing (null)"
+    if isinstance(hint, list):  # a union of several types: the first that fits
+        expected = []
+        for option in hint:
+            ok, converted, what = _conform(value, option)
+            if ok:
+                return True, converted, ""
+            expected.append(what)
+        return False, value, " or ".join(expected)
+    if len(args) > 1:
+        return _conform(value, list(args))
+    origin = typing.get_origin(hint)
+    if origin is list:
+        item = args[0] if args else Any
+        if not isinstance(value, (list, tuple)):
+            return False, value, "a list"
+        out = []
+        for v in value:
+            ok, converted, what = _conform(v, item)
+            if not ok:
+                return False, value, f"a list whose items are each {what}"
+            out.append(converted)
+        return True, out, ""
+    if hint is bool:
+        return isinstance(value, bool), value, "true or false"
+    if hint is int:
+        if isinstance(value, float) and value.is_integer():
+            return True, int(value), "an integer"
+        return isinstance(value, int) and not isinstance(value, bool), value, "an integer"
+    if hint is float:
+        ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+        return ok, float(value) if ok else value, "a number"
+    if hint is str:
+        return isinstance(value, str), value, "text"
+    if isinstance(hint, type):
+        return isinstance(value, hint), value, hint.__name__
+    return True, value, ""
 
 
 # ====================================================================== events
