@@ -554,3 +554,14 @@ def test_cli_ctrl_c_keeps_a_checkpoint_and_exits_130(
     assert json.loads((out / "run.json").read_text())["status"] == "cancelled"
     assert read_checkpoint(out).step == 2
     assert f"resume with: lsr train --resume {out} --steps 50" in capsys.readouterr().err
+
+
+def test_a_worker_error_arrives_as_its_own_one_line_message(
+    pairs: list[tuple[str, str]], tmp_path: Path
+) -> None:
+    cfg = tiny_config(tmp_path, pairs, steps=2, loss="intra", num_workers=1)
+    with pytest.raises(LsrInputError) as err:
+        train(cfg, sources=broken_sources())
+    assert str(err.value) == "broken.tif: cannot read region (corrupt tile?)"
+    run = json.loads((tmp_path / "run" / "run.json").read_text())
+    assert run["failure"] == "broken.tif: cannot read region (corrupt tile?)"

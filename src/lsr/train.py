@@ -966,6 +966,8 @@ def _train(
             batch = next(batches)
         except StopIteration:  # pragma: no cover - the sampler yields exactly the steps
             break
+        except LsrInputError as err:
+            raise _from_worker(err) from None
         t1 = time.perf_counter()
         lr = learning_rate(cfg, step)
         for group in optimizer.param_groups:
@@ -1095,6 +1097,24 @@ def _train(
     if world > 1:
         dist.barrier()
     return result
+
+
+#: How torch's DataLoader re-raises a worker's exception: same type, traceback as message.
+_WORKER_PREFIX = "Caught LsrInputError in DataLoader worker"
+_WORKER_MARK = "LsrInputError: "
+
+
+def _from_worker(err: LsrInputError) -> LsrInputError:
+    """The worker's own one-line error instead of torch's ~20-line wrapped traceback.
+
+    Torch rebuilds the exception in the main process as ``LsrInputError("Caught ...
+    Original Traceback ... lsr.errors.LsrInputError: <message>")``; the message the worker
+    raised is what follows the last ``LsrInputError: `` of that text.
+    """
+    text = str(err)
+    if not text.startswith(_WORKER_PREFIX) or _WORKER_MARK not in text:
+        return err
+    return LsrInputError(text.rsplit(_WORKER_MARK, 1)[1].strip())
 
 
 def _write_run_json(out_dir: Path, data: dict[str, Any]) -> None:
