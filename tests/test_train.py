@@ -565,3 +565,25 @@ def test_a_worker_error_arrives_as_its_own_one_line_message(
     assert str(err.value) == "broken.tif: cannot read region (corrupt tile?)"
     run = json.loads((tmp_path / "run" / "run.json").read_text())
     assert run["failure"] == "broken.tif: cannot read region (corrupt tile?)"
+
+
+def test_cli_resume_with_slides_keeps_the_runs_settings_and_folder(
+    pairs: list[tuple[str, str]], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from lsr.cli import main
+
+    out = tmp_path / "run"
+    train(tiny_config(tmp_path, pairs, steps=2, checkpoint_every=2, loss="intra", seed=3))
+    monkeypatch.chdir(tmp_path)
+    args = ["train", "--resume", str(out), "--steps", "4"]
+    for s, g in reversed(pairs):  # the slides given again (here in another order)
+        args += ["--slide", s, "--grid", g]
+    with pytest.raises(SystemExit) as exc:
+        main(args)  # no --width/--depth/--block-px: the checkpoint's are used
+    assert exc.value.code in (0, None)
+    assert not (tmp_path / "lsr-run").exists()  # the run's own folder, not the default
+    run = json.loads((out / "run.json").read_text())
+    assert run["status"] == "completed" and run["step"] == 4
+    meta = read_checkpoint(out).metadata
+    assert meta["seed"] == 3 and meta["config"]["checkpoint_every"] == 2
+    assert [d["slide"] for d in meta["config"]["data"]] == [s for s, _ in reversed(pairs)]

@@ -7,9 +7,9 @@ Examples::
     lsr train --resume runs/intra --steps 8000          # continue, exactly, to step 8000
     torchrun --nproc-per-node 4 -m lsr train run.toml    # DistributedDataParallel
 
-Flags override the file; unset flags keep the file's value or the default of the chosen
-loss (lsr.train.DEFAULTS). The first Ctrl-C stops after the current step and writes a checkpoint
-(exit status 130).
+Flags override the file (or, with --resume and no file, the run's own settings and folder);
+unset flags keep the file's value or the default of the chosen loss (lsr.train.DEFAULTS).
+The first Ctrl-C stops after the current step and writes a checkpoint (exit status 130).
 """
 
 from __future__ import annotations
@@ -172,7 +172,7 @@ def train(
         )
     if config is not None:
         cfg = TrainConfig.from_file(config)
-    elif resume is not None and not slide:
+    elif resume is not None:  # the run's own settings and folder; given options override
         _, meta = read_metadata(resume)
         cfg = TrainConfig.from_dict(meta.get("config", {}), path=resume)
         cfg.out_dir = str(training_folder(resume))
