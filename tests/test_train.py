@@ -587,3 +587,43 @@ def test_cli_resume_with_slides_keeps_the_runs_settings_and_folder(
     meta = read_checkpoint(out).metadata
     assert meta["seed"] == 3 and meta["config"]["checkpoint_every"] == 2
     assert [d["slide"] for d in meta["config"]["data"]] == [s for s, _ in reversed(pairs)]
+
+
+def test_resume_says_what_cannot_change_and_when_steps_are_past(
+    pairs: list[tuple[str, str]], tmp_path: Path
+) -> None:
+    out = str(tmp_path / "run")
+    train(tiny_config(tmp_path, pairs, steps=4, checkpoint_every=4, loss="inter"))
+    before = _fingerprint(tmp_path / "run")
+    with pytest.raises(LsrInputError, match="loss 'inter', and the loss cannot change on resume"):
+        train(tiny_config(tmp_path, pairs, steps=6, loss="intra", resume=out))
+    with pytest.raises(LsrInputError, match="seed 0, and the seed cannot change"):
+        train(tiny_config(tmp_path, pairs, steps=6, loss="inter", seed=1, resume=out))
+    with pytest.raises(LsrInputError, match="already at step 4, past the 3 steps asked"):
+        train(tiny_config(tmp_path, pairs, steps=3, loss="inter", resume=out))
+    with pytest.raises(LsrInputError, match=r"network cannot change on resume: .*width 4.*width 8"):
+        train(tiny_config(tmp_path, pairs, steps=6, loss="inter", width=8, resume=out))
+    assert _fingerprint(tmp_path / "run") == before
+
+
+def test_cli_banner_names_the_count_table(
+    pairs: list[tuple[str, str]], tmp_path: Path, capsys
+) -> None:
+    from lsr.cli import main
+    from lsr.counttable import CountTable
+
+    CountTable.paper_table1().save(tmp_path / "expert.json")
+    base = ["train", "--loss", "intra", "--block-px", str(BLOCK), "--working-mpp", str(WORKING_MPP)]
+    for s, g in pairs:
+        base += ["--slide", s, "--grid", g]
+    base += ["--width", "4", "--depth", "2", "--steps", "1", "--device", "cpu", "--batch-size", "8"]
+    with pytest.raises(SystemExit):
+        main([*base, "--out-dir", str(tmp_path / "a")])
+    assert "count table: paper Table 1 (the default" in capsys.readouterr().err
+    table = str(tmp_path / "expert.json")
+    with pytest.raises(SystemExit):
+        main([*base, "--out-dir", str(tmp_path / "b"), "--table", table])
+    assert f"count table: {table}\n" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["train", "--resume", str(tmp_path / "b"), "--steps", "2"])
+    assert f"count table: the checkpoint's, first from {table}\n" in capsys.readouterr().err

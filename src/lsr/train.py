@@ -379,6 +379,7 @@ class StartEvent:
     start_step: int
     world_size: int
     halo_px: int
+    table: str = ""  # which count table: a path, "paper Table 1", or the checkpoint's
 
 
 @dataclass
@@ -704,6 +705,45 @@ def check_out_dir(cfg: TrainConfig, ckpt: Any = None) -> None:
     )
 
 
+def check_resumable(cfg: TrainConfig, ckpt: Any) -> None:
+    """Say plainly which asked setting a resume cannot honour (before any data is read).
+
+    The loss and seed fix the sampler's batches, so changing them would not continue the run
+    (the sampler would only say its state is for another kind or seed); a checkpoint past
+    ``steps`` has nothing left to train.
+    """
+    meta = ckpt.metadata
+    for key, flag in (("loss", "--loss"), ("seed", "--seed")):
+        was = meta.get(key, meta.get("config", {}).get(key))
+        if was is not None and was != getattr(cfg, key):
+            raise LsrInputError(
+                f"the run was trained with {key} {was!r}, and the {key} cannot change on "
+                f"resume (asked: {getattr(cfg, key)!r}); drop {flag}, or train a new run "
+                "in another --out-dir",
+                ckpt.path,
+            )
+    if ckpt.step > cfg.steps:
+        raise LsrInputError(
+            f"the checkpoint is already at step {ckpt.step}, past the {cfg.steps} steps "
+            f"asked: nothing to train; give --steps above {ckpt.step} to continue it",
+            ckpt.path,
+        )
+
+
+def table_source(cfg: TrainConfig, ckpt: Any = None) -> str:
+    """Which count table the run uses, for a person: a forgotten --table shows here."""
+
+    def name(table: Any) -> str:
+        if str(table) in ("paper", "paper-table1"):
+            return "paper Table 1 (the default; --table gives an expert's)"
+        return str(table)
+
+    if ckpt is not None and "table" in ckpt.metadata:
+        first = ckpt.metadata.get("config", {}).get("table", "")
+        return f"the checkpoint's, first from {name(first)}" if first else "the checkpoint's"
+    return name(cfg.table)
+
+
 def _continues_own_run(out_dir: Path, ckpt: Any) -> bool:
     """True when the resumed checkpoint is the run of ``out_dir`` itself."""
     return ckpt is not None and training_folder(ckpt.path).resolve() == out_dir.resolve()
@@ -811,6 +851,8 @@ def _train(
     out_dir = Path(cfg.out_dir)
     ckpt = _resume_source(cfg)
     check_out_dir(cfg, ckpt)
+    if ckpt is not None:
+        check_resumable(cfg, ckpt)
     device = select_device(cfg.device)
     if device.type == "cuda":
         torch.cuda.set_device(device)
@@ -852,9 +894,14 @@ def _train(
     start = 0
     if ckpt is not None:
         if ckpt.metadata["model"] != {**model.config()}:
+            was, now = ckpt.metadata["model"], model.config()
+            diff = sorted(k for k in {*was, *now} if was.get(k) != now.get(k))
             raise LsrInputError(
-                f"checkpoint network {ckpt.metadata['model']} differs from the config's "
-                f"{model.config()}",
+                "the network cannot change on resume: the checkpoint has "
+                + ", ".join(f"{k} {was.get(k)!r}" for k in diff)
+                + ", the run asks for "
+                + ", ".join(f"{k} {now.get(k)!r}" for k in diff)
+                + " (drop those options, or train a new run in another --out-dir)",
                 ckpt.path,
             )
         model.load_state_dict(ckpt.model_state)
@@ -872,7 +919,10 @@ def _train(
         set_rng_state(ckpt.rng_state)
         start = ckpt.step
         if start >= cfg.steps:
-            warn(f"checkpoint is at step {start}, the run asks for {cfg.steps}: nothing to do")
+            warn(
+                f"the checkpoint is already at step {start}, the {cfg.steps} steps asked: "
+                f"nothing to train (give more steps to continue)"
+            )
 
     net: torch.nn.Module = model
     if world > 1:
@@ -912,7 +962,14 @@ def _train(
             callbacks,
             "on_start",
             StartEvent(
-                cfg, device_name, len(dataset), dataset.bin_counts(), start, world, model.halo_px
+                cfg,
+                device_name,
+                len(dataset),
+                dataset.bin_counts(),
+                start,
+                world,
+                model.halo_px,
+                table_source(cfg, ckpt),
             ),
         )
         _write_run_json(out_dir, {"status": "running", "step": start, "config": cfg.to_dict()})

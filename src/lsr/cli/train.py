@@ -53,6 +53,8 @@ class RichProgress:
             f"lr={cfg.lr:g} batch={_batch_text(cfg)} on {event.device}"
             + (f" × {event.world_size} processes" if event.world_size > 1 else "")
         )
+        if getattr(event, "table", ""):
+            self.console.print(f"count table: {event.table}", markup=False, soft_wrap=True)
         self.console.print(
             f"{event.n_blocks} labelled blocks; per bin: "
             + ", ".join(f"z={z}: {n}" for z, n in sorted(event.bin_counts.items()))
