@@ -627,3 +627,23 @@ def test_cli_banner_names_the_count_table(
     with pytest.raises(SystemExit):
         main(["train", "--resume", str(tmp_path / "b"), "--steps", "2"])
     assert f"count table: the checkpoint's, first from {table}\n" in capsys.readouterr().err
+
+
+def test_cli_help_shows_the_config_defaults(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from lsr.cli import main
+    from lsr.cli.train import HELP_DEFAULTS
+
+    shipped = TrainConfig()
+    for key, value in HELP_DEFAULTS.items():
+        assert getattr(shipped, key) == value, key  # the help must not drift from TrainConfig
+    monkeypatch.setenv("COLUMNS", "250")
+    with pytest.raises(SystemExit) as exc:
+        main(["train", "--help"])
+    assert exc.value.code in (0, None)
+    text = capsys.readouterr().out
+    for shown in ("(2000)", "(lsr-run)", "(500)", "(paper)", "(--augment)"):
+        assert f"[default: {shown}]" in text, shown
+    assert "Steps of linear learning-rate warm-up" in text
+    assert "Seed of the initial weights" in text and "Random flips" in text

@@ -111,49 +111,131 @@ def _batch_text(cfg: Any) -> str:
     return f"{cfg.groups_per_batch}×{cfg.group_size}"
 
 
+#: TrainConfig's defaults that ``--help`` shows (its options default to None, so that a config
+#: file's or a resumed run's values are kept); tests/test_train.py checks they agree.
+HELP_DEFAULTS: dict[str, Any] = {
+    "table": "paper", "loss": "intra_inter", "distance": "gaussian-nll", "rho_floor": 1e-3,
+    "block_px": 240, "working_mpp": 4.17, "context_px": 0, "min_tissue": 0.0, "augment": True,
+    "cache_mb": 1024.0, "group_policy": "uniform", "rmsprop_alpha": 0.9, "steps": 2000,
+    "warmup_steps": 0, "lr_schedule": "constant", "width": 16, "depth": 4, "norm": "layer",
+    "seed": 0, "device": "auto", "amp": False, "num_workers": 0, "checkpoint_every": 500,
+    "out_dir": "lsr-run",
+}  # fmt: skip
+
+
+def _shown(name: str) -> str:
+    """The ``[default: ...]`` text of option ``name``."""
+    value = HELP_DEFAULTS[name]
+    if isinstance(value, bool):
+        return f"--{'' if value else 'no-'}{name.replace('_', '-')}"
+    return f"{value:g}" if isinstance(value, float) else str(value)
+
+
 def train(
     config: Path | None = typer.Argument(None, help="A .toml or .json training config."),
     slide: list[str] = typer.Option(None, "--slide", help="Training slide (repeatable)."),
     grid: list[str] = typer.Option(None, "--grid", help="Its low-resolution grid (repeatable)."),
-    table: str | None = typer.Option(None, help="Count table: 'paper' or a .json/.csv."),
+    table: str | None = typer.Option(
+        None,
+        help="Count table: 'paper' (the paper's Table 1) or an expert's .json/.csv.",
+        show_default=_shown("table"),
+    ),
     loss: str | None = typer.Option(
-        None, help="intra, inter, intra_inter (paper) or intra_plus_inter (sum, not the paper's)."
+        None,
+        help="intra, inter, intra_inter (paper) or intra_plus_inter (sum, not the paper's).",
+        show_default=_shown("loss"),
     ),
     distance: str | None = typer.Option(
-        None, help="gaussian-nll, lsr-interval, paper-printed or kl."
+        None,
+        help="gaussian-nll, lsr-interval, paper-printed or kl.",
+        show_default=_shown("distance"),
     ),
     variance_norm: str | None = typer.Option(
         None, help="n2 or n (intra, intra_plus_inter: n; others: n2)."
     ),
-    rho_floor: float | None = typer.Option(None, help="Floor for the table's std (fraction)."),
-    block_px: int | None = typer.Option(None, help="Block side, working-resolution px."),
-    working_mpp: float | None = typer.Option(None, help="µm per working-resolution pixel."),
-    context_px: int | None = typer.Option(None, help="Margin seen around each block (px)."),
-    min_tissue: float | None = typer.Option(None, help="Skip blocks with less tissue (fraction)."),
-    augment: bool | None = typer.Option(None, "--augment/--no-augment"),
+    rho_floor: float | None = typer.Option(
+        None, help="Floor for the table's std (fraction).", show_default=_shown("rho_floor")
+    ),
+    block_px: int | None = typer.Option(
+        None, help="Block side, working-resolution px.", show_default=_shown("block_px")
+    ),
+    working_mpp: float | None = typer.Option(
+        None, help="µm per working-resolution pixel.", show_default=_shown("working_mpp")
+    ),
+    context_px: int | None = typer.Option(
+        None, help="Margin seen around each block (px).", show_default=_shown("context_px")
+    ),
+    min_tissue: float | None = typer.Option(
+        None, help="Skip blocks with less tissue (fraction).", show_default=_shown("min_tissue")
+    ),
+    augment: bool | None = typer.Option(
+        None,
+        "--augment/--no-augment",
+        help="Random flips, 90° rotations and mild stain, brightness and gamma jitter.",
+        show_default=_shown("augment"),
+    ),
     cache_mb: float | None = typer.Option(
-        None, help="MiB per process of slides kept in memory at working resolution (0: off)."
+        None,
+        help="MiB per process of slides kept in memory at working resolution (0: off).",
+        show_default=_shown("cache_mb"),
     ),
     batch_size: int | None = typer.Option(None, help="Intra loss: blocks per batch (paper 30)."),
     groups_per_batch: int | None = typer.Option(None, help="Inter: groups per batch (6; paper 2)."),
     group_size: int | None = typer.Option(None, help="Inter: blocks per group (5; paper 15)."),
-    group_policy: str | None = typer.Option(None, help="uniform or proportional."),
+    group_policy: str | None = typer.Option(
+        None, help="uniform or proportional.", show_default=_shown("group_policy")
+    ),
     lr: float | None = typer.Option(None, help="Learning rate (1e-3; paper intra 1e-5)."),
-    rmsprop_alpha: float | None = typer.Option(None, help="RMSprop smoothing (paper 0.9)."),
-    steps: int | None = typer.Option(None, help="Total optimisation steps."),
-    warmup_steps: int | None = typer.Option(None),
-    lr_schedule: str | None = typer.Option(None, help="constant or cosine."),
-    grad_clip: float | None = typer.Option(None, help="Max gradient norm."),
-    width: int | None = typer.Option(None, help="U-Net channels at full resolution."),
-    depth: int | None = typer.Option(None, help="U-Net down-samplings."),
-    norm: str | None = typer.Option(None, help="layer (default), group, batch or none."),
-    seed: int | None = typer.Option(None),
-    device: str | None = typer.Option(None, help="auto, cpu, cuda or mps."),
-    amp: bool | None = typer.Option(None, "--amp/--no-amp", help="Mixed precision (CUDA)."),
-    num_workers: int | None = typer.Option(None, help="Data-loading processes."),
-    checkpoint_every: int | None = typer.Option(None, help="Steps between checkpoints."),
-    out_dir: str | None = typer.Option(None, help="Output folder."),
-    resume: Path | None = typer.Option(None, help="Training folder or checkpoint to continue."),
+    rmsprop_alpha: float | None = typer.Option(
+        None, help="RMSprop smoothing (the paper's).", show_default=_shown("rmsprop_alpha")
+    ),
+    steps: int | None = typer.Option(
+        None, help="Total optimisation steps.", show_default=_shown("steps")
+    ),
+    warmup_steps: int | None = typer.Option(
+        None,
+        help="Steps of linear learning-rate warm-up from 0 (0: none).",
+        show_default=_shown("warmup_steps"),
+    ),
+    lr_schedule: str | None = typer.Option(
+        None, help="constant or cosine.", show_default=_shown("lr_schedule")
+    ),
+    grad_clip: float | None = typer.Option(None, help="Max gradient norm (unset: no clipping)."),
+    width: int | None = typer.Option(
+        None, help="U-Net channels at full resolution.", show_default=_shown("width")
+    ),
+    depth: int | None = typer.Option(
+        None, help="U-Net down-samplings.", show_default=_shown("depth")
+    ),
+    norm: str | None = typer.Option(
+        None, help="layer, group, batch or none.", show_default=_shown("norm")
+    ),
+    seed: int | None = typer.Option(
+        None,
+        help="Seed of the initial weights, the batches and the augmentation.",
+        show_default=_shown("seed"),
+    ),
+    device: str | None = typer.Option(
+        None, help="auto, cpu, cuda or mps.", show_default=_shown("device")
+    ),
+    amp: bool | None = typer.Option(
+        None, "--amp/--no-amp", help="Mixed precision (CUDA).", show_default=_shown("amp")
+    ),
+    num_workers: int | None = typer.Option(
+        None, help="Data-loading processes.", show_default=_shown("num_workers")
+    ),
+    checkpoint_every: int | None = typer.Option(
+        None, help="Steps between checkpoints.", show_default=_shown("checkpoint_every")
+    ),
+    out_dir: str | None = typer.Option(
+        None,
+        help="Output folder; it must not hold another run (see --overwrite).",
+        show_default=_shown("out_dir"),
+    ),
+    resume: Path | None = typer.Option(
+        None,
+        help="Training folder or checkpoint to continue, with its own settings and folder.",
+    ),
     overwrite: bool = typer.Option(
         False,
         "--overwrite",
@@ -163,7 +245,8 @@ def train(
     save_config: Path | None = typer.Option(None, help="Also write the resolved config here."),
 ) -> None:
     """Train a network (per-loss defaults: lsr.train.DEFAULTS, the paper's except intra lr 1e-3 and
-    1/n block variance, inter-type 6 groups x 5 blocks; all overridable)."""
+    1/n block variance, inter-type 6 groups x 5 blocks; all overridable). Defaults shown apply
+    where neither the config file nor the resumed run sets the value."""
     from lsr.checkpoint import read_metadata, training_folder
     from lsr.train import DataPair, TrainConfig
     from lsr.train import train as run_training
