@@ -589,6 +589,21 @@ def test_cli_resume_with_slides_keeps_the_runs_settings_and_folder(
     assert [d["slide"] for d in meta["config"]["data"]] == [s for s, _ in reversed(pairs)]
 
 
+def test_cli_resume_with_another_loss_says_the_loss_cannot_change(
+    pairs: list[tuple[str, str]], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from lsr.cli import main
+
+    out = tmp_path / "run"
+    train(tiny_config(tmp_path, pairs, steps=2, checkpoint_every=2, loss="intra"))
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as exc:
+        main(["train", "--resume", str(out), "--loss", "inter", "--steps", "4"])
+    assert exc.value.code == 2
+    err = capsys.readouterr().err
+    assert "trained with loss 'intra', and the loss cannot change on resume" in err
+
+
 def test_resume_says_what_cannot_change_and_when_steps_are_past(
     pairs: list[tuple[str, str]], tmp_path: Path
 ) -> None:

@@ -705,14 +705,16 @@ def check_out_dir(cfg: TrainConfig, ckpt: Any = None) -> None:
     )
 
 
-def check_resumable(cfg: TrainConfig, ckpt: Any) -> None:
-    """Say plainly which asked setting a resume cannot honour (before any data is read).
+def check_resumable(
+    cfg: TrainConfig, meta: dict[str, Any], path: str | os.PathLike[str] | None = None
+) -> None:
+    """Say plainly which asked setting a resume from checkpoint ``meta`` cannot honour.
 
     The loss and seed fix the sampler's batches, so changing them would not continue the run
     (the sampler would only say its state is for another kind or seed); a checkpoint past
-    ``steps`` has nothing left to train.
+    ``steps`` has nothing left to train. Called before any data is read.
     """
-    meta = ckpt.metadata
+    step = int(meta.get("step", 0))
     for key, flag in (("loss", "--loss"), ("seed", "--seed")):
         was = meta.get(key, meta.get("config", {}).get(key))
         if was is not None and was != getattr(cfg, key):
@@ -720,13 +722,13 @@ def check_resumable(cfg: TrainConfig, ckpt: Any) -> None:
                 f"the run was trained with {key} {was!r}, and the {key} cannot change on "
                 f"resume (asked: {getattr(cfg, key)!r}); drop {flag}, or train a new run "
                 "in another --out-dir",
-                ckpt.path,
+                path,
             )
-    if ckpt.step > cfg.steps:
+    if step > cfg.steps:
         raise LsrInputError(
-            f"the checkpoint is already at step {ckpt.step}, past the {cfg.steps} steps "
-            f"asked: nothing to train; give --steps above {ckpt.step} to continue it",
-            ckpt.path,
+            f"the checkpoint is already at step {step}, past the {cfg.steps} steps "
+            f"asked: nothing to train; give --steps above {step} to continue it",
+            path,
         )
 
 
@@ -852,7 +854,7 @@ def _train(
     ckpt = _resume_source(cfg)
     check_out_dir(cfg, ckpt)
     if ckpt is not None:
-        check_resumable(cfg, ckpt)
+        check_resumable(cfg, ckpt.metadata, ckpt.path)
     device = select_device(cfg.device)
     if device.type == "cuda":
         torch.cuda.set_device(device)

@@ -248,7 +248,7 @@ def train(
     1/n block variance, inter-type 6 groups x 5 blocks; all overridable). Defaults shown apply
     where neither the config file nor the resumed run sets the value."""
     from lsr.checkpoint import read_metadata, training_folder
-    from lsr.train import DataPair, TrainConfig
+    from lsr.train import DataPair, TrainConfig, check_resumable
     from lsr.train import train as run_training
 
     if resume is not None and overwrite:
@@ -258,7 +258,7 @@ def train(
     if config is not None:
         cfg = TrainConfig.from_file(config)
     elif resume is not None:  # the run's own settings and folder; given options override
-        _, meta = read_metadata(resume)
+        folder, meta = read_metadata(resume)
         cfg = TrainConfig.from_dict(meta.get("config", {}), path=resume)
         cfg.out_dir = str(training_folder(resume))
         cfg.overwrite = False  # continuing: never inherit a replace from the first run
@@ -285,6 +285,9 @@ def train(
             setattr(cfg, key, value)
     if resume is not None:
         cfg.resume = str(resume)
+        if config is None:  # before resolving: the run's resolved batch is for its own loss
+            cfg.check_types()
+            check_resumable(cfg, meta, folder)
     if overwrite:
         cfg.overwrite = True
     if save_config is not None:
