@@ -435,6 +435,10 @@ def test_a_folder_holding_a_run_is_refused_unless_overwrite(
     assert json.loads((out / LATEST).read_text())["step"] == 3
     assert json.loads((out / "run.json").read_text())["step"] == 3
     assert (out / "notes.txt").read_text() == "mine"  # not ours: kept
+    (tmp_path / "a-file").write_text("x")
+    with pytest.raises(LsrInputError, match="the output folder is a file"):
+        train(tiny_config(tmp_path, pairs, steps=1, out_dir=str(tmp_path / "a-file")))
+    assert (tmp_path / "a-file").read_text() == "x"
 
 
 def test_cli_second_run_into_the_default_folder_is_refused(
