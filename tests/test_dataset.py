@@ -250,3 +250,21 @@ def test_slide_cache_respects_its_budget() -> None:
     tiny.read_block(first[1])
     assert not tiny._cache and len(src[0].slide.reads) == before + 2  # block by block
     assert tiny._too_big == {0}  # remembered: later blocks skip the size computation
+
+
+def test_probability_grid_is_binned_with_the_tables_own_edges() -> None:
+    """A 3-bin table (edges 0, .5, .8, 1): p = .6 is its bin 1, not the paper's bin 4."""
+    from lsr.grid import BlockGrid
+
+    probs = np.array([[0.1, 0.6, np.nan, 0.9], [0.55, 0.85, 0.3, np.nan], [0.2, 0.79, 0.81, 1.0]])
+    img = np.random.default_rng(0).integers(0, 200, (3 * B, 4 * B, 3), dtype=np.uint8)
+    grid = BlockGrid(probs, B)
+    eta = np.array([[0.1, 0.9], [0.5, 0.5], [0.8, 0.2]])
+    table = CountTable(eta, np.full((3, 2), 0.1), edges=(0.0, 0.5, 0.8, 1.0))
+    ds = BlockDataset([BlockSource(FakeSlide(img), grid)], table, working_mpp=1.0)
+    want = np.searchsorted([0.0, 0.5, 0.8, 1.0], probs[~np.isnan(probs)], side="right") - 1
+    np.testing.assert_array_equal(np.sort(ds.labels), np.sort(np.minimum(want, 2)))
+    # with the paper's table the same grid has ten bins' worth of labels
+    paper = BlockDataset([BlockSource(FakeSlide(img), grid)], CountTable.paper_table1(),
+                         working_mpp=1.0)  # fmt: skip
+    assert paper.labels.max() == 9

@@ -137,12 +137,18 @@ class BlockDataset(Dataset):
         self.skipped_background = 0
         for si, grid in enumerate(self.grids):
             self._check_fits(si, grid)
-            z = np.asarray(grid.z)
+            where = self.sources[si].grid if not hasattr(self.sources[si].grid, "z") else None
+            edges = getattr(table, "edges", None)
+            try:  # probabilities binned with the table's own edges (paper's: 10 bins)
+                binned = edges is not None and hasattr(grid, "bins")
+                z = np.asarray(grid.bins(edges) if binned else grid.z)
+            except LsrInputError as err:
+                raise LsrInputError(err.problem, where) from None
             n_bins = self.eta.shape[0]
             if (z >= n_bins).any():
                 raise LsrInputError(
                     f"grid has labels up to {int(z.max())} but the count table has {n_bins} bins",
-                    self.sources[si].grid if not hasattr(self.sources[si].grid, "z") else None,
+                    where,
                 )
             tissue = self._tissue_fractions(si) if self.min_tissue > 0 else None
             for r, c in zip(*np.nonzero(z >= 0), strict=True):
