@@ -113,3 +113,23 @@ def test_demo_config_errors_come_before_any_work(tmp_path):
     with pytest.raises(LsrInputError, match="no seeds"):
         run_demo(tmp_path / "out", config=DemoConfig.load(None, quick=True), seeds=[])
     assert not (tmp_path / "out").exists()
+
+
+def test_demo_rerun_restarts_a_run_that_stopped_before_its_first_checkpoint(demo_out):
+    """A run folder with run.json but no checkpoint (the attempt died early) is trained
+    again, not refused as 'another run' (lsr train refuses to mix two runs in a folder)."""
+    import shutil
+
+    out, _ = demo_out
+    run = out / "runs" / "seed0" / "intra"
+    shutil.rmtree(run / "checkpoints")
+    (run / "latest.json").unlink()
+    state = json.loads((run / "run.json").read_text())
+    (run / "run.json").write_text(json.dumps({**state, "status": "failed", "step": 0}))
+    res = subprocess.run(
+        [sys.executable, "-m", "lsr", "demo", "--quick", "--out", str(out)],
+        capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert res.returncode == 0, res.stderr[-2000:]
+    assert res.stdout.count("training on") == 1 and "intra: training on" in res.stdout
+    assert json.loads((run / "run.json").read_text())["status"] == "completed"

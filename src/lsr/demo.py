@@ -189,6 +189,8 @@ def train_loss(
     )  # fmt: skip
     if (run_dir / "latest.json").exists():
         tcfg.resume = str(run_dir)
+    elif run_json.exists():  # an attempt that stopped before its first checkpoint: start again
+        tcfg.overwrite = True
     t0 = time.perf_counter()
     last = [0.0]
 
