@@ -206,6 +206,12 @@ def resolve(path: str | os.PathLike[str]) -> Path:
     if not p.exists():
         raise LsrInputError("checkpoint not found", p)
     if p.is_file():
+        if not ((p.parent / METADATA).exists() or (p.parent / LATEST).exists()):
+            raise LsrInputError(
+                "not an lsr model: give a training folder or a checkpoint folder (one with "
+                f"{METADATA})",
+                p,
+            )
         p = p.parent
     if (p / METADATA).exists():
         return p
@@ -217,7 +223,11 @@ def resolve(path: str | os.PathLike[str]) -> Path:
             raise LsrInputError("malformed latest.json", latest) from None
         target = p / rel
         if not (target / METADATA).exists():
-            raise LsrInputError(f"latest.json points at a missing checkpoint '{rel}'", latest)
+            what = "has no " + METADATA if target.is_dir() else "is missing"
+            raise LsrInputError(
+                f"latest.json points at checkpoint '{rel}', which {what}{_others(p, target)}",
+                latest,
+            )
         return target
     raise LsrInputError(f"not an lsr checkpoint or training folder (no {METADATA} or {LATEST})", p)
 
@@ -242,12 +252,29 @@ def _read_verified(folder: Path, name: str, meta: dict[str, Any]) -> bytes:
     if not path.exists():
         raise LsrInputError("missing checkpoint file", path)
     data = path.read_bytes()
-    if len(data) != info.get("bytes") or _sha256(data) != info.get("sha256"):
-        raise LsrInputError(
-            f"file is truncated or modified ({len(data)} bytes, expected {info.get('bytes')})",
-            path,
-        )
-    return data
+    if len(data) != info.get("bytes"):
+        problem = f"file is truncated or extended ({len(data)} bytes, expected {info.get('bytes')})"
+    elif _sha256(data) != info.get("sha256"):
+        problem = "file content was modified or damaged (its SHA-256 differs from the checkpoint's)"
+    else:
+        return data
+    raise LsrInputError(problem + _others(folder.parent, folder), path)
+
+
+def _others(checkpoints: Path, broken: Path) -> str:
+    """'; intact-looking older checkpoints: …' to offer when one checkpoint is unusable."""
+    if checkpoints.name != CHECKPOINTS:
+        checkpoints = checkpoints / CHECKPOINTS
+    if not checkpoints.is_dir():
+        return ""
+    others = sorted(
+        (c for c in checkpoints.glob("step-*") if (c / METADATA).exists() and c != broken),
+        reverse=True,
+    )
+    if not others:
+        return ""
+    listed = ", ".join(str(c) for c in others[:3])
+    return f"; other checkpoints of this run: {listed} (give one as --model or --resume)"
 
 
 def _load_tensors(data: bytes, path: Path) -> dict[str, torch.Tensor]:

@@ -1,0 +1,62 @@
+"""Checkpoint folders: what a damaged or foreign model folder says to the user."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import pytest
+import torch
+
+from lsr.checkpoint import read_model, resolve, write_checkpoint
+from lsr.errors import LsrInputError
+from lsr.model import UNet
+
+
+@pytest.fixture
+def run(tmp_path):
+    """A training folder with checkpoints at steps 2 and 4 (latest: 4)."""
+    out = tmp_path / "run"
+    net = UNet(2, width=4, depth=1)
+    opt = torch.optim.SGD(net.parameters(), lr=0.1)
+    for step in (2, 4):
+        write_checkpoint(out, step, model_state=net.state_dict(), metadata={"model": net.config()},
+                         optimizer_state=opt.state_dict(), trainer_state={})  # fmt: skip
+    return out
+
+
+def test_a_bit_flip_is_named_as_modified_not_truncated_and_older_ones_are_offered(run):
+    weights = run / "checkpoints" / "step-000004" / "model.safetensors"
+    raw = bytearray(weights.read_bytes())
+    raw[len(raw) // 2] ^= 0x01  # same size, other content
+    weights.write_bytes(bytes(raw))
+    with pytest.raises(LsrInputError) as err:
+        read_model(run)
+    text = str(err.value)
+    assert "SHA-256" in text and "truncated" not in text
+    assert "step-000002" in text  # the intact earlier checkpoint, usable instead
+    read_model(run / "checkpoints" / "step-000002")  # and it is
+    weights.write_bytes(bytes(raw[:-10]))
+    with pytest.raises(LsrInputError, match="truncated or extended"):
+        read_model(run)
+
+
+def test_latest_pointing_at_a_checkpoint_without_metadata_says_so(run):
+    (run / "checkpoints" / "step-000004" / "checkpoint.json").unlink()
+    with pytest.raises(LsrInputError, match=r"has no checkpoint\.json") as err:
+        resolve(run)
+    assert "step-000002" in str(err.value)
+    shutil.rmtree(run / "checkpoints" / "step-000004")
+    with pytest.raises(LsrInputError, match="is missing"):
+        resolve(run)
+    json.loads((run / "latest.json").read_text())  # untouched
+
+
+def test_a_foreign_file_is_named_itself(tmp_path, run):
+    other = tmp_path / "slide.tif"
+    other.write_bytes(b"II*\x00")
+    with pytest.raises(LsrInputError, match="not an lsr model") as err:
+        resolve(other)
+    assert str(other) in str(err.value)
+    # a file inside a training folder still means that folder
+    assert resolve(run / "latest.json") == resolve(run)
