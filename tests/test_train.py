@@ -374,6 +374,30 @@ def test_table_with_a_low_top_bin_warns_but_trains(
     assert result.step == 1 and any("30 points below bin 0–20%" in w for w in result.warnings)
 
 
+def test_unreliable_bins_the_blocks_use_are_warned(
+    pairs: list[tuple[str, str]], tmp_path: Path
+) -> None:
+    """The slides use bins 0 and 9: a flagged bin 9 is warned about, a flagged bin 5 is not."""
+    from lsr.counttable import CountTable
+
+    table = CountTable.paper_table1()
+    table.n = np.full(10, 12)
+    table.n[5] = 1  # one estimate in a bin no block uses
+    table.save(tmp_path / "unused.json")
+    result = train(tiny_config(tmp_path, pairs, steps=1, table=str(tmp_path / "unused.json")))
+    assert not any("unreliable" in w for w in result.warnings)
+    table.n[9] = 1
+    table.save(tmp_path / "used.json")
+    with pytest.warns(UserWarning, match="unreliable bins"):
+        result = train(
+            tiny_config(tmp_path / "u", pairs, steps=1, table=str(tmp_path / "used.json"))
+        )
+    shaky = [w for w in result.warnings if "unreliable" in w]
+    n9 = sum(int((make_image(i)[1] == 9).sum()) for i in range(len(pairs)))
+    assert len(shaky) == 1 and f"bin 9 (95–100%, {n9} blocks): only 1 estimate" in shaky[0]
+    assert "bin 5" not in shaky[0]
+
+
 def test_context_margin_trains(pairs: list[tuple[str, str]], tmp_path: Path) -> None:
     result = train(tiny_config(tmp_path, pairs, steps=2, context_px=8, loss="intra"))
     assert result.ok and np.isfinite(result.losses).all()

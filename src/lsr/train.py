@@ -773,6 +773,19 @@ def clear_run(out_dir: str | os.PathLike[str]) -> None:
     (out / RUN_JSON).unlink(missing_ok=True)
 
 
+def _flagged_bins_in_use(table: CountTable, labels: np.ndarray) -> str:
+    """The table's flagged bins (one estimate, std 0, filled from a fallback) that training
+    blocks carry, with each bin's reason and block count; '' when none. A flagged bin nobody
+    uses is harmless; one the loss fits block after block is worth a warning."""
+    used = np.bincount(np.asarray(labels, dtype=np.int64), minlength=table.n_bins)
+    labels_of = table.bin_labels()
+    return "; ".join(
+        f"bin {b} ({labels_of[b]}%, {int(used[b])} blocks): {why}"
+        for b, why in sorted(table.flagged.items())
+        if b < used.size and used[b] > 0
+    )
+
+
 def _resume_source(cfg: TrainConfig) -> Any:
     if not cfg.resume:
         return None
@@ -869,6 +882,8 @@ def _train(
     if why := table.top_bin_problem():
         warn(f"count table: {why}")
     dataset = build_dataset(cfg, table, sources)
+    if shaky := _flagged_bins_in_use(table, dataset.labels):
+        warn(f"count table: the training blocks use unreliable bins: {shaky}")
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", SamplerWarning)
         sampler = build_sampler(cfg, dataset, rank, world)
