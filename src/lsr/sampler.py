@@ -15,7 +15,6 @@ augmentation with it, so a block drawn twice is augmented differently, reproduci
 
 from __future__ import annotations
 
-import logging
 import warnings
 from collections.abc import Iterator, Sequence
 from typing import Any
@@ -23,8 +22,6 @@ from typing import Any
 import numpy as np
 
 from lsr.errors import LsrInputError
-
-log = logging.getLogger(__name__)
 
 BatchKey = tuple[int, int, int]
 POLICIES: tuple[str, ...] = ("uniform", "proportional")
@@ -147,8 +144,7 @@ class GroupBatchSampler(_StepSampler):
                     f"; bins {singles} have a single block, so their groups are copies of it "
                     "with zero spread"
                 )
-            warnings.warn(msg, SamplerWarning, stacklevel=2)
-            log.warning(msg)
+            warnings.warn(msg, SamplerWarning, stacklevel=2)  # once: no log line beside it
 
     @property
     def batch_size(self) -> int:
