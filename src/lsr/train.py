@@ -780,7 +780,7 @@ def _flagged_bins_in_use(table: CountTable, labels: np.ndarray) -> str:
     used = np.bincount(np.asarray(labels, dtype=np.int64), minlength=table.n_bins)
     labels_of = table.bin_labels()
     return "; ".join(
-        f"bin {b} ({labels_of[b]}%, {int(used[b])} block{'s' * (used[b] != 1)}): {why}"
+        f"bin {b} ({labels_of[b]}%, {int(used[b])} block{'s' * bool(used[b] != 1)}): {why}"
         for b, why in sorted(table.flagged.items())
         if b < used.size and used[b] > 0
     )
