@@ -595,15 +595,25 @@ class TrainerWidget(QWidget):
             self._refresh_tables()
 
     def current_table(self) -> tuple[str, CountTable | None]:
-        """``(config value, in-memory table)``: "paper", a file path, or a widget's table."""
+        """``(config value, in-memory table)``: "paper", a file path, or a widget's table.
+
+        Raises :class:`LsrInputError` when the chosen file or dock is gone: training never
+        falls back to paper Table 1 behind the user's back.
+        """
         text = self.table_combo.currentText()
         if text.startswith(WIDGET_TABLE):
-            widget = self._table_widgets().get(text[len(WIDGET_TABLE) :])
-            if widget is not None:
-                return "paper", widget.table
-        if text not in (PAPER_TABLE, FILE_TABLE, "") and Path(text).is_file():
-            return text, None
-        return "paper", None
+            name = text[len(WIDGET_TABLE) :]
+            widget = self._table_widgets().get(name)
+            if widget is None:
+                raise LsrInputError(
+                    f"the count table dock '{name}' is closed: choose another count table"
+                )
+            return "paper", widget.table
+        if text in (PAPER_TABLE, FILE_TABLE, ""):
+            return "paper", None
+        if not Path(text).is_file():
+            raise LsrInputError(f"count table file not found: {text}")
+        return text, None
 
     # ------------------------------------------------------------------ settings
     def selected_losses(self) -> list[str]:

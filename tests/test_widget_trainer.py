@@ -259,3 +259,33 @@ def test_placeholders_show_the_ticked_losses_defaults(widget, monkeypatch):
     assert widget.groups_per_batch.placeholderText() == (
         f"default: {defaults['intra_inter']['groups_per_batch']:g}"
     )
+
+
+def test_missing_table_file_or_closed_table_dock_refuses_to_train(
+    widget, data, tmp_path, qtbot
+) -> None:
+    """The chosen count table is gone: an error, no run; never paper Table 1 in its place."""
+    from lsr.counttable import CountTable
+    from napari_lsr.counttable_widget import CountTableWidget
+
+    widget.add_folder(data)
+    widget.steps.setValue(2)
+    CountTable.paper_table1().save(tmp_path / "expert.json")
+    assert widget.set_table_file(tmp_path / "expert.json")
+    (tmp_path / "expert.json").unlink()
+    before = len(errors())
+    qtbot.mouseClick(widget.train_button, qtbot_button())
+    new = errors()[before:]
+    assert len(new) == 1 and "count table file not found" in new[0], new
+    assert widget.job is None and not (tmp_path / "models").exists()
+
+    dock = widget.viewer.window.add_dock_widget(CountTableWidget(widget.viewer), name="Expert")
+    widget._refresh_tables()
+    widget.table_combo.setCurrentText("Count table widget: Expert")
+    assert widget.table_combo.currentText() == "Count table widget: Expert"
+    widget.viewer.window.remove_dock_widget(dock)
+    before = len(errors())
+    qtbot.mouseClick(widget.train_button, qtbot_button())
+    new = errors()[before:]
+    assert len(new) == 1 and "'Expert' is closed" in new[0], new
+    assert widget.job is None and not (tmp_path / "models").exists()
