@@ -15,6 +15,7 @@ Open lines carry no area and are left out with a warning.
 from __future__ import annotations
 
 import warnings
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
@@ -125,13 +126,14 @@ def write_labels_tiff(path: str, data: Any, attributes: dict) -> list[str]:
     """npe2 single-layer writer: a labels layer → a tiled pyramidal TIFF with its µm/px.
 
     The pixel size is the layer's scale (µm per pixel, as the readers set it); labels are
-    stored as uint8 (or uint16 above 255). Multiscale layers write their full resolution.
+    stored as uint8 (or uint16 above 255). Multiscale layers write their full resolution
+    (level 0, whose µm/px the scale is); the file gets its own pyramid.
     """
     from lsr.errors import LsrInputError
     from lsr.slide import write_pyramidal_tiff
 
-    if isinstance(data, list | tuple):
-        data = data[0]
+    if isinstance(data, Sequence) or attributes.get("multiscale"):
+        data = data[0]  # level 0 (napari's MultiScaleData is a Sequence, not a list)
     arr = np.asarray(data)
     if arr.ndim != 2:
         _notify(f"Cannot write {path}: only 2-D labels are supported, got shape {arr.shape}")

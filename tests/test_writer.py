@@ -86,3 +86,19 @@ def test_labels_to_tiff_keeps_values_and_pixel_size(tmp_path, monkeypatch) -> No
 def _level0(path) -> np.ndarray:
     with tifffile.TiffFile(path) as tf:
         return tf.series[0].levels[0].asarray()
+
+
+def test_multiscale_labels_layer_writes_level0(tmp_path) -> None:
+    """napari's MultiScaleData (not a list): level 0 with level 0's µm/px, not the coarsest."""
+    from napari.layers import Labels
+
+    level0 = np.zeros((1024, 768), np.uint8)
+    level0[100:600, 200:500] = 1
+    layer = Labels([level0, level0[::2, ::2], level0[::4, ::4]], scale=(8.33, 8.33))
+    data, attrs, _kind = layer.as_layer_data_tuple()
+    assert type(data).__name__ == "MultiScaleData"
+    out = tmp_path / "gt_gt.tif"
+    assert _writer.write_labels_tiff(str(out), data, attrs) == [str(out)]
+    np.testing.assert_array_equal(_level0(out), level0)
+    with open_slide(out) as s:
+        assert s.mpp == pytest.approx(8.33, rel=1e-4)
