@@ -36,6 +36,8 @@ from lsr.errors import LsrInputError
 SLIDE_SUFFIXES = (".svs", ".ndpi", ".tif", ".tiff", ".scn", ".mrxs", ".vms", ".vmu", ".bif")
 GRID_PATTERN = re.compile(r"[._]grid\.(npy|csv|tif|tiff)$", re.IGNORECASE)
 GT_PATTERN = re.compile(r"_(gt|mask)\.(tif|tiff)$", re.IGNORECASE)
+#: Labels TIFFs (as the plugin's labels writer names them): label values kept as they are.
+LABELS_PATTERN = re.compile(r"_labels\.(tif|tiff)$", re.IGNORECASE)
 DEFAULT_BLOCK_PX = 240
 #: Shape of a plain TIFF above which it is treated as a slide (px, longer side).
 PLAIN_TIFF_MAX_PX = 4096
@@ -102,7 +104,10 @@ def get_slide_reader(path: str | list[str]):
 def slide_layer_data(path: str | Path) -> tuple:
     """(levels, kwargs, layer type) for a slide: a lazy multiscale image in µm.
 
-    ``*_gt.tif`` / ``*_mask.tif`` become a labels layer (1 = cancer) instead.
+    ``*_gt.tif`` / ``*_mask.tif`` become a labels layer instead: 1 = cancer wherever the
+    file is > 0, as :mod:`lsr.compare` and :mod:`lsr.metrics` read it (0/1 and 0/255 masks
+    alike). ``*_labels.tif`` (the labels writer's files) become a labels layer with the
+    file's values.
     Raises LsrInputError (e.g. no pixel size in the file).
     """
     from lsr.slide import open_slide
@@ -119,8 +124,11 @@ def slide_layer_data(path: str | Path) -> tuple:
         "multiscale": len(levels) > 1,
     }
     data = levels if len(levels) > 1 else levels[0]
+    if LABELS_PATTERN.search(str(path)):
+        labels = [lv[..., 0] if lv.ndim == 3 else lv for lv in levels]
+        return (labels if len(labels) > 1 else labels[0], kwargs, "labels")
     if GT_PATTERN.search(str(path)):
-        masks = [(lv[..., 0] if lv.ndim == 3 else lv) > 127 for lv in levels]
+        masks = [(lv[..., 0] if lv.ndim == 3 else lv) > 0 for lv in levels]
         masks = [m.astype(np.uint8) for m in masks]
         kwargs.update(opacity=0.4, colormap={1: "#00e5ff", None: "transparent"})
         return (masks if len(masks) > 1 else masks[0], kwargs, "labels")

@@ -224,3 +224,27 @@ def test_sample_data_generated_once_and_cached(monkeypatch, tmp_path):
     n_blocks = layers[3][0].shape[0]
     slide_px = (layers[0][0][0] if slide_kw["multiscale"] else layers[0][0]).shape[0]
     assert n_blocks * grid_kw["scale"][0] == pytest.approx(slide_px * slide_kw["scale"][0], 1e-3)
+
+
+def test_written_masks_and_labels_reopen_as_written(tmp_path):
+    """The labels writer's 0/1 mask reopens as the same ground truth the engine reads (> 0);
+    a ``*_labels.tif`` reopens as labels with its values, not as an RGB image."""
+    from lsr.compare import load_ground_truth
+    from lsr.slide import open_slide
+    from napari_lsr import _writer
+
+    labels = np.zeros((900, 700), np.uint8)
+    labels[100:500, 50:300] = 1
+    labels[600:800, 400:650] = 3
+    for name in ("x_gt.tif", "x_labels.tif"):
+        assert _writer.write_labels_tiff(str(tmp_path / name), labels, {"scale": (MPP, MPP)})
+    (data, kw, kind) = _reader.read_slide(str(tmp_path / "x_gt.tif"))[0]
+    assert kind == "labels" and kw["scale"] == (MPP, MPP)
+    gt = np.asarray(data[0] if kw["multiscale"] else data)
+    np.testing.assert_array_equal(gt, (labels > 0).astype(np.uint8))
+    with open_slide(tmp_path / "x_gt.tif") as slide:
+        engine = load_ground_truth(tmp_path / "x_gt.tif", slide, MPP)
+    np.testing.assert_array_equal(gt, engine.astype(np.uint8))
+    (data, kw, kind) = _reader.read_slide(str(tmp_path / "x_labels.tif"))[0]
+    assert kind == "labels" and "rgb" not in kw
+    np.testing.assert_array_equal(np.asarray(data[0] if kw["multiscale"] else data), labels)
