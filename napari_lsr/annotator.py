@@ -130,6 +130,7 @@ class AnnotatorWidget(QWidget):
         self.autosave: Path | None = None
         self._geo: dict = {}
         self._worker = None
+        self._hidden_grids: list = []  # grid layers hidden while the bin is hidden
 
         # -- setup
         self.slide_combo = QComboBox()
@@ -506,6 +507,7 @@ class AnnotatorWidget(QWidget):
         self.percent.setText("" if done is None or done.skipped else f"{done.percent_cancer:g}")
         self.slider.setValue(0 if done is None or done.skipped else round(done.percent_cancer))
         self.message.setText("")
+        self._hide_grids(not self.reveal.isChecked() and not s.finished)
         self._outline_and_zoom()
         if self.paint_button.isChecked():
             self._reset_paint()
@@ -543,8 +545,28 @@ class AnnotatorWidget(QWidget):
         camera.center = (y0 + b / 2, x0 + b / 2)
         camera.zoom = min(_canvas_size(self.viewer)) / ((1 + 2 * CONTEXT_BLOCKS) * b)
 
+    def _hide_grids(self, hide: bool) -> None:
+        """Hide the visible grid layers (their colours show the bin), or show again those
+        hidden here: while the bin is hidden the expert must not see it on the canvas."""
+        if self.viewer is None:
+            return
+        if not hide:
+            for layer in self._hidden_grids:
+                if layer in self.viewer.layers:
+                    layer.visible = True
+            self._hidden_grids = []
+            return
+        chosen = self.grid_combo.currentText()
+        for layer in self.viewer.layers:
+            is_grid = "lsr_grid" in layer.metadata or layer.name in (COARSE_LAYER, chosen)
+            if is_grid and layer.visible:
+                layer.visible = False
+                self._hidden_grids.append(layer)
+
     def _show_setup(self, on: bool) -> None:
         """The setup folds away while annotating, to give the table room."""
+        if on:
+            self._hide_grids(False)
         self.setup_box.setVisible(on)
         self.session_button.setVisible(not on and self.session is not None)
 

@@ -209,3 +209,25 @@ def test_bad_inputs_notify_and_overwrite_nothing(make_napari_viewer, tmp_path, e
     assert "corrupt" in errors[-1] and "kept as" in errors[-1]
     kept = list(tmp_path.glob("s.tif.ann.lsr-estimates.corrupt-*.json"))
     assert len(kept) == 1 and kept[0].read_text() == "{not json"
+
+
+def test_grid_hidden_while_the_bin_is_hidden(make_napari_viewer, qtbot, tmp_path, errors):
+    """The grid layers tint each block by its bin: off while annotating blind, back after."""
+    slide, grid = write_slide(tmp_path)
+    viewer = make_napari_viewer()
+    w = open_annotator(viewer, slide, grid)
+    z_layer, probs_layer = viewer.layers["s_grid z"], viewer.layers["s_grid p(cancer)"]
+    assert z_layer.visible and not probs_layer.visible
+    w.per_bin.setValue(2)
+    assert w.start()
+    assert not z_layer.visible and not probs_layer.visible
+    qtbot.keyClick(w.percent, Qt.Key.Key_R)  # reveal: the bin may be seen
+    assert w.reveal.isChecked() and z_layer.visible and not probs_layer.visible
+    qtbot.keyClick(w.percent, Qt.Key.Key_R)
+    assert not z_layer.visible
+    qtbot.keyClicks(w.percent, "5")
+    qtbot.keyClick(w.percent, Qt.Key.Key_Return)
+    assert not z_layer.visible  # still hidden on the next block
+    qtbot.mouseClick(w.session_button, Qt.MouseButton.LeftButton)  # back to the setup
+    assert z_layer.visible and not probs_layer.visible
+    assert not errors
