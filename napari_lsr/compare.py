@@ -528,6 +528,9 @@ class CompareWidget(QWidget):
                 width = self.line_width.value() / zoom / float(ly.scale[-1])
                 if not np.isclose(ly.edge_width[0], width, rtol=0.02):
                     ly.edge_width = width
+                    # napari 0.9 re-renders the lines only on a refresh (the model alone
+                    # would keep the width they were drawn with)
+                    ly.refresh(thumbnail=False, highlight=False)
 
     def _toggle_band(self, on: bool) -> None:
         comp = self.comparison

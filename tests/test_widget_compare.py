@@ -110,6 +110,11 @@ def test_compare_draws_scores_and_exports(make_napari_viewer, qtbot, data, tmp_p
     viewer.scene.camera.zoom *= 2
     w.update_line_width()
     assert gt_layer.edge_width[0] * viewer.scene.camera.zoom * MPP == pytest.approx(3.0, rel=0.03)
+    # and on screen: the drawn line gets wider with the width (not only the layer's model)
+    viewer.window.show()  # a hidden canvas renders nothing
+    viewer.reset_view()
+    thin, thick = (_red_pixels(viewer, w, lw) for lw in (1.0, 6.0))
+    assert thick > 3 * thin > 0, (thin, thick)
     w.show_band.setChecked(True)
     band = [ly for ly in viewer.layers if ly.name.startswith("evaluation band")]
     assert band and band[0].visible and band[0].data.any()
@@ -226,3 +231,12 @@ def test_bad_input_notifies(make_napari_viewer, qtbot, data, tmp_path, messages)
     assert w.comparison is None
     # nothing to evaluate or export yet
     assert not w.evaluate() and "Nothing to evaluate" in messages["error"][-1]
+
+
+def _red_pixels(viewer, w, line_width: float) -> int:
+    """Pixels of the canvas drawn in the ground truth's red at this line width."""
+    w.line_width.setValue(line_width)
+    w.update_line_width()
+    img = viewer.screenshot(canvas_only=True, flash=False)
+    r, g, b = (img[..., i].astype(int) for i in range(3))
+    return int(((r > 150) & (g < 90) & (b < 90)).sum())
