@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 from qtpy.QtWidgets import (
     QCheckBox,
     QComboBox,
@@ -94,10 +95,26 @@ class CountTableWidget(QWidget):
 
     def _show_current(self, *_args) -> None:
         table = self.table
-        ref = self._tables[PRESET] if self.compare.isChecked() else None
+        paper = self._tables[PRESET]
+        comparable = (
+            np.allclose(table.edges, paper.edges) if table.n_bins == paper.n_bins else False
+        )
+        comparable = comparable and table.class_names == paper.class_names
+        self.compare.setEnabled(comparable)
+        self.compare.setToolTip(
+            "Show paper Table 1's values beside this table"
+            if comparable
+            else "paper Table 1 has other bins or classes than this table"
+        )
+        ref = paper if self.compare.isChecked() and comparable else None
         self.view.set_table(table, reference=ref)
         problems = table.bin_problems()
         notes = [f"{len(problems)} bin(s) flagged (hover for why)"] if problems else []
+        if not comparable:
+            notes.append(
+                f"paper Table 1 has other bins ({paper.n_bins}, not {table.n_bins}) or classes: "
+                "no side-by-side view"
+            )
         if table.n is not None:
             notes.insert(0, f"{int(table.n.sum())} estimates")
         self.status.setText(" · ".join(notes))

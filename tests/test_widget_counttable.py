@@ -57,3 +57,21 @@ def test_widget_highlights_a_top_bin_below_a_lower_bin(make_napari_viewer, tmp_p
     assert w.view.item(8, 1).toolTip() == ""
     assert w.view.item(9, 1).background() != w.view.item(8, 1).background()
     assert "1 bin(s) flagged" in w.status.text()
+
+
+def test_table_with_other_bins_cannot_go_beside_paper_table1(make_napari_viewer, tmp_path):
+    """A 2-bin table: the "beside paper Table 1" box is disabled and says why (no traceback)."""
+    viewer = make_napari_viewer()
+    w = open_widget(viewer)
+    two = CountTable(
+        eta=np.array([[0.1, 0.9], [0.6, 0.4]]),
+        rho=np.full((2, 2), 0.1),
+        edges=(0.0, 0.5, 1.0),
+    )
+    two.to_json(tmp_path / "two.json")
+    w.compare.setChecked(True)  # ticked beforehand: the 2-bin table shows alone
+    assert w.load(tmp_path / "two.json") is not None
+    assert w.view.rowCount() == 2 and w.view.columnCount() == 4
+    assert not w.compare.isEnabled() and "other bins (10, not 2)" in w.status.text()
+    w.source.setCurrentText("Paper Table 1")
+    assert w.compare.isEnabled() and w.view.columnCount() == 6
