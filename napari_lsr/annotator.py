@@ -51,7 +51,7 @@ from lsr.counttable import CountTable, bin_probabilities
 from lsr.errors import LsrInputError
 from napari_lsr._sample_data import is_shipped
 from napari_lsr.counttable_widget import CountTableWidget
-from napari_lsr.layer_choice import refill
+from napari_lsr.layer_choice import follow_renames, refill
 from napari_lsr.viewer_compat import camera as _camera
 from napari_lsr.viewer_compat import canvas_size as _canvas_size
 
@@ -280,8 +280,10 @@ class AnnotatorWidget(QWidget):
 
     # ------------------------------------------------------------------ layers
     def _refresh_layers(self, *_args) -> None:
+        """Fill the slide and grid choices (on a layer added, removed or renamed)."""
         if self.viewer is None:
             return
+        follow_renames(self.viewer.layers, self._refresh_layers)
         slides, grids = [], []
         for layer in self.viewer.layers:
             kind = type(layer).__name__

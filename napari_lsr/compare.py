@@ -45,7 +45,7 @@ from qtpy.QtWidgets import (
 from lsr import compare as lc
 from lsr.errors import LsrInputError
 from lsr.metrics import PAPER_TABLE2 as PAPER
-from napari_lsr.layer_choice import refill
+from napari_lsr.layer_choice import follow_renames, refill
 from napari_lsr.viewer_compat import camera as _camera
 from napari_lsr.viewer_compat import canvas_size
 
@@ -256,7 +256,9 @@ class CompareWidget(QWidget):
 
     # ------------------------------------------------------------------ inputs
     def refresh_layers(self, event: Any = None) -> None:
-        """Fill the slide, grid and ground-truth choices from the viewer's layers."""
+        """Fill the slide, grid and ground-truth choices from the viewer's layers (called
+        when a layer is added, removed or renamed)."""
+        follow_renames(self.viewer.layers, self.refresh_layers)
         slides = [
             ly.name
             for ly in self.viewer.layers

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any
 
 from qtpy.QtWidgets import QComboBox
 
@@ -22,3 +23,13 @@ def refill(combo: QComboBox, items: Sequence[str], preferred: str | None = None)
             combo.setCurrentText(preferred)
     finally:
         combo.blockSignals(False)
+
+
+def follow_renames(layers: Iterable[Any], callback: Callable[..., Any]) -> None:
+    """Call ``callback`` when one of ``layers`` is renamed (a layer combo must follow).
+
+    Connecting twice is a no-op in napari, so a widget calls this from its refresh, which
+    runs on every inserted layer. Pass a bound method: napari holds it weakly.
+    """
+    for layer in layers:
+        layer.events.name.connect(callback)

@@ -231,3 +231,12 @@ def test_grid_hidden_while_the_bin_is_hidden(make_napari_viewer, qtbot, tmp_path
     qtbot.mouseClick(w.session_button, Qt.MouseButton.LeftButton)  # back to the setup
     assert z_layer.visible and not probs_layer.visible
     assert not errors
+
+
+def test_renamed_slide_layer_can_be_annotated(make_napari_viewer, tmp_path, errors):
+    slide, grid = write_slide(tmp_path)
+    viewer = make_napari_viewer()
+    w = open_annotator(viewer, slide, grid)
+    viewer.layers["s"].name = "slide A"
+    assert w.slide_combo.currentText() == "slide A"
+    assert w.start() and w.session is not None and not errors

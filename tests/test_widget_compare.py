@@ -240,3 +240,19 @@ def _red_pixels(viewer, w, line_width: float) -> int:
     img = viewer.screenshot(canvas_only=True, flash=False)
     r, g, b = (img[..., i].astype(int) for i in range(3))
     return int(((r > 150) & (g < 90) & (b < 90)).sum())
+
+
+def test_renamed_layers_stay_usable(make_napari_viewer, qtbot, data, tmp_path, messages):
+    """Renaming the slide or ground-truth layer updates the choices (was a KeyError)."""
+    viewer = make_napari_viewer()
+    w = open_widget(viewer, data, tmp_path)
+    viewer.layers["s"].name = "my slide"
+    viewer.layers["s_gt"].name = "my truth"
+    assert w.slide_combo.currentText() == "my slide"
+    assert w.gt_combo.currentText() == "my truth"
+    assert w._ground_truth(MPP)[0].shape[-2:] == (480, 600)
+    w.add_model(str(data / "models" / "a"))
+    assert w.run()
+    w.cancel()
+    wait_idle(qtbot, w)
+    assert not messages["error"]
