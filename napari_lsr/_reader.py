@@ -54,6 +54,8 @@ Z_COLOURS = {
 }  # fmt: skip
 
 LayerData = list[tuple]
+#: Units of every layer the plugin makes: world coordinates are µm (the scale bar reads µm/mm).
+UNITS = ("µm", "µm")
 
 
 def _notify(message: str) -> None:
@@ -120,6 +122,7 @@ def slide_layer_data(path: str | Path) -> tuple:
         "name": Path(path).stem,
         "scale": (mpp, mpp),
         "translate": (mpp / 2, mpp / 2),
+        "units": UNITS,
         "metadata": meta,
         "multiscale": len(levels) > 1,
     }
@@ -195,7 +198,7 @@ def grid_layer_data(path: str | Path) -> LayerData:
                  (ox + geo["block_px"] / 2) * geo["working_mpp"])  # fmt: skip
     meta = {"lsr_grid": {**geo, "path": str(path), "shape": list(grid.shape), "block_um": s}}
     stem = Path(path).stem
-    common = {"scale": (s, s), "translate": translate, "metadata": meta}
+    common = {"scale": (s, s), "translate": translate, "units": UNITS, "metadata": meta}
     layers: LayerData = []
     if grid.z_explicit is None:
         layers.append(

@@ -49,6 +49,7 @@ from lsr.annotation import (
 )
 from lsr.counttable import CountTable, bin_probabilities
 from lsr.errors import LsrInputError
+from napari_lsr._reader import UNITS
 from napari_lsr._sample_data import is_shipped
 from napari_lsr.counttable_widget import CountTableWidget
 from napari_lsr.layer_choice import follow_renames, refill
@@ -535,6 +536,7 @@ class AnnotatorWidget(QWidget):
                 face_color="transparent",
                 edge_width=b * 0.015,
                 name=OUTLINE_LAYER,
+                units=UNITS,
             )
             layer.editable = False
             slide = self._layer(self.slide_combo.currentText())
@@ -608,7 +610,12 @@ class AnnotatorWidget(QWidget):
         data = np.zeros((PAINT_PX, PAINT_PX), np.uint8)
         if layer is None:
             layer = self.viewer.add_labels(
-                data, name=PAINT_LAYER, scale=(px, px), opacity=0.45, translate=(0, 0)
+                data,
+                name=PAINT_LAYER,
+                scale=(px, px),
+                units=UNITS,
+                opacity=0.45,
+                translate=(0, 0),
             )
             layer.events.paint.connect(self._painted)
         else:
@@ -648,6 +655,7 @@ class AnnotatorWidget(QWidget):
                 np.zeros(shape, np.uint8),
                 name=COARSE_LAYER,
                 scale=(b, b),
+                units=UNITS,
                 translate=(b / 2, b / 2),
                 opacity=0.5,
                 colormap=_z_colormap(),

@@ -45,6 +45,7 @@ from qtpy.QtWidgets import (
 from lsr import compare as lc
 from lsr.errors import LsrInputError
 from lsr.metrics import PAPER_TABLE2 as PAPER
+from napari_lsr._reader import UNITS
 from napari_lsr.layer_choice import follow_renames, refill
 from napari_lsr.viewer_compat import camera as _camera
 from napari_lsr.viewer_compat import canvas_size
@@ -447,6 +448,7 @@ class CompareWidget(QWidget):
                     np.asarray(comp.probs[b.key]),
                     name=PROB_PREFIX + b.label,
                     scale=scale,
+                    units=UNITS,
                     translate=centre,
                     colormap="inferno",
                     contrast_limits=(0.0, 1.0),
@@ -471,6 +473,7 @@ class CompareWidget(QWidget):
                 shape_type="path",
                 name=BOUNDARY_PREFIX + b.label,
                 scale=scale,
+                units=UNITS,
                 edge_color=b.hex,
                 face_color="transparent",
                 edge_width=1.0,
@@ -560,6 +563,7 @@ class CompareWidget(QWidget):
             band,
             name=BAND_NAME,
             scale=(mpp, mpp),
+            units=UNITS,
             translate=(mpp / 2, mpp / 2),
             opacity=0.3,
             colormap={1: "#3cb44b", None: "transparent"},

@@ -128,6 +128,8 @@ def test_viewer_opens_all_and_table_opens_widget(make_napari_viewer, files, erro
     viewer.open(files["grid"], plugin="napari-lsr")
     assert [layer.name for layer in viewer.layers] == ["a", "a_grid p(cancer)", "a_grid z"]
     assert viewer.layers["a"].multiscale
+    # the layers are in µm, so the scale bar reads µm / mm (not "kpixel")
+    assert {str(u) for layer in viewer.layers for u in layer.units} == {"micrometer"}
     layers = viewer.open(files["table"], plugin="napari-lsr")
     assert layers == []
     widget = viewer.window.dock_widgets["Count table (napari-lsr)"]
