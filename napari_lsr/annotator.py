@@ -279,6 +279,11 @@ class AnnotatorWidget(QWidget):
         self._refresh_layers()
         self._set_annotating(False)
 
+    @property
+    def table(self) -> CountTable:
+        """The table shown in the annotator (live, merged or loaded): the Trainer lists it."""
+        return self.table_widget.table
+
     # ------------------------------------------------------------------ layers
     def _refresh_layers(self, *_args) -> None:
         """Fill the slide and grid choices (on a layer added, removed or renamed)."""

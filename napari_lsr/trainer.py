@@ -13,7 +13,8 @@ Inputs:
 - data: (slide, grid) pairs from layers opened from files (slides via their
   ``lsr_slide`` metadata or ``layer.source.path``; grids via ``lsr_grid`` metadata, or a
   grid file named like the slide beside it), or from a folder (``S.tif`` + ``S_grid.npy``);
-- count table: the paper preset, the table shown in the Count table widget, or a file;
+- count table: the paper preset, the table shown in a Count table dock or in the
+  annotator (its live or merged table), or a file;
 - losses (several are queued and trained one after another), distance, steps; the other
   hyper-parameters in a collapsed "Advanced" section, empty = the default per loss;
 - device (auto shows what it found), output folder.
@@ -149,6 +150,18 @@ def pairs_from_layers(layers: Any) -> tuple[list[tuple[str, str]], list[str], di
 
 
 # ====================================================================== the widget
+class _RefreshingCombo(QComboBox):
+    """A combo box that refills its items (``refresh()``) each time its list opens."""
+
+    def __init__(self, refresh: Any, parent: QWidget | None = None) -> None:
+        super().__init__(parent)
+        self._refresh = refresh
+
+    def showPopup(self) -> None:  # noqa: N802 - Qt's name
+        self._refresh()
+        super().showPopup()
+
+
 class _DeviceProbe(QObject):
     found = Signal(str, str)
 
@@ -282,7 +295,7 @@ class TrainerWidget(QWidget):
         data_layout.addLayout(row)
 
         # count table, losses, distance, steps
-        self.table_combo = QComboBox()
+        self.table_combo = _RefreshingCombo(self._refresh_tables)
         self.table_combo.setToolTip("Count table p(c|z) giving the targets of each bin")
         self._refresh_tables()
         self.loss_checks = {k: QCheckBox(v) for k, v in LOSS_LABELS.items()}
@@ -505,6 +518,8 @@ class TrainerWidget(QWidget):
             self.set_pairs(pairs, geometry)
         if problems:
             self._say("Layers: " + "; ".join(problems), error=not pairs)
+        else:
+            self._say(f"{len(pairs)} slide(s) with grids from the layers")
 
     def add_folder(self, folder: str | Path) -> None:
         """Add every slide/grid pair of ``folder`` (sidecar geometry of the grids is used)."""
@@ -721,6 +736,12 @@ class TrainerWidget(QWidget):
         try:
             configs = self.configs()
             _, table = self.current_table()
+            if table is not None and (empty := table_bins_without_estimate(table)):
+                self._notify(
+                    f"Count table: bin(s) {', '.join(map(str, empty))} have no estimate yet; "
+                    "paper Table 1's values stand in for them.",
+                    warning=True,
+                )
             folder = Path(self.out_dir.text()).expanduser()
             runs = [tp.prepare_run(cfg, folder, table=table) for cfg in configs]
             job = tp.launch(runs)
@@ -1044,6 +1065,8 @@ class TrainerWidget(QWidget):
         self.status.setText(message)
         if error:
             self._notify(message, error=True)
+        elif self.status.styleSheet():
+            self.status.setStyleSheet("")  # an earlier error's red does not stay
 
     def _notify(self, message: str, error: bool = False, warning: bool = False) -> None:
         from napari.utils.notifications import show_error, show_info, show_warning
@@ -1051,6 +1074,11 @@ class TrainerWidget(QWidget):
         self.status.setText(message)
         self.status.setStyleSheet("color: #e05050" if error else "")
         (show_error if error else show_warning if warning else show_info)(message)
+
+
+def table_bins_without_estimate(table: CountTable) -> list[int]:
+    """Bins of a live (annotator) table still filled from paper Table 1."""
+    return sorted(b for b, why in table.flagged.items() if why == "no estimate yet")
 
 
 def _duration(seconds: float) -> str:

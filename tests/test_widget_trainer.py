@@ -280,7 +280,8 @@ def test_missing_table_file_or_closed_table_dock_refuses_to_train(
     assert widget.job is None and not (tmp_path / "models").exists()
 
     dock = widget.viewer.window.add_dock_widget(CountTableWidget(widget.viewer), name="Expert")
-    widget._refresh_tables()
+    widget.table_combo.showPopup()  # a dock opened after the Trainer: listed when opened
+    widget.table_combo.hidePopup()
     widget.table_combo.setCurrentText("Count table widget: Expert")
     assert widget.table_combo.currentText() == "Count table widget: Expert"
     widget.viewer.window.remove_dock_widget(dock)
@@ -289,3 +290,24 @@ def test_missing_table_file_or_closed_table_dock_refuses_to_train(
     new = errors()[before:]
     assert len(new) == 1 and "'Expert' is closed" in new[0], new
     assert widget.job is None and not (tmp_path / "models").exists()
+
+
+def test_annotator_table_listed_and_layers_status_recovers(widget, data, qtbot) -> None:
+    """The annotator's live table is a choice; a good "From layers" clears an old red error."""
+    viewer = widget.viewer
+    qtbot.mouseClick(widget.layers_button, qtbot_button())  # nothing opened yet: an error
+    assert "no slide layer" in widget.status.text() and widget.status.styleSheet()
+    viewer.open(str(data / "s0.tif"), plugin="napari-lsr")
+    viewer.open(str(data / "s0_grid.npy"), plugin="napari-lsr")
+    qtbot.mouseClick(widget.layers_button, qtbot_button())
+    assert len(widget.pairs) == 1
+    assert widget.status.text() == "1 slide(s) with grids from the layers"
+    assert widget.status.styleSheet() == ""
+
+    _dock, ann = viewer.window.add_plugin_dock_widget("napari-lsr", "Count-table annotator")
+    widget.table_combo.showPopup()
+    widget.table_combo.hidePopup()
+    names = [widget.table_combo.itemText(i) for i in range(widget.table_combo.count())]
+    choice = next(n for n in names if "annotator" in n)
+    widget.table_combo.setCurrentText(choice)
+    assert widget.current_table() == ("paper", ann.table)
