@@ -36,6 +36,10 @@ from lsr.errors import LsrInputError
 SLIDE_SUFFIXES = (".svs", ".ndpi", ".tif", ".tiff", ".scn", ".mrxs", ".vms", ".vmu", ".bif")
 GRID_PATTERN = re.compile(r"[._]grid\.(npy|csv|tif|tiff)$", re.IGNORECASE)
 GT_PATTERN = re.compile(r"_(gt|mask)\.(tif|tiff)$", re.IGNORECASE)
+#: Colour of a ground-truth mask layer (deep orange): none of the boundary colours (Fig. 4's
+#: red, green, blue, cyan, magenta, yellow; lsr.compare.EXTRA_COLOURS), so a filled area
+#: is never taken for a model's line.
+GT_COLOUR = "#ff6a00"
 #: Labels TIFFs (as the plugin's labels writer names them): label values kept as they are.
 LABELS_PATTERN = re.compile(r"_labels\.(tif|tiff)$", re.IGNORECASE)
 DEFAULT_BLOCK_PX = 240
@@ -133,7 +137,7 @@ def slide_layer_data(path: str | Path) -> tuple:
     if GT_PATTERN.search(str(path)):
         masks = [(lv[..., 0] if lv.ndim == 3 else lv) > 0 for lv in levels]
         masks = [m.astype(np.uint8) for m in masks]
-        kwargs.update(opacity=0.4, colormap={1: "#00e5ff", None: "transparent"})
+        kwargs.update(opacity=0.4, colormap={1: GT_COLOUR, None: "transparent"})
         return (masks if len(masks) > 1 else masks[0], kwargs, "labels")
     kwargs["rgb"] = levels[0].ndim == 3 and levels[0].shape[-1] in (3, 4)
     return (data, kwargs, "image")

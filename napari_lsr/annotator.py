@@ -293,16 +293,22 @@ class AnnotatorWidget(QWidget):
         slides, grids = [], []
         for layer in self.viewer.layers:
             kind = type(layer).__name__
-            if layer.name in (OUTLINE_LAYER, PAINT_LAYER):
-                continue
+            if layer.name in (OUTLINE_LAYER, PAINT_LAYER) or any(
+                k in layer.metadata for k in ("lsr_compare", "lsr_boundary")
+            ):
+                continue  # own layers; Compare's full-resolution maps and boundaries
             if "lsr_grid" in layer.metadata or layer.name == COARSE_LAYER:
                 grids.append(layer.name)
             elif kind == "Image" and (
                 getattr(layer, "rgb", False) or "lsr_slide" in layer.metadata
             ):
                 slides.append(layer.name)
-            elif kind in ("Image", "Labels") and layer.ndim == 2:
-                grids.append(layer.name)
+            elif (
+                kind in ("Image", "Labels")
+                and layer.ndim == 2
+                and "lsr_slide" not in layer.metadata
+            ):
+                grids.append(layer.name)  # not a slide-sized mask (ground truth)
         refill(self.slide_combo, slides)
         z_names = [n for n in grids if n.endswith(" z")]  # prefer the z labels of a grid reader
         refill(self.grid_combo, grids, z_names[-1] if z_names else None)
@@ -650,7 +656,15 @@ class AnnotatorWidget(QWidget):
             self._notify(str(err))
             return
         grid_layer = self._layer(self.grid_combo.currentText())
-        b = float(grid_layer.scale[-1]) if grid_layer is not None else 240 * 4.17
+        geo = (grid_layer.metadata.get("lsr_grid") or {}) if grid_layer is not None else {}
+        if geo.get("block_px") and geo.get("working_mpp"):  # the grid's own geometry
+            block_px = int(geo["block_px"])
+            b = block_px * float(geo["working_mpp"])
+        else:  # µm per block from the layer, else the paper's; never finer than the slide
+            from lsr.slide import WORKING_MPP
+
+            b = float(grid_layer.scale[-1]) if grid_layer is not None else 240 * WORKING_MPP
+            block_px = max(1, round(b / max(WORKING_MPP, slide["mpp"])))
         shape = tuple(int(np.ceil(e / b - 0.005)) for e in slide["extent_um"])
         layer = self._layer(COARSE_LAYER)
         if layer is None:
@@ -664,7 +678,7 @@ class AnnotatorWidget(QWidget):
                 translate=(b / 2, b / 2),
                 opacity=0.5,
                 colormap=_z_colormap(),
-                metadata={"lsr_coarse": {"slide": slide["name"]}},
+                metadata={"lsr_coarse": {"slide": slide["name"], "block_px": block_px}},
             )
         layer.brush_size = 1
         layer.selected_label = 9
@@ -672,8 +686,12 @@ class AnnotatorWidget(QWidget):
         self.viewer.layers.selection.active = layer
         self._info("Paint a bin z (label 1-9) per block; label 0 (eraser) = bin 0 (0-20 %).")
 
-    def save_coarse_grid(self, path: str | Path, block_px: int = 240) -> Path | None:
-        """Save the painted coarse labels as a z grid + sidecar geometry (``*_grid.npy``)."""
+    def save_coarse_grid(self, path: str | Path, block_px: int | None = None) -> Path | None:
+        """Save the painted coarse labels as a z grid + sidecar geometry (``*_grid.npy``).
+
+        ``block_px``: block side at the working resolution; default that of the grid the
+        painting was laid on (``working_mpp`` = µm per block / ``block_px``).
+        """
         from lsr.grid import BlockGrid, save_grid
 
         layer = self._layer(COARSE_LAYER)
@@ -684,8 +702,13 @@ class AnnotatorWidget(QWidget):
         if not p.name.lower().endswith(("_grid.npy", "_grid.csv", "_grid.tif")):
             p = p.with_name(p.name.split(".")[0] + "_grid.npy")
         b = float(layer.scale[-1])
+        block_px = int(block_px or layer.metadata.get("lsr_coarse", {}).get("block_px") or 240)
+        z = np.asarray(layer.data)
+        if z.max(initial=0) > 9:
+            self._notify(f"Cannot save the grid: bins z must be 0–9, the painting has {z.max()}.")
+            return None
         try:
-            save_grid(BlockGrid.from_z(np.asarray(layer.data).astype(np.int16), block_px), p)
+            save_grid(BlockGrid.from_z(z.astype(np.int16), block_px), p)
         except (LsrInputError, OSError) as err:
             self._notify(f"Cannot save the grid: {err}")
             return None

@@ -271,10 +271,13 @@ class CompareWidget(QWidget):
             if g and g["path"] not in seen:
                 seen.add(g["path"])
                 grids.append(ly.name)
+        not_truth = ("lsr_grid", "lsr_compare", "lsr_coarse")  # grids, the band, paintings
         labels = [
             ly.name
             for ly in self.viewer.layers
-            if ly.__class__.__name__ == "Labels" and "lsr_grid" not in ly.metadata
+            if ly.__class__.__name__ == "Labels"
+            and not any(k in ly.metadata for k in not_truth)
+            and not ly.name.startswith("annotator:")
         ]
         refill(self.slide_combo, slides)
         refill(self.grid_combo, grids)

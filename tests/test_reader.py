@@ -231,7 +231,8 @@ def test_sample_data_generated_once_and_cached(monkeypatch, tmp_path):
 def test_written_masks_and_labels_reopen_as_written(tmp_path):
     """The labels writer's 0/1 mask reopens as the same ground truth the engine reads (> 0);
     a ``*_labels.tif`` reopens as labels with its values, not as an RGB image."""
-    from lsr.compare import load_ground_truth
+    from lsr.compare import EXTRA_COLOURS, load_ground_truth
+    from lsr.geojson import FIG4_COLOURS
     from lsr.slide import open_slide
     from napari_lsr import _writer
 
@@ -242,6 +243,9 @@ def test_written_masks_and_labels_reopen_as_written(tmp_path):
         assert _writer.write_labels_tiff(str(tmp_path / name), labels, {"scale": (MPP, MPP)})
     (data, kw, kind) = _reader.read_slide(str(tmp_path / "x_gt.tif"))[0]
     assert kind == "labels" and kw["scale"] == (MPP, MPP)
+    # filled in a colour no Fig. 4 boundary has (cyan was intra-instance's)
+    rgb = tuple(int(kw["colormap"][1][i : i + 2], 16) for i in (1, 3, 5))
+    assert rgb not in FIG4_COLOURS.values() and rgb not in EXTRA_COLOURS
     gt = np.asarray(data[0] if kw["multiscale"] else data)
     np.testing.assert_array_equal(gt, (labels > 0).astype(np.uint8))
     with open_slide(tmp_path / "x_gt.tif") as slide:

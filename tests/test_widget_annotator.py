@@ -179,13 +179,23 @@ def test_tissue_only_and_painting(make_napari_viewer, qtbot, tmp_path, errors):
     z = np.zeros((4, 5), np.uint8)
     z[1:3, 2:4] = 7
     coarse.data = z
-    out = w.save_coarse_grid(tmp_path / "mine", block_px=B)
+    out = w.save_coarse_grid(tmp_path / "mine")  # the grid's geometry: B px at MPP
+    assert json.loads(out.with_suffix(".json").read_text())["block_px"] == B
     assert out.name == "mine_grid.npy"
     viewer.open(out, plugin="napari-lsr")
     layer = viewer.layers["mine_grid z"]
     assert np.array_equal(layer.data, z)
     assert np.allclose(layer.scale, B * MPP) and np.allclose(layer.translate, B * MPP / 2)
     assert not errors
+    z[0, 0] = 12  # not a bin
+    coarse.data = z
+    assert w.save_coarse_grid(tmp_path / "bad") is None and "0–9" in errors[-1]
+    # ground truth and Compare's layers are no low-res labels
+    mask = np.zeros((H, W), np.uint8)
+    viewer.add_labels(mask, name="gt", metadata={"lsr_slide": {"path": "x_gt.tif"}})
+    viewer.add_image(mask, name="p: a", metadata={"lsr_compare": {"key": "a"}})
+    choices = [w.grid_combo.itemText(i) for i in range(w.grid_combo.count())]
+    assert "gt" not in choices and "p: a" not in choices and "s_grid z" in choices
 
 
 def test_bad_inputs_notify_and_overwrite_nothing(make_napari_viewer, tmp_path, errors):

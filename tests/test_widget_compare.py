@@ -118,6 +118,8 @@ def test_compare_draws_scores_and_exports(make_napari_viewer, qtbot, data, tmp_p
     w.show_band.setChecked(True)
     band = [ly for ly in viewer.layers if ly.name.startswith("evaluation band")]
     assert band and band[0].visible and band[0].data.any()
+    gt_choices = [w.gt_combo.itemText(i) for i in range(w.gt_combo.count())]
+    assert band[0].name not in gt_choices and "s_gt" in gt_choices  # no ground truth
 
     # scores equal lsr.metrics on the same arrays (the ground truth read independently)
     gt = tifffile.imread(data / "s_gt.tif") > 0
@@ -234,10 +236,16 @@ def test_bad_input_notifies(make_napari_viewer, qtbot, data, tmp_path, messages)
 
 
 def _red_pixels(viewer, w, line_width: float) -> int:
-    """Pixels of the canvas drawn in the ground truth's red at this line width."""
+    """Pixels of the canvas drawn in the ground truth's red at this line width (the ground
+    truth's boundary shown alone)."""
     w.line_width.setValue(line_width)
     w.update_line_width()
+    shown = {ly.name: ly.visible for ly in viewer.layers}
+    for ly in viewer.layers:
+        ly.visible = ly.name == "boundary: ground truth"
     img = viewer.screenshot(canvas_only=True, flash=False)
+    for ly in viewer.layers:
+        ly.visible = shown[ly.name]
     r, g, b = (img[..., i].astype(int) for i in range(3))
     return int(((r > 150) & (g < 90) & (b < 90)).sum())
 
