@@ -157,7 +157,7 @@ class _RefreshingCombo(QComboBox):
         super().__init__(parent)
         self._refresh = refresh
 
-    def showPopup(self) -> None:  # noqa: N802 - Qt's name
+    def showPopup(self) -> None:  # Qt's name
         self._refresh()
         super().showPopup()
 
