@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import json
 from pathlib import Path
 
@@ -245,3 +246,30 @@ def test_nearest_resample_is_centre_sampling() -> None:
     np.testing.assert_array_equal(coarse, fine[2::4, 2::4])
     labels = compare.mask_from_array(fine, 1.0, (10, 15), 4.0)
     np.testing.assert_array_equal(labels, fine[2::4, 2::4] > 0)
+
+
+def test_fig4_png_fits_long_run_names_and_shows_the_title(comp, tmp_path, monkeypatch) -> None:
+    """The legend stays inside the figure with the Trainer's long run names; the title shows."""
+    import dataclasses
+
+    from lsr import figures
+
+    long = copy.copy(comp)
+    long.boundaries = [
+        dataclasses.replace(b, label=f"{b.label} (intra-gaussian-nll-20260611-232948-{i})")
+        for i, b in enumerate(comp.boundaries)
+    ]
+    saved = {}
+    monkeypatch.setattr(figures, "_save", lambda fig, path: saved.update(fig=fig))
+    monkeypatch.setattr(figures._pyplot(), "close", lambda fig: None)
+    compare.fig4_png(long, tmp_path / "f.png", (0, 0, 480, 600), title="slide s")
+    fig = saved["fig"]
+    renderer = fig.canvas.get_renderer()
+    box = fig.bbox
+    (legend,) = fig.legends
+    lb = legend.get_window_extent(renderer)
+    assert box.x0 <= lb.x0 and lb.x1 <= box.x1 and box.y0 <= lb.y0
+    title = fig._suptitle
+    assert title is not None and title.get_text() == "slide s"
+    tb = title.get_window_extent(renderer)
+    assert tb.y1 <= box.y1 + 1 and tb.y0 >= fig.axes[0].get_window_extent(renderer).y1 - 1

@@ -681,25 +681,31 @@ def fig4_png(
     plt = figures._pyplot()
     from matplotlib.lines import Line2D
 
-    width_in, legend_in = 8.0, 0.7
+    width_in = 8.0
+    labels = [b.label for b in comp.boundaries]
+    # legend columns that fit the width at 8 pt (~0.07 in a character, 0.6 in of line and
+    # padding an entry); long run names take more rows, never past the figure's edges
+    entry_in = max((0.6 + 0.07 * len(t) for t in labels), default=1.0)
+    ncol = max(1, min(3, len(labels), int(width_in // entry_in)))
+    legend_in = 0.2 + 0.2 * math.ceil(len(labels) / ncol)
+    title_in = 0.3 if title else 0.0
     note = figures.missing_boundaries({b.label: [masks[b.key]] for b in comp.boundaries},
                                       width_in)  # fmt: skip
     note_in = figures.note_height(note)
-    height_in = width_in * h / w + legend_in + note_in
+    height_in = width_in * h / w + legend_in + note_in + title_in
     fig = plt.figure(figsize=(width_in, height_in))
     figures.footnote(fig, note, height_in)
     bottom = (legend_in + note_in) / height_in
-    ax = fig.add_axes((0.0, bottom, 1.0, 1.0 - bottom))
+    ax = fig.add_axes((0.0, bottom, 1.0, 1.0 - bottom - title_in / height_in))
     figures.draw_boundaries(ax, rgb, masks, linewidth=1.4, colours=colours)
     figures._scale_bar(ax, w, 1000.0 / mpp)
     if title:
-        ax.set_title(title, fontsize=9)
+        fig.suptitle(title, y=1.0 - 0.05 / height_in, va="top", fontsize=9)
     handles = [Line2D([0], [0], color=figures.colour(b.key) if b.key in FIG4_COLOURS
                       else tuple(v / 255 for v in b.colour), linewidth=2.5)
                for b in comp.boundaries]  # fmt: skip
-    fig.legend(handles, [b.label for b in comp.boundaries], loc="lower center",
-               bbox_to_anchor=(0.5, note_in / height_in), ncol=min(3, len(handles)),
-               frameon=False, fontsize=8)  # fmt: skip
+    fig.legend(handles, labels, loc="lower center", bbox_to_anchor=(0.5, note_in / height_in),
+               ncol=ncol, frameon=False, fontsize=8)  # fmt: skip
     figures._save(fig, path)
     plt.close(fig)
 
