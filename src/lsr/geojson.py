@@ -127,7 +127,10 @@ def mask_to_polygons(
     boxes = shapely.box(*np.asarray(rects, dtype=np.float64).T)
     geom = shapely.union_all(boxes)
     if simplify_tolerance > 0:
-        geom = geom.simplify(simplify_tolerance, preserve_topology=True)
+        # the function, not the geometry's method: the method holds the GIL throughout
+        # (6 s for a whole slide's fragmented mask, freezing napari's event loop), the
+        # function releases it like the union above
+        geom = shapely.simplify(geom, simplify_tolerance, preserve_topology=True)
     multi = _as_multipolygon(geom)
     if min_area > 0:
         multi = MultiPolygon([p for p in multi.geoms if p.area >= min_area])
