@@ -28,6 +28,7 @@ BENCHMARKS: dict[str, tuple[str, list[str], list[str]]] = {
     "gui_training": ("bench_gui_training.py", ["--steps", "60"], []),
     "synthetic": ("synthetic_speed.py", ["--slides", "8", "--patches", "2"], []),
     "sample_open": ("bench_sample_open.py", [], []),
+    "compare_gui": ("bench_compare_gui.py", [], []),  # --models DIR adds the widget part
 }
 
 

@@ -96,6 +96,9 @@ class CompareWidget(QWidget):
         self.worker: Any = None
         self.exported: list[Path] = []
         self._evaluate_next = False
+        self._drawing: list[Any] = []  # GUI steps left of the drawing of a comparison
+        self._worker_done = False
+        self._band_data: np.ndarray | None = None
         self._cancel = threading.Event()
         self._progress = _Progress()
         self._progress.changed.connect(self._on_progress)
@@ -381,19 +384,17 @@ class CompareWidget(QWidget):
             return False
         self._cancel.clear()
         cache = lc.PredictionCache(self.cache_folder.text().strip() or lc.default_cache_folder())
-        self.worker = create_worker(
-            lc.run_comparison,
-            slide_meta["path"],
-            grid,
-            float(geo["working_mpp"]),
-            models,
-            ground_truth=gt,
-            cache=cache,
-            progress=self._progress.changed.emit,
-            cancel=self._cancel,
-            _start_thread=False,
-            _ignore_errors=True,
-        )
+
+        def work() -> tuple[lc.Comparison, list[Any], np.ndarray | None]:
+            comp = lc.run_comparison(
+                slide_meta["path"], grid, float(geo["working_mpp"]), models,
+                ground_truth=gt, cache=cache, progress=self._progress.changed.emit,
+                cancel=self._cancel,
+            )  # fmt: skip
+            self._progress.changed.emit("drawing", 0, 1)
+            return comp, _layers_of(comp), _band_of(comp)
+
+        self.worker = create_worker(work, _start_thread=False, _ignore_errors=True)
         self.worker.returned.connect(self._show)
         self.worker.errored.connect(self._failed)
         self.worker.finished.connect(self._run_finished)
@@ -434,57 +435,38 @@ class CompareWidget(QWidget):
             self.status.setText(f"failed: {type(err).__name__}: {err}")
 
     # ------------------------------------------------------------------ drawing
-    def _remove_own_layers(self) -> None:
-        for ly in list(self.viewer.layers):
-            if "lsr_boundary" in ly.metadata or "lsr_compare" in ly.metadata:
-                self.viewer.layers.remove(ly)
+    def _show(self, result: tuple[lc.Comparison, list[Any], np.ndarray | None]) -> None:
+        """Swap the old layers for the worker's new ones, one layer per event-loop turn.
 
-    def _show(self, comp: lc.Comparison) -> None:
+        Building the layers (thousands of boundary rings to triangulate) happened in the
+        worker; what is left — napari removing a layer (it runs a garbage collection) and
+        uploading one to the canvas — takes a few hundred ms each, so each gets its own turn
+        instead of freezing the viewer for seconds in one.
+        """
+        comp, layers, band = result
         self.comparison = comp
         self.scores = self.calib = None
-        self._remove_own_layers()
-        mpp = comp.working_mpp
-        scale, centre = (mpp, mpp), (mpp / 2, mpp / 2)
-        for b in comp.boundaries:
-            if b.key in comp.probs:
-                self.viewer.add_image(
-                    np.asarray(comp.probs[b.key]),
-                    name=PROB_PREFIX + b.label,
-                    scale=scale,
-                    units=UNITS,
-                    translate=centre,
-                    colormap="inferno",
-                    contrast_limits=(0.0, 1.0),
-                    opacity=0.6,
-                    visible=False,
-                    metadata={"lsr_compare": {"key": b.key}},
-                )
-        for b in comp.boundaries:
-            rings = lc.polygon_rings(comp.polygons[b.key])
-            meta = {
-                "lsr_boundary": {
-                    "key": b.key,
-                    "name": b.name,
-                    "label": b.label,
-                    "colour": list(b.colour),
-                    "level0_mpp": comp.level0_mpp,
-                    "working_mpp": mpp,
-                }
-            }
-            layer = self.viewer.add_shapes(
-                rings or None,
-                shape_type="path",
-                name=BOUNDARY_PREFIX + b.label,
-                scale=scale,
-                units=UNITS,
-                edge_color=b.hex,
-                face_color="transparent",
-                edge_width=1.0,
-                metadata=meta,
-                blending="translucent_no_depth",
-            )
-            layer.current_edge_color = b.hex
-            layer.editable = False
+        self._band_data = band
+        old = [ly for ly in self.viewer.layers if _own(ly)]
+        steps: list[Any] = [lambda ly=ly: self._remove_layer(ly) for ly in old]
+        steps += [lambda ly=ly: self.viewer.add_layer(ly) for ly in layers]
+        steps.append(lambda: self._drawn(comp))
+        self._drawing = steps
+        QTimer.singleShot(0, self._draw_step)
+
+    def _draw_step(self) -> None:
+        if not self._drawing:
+            return
+        self._drawing.pop(0)()
+        if self._drawing:
+            QTimer.singleShot(0, self._draw_step)
+
+    def _remove_layer(self, layer: Any) -> None:
+        if layer in self.viewer.layers:
+            self.viewer.layers.remove(layer)
+
+    def _drawn(self, comp: lc.Comparison) -> None:
+        """The last drawing step: legend, widths, band, status; then evaluate."""
         self._build_legend(comp)
         self.update_line_width()
         self._toggle_band(self.show_band.isChecked())
@@ -495,8 +477,16 @@ class CompareWidget(QWidget):
         )
         self.progress.setValue(self.progress.maximum())
         self._evaluate_next = comp.gt is not None
+        if self._worker_done:
+            self._finish_run()
 
     def _run_finished(self) -> None:
+        self._worker_done = True
+        if not self._drawing:  # failed or cancelled, or drawing already over
+            self._finish_run()
+
+    def _finish_run(self) -> None:
+        self._worker_done = False
         self._set_done(True)
         if self._evaluate_next:
             self._evaluate_next = False
@@ -558,9 +548,7 @@ class CompareWidget(QWidget):
         if existing:
             existing[0].visible = True
             return
-        from lsr.metrics import boundary_band
-
-        band = boundary_band(comp.gt, comp.band_px).astype(np.uint8)
+        band = self._band_data if self._band_data is not None else _band_of(comp)
         mpp = comp.working_mpp
         self.viewer.add_labels(
             band,
@@ -768,6 +756,65 @@ class CompareWidget(QWidget):
             lambda folder, stem: lc.write_results(comp, folder, stem, scores, calib, region),
             "results",
         )
+
+
+def _own(layer: Any) -> bool:
+    """A layer this widget drew (boundaries, probability maps, the band)."""
+    return "lsr_boundary" in layer.metadata or "lsr_compare" in layer.metadata
+
+
+def _layers_of(comp: lc.Comparison) -> list[Any]:
+    """The napari layers of a comparison: hidden probability maps, then one shapes layer
+    per boundary in its Fig. 4 colour. Built off the GUI thread (napari layers are plain
+    Python models until added); triangulating thousands of rings takes seconds."""
+    from napari.layers import Image, Shapes
+
+    mpp = comp.working_mpp
+    scale, centre = (mpp, mpp), (mpp / 2, mpp / 2)
+    layers: list[Any] = []
+    for b in comp.boundaries:
+        if b.key in comp.probs:
+            layers.append(
+                Image(
+                    np.asarray(comp.probs[b.key]),
+                    name=PROB_PREFIX + b.label,
+                    scale=scale,
+                    units=UNITS,
+                    translate=centre,
+                    colormap="inferno",
+                    contrast_limits=(0.0, 1.0),
+                    opacity=0.6,
+                    visible=False,
+                    metadata={"lsr_compare": {"key": b.key}},
+                )
+            )
+    for b in comp.boundaries:
+        meta = {
+            "lsr_boundary": {
+                "key": b.key, "name": b.name, "label": b.label, "colour": list(b.colour),
+                "level0_mpp": comp.level0_mpp, "working_mpp": mpp,
+            }
+        }  # fmt: skip
+        layer = Shapes(
+            lc.polygon_rings(comp.polygons[b.key]) or None, shape_type="path",
+            name=BOUNDARY_PREFIX + b.label, scale=scale, units=UNITS, edge_color=b.hex,
+            face_color="transparent", edge_width=1.0, metadata=meta,
+            blending="translucent_no_depth",
+        )  # fmt: skip
+        layer.current_edge_color = b.hex
+        layer.editable = False
+        layers.append(layer)
+    return layers
+
+
+def _band_of(comp: lc.Comparison) -> np.ndarray | None:
+    """(H, W) uint8 evaluation band of a comparison with ground truth (computed in the
+    worker: the distance transform takes seconds on a whole slide)."""
+    if comp.gt is None:
+        return None
+    from lsr.metrics import boundary_band
+
+    return boundary_band(comp.gt, comp.band_px).astype(np.uint8)
 
 
 def _fit_rows(table: QTableWidget, max_rows: int = 12) -> None:

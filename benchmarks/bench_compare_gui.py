@@ -1,0 +1,154 @@
+"""How long the Compare widget keeps napari's event loop from running.
+
+    xvfb-run -a .venv/bin/python benchmarks/bench_compare_gui.py [--models DIR --cache DIR]
+
+1. Outlining off the GUI thread: a thread runs ``lsr.geojson.mask_to_polygons`` on a
+   fragmented 1200² mask (thousands of specks, what a poorly calibrated network draws on a
+   whole slide) while the main thread ticks every 5 ms; the longest tick gap is the longest
+   time a GUI could not react. Baseline in the same run: the same outline simplified through
+   the geometry's ``.simplify`` method (what the code did before), which holds the GIL.
+2. With ``--models`` (e.g. the tutorial's ``/tmp/lsr-tutorial/models`` after
+   ``scripts/tutorial_screenshots.py``): the Compare widget on the synthetic sample, two
+   runs from the prediction cache, a 10-ms QTimer in the viewer; the longest gap over each
+   run (predict, outline, draw, evaluate), against the longest gap of the idle viewer.
+
+Writes ``benchmarks/results/compare_gui.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+os.environ.setdefault("QT_QPA_PLATFORM", "xcb")
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def fragmented_mask(size: int = 1200, seed: int = 0) -> np.ndarray:
+    """(size, size) bool: smoothed noise above a threshold, thousands of small blobs."""
+    from scipy.ndimage import gaussian_filter
+
+    noise = np.random.default_rng(seed).normal(size=(size, size)).astype(np.float32)
+    return gaussian_filter(noise, 3.0) > 0.08
+
+
+def longest_gap_while(work: Any, tick_s: float = 0.005) -> tuple[float, float]:
+    """(longest main-thread tick gap in s, wall s) while ``work()`` runs in a thread."""
+    done = threading.Event()
+    thread = threading.Thread(target=lambda: (work(), done.set()))
+    t0 = last = time.perf_counter()
+    longest = 0.0
+    thread.start()
+    while not done.is_set():
+        time.sleep(tick_s)
+        now = time.perf_counter()
+        longest, last = max(longest, now - last), now
+    thread.join()
+    return longest, time.perf_counter() - t0
+
+
+def outline_part() -> dict[str, Any]:
+    import shapely
+
+    from lsr.geojson import mask_to_polygons
+
+    mask = fragmented_mask()
+    raw = mask_to_polygons(mask, simplify_tolerance=0)
+    idle, _ = longest_gap_while(lambda: time.sleep(1.0))
+    now, now_wall = longest_gap_while(lambda: mask_to_polygons(mask))
+    before, before_wall = longest_gap_while(lambda: raw.simplify(1.0, preserve_topology=True))
+    return {
+        "parts": len(getattr(raw, "geoms", [raw])),
+        "idle_gap_s": idle,
+        "mask_to_polygons": {"longest_gap_s": now, "wall_s": now_wall},
+        "baseline_method_simplify": {"longest_gap_s": before, "wall_s": before_wall},
+        "gap_ratio": now / before,
+        "shapely": shapely.__version__,
+    }
+
+
+def widget_part(models: Path, cache: Path) -> dict[str, Any]:
+    import napari
+    import torch.optim  # noqa: F401 - its first import holds the GIL ~1 s: not ours to time
+    from qtpy.QtCore import QTimer
+    from qtpy.QtWidgets import QApplication
+
+    viewer = napari.Viewer(show=True)
+    viewer.open_sample("napari-lsr", "synthetic")
+    _dock, w = viewer.window.add_plugin_dock_widget("napari-lsr", "Compare & evaluate")
+    w.cache_folder.setText(str(cache))
+    w.model_folder.setText(str(models))
+    w.refresh_models()
+    state = {"last": time.perf_counter(), "longest": 0.0}
+
+    def tick() -> None:
+        now = time.perf_counter()
+        state["longest"] = max(state["longest"], now - state["last"])
+        state["last"] = now
+
+    timer = QTimer()
+    timer.setInterval(10)
+    timer.timeout.connect(tick)
+    timer.start()
+
+    def spin(seconds: float = 0.0, until: Any = None) -> float:
+        end = time.perf_counter() + seconds
+        state["last"], state["longest"] = time.perf_counter(), 0.0
+        while time.perf_counter() < end or (until is not None and not until()):
+            QApplication.processEvents()
+            time.sleep(0.002)
+        return state["longest"]
+
+    spin(2.0)  # settle: the sample's first draw
+    idle = spin(2.0)
+    runs = []
+    for _ in range(2):
+        t0 = time.perf_counter()
+        w.run()
+        gap = spin(0.5, until=lambda: w.worker is None and w.scores is not None)
+        runs.append({"longest_gap_s": gap, "wall_s": time.perf_counter() - t0})
+    rings = sum(ly.nshapes for ly in viewer.layers if "lsr_boundary" in ly.metadata)
+    viewer.close()
+    return {"idle_gap_s": idle, "runs": runs, "boundary_rings": rings}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--models", type=Path, default=None)
+    ap.add_argument("--cache", type=Path, default=None)
+    args = ap.parse_args()
+    result: dict[str, Any] = {
+        "machine": f"{platform.machine()} {platform.system()}, {os.cpu_count()} CPUs",
+        "outline": outline_part(),
+    }
+    o = result["outline"]
+    print(
+        f"outline of {o['parts']} parts in a thread: longest main-thread gap "
+        f"{1000 * o['mask_to_polygons']['longest_gap_s']:.0f} ms "
+        f"({o['mask_to_polygons']['wall_s']:.1f} s of work) vs "
+        f"{1000 * o['baseline_method_simplify']['longest_gap_s']:.0f} ms with the method "
+        f"simplify (ratio {o['gap_ratio']:.3f}); idle {1000 * o['idle_gap_s']:.0f} ms"
+    )
+    if args.models is not None:
+        cache = args.cache or args.models.parent / "cache"
+        result["widget"] = wp = widget_part(args.models, cache)
+        gaps = ", ".join(f"{1000 * r['longest_gap_s']:.0f} ms" for r in wp["runs"])
+        print(
+            f"Compare widget ({wp['boundary_rings']} boundary rings): longest GUI gap per "
+            f"run {gaps}; idle viewer {1000 * wp['idle_gap_s']:.0f} ms"
+        )
+    out = ROOT / "benchmarks" / "results" / "compare_gui.json"
+    out.write_text(json.dumps(result, indent=1) + "\n")
+    print(f"wrote {out}")
+
+
+if __name__ == "__main__":
+    main()
