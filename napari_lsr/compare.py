@@ -392,7 +392,12 @@ class CompareWidget(QWidget):
                 cancel=self._cancel,
             )  # fmt: skip
             self._progress.changed.emit("drawing", 0, 1)
-            return comp, _layers_of(comp), _band_of(comp)
+            return comp, _layers_of(comp, edge_width), _band_of(comp)
+
+        # lines drawn at the width the current zoom needs: changing it later re-meshes
+        # every ring on the GUI thread
+        zoom = float(_camera(self.viewer).zoom) or 1.0
+        edge_width = self.line_width.value() / zoom / float(geo["working_mpp"])
 
         self.worker = create_worker(work, _start_thread=False, _ignore_errors=True)
         self.worker.returned.connect(self._show)
@@ -763,10 +768,11 @@ def _own(layer: Any) -> bool:
     return "lsr_boundary" in layer.metadata or "lsr_compare" in layer.metadata
 
 
-def _layers_of(comp: lc.Comparison) -> list[Any]:
+def _layers_of(comp: lc.Comparison, edge_width: float = 1.0) -> list[Any]:
     """The napari layers of a comparison: hidden probability maps, then one shapes layer
-    per boundary in its Fig. 4 colour. Built off the GUI thread (napari layers are plain
-    Python models until added); triangulating thousands of rings takes seconds."""
+    per boundary in its Fig. 4 colour, ``edge_width`` data px wide. Built off the GUI
+    thread (napari layers are plain Python models until added): triangulating thousands of
+    rings takes seconds."""
     from napari.layers import Image, Shapes
 
     mpp = comp.working_mpp
@@ -798,7 +804,7 @@ def _layers_of(comp: lc.Comparison) -> list[Any]:
         layer = Shapes(
             lc.polygon_rings(comp.polygons[b.key]) or None, shape_type="path",
             name=BOUNDARY_PREFIX + b.label, scale=scale, units=UNITS, edge_color=b.hex,
-            face_color="transparent", edge_width=1.0, metadata=meta,
+            face_color="transparent", edge_width=edge_width, metadata=meta,
             blending="translucent_no_depth",
         )  # fmt: skip
         layer.current_edge_color = b.hex
