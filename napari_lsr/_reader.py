@@ -42,6 +42,8 @@ GT_PATTERN = re.compile(r"_(gt|mask)\.(tif|tiff)$", re.IGNORECASE)
 GT_COLOUR = "#ff6a00"
 #: Labels TIFFs (as the plugin's labels writer names them): label values kept as they are.
 LABELS_PATTERN = re.compile(r"_labels\.(tif|tiff)$", re.IGNORECASE)
+#: ``lsr predict``'s per-slide outputs (``OUT/<slide>/probability.tif``, ``mask.tif``).
+PREDICT_OUTPUTS = ("probability.tif", "probability.tiff", "mask.tif", "mask.tiff")
 DEFAULT_BLOCK_PX = 240
 #: Shape of a plain TIFF above which it is treated as a slide (px, longer side).
 PLAIN_TIFF_MAX_PX = 4096
@@ -134,6 +136,8 @@ def slide_layer_data(path: str | Path) -> tuple:
     if LABELS_PATTERN.search(str(path)):
         labels = [lv[..., 0] if lv.ndim == 3 else lv for lv in levels]
         return (labels if len(labels) > 1 else labels[0], kwargs, "labels")
+    if Path(path).name.lower() in PREDICT_OUTPUTS:
+        return _prediction_layer(Path(path), levels, slide.dtype, kwargs)
     if GT_PATTERN.search(str(path)):
         masks = [(lv[..., 0] if lv.ndim == 3 else lv) > 0 for lv in levels]
         masks = [m.astype(np.uint8) for m in masks]
@@ -141,6 +145,35 @@ def slide_layer_data(path: str | Path) -> tuple:
         return (masks if len(masks) > 1 else masks[0], kwargs, "labels")
     kwargs["rgb"] = levels[0].ndim == 3 and levels[0].shape[-1] in (3, 4)
     return (data, kwargs, "image")
+
+
+def _prediction_layer(path: Path, levels: list[Any], dtype: Any, kwargs: dict) -> tuple:
+    """``lsr predict``'s probability.tif as a one-channel heat map (0-1, or 0-255 for the
+    uint8 file), its mask.tif as labels in the model's Fig. 4 colour, named after their
+    slide's folder: not as grey RGB slides."""
+    import json
+
+    from lsr.geojson import FIG4_COLOURS
+
+    plain = [lv[..., 0] if lv.ndim == 3 else lv for lv in levels]
+    folder = path.parent.name
+    loss = None
+    try:
+        summary = json.loads((path.parent / "summary.json").read_text(encoding="utf-8"))
+        loss = summary.get("model", {}).get("loss")
+    except (OSError, ValueError, AttributeError):
+        pass
+    tag = f" ({loss})" if loss else ""
+    if path.name.lower().startswith("probability"):
+        top = 255.0 if np.dtype(dtype) == np.uint8 else 1.0
+        kwargs.update(name=f"p(cancer): {folder}{tag}", colormap="inferno",
+                      contrast_limits=(0.0, top), opacity=0.6)  # fmt: skip
+        return (plain if len(plain) > 1 else plain[0], kwargs, "image")
+    masks = [(lv > 0).astype(np.uint8) for lv in plain]
+    colour = "#{:02x}{:02x}{:02x}".format(*FIG4_COLOURS.get(str(loss), (255, 225, 25)))
+    kwargs.update(name=f"mask: {folder}{tag}", opacity=0.4,
+                  colormap={1: colour, None: "transparent"})  # fmt: skip
+    return (masks if len(masks) > 1 else masks[0], kwargs, "labels")
 
 
 def read_slide(path: str | list[str]) -> LayerData:

@@ -254,3 +254,28 @@ def test_written_masks_and_labels_reopen_as_written(tmp_path):
     (data, kw, kind) = _reader.read_slide(str(tmp_path / "x_labels.tif"))[0]
     assert kind == "labels" and "rgb" not in kw
     np.testing.assert_array_equal(np.asarray(data[0] if kw["multiscale"] else data), labels)
+
+
+def test_lsr_predict_outputs_open_as_a_heat_map_and_a_mask(tmp_path):
+    """probability.tif is a one-channel 0-255 heat map, mask.tif labels in the model's
+    Fig. 4 colour, both named after the slide's folder (they opened as grey RGB slides)."""
+    from lsr.geojson import FIG4_COLOURS
+
+    folder = tmp_path / "case-7"
+    folder.mkdir()
+    prob = np.tile(np.arange(0, 256, 2, dtype=np.uint8), (96, 1))  # (96, 128)
+    write_pyramidal_tiff(folder / "probability.tif", prob, mpp=WMPP, tile=64, min_size=32)
+    write_pyramidal_tiff(folder / "mask.tif", np.where(prob >= 128, 255, 0).astype(np.uint8),
+                         mpp=WMPP, tile=64, min_size=32)  # fmt: skip
+    (folder / "summary.json").write_text(json.dumps({"model": {"loss": "intra"}}))
+    assert _reader.get_slide_reader(str(folder / "probability.tif")) is not None
+    (data, kw, kind) = _reader.read_slide(str(folder / "probability.tif"))[0]
+    level0 = np.asarray(data[0] if kw["multiscale"] else data)
+    assert kind == "image" and level0.shape == prob.shape and "rgb" not in kw
+    np.testing.assert_array_equal(level0, prob)
+    assert kw["contrast_limits"] == (0.0, 255.0) and kw["name"] == "p(cancer): case-7 (intra)"
+    (data, kw, kind) = _reader.read_slide(str(folder / "mask.tif"))[0]
+    level0 = np.asarray(data[0] if kw["multiscale"] else data)
+    assert kind == "labels" and kw["name"] == "mask: case-7 (intra)"
+    np.testing.assert_array_equal(level0, (prob >= 128).astype(np.uint8))
+    assert kw["colormap"][1] == "#{:02x}{:02x}{:02x}".format(*FIG4_COLOURS["intra"])
