@@ -622,12 +622,19 @@ class CompareWidget(QWidget):
         )
         checks = lc.calibration_checks(calib or [])
         status = f"evaluated on the {where}" if scores else "calibration only"
+        rows = list((scores or {}).items())
+        empty = [r["label"] for _k, r in rows if not r.get("has_boundary", True)]
+        if empty:  # an empty boundary scores 0 and draws nothing: say why
+            status += " · no cancer drawn by " + ", ".join(empty)
         self.status.setText(status + self._calibration_warning(checks))
         t = self.scores_table
-        rows = list((scores or {}).items())
         t.setRowCount(len(rows))
-        t.setVerticalHeaderLabels([r["label"].split(" (")[0] for _k, r in rows])
+        short = [r["label"].split(" (")[0] for _k, r in rows]
+        if len(set(short)) < len(short):  # two runs of one loss: keep the run names
+            short = [r["label"] for _k, r in rows]
+        t.setVerticalHeaderLabels(short)
         for i, (key, r) in enumerate(rows):
+            t.verticalHeaderItem(i).setToolTip(r["label"])
             for j, m in enumerate(lc.METRICS):
                 t.setItem(i, j, _cell("–" if r[m] is None else f"{r[m]:.4f}"))
             paper = PAPER.get(key)

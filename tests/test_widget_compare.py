@@ -160,6 +160,21 @@ def test_compare_draws_scores_and_exports(make_napari_viewer, qtbot, data, tmp_p
         assert (item.foreground().color().name() == "#e05050") is flagged
     w._fill_calibration(w.calib, checks)
 
+    # two runs of one loss keep their run names; an empty boundary is named in the status
+    scores = copy.deepcopy(w.scores)
+    twins = copy.deepcopy(w.scores)
+    twins["low_res"]["label"] = "intra+inter-instance (a)"
+    twins["intra_inter"]["label"] = "intra+inter-instance (b)"
+    twins["intra_inter"]["has_boundary"] = False
+    w._show_scores((twins, w.calib, None))
+    heads = [w.scores_table.verticalHeaderItem(i).text() for i in range(2)]
+    assert heads == ["intra+inter-instance (a)", "intra+inter-instance (b)"]
+    assert "no cancer drawn by intra+inter-instance (b)" in w.status.text()
+    w._show_scores((scores, w.calib, None))
+    assert w.scores_table.verticalHeaderItem(0).text() == "low-resolution model"
+    assert all(r["has_boundary"] for r in scores.values())
+    assert "no cancer drawn" not in w.status.text()
+
     # exports: GeoJSON readable by lsr and shapely, PNG, results
     assert w.export_geojson()
     wait_idle(qtbot, w)
