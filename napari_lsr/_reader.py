@@ -64,10 +64,10 @@ LayerData = list[tuple]
 UNITS = ("µm", "µm")
 
 
-def _notify(message: str) -> None:
-    from napari.utils.notifications import show_error
+def _notify(message: str, severity: str = "error") -> None:
+    from napari.utils.notifications import show_error, show_warning
 
-    show_error(message)
+    (show_warning if severity == "warning" else show_error)(message)
 
 
 def _one_path(path: str | list[str]) -> str | None:
@@ -181,7 +181,14 @@ def read_slide(path: str | list[str]) -> LayerData:
     try:
         return [slide_layer_data(p)]
     except LsrInputError as err:
-        _notify(f"Cannot open the slide: {err}")
+        hint = ""
+        if "--mpp" in str(err):  # the CLI's way out does not exist in napari
+            hint = (
+                " In napari the pixel size must come from the file: set it in QuPath (Image "
+                "▸ Pixel size) and export an OME-TIFF, or rewrite the slide with "
+                "lsr.slide.write_pyramidal_tiff(path, image, mpp=...)."
+            )
+        _notify(f"Cannot open the slide: {err}.{hint}")
         return [(None,)]
 
 
@@ -270,10 +277,20 @@ def _z_colormap() -> dict:
 def read_grid(path: str | list[str]) -> LayerData:
     p = _one_path(path)
     try:
-        return grid_layer_data(p)
+        layers = grid_layer_data(p)
     except LsrInputError as err:
         _notify(f"Cannot open the block grid: {err}")
         return [(None,)]
+    if not layers[0][1]["metadata"]["lsr_grid"].get("sidecar", True):
+        geo = layers[0][1]["metadata"]["lsr_grid"]
+        _notify(
+            f"{Path(p).name}: no {grid_sidecar(p).name} beside it, so its blocks are taken "
+            f"as the paper's {geo['block_px']} px at {geo['working_mpp']} µm/px; if they are "
+            "not, the grid is drawn misplaced and trains on the wrong tissue: write the "
+            'sidecar ({"block_px": ..., "working_mpp": ..., "origin": [0, 0]})',
+            "warning",
+        )
+    return layers
 
 
 # --- count tables ------------------------------------------------------------------------

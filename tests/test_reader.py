@@ -22,7 +22,7 @@ MPP, B, WMPP = 2.0, 60, 4.0  # slide µm/px; block px at the working resolution;
 @pytest.fixture
 def errors(monkeypatch):
     got: list[str] = []
-    monkeypatch.setattr(_reader, "_notify", got.append)
+    monkeypatch.setattr(_reader, "_notify", lambda msg, severity="error": got.append(msg))
     return got
 
 
@@ -102,16 +102,20 @@ def test_slide_and_grid_layers_align_in_micrometres(files):
     assert block_centre == pytest.approx((np.array([r, c]) + 0.5) * s)
 
 
-def test_grid_without_sidecar_uses_paper_geometry(files):
+def test_grid_without_sidecar_uses_paper_geometry_and_says_so(files, errors):
+    (_, kw, _), _ = _reader.read_grid(str(files["grid"]))
+    assert not errors  # with its sidecar: nothing to say
     files["grid"].with_suffix(".json").unlink()
     (_, kw, _), _ = _reader.read_grid(str(files["grid"]))
     assert kw["scale"][0] == pytest.approx(240 * 4.17)
     assert kw["metadata"]["lsr_grid"]["sidecar"] is False
+    assert len(errors) == 1 and "a_grid.json" in errors[0] and "240 px at 4.17" in errors[0]
 
 
 def test_bad_files_notify(files, errors, tmp_path):
     assert _reader.read_slide(str(files["nompp"])) == [(None,)]
     assert "pixel size" in errors[-1] and "nompp.tif" in errors[-1]
+    assert "QuPath" in errors[-1]  # a way out that exists in napari, beside the CLI's --mpp
     bad = tmp_path / "bad_grid.npy"
     bad.write_bytes(b"not numpy")
     assert _reader.read_grid(str(bad)) == [(None,)]
