@@ -392,7 +392,10 @@ class CompareWidget(QWidget):
                 cancel=self._cancel,
             )  # fmt: skip
             self._progress.changed.emit("drawing", 0, 1)
-            return comp, _layers_of(comp, edge_width), _band_of(comp)
+            self._stop_if_cancelled()
+            layers = _layers_of(comp, edge_width)
+            self._stop_if_cancelled()
+            return comp, layers, _band_of(comp)
 
         # lines drawn at the width the current zoom needs: changing it later re-meshes
         # every ring on the GUI thread
@@ -459,10 +462,27 @@ class CompareWidget(QWidget):
         self._drawing = steps
         QTimer.singleShot(0, self._draw_step)
 
+    def _stop_if_cancelled(self) -> None:
+        """In the worker, between its phases: Cancel also stops the layer building."""
+        from lsr.infer import InferenceCancelled
+
+        if self._cancel.is_set():
+            raise InferenceCancelled("cancelled before drawing")
+
     def _draw_step(self) -> None:
         if not self._drawing:
             return
-        self._drawing.pop(0)()
+        step = self._drawing.pop(0)
+        try:
+            step()
+        except Exception as err:  # never leave the widget waiting for steps that won't run
+            self._drawing.clear()
+            self._evaluate_next = False
+            _error(f"Drawing the comparison failed: {type(err).__name__}: {err}")
+            self.status.setText(f"drawing failed: {type(err).__name__}: {err}")
+            if self._worker_done:
+                self._finish_run()
+            return
         if self._drawing:
             QTimer.singleShot(0, self._draw_step)
 
@@ -481,7 +501,9 @@ class CompareWidget(QWidget):
             f"{'evaluating…' if comp.gt is not None else 'no ground truth: nothing to score'}"
         )
         self.progress.setValue(self.progress.maximum())
-        self._evaluate_next = comp.gt is not None
+        self._evaluate_next = comp.gt is not None and not self._cancel.is_set()
+        if self._cancel.is_set():  # cancelled while the layers went in: drawn, not scored
+            self.status.setText("cancelled: boundaries drawn, not evaluated")
         if self._worker_done:
             self._finish_run()
 

@@ -279,3 +279,40 @@ def test_renamed_layers_stay_usable(make_napari_viewer, qtbot, data, tmp_path, m
     w.cancel()
     wait_idle(qtbot, w)
     assert not messages["error"]
+
+
+def test_a_failed_drawing_step_or_a_cancel_never_leaves_the_widget_stuck(
+    make_napari_viewer, qtbot, data, tmp_path, messages, monkeypatch
+):
+    """The layers go in one per event-loop turn: an error in one step ends the run (Run
+    usable again), and Cancel pressed while they go in stops the evaluation."""
+    viewer = make_napari_viewer()
+    w = open_widget(viewer, data, tmp_path)
+    w.add_model(str(data / "models" / "a"))
+    assert w.run()
+    wait_idle(qtbot, w)
+    assert w.scores is not None  # a normal run evaluates
+
+    def boom(layer):
+        raise RuntimeError("simulated: napari could not remove a layer")
+
+    monkeypatch.setattr(w, "_remove_layer", boom)
+    assert w.run()
+    wait_idle(qtbot, w)
+    assert w.run_btn.isEnabled() and not w._drawing
+    assert any("Drawing the comparison failed" in m for m in messages["error"])
+    assert w.status.text().startswith("drawing failed")
+    monkeypatch.undo()
+
+    show = w._show
+
+    def cancel_while_drawing(result):
+        show(result)
+        w.cancel()
+
+    monkeypatch.setattr(w, "_show", cancel_while_drawing)
+    w.scores = None
+    assert w.run()
+    wait_idle(qtbot, w)
+    assert w.scores is None and w.status.text() == "cancelled: boundaries drawn, not evaluated"
+    assert w.run_btn.isEnabled()
