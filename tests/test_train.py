@@ -690,3 +690,19 @@ def test_cli_help_shows_the_config_defaults(
         assert f"[default: {shown}]" in text, shown
     assert "Steps of linear learning-rate warm-up" in text
     assert "Seed of the initial weights" in text and "Random flips" in text
+
+
+def test_overwrite_is_never_saved_nor_read_from_a_file(
+    pairs: list[tuple[str, str]], tmp_path: Path
+) -> None:
+    """A replace is one command's decision: a saved config, run.json or checkpoint that
+    carried it would delete whatever run its folder holds on a later start."""
+    cfg = tiny_config(tmp_path, pairs, steps=1, overwrite=True)
+    assert "overwrite" not in cfg.to_dict()
+    cfg.save(tmp_path / "saved.json")
+    assert "overwrite" not in json.loads((tmp_path / "saved.json").read_text())
+    assert TrainConfig.from_dict({**cfg.to_dict(), "overwrite": True}).overwrite is False
+    result = train(cfg)
+    assert result.ok and '"overwrite"' not in (Path(cfg.out_dir) / "run.json").read_text()
+    ckpt = next(Path(cfg.out_dir).glob("checkpoints/step-*/checkpoint.json"))
+    assert '"overwrite"' not in ckpt.read_text()

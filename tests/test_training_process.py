@@ -188,7 +188,8 @@ def test_resume_of_a_run_that_failed_before_any_checkpoint_starts_over(
     (run / "run.json").write_text('{"status": "failed", "step": 0}\n')
     tp.prepare_resume(run)
     cfg = tp.read_config(run)
-    assert cfg["resume"] is None and cfg["overwrite"] is True
+    assert cfg["resume"] is None and "overwrite" not in cfg
+    assert not (run / "run.json").exists()  # all the failed start left: gone
     job = tp.launch([run])
     mon = tp.RunMonitor(run, job)
     wait([mon])

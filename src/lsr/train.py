@@ -245,7 +245,11 @@ class TrainConfig:
 
     # ------------------------------------------------------------------ files
     def to_dict(self) -> dict[str, Any]:
+        """Every setting as JSON-ready values, except ``overwrite``: replacing a run is one
+        command's decision, never carried by a saved config, run.json or checkpoint (a later
+        start from that file would delete whatever run its out_dir then holds)."""
         d = dataclasses.asdict(self)
+        d.pop("overwrite")
         d["data"] = [{"slide": p.slide, "grid": p.grid} for p in self.data]
         return d
 
@@ -264,6 +268,7 @@ class TrainConfig:
         if unknown:
             raise LsrInputError(f"unknown config keys: {', '.join(unknown)}", path)
         kwargs = dict(data)
+        kwargs.pop("overwrite", None)  # never from a file (see to_dict)
         pairs = []
         for i, item in enumerate(kwargs.pop("data", []) or []):
             if isinstance(item, dict) and {"slide", "grid"} <= set(item):

@@ -203,14 +203,18 @@ def prepare_resume(run_dir: str | os.PathLike[str], steps: int | None = None) ->
     """Make a cancelled/failed run continue: from its checkpoint when it has one.
 
     ``steps`` raises the total number of steps (``None`` keeps it). Clears the stop request.
-    A run that ended before its first checkpoint starts again from scratch in its own folder
-    (``overwrite``: the trainer otherwise refuses a folder holding a run's ``run.json``).
+    A run that ended before its first checkpoint starts again from scratch in its own folder:
+    its ``run.json`` (all it left of a run; the trainer refuses a folder holding one) is
+    removed here, not by an ``overwrite`` written into the config, which would replace
+    whatever run the folder holds on any later start.
     """
     run = Path(run_dir)
     cfg = read_config(run)
     resumable = has_checkpoint(run)
     cfg["resume"] = str(run) if resumable else None
-    cfg["overwrite"] = not resumable
+    cfg.pop("overwrite", None)
+    if not resumable:
+        (run / RUN_JSON).unlink(missing_ok=True)
     if steps is not None:
         cfg["steps"] = int(steps)
     atomic_write_text(run / CONFIG, json.dumps(cfg, indent=1) + "\n")
