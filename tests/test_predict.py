@@ -342,3 +342,21 @@ def test_cli_output_folder_that_is_a_file_is_one_line(tmp_path, model_dir):
     assert res.returncode == 2 and "Traceback" not in res.stderr
     assert f"{blocker}: a file is in the way" in res.stderr
     assert blocker.read_text() == "mine\n"
+
+
+def test_older_summaries_are_reused_by_folder_and_step_and_a_new_slide_file_is_redone(
+    tmp_path, model_dir
+):
+    slide = make_slide(tmp_path / "a.tif")
+    out = tmp_path / "out"
+    assert predict_cohort([slide], model_dir, out, OPTS)[0].status == "done"
+    summary_path = out / "a" / "summary.json"
+    summary = json.loads(summary_path.read_text())
+    summary["model"].pop("sha256")  # as written before the weights' hash was recorded
+    summary_path.write_text(json.dumps(summary))
+    assert predict_cohort([slide], model_dir, out, OPTS)[0].status == "skipped"
+    # the same name from another folder is another slide: redone
+    (tmp_path / "other").mkdir()
+    moved = make_slide(tmp_path / "other" / "a.tif", square=(0, 8, 0, 8))
+    res = predict_cohort([moved], model_dir, out, OPTS)[0]
+    assert res.status == "done" and res.summary["slide"] == str(moved.resolve())

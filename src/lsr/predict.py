@@ -287,21 +287,34 @@ _RESULT_OPTIONS = ("mpp", "halo", "tissue", "threshold", "simplify_px", "min_are
                    "probability_dtype")  # fmt: skip
 
 
+def _same_path(a: Any, b: Any) -> bool:
+    return a is not None and b is not None and Path(a).resolve() == Path(b).resolve()
+
+
 def reusable_summary(
-    folder: str | os.PathLike[str], options: PredictOptions, metadata: dict[str, Any]
+    folder: str | os.PathLike[str],
+    options: PredictOptions,
+    metadata: dict[str, Any],
+    slide: str | os.PathLike[str] | None = None,
 ) -> dict[str, Any] | None:
-    """The folder's complete summary if it was made by this model (same weights) with these
-    result-changing options, else None: a re-run with another model or threshold redoes the
-    slide instead of keeping outputs that no longer match the command."""
+    """The folder's complete summary if it was made from this ``slide`` file by this model
+    (same weights) with these result-changing options, else None: a re-run with another
+    model, threshold or slide file redoes the slide instead of keeping outputs that no
+    longer match the command. Summaries written before the weights' SHA-256 was recorded
+    are matched by the model's folder and step."""
     done = read_summary(folder)
     if done is None:
         return None
+    if slide is not None and not _same_path(done.get("slide"), slide):
+        return None
     model = done.get("model", {})
-    sha = _model_sha256(metadata)
-    if model.get("sha256") is not None or sha is not None:
-        if model.get("sha256") != sha:
+    if model.get("sha256") is not None:
+        if model["sha256"] != _model_sha256(metadata):
             return None
-    elif (model.get("path"), model.get("step")) != (metadata.get("path"), metadata.get("step")):
+    elif not (
+        _same_path(model.get("path"), metadata.get("path"))
+        and model.get("step") == metadata.get("step")
+    ):
         return None
     working_mpp, _ = resolve_working_mpp(options, metadata)
     if not math.isclose(float(done.get("working_mpp", -1)), working_mpp, rel_tol=1e-6):
@@ -478,7 +491,7 @@ def predict_one(
     t0 = time.perf_counter()
     if not overwrite:
         with contextlib.suppress(LsrInputError):  # an unreadable model fails below, per slide
-            done = reusable_summary(folder, options, model_metadata(model_path))
+            done = reusable_summary(folder, options, model_metadata(model_path), slide_path)
             if done is not None:
                 return _skipped(str(slide_path), done)
     try:
@@ -600,7 +613,7 @@ def predict_cohort(
     results: dict[int, SlideResult] = {}
     todo: list[int] = []
     for i, p in enumerate(paths):
-        done = None if overwrite else reusable_summary(out / slide_name(p), options, metadata)
+        done = None if overwrite else reusable_summary(out / slide_name(p), options, metadata, p)
         if done is not None:
             results[i] = _skipped(p, done)
             if on_result:

@@ -8,8 +8,10 @@ Examples::
 
 Each slide gets ``OUT/<slide name>/`` with ``probability.tif``, ``mask.tif``,
 ``boundaries.geojson`` (QuPath, level-0 px) and ``summary.json``. Slides with a complete
-summary are skipped (re-run to resume); a failing slide writes ``error.txt`` and the others
-go on; ``OUT/cohort.json`` lists every slide. Exit code 1 if any slide failed.
+summary made from the same slide file by the same weights with the same result-changing
+options are skipped (re-run to resume; other ones are redone); a failing slide writes
+``error.txt`` and the others go on; ``OUT/cohort.json`` lists every slide. Exit code 1 if
+any slide failed.
 """
 
 from __future__ import annotations
@@ -86,7 +88,11 @@ def predict(
     ),
     workers: int = typer.Option(1, help="Local dask workers (> 1: one slide per worker)."),
     threads: bool = typer.Option(False, help="Local dask workers as threads, not processes."),
-    overwrite: bool = typer.Option(False, help="Redo slides that are already done."),
+    overwrite: bool = typer.Option(
+        False,
+        help="Redo every slide, also those already done by this model with these options "
+        "(done by another model, slide file, threshold, ...: always redone).",
+    ),
 ) -> None:
     """Predict every SLIDE and write its outputs under OUT/<slide name>/."""
     from lsr.predict import PredictOptions, predict_cohort
