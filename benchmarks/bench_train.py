@@ -101,7 +101,9 @@ def main() -> None:
     args.steps = args.steps or (40 if cuda else 8)
     sources = make_sources(2, 8, 8, args.block_px)
     with tempfile.TemporaryDirectory() as tmp:
-        runs = [run(args, w, sources, Path(tmp)) for w in (0, args.workers)]
+        runs = [
+            run(args, w, sources, Path(tmp) / f"run{i}") for i, w in enumerate((0, args.workers))
+        ]
     base, par = runs
     hidden = 1.0 - par["mean_s"]["data"] / max(base["mean_s"]["data"], 1e-12)
     print(

@@ -642,11 +642,19 @@ def test_resume_says_what_cannot_change_and_when_steps_are_past(
         train(tiny_config(tmp_path, pairs, steps=6, loss="intra", resume=out))
     with pytest.raises(LsrInputError, match="seed 0, and the seed cannot change"):
         train(tiny_config(tmp_path, pairs, steps=6, loss="inter", seed=1, resume=out))
-    with pytest.raises(LsrInputError, match="already at step 4, past the 3 steps asked"):
-        train(tiny_config(tmp_path, pairs, steps=3, loss="inter", resume=out))
     with pytest.raises(LsrInputError, match=r"network cannot change on resume: .*width 4.*width 8"):
         train(tiny_config(tmp_path, pairs, steps=6, loss="inter", width=8, resume=out))
     assert _fingerprint(tmp_path / "run") == before
+    # fewer steps than the checkpoint: the library (demo, Trainer) warns and gives the run
+    # back; the CLI, where the user typed --steps, refuses
+    with pytest.warns(UserWarning, match="already at step 4, the 3 steps asked"):
+        done = train(tiny_config(tmp_path, pairs, steps=3, loss="inter", resume=out))
+    assert done.step == 4
+    from lsr.cli import main
+
+    with pytest.raises(SystemExit) as exc:
+        main(["train", "--resume", out, "--steps", "3"])
+    assert exc.value.code == 2
 
 
 def test_cli_banner_names_the_count_table(

@@ -711,13 +711,19 @@ def check_out_dir(cfg: TrainConfig, ckpt: Any = None) -> None:
 
 
 def check_resumable(
-    cfg: TrainConfig, meta: dict[str, Any], path: str | os.PathLike[str] | None = None
+    cfg: TrainConfig,
+    meta: dict[str, Any],
+    path: str | os.PathLike[str] | None = None,
+    *,
+    steps_left: bool = False,
 ) -> None:
     """Say plainly which asked setting a resume from checkpoint ``meta`` cannot honour.
 
     The loss and seed fix the sampler's batches, so changing them would not continue the run
-    (the sampler would only say its state is for another kind or seed); a checkpoint past
-    ``steps`` has nothing left to train. Called before any data is read.
+    (the sampler would only say its state is for another kind or seed). With ``steps_left``
+    (the CLI, where the user typed --steps), a checkpoint past ``steps`` is an error too;
+    callers that resume automatically (the demo, the Trainer) get the run back as it is,
+    with a warning. Called before any data is read.
     """
     step = int(meta.get("step", 0))
     for key, flag in (("loss", "--loss"), ("seed", "--seed")):
@@ -729,7 +735,7 @@ def check_resumable(
                 "in another --out-dir",
                 path,
             )
-    if step > cfg.steps:
+    if steps_left and step > cfg.steps:
         raise LsrInputError(
             f"the checkpoint is already at step {step}, past the {cfg.steps} steps "
             f"asked: nothing to train; give --steps above {step} to continue it",
@@ -870,7 +876,8 @@ def _train(
     is_main = rank == 0
     out_dir = Path(cfg.out_dir)
     ckpt = _resume_source(cfg)
-    check_out_dir(cfg, ckpt)
+    if rank == 0:  # only rank 0 writes run.json: another rank could take it for an old run
+        check_out_dir(cfg, ckpt)
     if ckpt is not None:
         check_resumable(cfg, ckpt.metadata, ckpt.path)
     device = select_device(cfg.device)

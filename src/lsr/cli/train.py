@@ -287,7 +287,7 @@ def train(
         cfg.resume = str(resume)
         if config is None:  # before resolving: the run's resolved batch is for its own loss
             cfg.check_types()
-            check_resumable(cfg, meta, folder)
+            check_resumable(cfg, meta, folder, steps_left=True)
     if overwrite:
         cfg.overwrite = True
     if save_config is not None:
