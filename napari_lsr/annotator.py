@@ -39,6 +39,7 @@ from qtpy.QtWidgets import (
 )
 
 from lsr.annotation import (
+    NO_ESTIMATE_YET,
     SKIP_REASONS,
     AnnotationSession,
     autosave_path,
@@ -86,7 +87,7 @@ class LiveTable(CountTableWidget):
         for j, h in enumerate(headers[1:], start=1):
             view.setColumnHidden(j, "(%)" in h and not h.startswith(f"{first} "))
         for b, why in table.flagged.items():
-            if why != "no estimate yet":
+            if why != NO_ESTIMATE_YET:
                 continue
             for j, h in enumerate(headers[1:-1], start=1):
                 if "(%)" in h and not h.endswith("paper") and view.item(b, j) is not None:

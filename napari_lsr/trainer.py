@@ -1078,7 +1078,9 @@ class TrainerWidget(QWidget):
 
 def table_bins_without_estimate(table: CountTable) -> list[int]:
     """Bins of a live (annotator) table still filled from paper Table 1."""
-    return sorted(b for b, why in table.flagged.items() if why == "no estimate yet")
+    from lsr.annotation import NO_ESTIMATE_YET
+
+    return sorted(b for b, why in table.flagged.items() if why == NO_ESTIMATE_YET)
 
 
 def _duration(seconds: float) -> str:

@@ -41,6 +41,8 @@ from lsr.grid import grid_fits
 SESSION_FORMAT = "napari-lsr annotation session"
 SESSION_VERSION = 1
 #: Reasons offered for skipping a block (any non-empty text is accepted).
+#: The flag of a bin the expert has not estimated yet (paper Table 1 stands in for it).
+NO_ESTIMATE_YET = "no estimate yet"
 SKIP_REASONS: tuple[str, ...] = ("artefact", "unsure")
 #: Bins with fewer estimates than this are highlighted (the paper used 10-12 per bin).
 MIN_ESTIMATES = 10
@@ -125,7 +127,7 @@ def flag_bins(
         nb = int(n[b])
         std = 100.0 * float(table.rho[b, 0])
         if nb == 0:
-            table.flagged[b] = "no estimate yet"
+            table.flagged[b] = NO_ESTIMATE_YET
         elif nb < min_n:
             table.flagged[b] = f"only {nb} of {min_n} estimates"
         elif std > max_std_percent:
