@@ -268,14 +268,22 @@ def test_gt_folder_never_pairs_an_image_or_grid_as_ground_truth(tmp_path, runner
 
 
 def test_gt_folder_without_ground_truth_names_and_grid_as_gt_are_errors(tmp_path, runner):
+    """A folder of same-name masks (gt/a.npy for a_pred.npy) is ground truth; a folder of
+    RGB pictures only is not; a grid given as --gt is not."""
     gt = tmp_path / "gt"
     gt.mkdir()
-    np.save(gt / "a.npy", np.ones((B, B), np.uint8))
+    np.save(gt / "a.npy", np.full((B, B, 3), 200, np.uint8))  # an H&E picture, no mask
     np.save(tmp_path / "a_pred.npy", np.ones((B, B), np.float32))
     np.save(tmp_path / "a_grid.npy", np.array([[3]], np.int16))
     res = runner.invoke(app, ["evaluate", "-p", str(tmp_path / "a_pred.npy"), "--gt", str(gt)])
     assert isinstance(res.exception, LsrInputError) and "_gt.*" in str(res.exception)
     assert str(gt) in str(res.exception)
+    np.save(gt / "a.npy", np.ones((B, B), np.uint8))  # now a one-channel mask of that name
+    res = runner.invoke(app, ["evaluate", "-p", str(tmp_path / "a_pred.npy"), "--gt", str(gt),
+                              "--band", str(B), "--json", str(tmp_path / "s.json")])  # fmt: skip
+    assert res.exit_code == 0, res.output
+    rows = json.loads((tmp_path / "s.json").read_text())["per_patch"]
+    assert [r["gt"] for r in rows] == [str(gt / "a.npy")]
     res = runner.invoke(app, ["evaluate", "-p", str(tmp_path / "a_pred.npy"), "--gt",
                               str(tmp_path / "a_grid.npy")])  # fmt: skip
     assert isinstance(res.exception, LsrInputError) and "--grid" in str(res.exception)
@@ -411,3 +419,20 @@ def test_band_and_block_come_from_the_synth_manifest_unless_given(tmp_path, runn
     got = json.loads((tmp_path / "o.json").read_text())
     assert got["band"] == 5 and got["block_px"] == 2 * B
     assert "--band5:thedata's" in "".join(res.output.split()) and "says 3" in res.output
+
+
+def test_single_channel_check_reads_only_headers_of_npy_tif_png(tmp_path):
+    import tifffile
+    from skimage import io
+
+    from lsr.cli.evaluate import _is_single_channel
+
+    grey, rgb = np.zeros((8, 9), np.uint8), np.zeros((8, 9, 3), np.uint8)
+    for name, arr, want in (("g", grey, True), ("c", rgb, False)):
+        np.save(tmp_path / f"{name}.npy", arr)
+        tifffile.imwrite(tmp_path / f"{name}.tif", arr)
+        io.imsave(tmp_path / f"{name}.png", arr, check_contrast=False)
+        for suffix in (".npy", ".tif", ".png"):
+            assert _is_single_channel(tmp_path / f"{name}{suffix}") is want, (name, suffix)
+    (tmp_path / "broken.png").write_bytes(b"not a png")
+    assert _is_single_channel(tmp_path / "broken.png") is False

@@ -60,19 +60,49 @@ def _expand_predictions(paths: list[Path]) -> list[Path]:
     return out
 
 
+def _is_single_channel(path: Path) -> bool:
+    """True when the file holds a one-channel image (a mask), read from its header only:
+    an RGB(A) picture is never ground truth."""
+    try:
+        if path.suffix.lower() == ".npy":
+            shape = np.load(path, mmap_mode="r", allow_pickle=False).shape
+        elif path.suffix.lower() in (".tif", ".tiff"):
+            import tifffile
+
+            with tifffile.TiffFile(path) as tf:
+                shape = tf.series[0].shape
+        else:
+            from PIL import Image
+
+            with Image.open(path) as im:
+                return im.mode in ("1", "L", "I", "I;16", "F", "P")
+    except Exception:
+        return False
+    squeezed = [d for d in shape if d != 1]
+    return len(squeezed) == 2
+
+
 def _expand_gt(paths: list[Path]) -> list[Path]:
-    """Ground-truth files: a folder stands for its ``*_gt.*`` / ``*_mask.*`` files only; a file
-    given by itself is taken as ground truth unless it is a grid."""
+    """Ground-truth files: a folder stands for its ``*_gt.*`` / ``*_mask.*`` files; a folder
+    without any such file (``gt/x.png`` for ``preds/x.png``) for its one-channel images that
+    are not grids (an H&E picture or a grid never counts); a file given by itself is taken as
+    ground truth unless it is a grid."""
     out: list[Path] = []
     for p in paths:
         if p.is_dir():
             found = _expand([p])
             gts = [q for q in found if _GT_STEM.search(_stem(q))]
             if found and not gts:
+                gts = [
+                    q
+                    for q in found
+                    if not _stem(q).lower().endswith("_grid") and _is_single_channel(q)
+                ]
+            if found and not gts:
                 raise LsrInputError(
-                    "no ground truth in this folder: ground truth must be named <patch>_gt.* "
-                    "or <patch>_mask.* (images and grids never count); rename it, or give "
-                    "the files themselves",
+                    "no ground truth in this folder: ground truth is named <patch>_gt.* or "
+                    "<patch>_mask.*, or is a folder of one-channel masks (RGB images and grids "
+                    "never count); rename it, or give the files themselves",
                     p,
                 )
             out += gts
