@@ -717,13 +717,14 @@ def open_slide(path: str | Path, *, mpp: float | None = None) -> Slide:
         raise LsrInputError("file is empty (an interrupted copy or download?)", p)
     if p.suffix.lower() in _PLAIN_SUFFIXES:
         return _open_plain(p, mpp)
-    if p.suffix.lower() in _TIFF_SUFFIXES and not _is_tiff(p):
+    is_tiff = _is_tiff(p)
+    if p.suffix.lower() in _TIFF_SUFFIXES and not is_tiff:
         raise LsrInputError(
             f"not a TIFF file although named {p.suffix} (it does not start with a TIFF "
             "header): corrupt, or another format renamed?",
             p,
         )
-    if _is_tiff(p):
+    if is_tiff:
         _check_tiff_complete(p)
         try:
             return TiffSlideSlide(p, mpp)
