@@ -118,6 +118,22 @@ def test_state_dict_resumes_exactly(kind: str) -> None:
         other.load_state_dict(state)
 
 
+@pytest.mark.parametrize("kind", ["groups", "shuffled"])
+def test_a_longer_run_starts_with_the_shorter_runs_batches(kind: str) -> None:
+    """Why: benchmarks/study_curve.py reads a 2000-step run's step-300 checkpoint as the
+    300-step run; that holds only if the total number of steps does not change the order."""
+
+    def make(steps: int) -> GroupBatchSampler | ShuffledBatchSampler:
+        if kind == "groups":
+            return GroupBatchSampler(LABELS, 6, 5, seed=11, steps=steps)
+        return ShuffledBatchSampler(len(LABELS), 30, seed=11, steps=steps)
+
+    short, long = list(make(7)), list(make(25))
+    assert len(short) == 7 and len(long) == 25
+    assert long[:7] == short
+    assert long[7:14] != short  # not one batch repeated
+
+
 def test_ranks_take_whole_groups_of_the_global_batch() -> None:
     world = 3
     ranks = [GroupBatchSampler(LABELS, 2, 5, seed=3, rank=r, world_size=world) for r in range(3)]
