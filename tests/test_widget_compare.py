@@ -292,11 +292,22 @@ def test_a_failed_drawing_step_or_a_cancel_never_leaves_the_widget_stuck(
     assert w.run()
     wait_idle(qtbot, w)
     assert w.scores is not None  # a normal run evaluates
+    from napari_lsr.compare import _own
 
-    def boom(layer):
+    first = [ly for ly in viewer.layers if _own(ly)]
+    batches = []
+    viewer.layers.events.begin_batch.connect(lambda e: batches.append(e))
+    assert w.run()  # a second run swaps every old layer for a new one, removing in one batch
+    wait_idle(qtbot, w)
+    second = [ly for ly in viewer.layers if _own(ly)]
+    assert [ly.name for ly in second] == [ly.name for ly in first]
+    assert not {id(ly) for ly in first} & {id(ly) for ly in second}
+    assert len(batches) == 1
+
+    def boom(layers):
         raise RuntimeError("simulated: napari could not remove a layer")
 
-    monkeypatch.setattr(w, "_remove_layer", boom)
+    monkeypatch.setattr(w, "_remove_layers", boom)
     assert w.run()
     wait_idle(qtbot, w)
     assert w.run_btn.isEnabled() and not w._drawing
