@@ -299,7 +299,6 @@ class TrainerWidget(QWidget):
         self.table_combo.setToolTip("Count table p(c|z) giving the targets of each bin")
         self._refresh_tables()
         self.loss_checks = {k: QCheckBox(v) for k, v in LOSS_LABELS.items()}
-        self.loss_checks["intra_inter"].setChecked(True)
         for key, box in self.loss_checks.items():
             box.setToolTip(
                 f"Train a model with the {LOSS_LABELS[key]} loss{LOSS_NOTES.get(key, '')} "
@@ -316,7 +315,6 @@ class TrainerWidget(QWidget):
         )
         self.steps = QSpinBox()
         self.steps.setRange(1, 10_000_000)
-        self.steps.setValue(2000)
         self.steps.setSingleStep(100)
         self.device = QComboBox()
         self.device.addItems(["auto", "cpu", "cuda", "mps"])
@@ -350,17 +348,13 @@ class TrainerWidget(QWidget):
         self.group_size = QLineEdit()
         self.block_px = QSpinBox()
         self.block_px.setRange(4, 4096)
-        self.block_px.setValue(240)
         self.working_mpp = QDoubleSpinBox()
         self.working_mpp.setDecimals(3)
         self.working_mpp.setRange(0.05, 100.0)
-        self.working_mpp.setValue(4.17)
         self.width_spin = QSpinBox()
         self.width_spin.setRange(1, 512)
-        self.width_spin.setValue(16)
         self.depth_spin = QSpinBox()
         self.depth_spin.setRange(0, 8)
-        self.depth_spin.setValue(4)
         self.variance_norm = QComboBox()
         self.variance_norm.addItems(["default", "n2", "n"])
         self.variance_norm.setToolTip(
@@ -369,7 +363,6 @@ class TrainerWidget(QWidget):
             "(lsr.train.DEFAULTS)"
         )
         self.augment = QCheckBox("augment blocks")
-        self.augment.setChecked(True)
         self.min_tissue = QDoubleSpinBox()
         self.min_tissue.setRange(0.0, 1.0)
         self.min_tissue.setSingleStep(0.05)
@@ -377,7 +370,6 @@ class TrainerWidget(QWidget):
         self.seed.setRange(0, 2**31 - 1)
         self.checkpoint_every = QSpinBox()
         self.checkpoint_every.setRange(1, 10_000_000)
-        self.checkpoint_every.setValue(500)
         self.num_workers = QSpinBox()
         self.num_workers.setRange(0, 64)
         grid.addRow("Learning rate", self.lr)
@@ -396,6 +388,7 @@ class TrainerWidget(QWidget):
         grid.addRow("", self.augment)
         self.advanced.addWidget(adv)
         self.advanced.collapse(animate=False)
+        self._show_defaults()
 
         # actions
         self.train_button = QPushButton("Train")
@@ -631,6 +624,25 @@ class TrainerWidget(QWidget):
         return text, None
 
     # ------------------------------------------------------------------ settings
+    def _show_defaults(self) -> None:
+        """Start from :class:`lsr.train.TrainConfig`'s defaults, the ones ``lsr train`` uses
+        (one place to change them; docs/results.md has the numbers behind them)."""
+        from lsr.train import TrainConfig
+
+        d = TrainConfig()
+        self.loss_checks[d.loss].setChecked(True)
+        self.distance.setCurrentText(d.distance)
+        self.steps.setValue(d.steps)
+        self.block_px.setValue(d.block_px)
+        self.working_mpp.setValue(d.working_mpp)
+        self.width_spin.setValue(d.width)
+        self.depth_spin.setValue(d.depth)
+        self.augment.setChecked(d.augment)
+        self.min_tissue.setValue(d.min_tissue)
+        self.seed.setValue(d.seed)
+        self.checkpoint_every.setValue(d.checkpoint_every)
+        self.num_workers.setValue(d.num_workers)
+
     def selected_losses(self) -> list[str]:
         return [k for k, box in self.loss_checks.items() if box.isChecked()]
 

@@ -311,3 +311,40 @@ def test_annotator_table_listed_and_layers_status_recovers(widget, data, qtbot) 
     choice = next(n for n in names if "annotator" in n)
     widget.table_combo.setCurrentText(choice)
     assert widget.current_table() == ("paper", ann.table)
+
+
+def test_a_fresh_trainer_starts_from_lsr_trains_defaults(make_napari_viewer, data, monkeypatch):
+    """The GUI and `lsr train` use one set of defaults (issue 6: "the chosen defaults are
+    what the CLI and the GUI use"): a fresh widget's config equals TrainConfig's, field by
+    field, and follows a change of them."""
+    import dataclasses
+
+    import lsr.train
+    from lsr.train import TrainConfig
+    from napari_lsr.trainer import TrainerWidget
+
+    monkeypatch.setattr(TrainerWidget, "ask_close_choice", lambda self: "stop")
+    viewer = make_napari_viewer()
+    _dock, w = viewer.window.add_plugin_dock_widget("napari-lsr", "Trainer")
+    w.set_pairs(tp.find_pairs(data))
+    (cfg,) = w.configs()
+    shipped = TrainConfig()
+    skip = {"data", "table", "out_dir"}  # chosen by the user in the widget
+    for f in dataclasses.fields(TrainConfig):
+        if f.name not in skip:
+            assert getattr(cfg, f.name) == getattr(shipped, f.name), f.name
+    w.detach()
+
+    changed = {"steps": 123, "width": 6, "depth": 2, "block_px": 96, "checkpoint_every": 7}
+    monkeypatch.setattr(
+        lsr.train, "TrainConfig", dataclasses.make_dataclass(
+            "Changed", [(k, int, dataclasses.field(default=v)) for k, v in changed.items()],
+            bases=(TrainConfig,),
+        ),
+    )  # fmt: skip
+    w2 = TrainerWidget(viewer)
+    got = {"steps": w2.steps.value(), "width": w2.width_spin.value(),
+           "depth": w2.depth_spin.value(), "block_px": w2.block_px.value(),
+           "checkpoint_every": w2.checkpoint_every.value()}  # fmt: skip
+    assert got == changed
+    w2.detach()
