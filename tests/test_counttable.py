@@ -94,6 +94,9 @@ def test_from_estimates_flags_small_and_constant_bins():
         t = CountTable.from_estimates(z, pc)
     assert set(t.flagged) == {4, 7}
     assert t.rho[4, 0] == RHO_FLOOR and t.rho[7, 0] == RHO_FLOOR
+    rows = t.format_rows()  # one estimate has no std to show; equal ones have a std of 0
+    assert rows[4][1:3] == ["20.0 ± –", "80.0 ± –"] and rows[4][-1] == "1"
+    assert rows[7][1] == f"30.0 ± {100 * RHO_FLOOR:.1f}"
 
 
 def test_from_estimates_empty_bin_needs_fallback():

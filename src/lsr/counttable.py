@@ -375,12 +375,16 @@ class CountTable:
         return [_edge_label(a, b) for a, b in zip(self.edges[:-1], self.edges[1:], strict=True)]
 
     def format_rows(self) -> list[list[str]]:
-        """Rows as paper Table 1 shows them: bin, per class 'mean ± std' (percent), n."""
+        """Rows as paper Table 1 shows them: bin, per class 'mean ± std' (percent), n.
+
+        A bin with a single estimate shows its std as '–': it has none (the value kept for
+        training is a floor, which would read as a measured 0.1 %)."""
         rows = []
         for b, label in enumerate(self.bin_labels()):
+            one = self.n is not None and int(self.n[b]) == 1
             row = [label]
             row += [
-                f"{_percent(self.eta[b, c])} ± {_percent(self.rho[b, c])}"
+                f"{_percent(self.eta[b, c])} ± {'–' if one else _percent(self.rho[b, c])}"
                 for c in range(len(self.class_names))
             ]
             row.append("" if self.n is None else str(int(self.n[b])))
