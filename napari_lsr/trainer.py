@@ -428,9 +428,9 @@ class TrainerWidget(QWidget):
         self.models_view.setSelectionBehavior(QAbstractItemView.SelectRows)
         header = self.models_view.horizontalHeader()
         header.setSectionResizeMode(QHeaderView.ResizeToContents)
-        header.setSectionResizeMode(0, QHeaderView.Interactive)  # long names: elided, tooltip
-        header.resizeSection(0, 150)
-        header.setStretchLastSection(True)
+        # the name takes what the other columns leave (elided, full name as tooltip): no
+        # horizontal scrolling to reach the final loss
+        header.setSectionResizeMode(0, QHeaderView.Stretch)
         self.models_view.setTextElideMode(Qt.ElideMiddle)
         self.models_view.setWordWrap(False)
         self.models_view.setMinimumHeight(90)
