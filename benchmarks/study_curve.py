@@ -71,9 +71,8 @@ def table(per_seed: dict[int, dict[str, float]], steps: list[int]) -> str:
     for seed, row in sorted(per_seed.items()):
         cells = [f"{row[k]:.3f}" if k in row else "–" for k in keys]
         lines.append(f"| {seed} | " + " | ".join(cells) + " |")
-    means = [np.mean([r[k] for r in per_seed.values() if k in r]) if any(k in r for r in
-             per_seed.values()) else float("nan") for k in keys]  # fmt: skip
-    lines.append("| mean | " + " | ".join(f"{m:.3f}" for m in means) + " |")
+    cols = [[r[k] for r in per_seed.values() if k in r] for k in keys]
+    lines.append("| mean | " + " | ".join(f"{np.mean(c):.3f}" if c else "–" for c in cols) + " |")
     return "\n".join(lines)
 
 
