@@ -127,7 +127,8 @@ def write_labels_tiff(path: str, data: Any, attributes: dict) -> list[str]:
 
     The pixel size is the layer's scale (µm per pixel, as the readers set it); labels are
     stored as uint8 (or uint16 above 255). Multiscale layers write their full resolution
-    (level 0, whose µm/px the scale is); the file gets its own pyramid.
+    (level 0, whose µm/px the scale is); the file gets its own pyramid, by the nearest
+    pixel (a mean would invent labels).
     """
     from lsr.errors import LsrInputError
     from lsr.slide import write_pyramidal_tiff
@@ -145,7 +146,7 @@ def write_labels_tiff(path: str, data: Any, attributes: dict) -> list[str]:
     arr = arr.astype(np.uint8 if top <= 255 else np.uint16)
     mpp = float(np.asarray(attributes.get("scale", (1.0, 1.0)), float)[-1])
     try:
-        write_pyramidal_tiff(path, arr, mpp=mpp, compression="zlib", tile=256)
+        write_pyramidal_tiff(path, arr, mpp=mpp, compression="zlib", tile=256, downsample="nearest")
     except LsrInputError as err:
         _notify(f"Cannot write the TIFF: {err}")
         return []

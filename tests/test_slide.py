@@ -69,6 +69,41 @@ def test_pyramid_levels_are_2x2_means(zlib_slide):
     assert np.abs(lvl1 - expected).max() <= 0.5 + 1e-9
 
 
+def _levels(path) -> list[np.ndarray]:
+    with tifffile.TiffFile(path) as tf:
+        return [lv.asarray() for lv in tf.series[0].levels]
+
+
+@pytest.mark.parametrize("dtype", [np.uint8, np.uint16, np.bool_])
+def test_mask_and_label_pyramids_take_the_nearest_pixel(tmp_path, dtype):
+    """A mean would invent values: label 2 between labels 1 and 3, grey between a mask's
+    0 and 255. Levels are every other pixel of the level above (odd sizes included)."""
+    rng = np.random.default_rng(3)
+    values = [False, True] if dtype == np.bool_ else [0, 1, 3, 300 if dtype == np.uint16 else 9]
+    labels = rng.choice(values, (1301, 1077)).astype(dtype)
+    path = tmp_path / "labels.tif"
+    write_pyramidal_tiff(path, labels, mpp=1.0, compression="zlib", min_size=200,
+                         downsample=None if dtype == np.bool_ else "nearest")  # fmt: skip
+    levels = _levels(path)
+    assert len(levels) >= 3
+    stored = labels.astype(np.uint8) * 255 if dtype == np.bool_ else labels
+    expected = stored
+    for level in levels:
+        np.testing.assert_array_equal(level, expected)
+        assert set(np.unique(level)) <= set(np.unique(stored))
+        expected = expected[::2, ::2]
+
+
+def test_downsample_mean_stays_the_default_and_a_bad_choice_is_named(tmp_path):
+    grey = np.zeros((600, 600), np.uint8)
+    grey[1::2, 1::2] = 200  # a 2×2 mean of 50 everywhere; nearest would keep 0
+    write_pyramidal_tiff(tmp_path / "g.tif", grey, mpp=1.0, compression="zlib", min_size=200)
+    assert (_levels(tmp_path / "g.tif")[1] == 50).all()
+    with pytest.raises(LsrInputError, match=r"g2\.tif: downsample must be 'mean' or 'nearest'"):
+        write_pyramidal_tiff(tmp_path / "g2.tif", grey, mpp=1.0, downsample="mode")
+    assert not (tmp_path / "g2.tif").exists()
+
+
 def test_jpeg_round_trip_close_pixels(tmp_path):
     img = smooth_rgb(700, 900)
     path = tmp_path / "smooth.tif"

@@ -83,6 +83,21 @@ def test_labels_to_tiff_keeps_values_and_pixel_size(tmp_path, monkeypatch) -> No
     assert "0..65535" in got[0]
 
 
+def test_labels_pyramid_holds_only_the_layers_labels(tmp_path) -> None:
+    """Lower levels are what QuPath and napari show zoomed out: no invented label values."""
+    labels = np.zeros((1100, 900), np.int32)
+    labels[::2] = 1
+    labels[:, ::3] = 3  # every 2×2 block mixes labels: a mean would make 1s and 2s
+    out = tmp_path / "l.tif"
+    assert _writer.write_labels_tiff(str(out), labels, {"scale": (2.0, 2.0)}) == [str(out)]
+    with tifffile.TiffFile(out) as tf:
+        levels = [lv.asarray() for lv in tf.series[0].levels]
+    assert len(levels) >= 2
+    for level in levels:
+        assert set(np.unique(level)) <= {0, 1, 3}
+    np.testing.assert_array_equal(levels[1], labels[::2, ::2])
+
+
 def _level0(path) -> np.ndarray:
     with tifffile.TiffFile(path) as tf:
         return tf.series[0].levels[0].asarray()

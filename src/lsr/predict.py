@@ -345,7 +345,7 @@ def write_outputs(
     t1 = time.perf_counter()
     write_pyramidal_tiff(
         folder / MASK, _Thresholded(prob, options.threshold), mpp=options.working_mpp,
-        compression="zlib",
+        compression="zlib", downsample="nearest",
     )  # fmt: skip
     t2 = time.perf_counter()
     mask = _mask_of(prob, options.threshold)

@@ -76,11 +76,15 @@ def _area_resample_axis(
     return np.moveaxis(out, 0, axis)
 
 
-def _halve(a: np.ndarray) -> np.ndarray:
+def _halve(a: np.ndarray, nearest: bool = False) -> np.ndarray:
     """2×2 mean of an (H, W[, C]) array; odd edges replicate the last row/column.
 
     uint8 is averaged in integers (round half up) so no float copy of the band is made.
+    ``nearest``: the top-left pixel of each 2×2 instead (masks and labels: a mean would
+    invent values — label 2 between labels 1 and 3, grey between a mask's 0 and 255).
     """
+    if nearest:
+        return np.ascontiguousarray(a[::2, ::2])
     h, w = a.shape[:2]
     if h % 2 or w % 2:
         pad = [(0, h % 2), (0, w % 2)] + [(0, 0)] * (a.ndim - 2)
@@ -822,6 +826,7 @@ def write_pyramidal_tiff(
     photometric: str = "rgb",
     jpeg_quality: int = 90,
     layout: str | None = None,
+    downsample: str | None = None,
 ) -> None:
     """Write ``image`` as a tiled pyramidal TIFF, tile by tile, atomically.
 
@@ -830,7 +835,9 @@ def write_pyramidal_tiff(
     Non-RGB images are always stored losslessly (``"jpeg"`` becomes ``"zlib"``).
     ``mpp``: µm per pixel of ``image``; written as resolution tags (CENTIMETER,
     1e4/mpp px/cm, scaled per level) and as OME PhysicalSizeX (subifd layout) or the Aperio
-    ``MPP`` field (svs layout). Levels halve (2×2 mean) while the longer side > ``min_size``.
+    ``MPP`` field (svs layout). Levels halve while the longer side > ``min_size``, by
+    ``downsample``: ``"mean"`` (2×2 mean: images, probability maps) or ``"nearest"`` (masks,
+    labels: no value that is not in the image); default ``"nearest"`` for bool, else mean.
     ``layout``: ``"subifd"`` (OME-TIFF-style SubIFD pyramid, read by tiffslide, QuPath and
     Bio-Formats) or ``"svs"`` (Aperio-style: level pages in the main chain plus a thumbnail
     page, read by tiffslide and OpenSlide); default ``"svs"`` when ``description`` starts with
@@ -861,6 +868,10 @@ def write_pyramidal_tiff(
     }.get(dtype, dtype)
     if tile % 16 or tile <= 0:
         raise LsrInputError(f"tile must be a positive multiple of 16, got {tile}", path)
+    downsample = downsample or ("nearest" if dtype == np.bool_ else "mean")
+    if downsample not in ("mean", "nearest"):
+        raise LsrInputError(f"downsample must be 'mean' or 'nearest', got {downsample!r}", path)
+    nearest = downsample == "nearest"
     compression = "none" if compression is None else str(compression).lower()
     if compression not in _COMPRESSIONS:
         raise LsrInputError(f"compression must be one of {sorted(_COMPRESSIONS)}", path)
@@ -926,7 +937,7 @@ def write_pyramidal_tiff(
             for y in range(0, h, band_rows):
                 band = convert(image[y : min(y + band_rows, h)])
                 if maps:
-                    half = _halve(band)
+                    half = _halve(band, nearest)
                     maps[0][y // 2 : y // 2 + half.shape[0]] = half
                 yield from _tiles_of_band(band, tile)
                 del band
@@ -941,7 +952,7 @@ def write_pyramidal_tiff(
                 src, dst = maps[i - 1], maps[i]
                 step = 4 * tile
                 for y in range(0, src.shape[0], step):
-                    half = _halve(np.asarray(src[y : y + step]))
+                    half = _halve(np.asarray(src[y : y + step]), nearest)
                     dst[y // 2 : y // 2 + half.shape[0]] = half
                 dst.flush()
 
