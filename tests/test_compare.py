@@ -178,6 +178,30 @@ def test_calibration_matches_metrics(comp, setup) -> None:
     assert [r["models"]["intra_inter"] for r in sub] == want
 
 
+def test_calibration_bins_with_the_tables_own_edges(comp, setup) -> None:
+    """A table with its own edges: the grid is binned with them (as training did), one row
+    per bin; a model whose table has other edges is not compared with it."""
+    from lsr.counttable import CountTable
+
+    edges = (0.0, 0.5, 0.8, 0.95, 1.0)
+    rng = np.random.default_rng(0)
+    z_est = np.repeat(np.arange(4), 5)
+    own = CountTable.from_estimates(z_est, rng.uniform(0, 100, z_est.size), edges=edges)
+    c = copy.copy(comp)
+    first, second = list(comp.tables)[:2]
+    c.tables = {**comp.tables, first: own.to_dict()}  # the second keeps paper Table 1
+    rows = compare.calibration(c)
+    assert [r["label"] for r in rows] == own.bin_labels() and len(rows) == 4
+    probs = np.asarray(setup["grid"].probs, np.float64)
+    z = np.where(np.isnan(probs), -1, sum((probs >= e).astype(int) for e in edges[1:-1]))
+    want = calibration_table([np.asarray(comp.probs[first])], [z], BLOCK, n_bins=4)
+    assert [r["models"][first] for r in rows] == want
+    assert all(set(r["table"]) == {first} for r in rows)
+    assert [r["table"][first][0] for r in rows] == pytest.approx(own.eta[:, 0].tolist())
+    checks = compare.calibration_checks(rows)
+    assert checks[second] is None and checks[first]["blocks"] == int((z >= 0).sum())
+
+
 def test_exports(comp, tmp_path) -> None:
     paths = compare.export_geojson(comp, tmp_path, "s")
     assert tmp_path / "s_boundaries.geojson" in paths

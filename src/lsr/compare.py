@@ -579,10 +579,24 @@ def calibration(comp: Comparison, region: tuple[int, int, int, int] | None = Non
     ``z``, ``label``, ``table`` {key: (η, ρ) of that model's training table}, ``models``
     {key: {n, mean, std}} (mean probability per block, :func:`lsr.metrics.calibration_table`)
     and ``ground_truth`` (the true fraction, when given).
+
+    Bins are those of the first model's table (a table with its own edges, e.g. 0, 0.5,
+    0.8, 1, bins the grid its own way, as training did); a model whose table has other
+    edges gets no ``table`` entry (nothing to compare its bins with). Without tables: the
+    paper's ten bins.
     """
-    from lsr.counttable import CountTable
+    from lsr.counttable import PAPER_EDGES, CountTable
     from lsr.metrics import calibration_table
 
+    tables = {}
+    for k, t in comp.tables.items():
+        if t:
+            with contextlib.suppress(LsrInputError):
+                tables[k] = CountTable.from_dict(t)
+    first = next(iter(tables.values()), None)
+    edges = tuple(first.edges) if first is not None else tuple(PAPER_EDGES)
+    tables = {k: t for k, t in tables.items() if tuple(t.edges) == edges}
+    n_bins = len(edges) - 1
     g = comp.grid
     b = comp.block_px
     oy, ox = g.origin
@@ -593,20 +607,16 @@ def calibration(comp: Comparison, region: tuple[int, int, int, int] | None = Non
         y0, x0, y1, x1 = region
         r0, c0 = max(0, -(-(y0 - oy) // b)), max(0, -(-(x0 - ox) // b))
         r1, c1 = min(rows_n, (y1 - oy) // b), min(cols_n, (x1 - ox) // b)
-    z = np.asarray(g.z)[r0:r1, c0:c1] if r1 > r0 and c1 > c0 else np.full((0, 0), -1)
+    bins = g.bins(edges)
+    z = bins[r0:r1, c0:c1] if r1 > r0 and c1 > c0 else np.full((0, 0), -1)
     box = (oy + r0 * b, ox + c0 * b, oy + max(r1, r0) * b, ox + max(c1, c0) * b)
     maps = {k: crop(p, box) for k, p in comp.probs.items()}
     if comp.gt is not None:
         maps["ground_truth"] = crop(comp.gt, box).astype(np.float32)
-    results = {k: calibration_table([m], [z], b) for k, m in maps.items()}
-    tables = {}
-    for k, t in comp.tables.items():
-        if t:
-            with contextlib.suppress(LsrInputError):
-                tables[k] = CountTable.from_dict(t)
-    labels = next(iter(tables.values())).bin_labels() if tables else None
+    results = {k: calibration_table([m], [z], b, n_bins=n_bins) for k, m in maps.items()}
+    labels = first.bin_labels() if first is not None else None
     out = []
-    for zb in range(10):
+    for zb in range(n_bins):
         row: dict[str, Any] = {"z": zb, "label": labels[zb] if labels else str(zb)}
         row["table"] = {k: (float(t.eta[zb, 0]), float(t.rho[zb, 0])) for k, t in tables.items()}
         row["models"] = {k: results[k][zb] for k in comp.probs}
