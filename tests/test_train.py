@@ -694,7 +694,7 @@ def test_cli_help_shows_the_config_defaults(
         main(["train", "--help"])
     assert exc.value.code in (0, None)
     text = capsys.readouterr().out
-    for shown in ("(2000)", "(lsr-run)", "(500)", "(paper)", "(--augment)"):
+    for shown in ("(300)", "(lsr-run)", "(100)", "(paper)", "(--augment)"):
         assert f"[default: {shown}]" in text, shown
     assert "Steps of linear learning-rate warm-up" in text
     assert "Seed of the initial weights" in text and "Random flips" in text

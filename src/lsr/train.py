@@ -146,13 +146,13 @@ class TrainConfig:
     rmsprop_eps: float = 1e-8
     momentum: float = 0.0
     weight_decay: float = 0.0
-    steps: int = 2000
+    steps: int = 300
     warmup_steps: int = 0
     lr_schedule: str = "constant"
     grad_clip: float | None = None  # max global gradient norm (None: no clipping)
     # network
-    width: int = 16
-    depth: int = 4
+    width: int = 8
+    depth: int = 3
     norm: str = "layer"  # see lsr.model.NORMS
     prior: str | list[float] = "table"  # "table" (mean η), "none" or L fractions
     # run
@@ -160,7 +160,7 @@ class TrainConfig:
     device: str = "auto"
     amp: bool = False  # mixed precision, CUDA only
     num_workers: int = 0
-    checkpoint_every: int = 500
+    checkpoint_every: int = 100
     keep_checkpoints: int = 3
     out_dir: str = "lsr-run"
     resume: str | None = None  # training folder or checkpoint to continue from

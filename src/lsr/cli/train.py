@@ -116,9 +116,9 @@ def _batch_text(cfg: Any) -> str:
 HELP_DEFAULTS: dict[str, Any] = {
     "table": "paper", "loss": "intra_inter", "distance": "gaussian-nll", "rho_floor": 1e-3,
     "block_px": 240, "working_mpp": 4.17, "context_px": 0, "min_tissue": 0.0, "augment": True,
-    "cache_mb": 1024.0, "group_policy": "uniform", "rmsprop_alpha": 0.9, "steps": 2000,
-    "warmup_steps": 0, "lr_schedule": "constant", "width": 16, "depth": 4, "norm": "layer",
-    "seed": 0, "device": "auto", "amp": False, "num_workers": 0, "checkpoint_every": 500,
+    "cache_mb": 1024.0, "group_policy": "uniform", "rmsprop_alpha": 0.9, "steps": 300,
+    "warmup_steps": 0, "lr_schedule": "constant", "width": 8, "depth": 3, "norm": "layer",
+    "seed": 0, "device": "auto", "amp": False, "num_workers": 0, "checkpoint_every": 100,
     "out_dir": "lsr-run",
 }  # fmt: skip
 
