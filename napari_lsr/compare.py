@@ -490,7 +490,8 @@ class CompareWidget(QWidget):
     def _remove_layers(self, layers: list[Any]) -> None:
         """Remove ``layers`` (those still in the viewer) as one batch: napari then collects
         garbage once, not once per layer (~0.3 s each with a napari session's heap)."""
-        batch = getattr(self.viewer.layers, "batched_update", contextlib.nullcontext)  # older napari
+        # older napari has no batched_update: one collection per layer there
+        batch = getattr(self.viewer.layers, "batched_update", contextlib.nullcontext)
         with batch():
             for layer in layers:
                 if layer in self.viewer.layers:
