@@ -8,8 +8,7 @@ checkpoint predicts the seed's held-out test patches and is scored as ``lsr.demo
 final network (0.5 threshold, pooled masked IoU, band of one block), so the last step's value
 must equal the run's ``results.json`` (printed beside it as a check).
 
-    python benchmarks/study_curve.py --out /tmp/study --arm cli_defaults \
-        --steps 300,600,1000,1500,2000
+    python benchmarks/study_curve.py --out /tmp/study --arm cli_defaults --steps 300,1000,2000
 
 Prints Markdown: one row per seed, one column per step, the mean and the low-resolution model.
 """
