@@ -119,6 +119,30 @@ def _reuse_runs(out: Path, arm: dict[str, Any], cfg: Any, seed: int, job: Path) 
             shutil.copytree(src, dst)
 
 
+def _extend_runs(out: Path, arm: dict[str, Any], cfg: Any, seed: int, job: Path) -> None:
+    """Copy finished shorter runs named by the arm's ``extend = {loss = "other arm"}`` into the
+    job, to be resumed to this arm's steps: the same run as one trained that long from step 0
+    (a longer run starts with the shorter run's batches and resume is exact), when the two arms
+    differ in ``steps`` only and the learning rate does not depend on the run's length."""
+    import shutil
+
+    for loss, other in arm.get("extend", {}).items():
+        mine, theirs = _overrides(cfg, loss), _overrides(demo_config(load_arms()[other]), loss)
+        if {**theirs, "steps": mine["steps"]} != mine or theirs["steps"] >= mine["steps"]:
+            raise ValueError(f"extend of {other}'s {loss}: settings differ beyond fewer steps")
+        if mine.get("lr_schedule") != "constant":
+            raise ValueError(f"extend of {other}'s {loss}: the schedule depends on the length")
+        src = _job_dir(out, other, seed) / "runs" / f"seed{seed}" / loss
+        dst = job / "runs" / f"seed{seed}" / loss
+        if dst.exists() or not (src / "run.json").exists():
+            continue
+        done = json.loads((src / "run.json").read_text())
+        if done.get("status") != "completed" or done.get("step") != theirs["steps"]:
+            continue
+        shutil.copytree(src, dst)
+        (dst / "run.json").unlink()  # resumed from its latest checkpoint by lsr.demo
+
+
 def run_job(out: str, arm_name: str, seed: int, threads: int) -> tuple[str, int, str]:
     """One (arm, seed): ``lsr.demo.run_demo`` in its folder; logs to ``job.log``."""
     import torch
@@ -145,6 +169,7 @@ def run_job(out: str, arm_name: str, seed: int, threads: int) -> tuple[str, int,
                 fcntl.flock(fh, fcntl.LOCK_EX)
                 make_data(cfg, seed, job, say)
             _reuse_runs(Path(out), arm, cfg, seed, job)
+            _extend_runs(Path(out), arm, cfg, seed, job)
             run_demo(job, config=cfg, seeds=[seed], say=say)
         except Exception as err:  # recorded, the other jobs go on
             say(f"FAILED: {type(err).__name__}: {err}")

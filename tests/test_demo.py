@@ -100,11 +100,16 @@ def test_demo_config_errors_come_before_any_work(tmp_path):
         path.write_text(text)
         return path
 
+    ii_first = 'losses = ["intra_inter", "intra"]\n[per_loss.intra_inter]\n'
+    ii_second = 'losses = ["intra", "intra_inter"]\n[per_loss.intra_inter]\n'
     cases = {
         'n_train_slides = "x"': "n_train_slides must be a whole number",
         'losses = ["intra", "foo"]': "losses must be distinct names",
         'losses = ["intra"]\n[per_loss.inter]\nlr = 0.1': "per_loss names losses",
         'losses = ["intra", "inter"]\n[per_loss.inter]\ndistance = "l7"': "(training inter)",
+        f"{ii_first}init_from = 'intra'": "init_from of intra_inter must name a loss trained "
+        "before it (none is)",
+        f"{ii_second}init_from = 'inter'": "trained before it (intra), got 'inter'",
     }
     for text, message in cases.items():
         with pytest.raises(LsrInputError, match=re.escape(message)) as err:
@@ -133,3 +138,29 @@ def test_demo_rerun_restarts_a_run_that_stopped_before_its_first_checkpoint(demo
     assert res.returncode == 0, res.stderr[-2000:]
     assert res.stdout.count("training on") == 1 and "intra: training on" in res.stdout
     assert json.loads((run / "run.json").read_text())["status"] == "completed"
+
+
+def test_demo_init_from_names_the_same_seeds_earlier_run(tmp_path, monkeypatch):
+    """``per_loss.X.init_from = "intra"`` starts X from this seed's intra run folder."""
+    import types
+
+    import lsr.train
+    from lsr.demo import DemoConfig, train_loss
+
+    seen = {}
+
+    def fake_train(cfg, callbacks=()):
+        seen["cfg"] = cfg
+        return types.SimpleNamespace(status="completed", ok=True, failure="")
+
+    monkeypatch.setattr(lsr.train, "train", fake_train)
+    cfg = DemoConfig(losses=("intra", "intra_inter"),
+                     per_loss={"intra_inter": {"init_from": "intra", "lr": 1e-3}})  # fmt: skip
+    cfg.check()
+    manifest = {"train": [], "tables": {"expert": "t.json"}, "block_px": 120,
+                "working_mpp": 8.33}  # fmt: skip
+    train_loss(cfg, "intra_inter", 7, manifest, tmp_path, lambda msg: None)
+    assert seen["cfg"].init_from == str(tmp_path / "runs" / "seed7" / "intra")
+    assert seen["cfg"].lr == 1e-3
+    train_loss(cfg, "intra", 7, manifest, tmp_path, lambda msg: None)
+    assert seen["cfg"].init_from is None

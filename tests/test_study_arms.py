@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import importlib.util
+import json
 from pathlib import Path
 
 import numpy as np
@@ -65,6 +66,7 @@ NOT_PINNED = {
     "device", "amp", "num_workers", "cache_mb", "checkpoint_every", "keep_checkpoints",
     "collapse_window", "collapse_std", "mask_ratio",
     "lr", "variance_norm", "batch_size", "groups_per_batch", "group_size",
+    "init_from",  # a path (TOML has no null): checked below to come from the arm alone
 }  # fmt: skip
 
 
@@ -91,6 +93,9 @@ def test_arms_do_not_depend_on_the_demo_or_train_defaults(
     before = {loss: study._overrides(cfg, loss) for loss in cfg.losses}
     for loss, over in before.items():
         assert choices <= set(over), (loss, sorted(choices - set(over)))
+        # where a network starts is the arm's own statement, never the demo config's
+        own = ARMS[name].get("per_loss", {}).get(loss, {})
+        assert over.get("init_from") == own.get("init_from"), (loss, over.get("init_from"))
     # and another demo budget in configs/demo/default.toml does not move an arm either
     load = DemoConfig.load
 
@@ -115,6 +120,35 @@ def test_reused_runs_come_from_arms_with_identical_settings() -> None:
         mine = study._overrides(study.demo_config(ARMS[name]), loss)
         theirs = study._overrides(study.demo_config(ARMS[other]), loss)
         assert mine == theirs, (name, loss, other)
+
+
+def test_extended_runs_come_from_shorter_runs_with_otherwise_identical_settings(
+    tmp_path: Path,
+) -> None:
+    pairs = [(name, loss, other) for name, arm in ARMS.items()
+             for loss, other in arm.get("extend", {}).items()]  # fmt: skip
+    assert pairs  # the file does use extend
+    for name, loss, other in pairs:
+        mine = study._overrides(study.demo_config(ARMS[name]), loss)
+        theirs = study._overrides(study.demo_config(ARMS[other]), loss)
+        assert theirs["steps"] < mine["steps"] and {**theirs, "steps": mine["steps"]} == mine
+        assert mine["lr_schedule"] == "constant", (name, loss)
+    # the copy loses its run.json, so lsr.demo resumes it instead of reusing it as finished
+    name, loss, other = pairs[0]
+    seed = ARMS[name]["seeds"][0]
+    src = study._job_dir(tmp_path, other, seed) / "runs" / f"seed{seed}" / loss
+    (src / "checkpoints").mkdir(parents=True)
+    (src / "latest.json").write_text("{}")
+    steps = study._overrides(study.demo_config(ARMS[other]), loss)["steps"]
+    (src / "run.json").write_text(json.dumps({"status": "completed", "step": steps}))
+    job = study._job_dir(tmp_path, name, seed)
+    study._extend_runs(tmp_path, ARMS[name], study.demo_config(ARMS[name]), seed, job)
+    dst = job / "runs" / f"seed{seed}" / loss
+    assert (dst / "latest.json").exists() and not (dst / "run.json").exists()
+    # settings that differ beyond the length are refused
+    bad = {**ARMS[name], "train": {**ARMS[name]["train"], "width": 16}}
+    with pytest.raises(ValueError, match="beyond fewer steps"):
+        study._extend_runs(tmp_path / "x", bad, study.demo_config(bad), seed, tmp_path / "y")
 
 
 def test_parse_seeds() -> None:

@@ -714,3 +714,73 @@ def test_overwrite_is_never_saved_nor_read_from_a_file(
     assert result.ok and '"overwrite"' not in (Path(cfg.out_dir) / "run.json").read_text()
     ckpt = next(Path(cfg.out_dir).glob("checkpoints/step-*/checkpoint.json"))
     assert '"overwrite"' not in ckpt.read_text()
+
+
+# ---------------------------------------------------------------------- init_from
+def test_init_from_starts_from_the_models_weights_with_a_fresh_optimizer(
+    pairs: list[tuple[str, str]], tmp_path: Path
+) -> None:
+    from lsr.checkpoint import read_metadata, read_model
+
+    first = train(tiny_config(tmp_path / "a", pairs, steps=4, checkpoint_every=4, loss="intra"))
+    source = tmp_path / "a" / "run"
+    weights, meta = read_model(source)
+    # a learning rate too small to move a weight: the run ends where its source did
+    tiny_lr = tiny_config(tmp_path / "b", pairs, steps=1, checkpoint_every=1, lr=1e-12,
+                          init_from=str(source))  # fmt: skip
+    started = train(tiny_lr)
+    assert started.ok and started.step == 1
+    fresh = train(tiny_config(tmp_path / "c", pairs, steps=1, checkpoint_every=1, lr=1e-12))
+    moved = 0
+    for name, w in weights.items():
+        got = started.model.state_dict()[name]
+        assert torch.allclose(got, w, atol=1e-6), name
+        moved += not torch.allclose(fresh.model.state_dict()[name], w, atol=1e-6)
+    assert moved > 0  # without init_from the same seed starts elsewhere
+    # the optimizer is new (one step of state), and the source is recorded by its hash
+    opt = read_checkpoint(started.checkpoint).optimizer_state["state"]
+    assert all(int(torch.as_tensor(s["step"])) == 1 for s in opt.values())
+    _, new_meta = read_metadata(started.checkpoint)
+    assert new_meta["init_from"] == {
+        "path": str(Path(first.checkpoint)),
+        "sha256": meta["files"][MODEL]["sha256"],
+        "step": 4,
+    }
+    # resuming the new run keeps that record and never reads the source again
+    import shutil
+
+    shutil.rmtree(source)
+    again = tiny_config(tmp_path / "b", pairs, steps=2, checkpoint_every=1, lr=1e-12,
+                        init_from=str(source), resume=str(tmp_path / "b" / "run"))  # fmt: skip
+    resumed = train(again)
+    assert resumed.step == 2
+    assert read_metadata(resumed.checkpoint)[1]["init_from"] == new_meta["init_from"]
+
+
+def test_init_from_another_network_or_nothing_is_refused(
+    pairs: list[tuple[str, str]], tmp_path: Path
+) -> None:
+    train(tiny_config(tmp_path / "a", pairs, steps=2, checkpoint_every=2, loss="intra"))
+    source = str(tmp_path / "a" / "run")
+    with pytest.raises(
+        LsrInputError, match=r"differs from the one this run trains: .*width 4.*width 8"
+    ):
+        train(tiny_config(tmp_path / "b", pairs, width=8, init_from=source))
+    assert not (tmp_path / "b" / "run" / LATEST).exists()
+    with pytest.raises(LsrInputError, match="checkpoint not found") as err:
+        train(tiny_config(tmp_path / "b", pairs, init_from=str(tmp_path / "nowhere")))
+    assert "nowhere" in str(err.value)
+
+
+def test_cli_init_from_and_resume_together_are_refused(
+    pairs: list[tuple[str, str]], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from lsr.cli import main
+
+    train(tiny_config(tmp_path, pairs, steps=2, checkpoint_every=2, loss="intra"))
+    run = str(tmp_path / "run")
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as exc:
+        main(["train", "--resume", run, "--init-from", run, "--steps", "4"])
+    assert exc.value.code == 2
+    assert "give only one of them" in capsys.readouterr().err

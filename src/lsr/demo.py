@@ -101,7 +101,14 @@ class DemoConfig:
         extra = sorted(set(self.per_loss) - set(self.losses))
         if extra:
             raise LsrInputError(f"per_loss names losses the demo does not train: {extra}", path)
-        for loss in self.losses:
+        for i, loss in enumerate(self.losses):
+            init = self.per_loss.get(loss, {}).get("init_from", self.train.get("init_from"))
+            if init is not None and init not in self.losses[:i]:
+                raise LsrInputError(
+                    f"init_from of {loss} must name a loss trained before it "
+                    f"({', '.join(self.losses[:i]) or 'none is'}), got {init!r}",
+                    path,
+                )
             try:
                 TrainConfig.from_dict(
                     {**self.train, **self.per_loss.get(loss, {}), "loss": loss}, path=path
@@ -176,6 +183,8 @@ def train_loss(
         return run_dir
     data_dir = _root(out, seed) / "train"
     overrides = {**cfg.train, **cfg.per_loss.get(loss, {})}
+    if "init_from" in overrides:  # the name of a loss trained before: its run of this seed
+        overrides["init_from"] = str(out / "runs" / f"seed{seed}" / overrides["init_from"])
     tcfg = TrainConfig(
         data=[DataPair(str(data_dir / s["image"]), str(data_dir / s["grid"]))
               for s in manifest["train"]],

@@ -55,10 +55,14 @@ from lsr.checkpoint import (
     git_revision,
     library_versions,
     read_checkpoint,
+    read_model,
     rng_state,
     set_rng_state,
     training_folder,
     write_checkpoint,
+)
+from lsr.checkpoint import (
+    MODEL as MODEL_FILE,
 )
 from lsr.counttable import CountTable
 from lsr.dataset import BlockDataset, BlockSource
@@ -164,6 +168,7 @@ class TrainConfig:
     keep_checkpoints: int = 3
     out_dir: str = "lsr-run"
     resume: str | None = None  # training folder or checkpoint to continue from
+    init_from: str | None = None  # trained model whose weights a new run starts from
     overwrite: bool = False  # replace a previous run in out_dir (else: refuse to train there)
     collapse_window: int = 50  # steps
     collapse_std: float = 5e-4  # fraction, std across one step's blocks
@@ -281,7 +286,7 @@ class TrainConfig:
                 slide, grid = (str(Path(base_dir) / p) for p in (slide, grid))
             pairs.append(DataPair(str(slide), str(grid)))
         if base_dir is not None:
-            for key in ("table", "out_dir", "resume"):
+            for key in ("table", "out_dir", "resume", "init_from"):
                 value = kwargs.get(key)
                 if isinstance(value, str) and value not in ("paper", "paper-table1"):
                     kwargs[key] = str(Path(base_dir) / value)
@@ -797,6 +802,31 @@ def _flagged_bins_in_use(table: CountTable, labels: np.ndarray) -> str:
     )
 
 
+def _load_init(model: UNet, path: str) -> dict[str, Any]:
+    """Load the weights of the trained model at ``path`` into ``model`` (a new run's start).
+
+    Why: a network can start from another's weights (e.g. intra+inter from an intra network)
+    instead of the table prior; only the weights come over, the optimizer starts afresh at
+    step 0. Returns the source's provenance for checkpoint.json: folder, weights' SHA-256 and
+    the step it was saved at.
+    """
+    state, meta = read_model(path)
+    was, now = meta["model"], model.config()
+    if was != now:
+        diff = sorted(k for k in {*was, *now} if was.get(k) != now.get(k))
+        raise LsrInputError(
+            "the network to start from differs from the one this run trains: it has "
+            + ", ".join(f"{k} {was.get(k)!r}" for k in diff)
+            + ", the run asks for "
+            + ", ".join(f"{k} {now.get(k)!r}" for k in diff)
+            + " (give the same --width, --depth and --norm, or drop --init-from)",
+            meta["path"],
+        )
+    model.load_state_dict(state)
+    weights = meta.get("files", {}).get(MODEL_FILE, {})
+    return {"path": meta["path"], "sha256": weights.get("sha256"), "step": meta.get("step")}
+
+
 def _resume_source(cfg: TrainConfig) -> Any:
     if not cfg.resume:
         return None
@@ -907,6 +937,9 @@ def _train(
     prior = _prior(cfg, table)
     if prior is not None:
         model.init_prior(prior)
+    init_source = None
+    if ckpt is None and cfg.init_from:
+        init_source = _load_init(model, cfg.init_from)
     model.to(device)
     optimizer = torch.optim.RMSprop(
         model.parameters(),
@@ -984,6 +1017,10 @@ def _train(
         "device": device_name,
         "world_size": world,
     }
+    if init_source is not None:
+        metadata["init_from"] = init_source
+    elif ckpt is not None and "init_from" in ckpt.metadata:
+        metadata["init_from"] = ckpt.metadata["init_from"]
     if is_main:
         if cfg.overwrite and not _continues_own_run(out_dir, ckpt):
             clear_run(out_dir)

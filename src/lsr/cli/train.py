@@ -236,6 +236,12 @@ def train(
         None,
         help="Training folder or checkpoint to continue, with its own settings and folder.",
     ),
+    init_from: Path | None = typer.Option(
+        None,
+        help="A trained model (training folder or checkpoint) whose weights a new run starts "
+        "from instead of the table prior, e.g. intra+inter from an intra network; same width, "
+        "depth and norm; the optimizer starts afresh at step 0.",
+    ),
     overwrite: bool = typer.Option(
         False,
         "--overwrite",
@@ -254,6 +260,11 @@ def train(
     if resume is not None and overwrite:
         raise LsrInputError(
             "--resume continues a run and --overwrite replaces one: give only one of them"
+        )
+    if resume is not None and init_from is not None:
+        raise LsrInputError(
+            "--resume continues a run with its own weights and --init-from starts a new one "
+            "from a model's: give only one of them"
         )
     if config is not None:
         cfg = TrainConfig.from_file(config)
@@ -279,6 +290,7 @@ def train(
         "lr_schedule": lr_schedule, "grad_clip": grad_clip, "width": width, "depth": depth,
         "norm": norm, "seed": seed, "device": device, "amp": amp, "num_workers": num_workers,
         "checkpoint_every": checkpoint_every, "out_dir": out_dir,
+        "init_from": None if init_from is None else str(init_from),
     }  # fmt: skip
     for key, value in overrides.items():
         if value is not None:
