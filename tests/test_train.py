@@ -678,6 +678,13 @@ def test_cli_banner_names_the_count_table(
     with pytest.raises(SystemExit):
         main(["train", "--resume", str(tmp_path / "b"), "--steps", "2"])
     assert f"count table: the checkpoint's, first from {table}\n" in capsys.readouterr().err
+    source = str(tmp_path / "a")
+    with pytest.raises(SystemExit):
+        main([*base, "--out-dir", str(tmp_path / "c"), "--init-from", source])
+    assert f"starting from the weights of: {source}\n" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["train", "--resume", str(tmp_path / "c"), "--steps", "2"])
+    assert "starting from the weights" not in capsys.readouterr().err
 
 
 def test_cli_help_shows_the_config_defaults(

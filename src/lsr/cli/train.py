@@ -55,6 +55,10 @@ class RichProgress:
         )
         if getattr(event, "table", ""):
             self.console.print(f"count table: {event.table}", markup=False, soft_wrap=True)
+        if cfg.init_from and not event.start_step and not cfg.resume:
+            self.console.print(
+                f"starting from the weights of: {cfg.init_from}", markup=False, soft_wrap=True
+            )
         self.console.print(
             f"{event.n_blocks} labelled blocks; per bin: "
             + ", ".join(f"z={z}: {n}" for z, n in sorted(event.bin_counts.items()))
