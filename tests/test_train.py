@@ -752,6 +752,7 @@ def test_init_from_starts_from_the_models_weights_with_a_fresh_optimizer(
         "path": str(Path(first.checkpoint)),
         "sha256": meta["files"][MODEL]["sha256"],
         "step": 4,
+        "working_mpp": WORKING_MPP,
     }
     # resuming the new run keeps that record and never reads the source again
     import shutil
@@ -774,6 +775,15 @@ def test_init_from_another_network_or_nothing_is_refused(
     ):
         train(tiny_config(tmp_path / "b", pairs, width=8, init_from=source))
     assert not (tmp_path / "b" / "run" / LATEST).exists()
+    # a source trained at another scale is taken, with a warning
+    from lsr.checkpoint import METADATA, resolve
+
+    meta_path = resolve(source) / METADATA
+    meta = json.loads(meta_path.read_text())
+    meta_path.write_text(json.dumps({**meta, "working_mpp": 2 * WORKING_MPP}))
+    run = tiny_config(tmp_path / "d", pairs, steps=1, checkpoint_every=1, init_from=source)
+    with pytest.warns(UserWarning, match=r"trained at 8.34 µm/px, this run trains at 4.17"):
+        assert train(run).ok
     with pytest.raises(LsrInputError, match="checkpoint not found") as err:
         train(tiny_config(tmp_path / "b", pairs, init_from=str(tmp_path / "nowhere")))
     assert "nowhere" in str(err.value)

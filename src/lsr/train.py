@@ -824,7 +824,12 @@ def _load_init(model: UNet, path: str) -> dict[str, Any]:
         )
     model.load_state_dict(state)
     weights = meta.get("files", {}).get(MODEL_FILE, {})
-    return {"path": meta["path"], "sha256": weights.get("sha256"), "step": meta.get("step")}
+    return {
+        "path": meta["path"],
+        "sha256": weights.get("sha256"),
+        "step": meta.get("step"),
+        "working_mpp": meta.get("working_mpp"),
+    }
 
 
 def _resume_source(cfg: TrainConfig) -> Any:
@@ -940,6 +945,12 @@ def _train(
     init_source = None
     if ckpt is None and cfg.init_from:
         init_source = _load_init(model, cfg.init_from)
+        was_mpp = init_source.get("working_mpp")
+        if was_mpp and abs(float(was_mpp) / cfg.working_mpp - 1) > 0.01:
+            warn(
+                f"the model to start from was trained at {float(was_mpp):g} µm/px, this run "
+                f"trains at {cfg.working_mpp:g}: it sees its tissue at another scale"
+            )
     model.to(device)
     optimizer = torch.optim.RMSprop(
         model.parameters(),
