@@ -802,6 +802,18 @@ def _flagged_bins_in_use(table: CountTable, labels: np.ndarray) -> str:
     )
 
 
+def _network_difference(was: dict[str, Any], now: dict[str, Any]) -> str:
+    """'width 4, the run asks for width 8' for two networks' configs; '' when they agree."""
+    diff = sorted(k for k in {*was, *now} if was.get(k) != now.get(k))
+    if not diff:
+        return ""
+    return (
+        ", ".join(f"{k} {was.get(k)!r}" for k in diff)
+        + ", the run asks for "
+        + ", ".join(f"{k} {now.get(k)!r}" for k in diff)
+    )
+
+
 def _load_init(model: UNet, path: str) -> dict[str, Any]:
     """Load the weights of the trained model at ``path`` into ``model`` (a new run's start).
 
@@ -811,15 +823,10 @@ def _load_init(model: UNet, path: str) -> dict[str, Any]:
     the step it was saved at.
     """
     state, meta = read_model(path)
-    was, now = meta["model"], model.config()
-    if was != now:
-        diff = sorted(k for k in {*was, *now} if was.get(k) != now.get(k))
+    if problem := _network_difference(meta["model"], model.config()):
         raise LsrInputError(
-            "the network to start from differs from the one this run trains: it has "
-            + ", ".join(f"{k} {was.get(k)!r}" for k in diff)
-            + ", the run asks for "
-            + ", ".join(f"{k} {now.get(k)!r}" for k in diff)
-            + " (give the same --width, --depth and --norm, or drop --init-from)",
+            f"the network to start from differs from the one this run trains: it has {problem}"
+            " (give the same --width, --depth and --norm, or drop --init-from)",
             meta["path"],
         )
     model.load_state_dict(state)
@@ -966,15 +973,10 @@ def _train(
     loss_history: list[float] = []
     start = 0
     if ckpt is not None:
-        if ckpt.metadata["model"] != {**model.config()}:
-            was, now = ckpt.metadata["model"], model.config()
-            diff = sorted(k for k in {*was, *now} if was.get(k) != now.get(k))
+        if problem := _network_difference(ckpt.metadata["model"], model.config()):
             raise LsrInputError(
-                "the network cannot change on resume: the checkpoint has "
-                + ", ".join(f"{k} {was.get(k)!r}" for k in diff)
-                + ", the run asks for "
-                + ", ".join(f"{k} {now.get(k)!r}" for k in diff)
-                + " (drop those options, or train a new run in another --out-dir)",
+                f"the network cannot change on resume: the checkpoint has {problem}"
+                " (drop those options, or train a new run in another --out-dir)",
                 ckpt.path,
             )
         model.load_state_dict(ckpt.model_state)
