@@ -13,12 +13,15 @@ import torch
 
 from lsr.checkpoint import LATEST, MODEL, read_checkpoint
 from lsr.errors import LsrInputError
+from lsr.model import normalise_rgb
 from lsr.train import (
     CollapseMonitor,
     MaskMonitor,
     StepEvent,
     TrainConfig,
+    check_final_network,
     crop_to_block,
+    final_check_blocks,
     learning_rate,
     train,
 )
@@ -801,3 +804,84 @@ def test_cli_init_from_and_resume_together_are_refused(
         main(["train", "--resume", run, "--init-from", run, "--steps", "4"])
     assert exc.value.code == 2
     assert "give only one of them" in capsys.readouterr().err
+
+
+# ---------------------------------------------------------------------- final network
+class _Logits(torch.nn.Module):
+    """Stand-in network: cancer logit = a + b × the block's own mean darkness (per pixel)."""
+
+    def __init__(self, a: float, b: float, per_pixel: bool = True):
+        super().__init__()
+        self.a, self.b, self.per_pixel = a, b, per_pixel
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        dark = -x.mean(dim=1, keepdim=True)  # (B, 1, H, W), larger where the block is dark
+        if not self.per_pixel:
+            dark = dark.mean(dim=(2, 3), keepdim=True).expand_as(dark)
+        cancer = self.a + self.b * dark
+        return torch.cat([cancer, torch.zeros_like(cancer)], dim=1)
+
+
+def test_final_check_blocks_cover_every_bin_deterministically() -> None:
+    labels = np.array([0] * 100 + [3] * 5 + [9] * 40)
+    idx = final_check_blocks(labels, seed=1, n=12)
+    assert idx.size == 12 and np.array_equal(idx, np.unique(idx))
+    assert set(labels[idx]) == {0, 3, 9}  # a rare bin is not left out
+    assert np.array_equal(idx, final_check_blocks(labels, seed=1, n=12))
+    assert not np.array_equal(idx, final_check_blocks(labels, seed=2, n=12))
+    assert final_check_blocks(np.array([2, 2]), seed=0, n=64).tolist() == [0, 1]
+
+
+def test_check_final_network_names_collapse_and_a_degenerate_mask(
+    pairs: list[tuple[str, str]], tmp_path: Path
+) -> None:
+    from lsr.counttable import CountTable
+    from lsr.train import build_dataset
+
+    cfg = tiny_config(tmp_path, pairs).resolved()
+    table = CountTable.paper_table1()
+    dataset = build_dataset(cfg, table)
+    names = table.class_names
+    # dark rows cancer, pale rows not: both classes in the mask, block fractions vary
+    healthy, stats = check_final_network(_Logits(0.0, 4.0), dataset, cfg, names)
+    assert healthy == "" and 0.05 < stats["hard"][0] < 0.95 and stats["spread"] > 0.05
+    # the same everywhere: collapsed (checked first; its mask is degenerate too)
+    flat, stats = check_final_network(_Logits(2.0, 0.0), dataset, cfg, names)
+    assert flat.startswith("collapsed") and stats["spread"] < 1e-6
+    # depends on the block, but every pixel is cancer: the mask holds no 'non-cancer'
+    full, stats = check_final_network(_Logits(3.0, 1.0), dataset, cfg, names)
+    assert full.startswith("degenerate mask") and "every pixel is called 'cancer'" in full
+    assert stats["hard"][0] == 1.0 and stats["soft"][1] > 0.02
+    # independent computation of the statistics for the healthy network
+    idx = final_check_blocks(dataset.labels, cfg.seed)
+    x = torch.stack([normalise_rgb(dataset.read_block(int(i))) for i in idx])
+    p = torch.softmax(_Logits(0.0, 4.0)(x), dim=1)
+    _, stats = check_final_network(_Logits(0.0, 4.0), dataset, cfg, names)
+    assert np.allclose(stats["soft"], p.mean(dim=(0, 2, 3)).numpy(), atol=1e-6)
+    assert np.isclose(stats["hard"][0], float((p[:, 0] > p[:, 1]).float().mean()), atol=1e-6)
+    assert np.isclose(stats["spread"], float(p[:, 0].mean(dim=(1, 2)).std(unbiased=False)))
+
+
+def test_a_final_network_that_fails_the_check_fails_the_run(
+    pairs: list[tuple[str, str]], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import lsr.train
+
+    seen = []
+
+    def wrecked(model, dataset, cfg, class_names, device="cpu"):  # type: ignore[no-untyped-def]
+        seen.append(cfg.steps)
+        return "degenerate mask: on the final network …", {}
+
+    monkeypatch.setattr(lsr.train, "check_final_network", wrecked)
+    # shorter than the monitors' window: not judged (a run starts at the table prior)
+    assert train(tiny_config(tmp_path / "a", pairs, steps=4, checkpoint_every=2)).ok
+    assert seen == []
+    cfg = tiny_config(tmp_path / "b", pairs, steps=4, checkpoint_every=2, collapse_window=2,
+                      collapse_std=0.0, mask_ratio=0.0)  # fmt: skip
+    with pytest.warns(UserWarning, match="the final network fails a check"):
+        result = train(cfg)
+    assert seen == [4] and result.status == "failed"
+    assert result.failure.startswith("degenerate mask: on the final network")
+    assert "earlier checkpoints to try: " in result.failure and "step-000002" in result.failure
+    assert json.loads((tmp_path / "b" / "run" / "run.json").read_text())["status"] == "failed"

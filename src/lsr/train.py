@@ -58,6 +58,7 @@ from lsr.checkpoint import (
     read_model,
     rng_state,
     set_rng_state,
+    step_name,
     training_folder,
     write_checkpoint,
 )
@@ -68,7 +69,7 @@ from lsr.counttable import CountTable
 from lsr.dataset import BlockDataset, BlockSource
 from lsr.device import describe_device, select_device
 from lsr.errors import LsrInputError
-from lsr.model import NORMS, UNet
+from lsr.model import NORMS, UNet, normalise_rgb
 from lsr.sampler import GroupBatchSampler, SamplerWarning, ShuffledBatchSampler
 
 try:  # Python ≥ 3.11
@@ -542,6 +543,86 @@ class MaskMonitor:
         self.history.clear()
         for soft, hard in state.get("history", [])[-self.window :]:
             self.history.append((list(soft), list(hard)))
+
+
+#: Training blocks the final network is checked on (stratified over the bins; one forward).
+FINAL_CHECK_BLOCKS = 64
+
+
+def final_check_blocks(labels: np.ndarray, seed: int, n: int = FINAL_CHECK_BLOCKS) -> np.ndarray:
+    """Indices of up to ``n`` blocks, about equally many from each bin the labels use.
+
+    Deterministic in ``seed``, so a run and a later look at it check the same blocks.
+    """
+    labels = np.asarray(labels)
+    rng = np.random.default_rng(seed)
+    bins = np.unique(labels)
+    if bins.size == 0:
+        return np.zeros(0, np.int64)
+    per_bin = -(-n // bins.size)
+    picks = [rng.permutation(np.flatnonzero(labels == z))[:per_bin] for z in bins]
+    return np.sort(np.concatenate(picks))[:n] if len(picks) else np.zeros(0, np.int64)
+
+
+def check_final_network(
+    model: torch.nn.Module,
+    dataset: BlockDataset,
+    cfg: TrainConfig,
+    class_names: Sequence[str],
+    device: torch.device | str = "cpu",
+) -> tuple[str, dict[str, Any]]:
+    """Apply the collapse and degenerate-mask rules to the *final* weights.
+
+    Why: the monitors average the last ``collapse_window`` steps, so a network wrecked by a
+    loss spike in its last few steps (seen in the study: all cancer after two spikes at steps
+    298 and 300) passes them, and it is that network which is saved and used. Predicts
+    :func:`final_check_blocks` of the training blocks (no augmentation, eval mode) and
+    returns ``(failure text or "", stats)``; stats hold ``spread`` (std of the class-0 block
+    fraction), ``soft`` and ``hard`` (per class mean probability and argmax share).
+    """
+    idx = final_check_blocks(dataset.labels, cfg.seed)
+    if idx.size < 2:
+        return "", {}
+    was_training = model.training
+    model.eval()
+    mus, softs, hards = [], [], []
+    chunk = max(int(cfg.batch_size or 8), 1)
+    try:
+        with torch.no_grad():
+            for start in range(0, idx.size, chunk):
+                images = torch.stack([normalise_rgb(dataset.read_block(int(i)))
+                                      for i in idx[start : start + chunk]])  # fmt: skip
+                logits = model(images.to(device))
+                p = F.softmax(crop_to_block(logits, cfg.context_px).float(), dim=1)
+                n_cls = p.shape[1]
+                mus.append(p[:, 0].mean(dim=(-2, -1)).cpu())
+                softs.append(p.sum(dim=(0, 2, 3)).cpu())
+                hards.append(torch.bincount(p.argmax(dim=1).flatten(), minlength=n_cls).cpu())
+    finally:
+        model.train(was_training)
+    mu = torch.cat(mus).numpy()
+    n_px = float(torch.stack(hards).sum())
+    soft = (torch.stack(softs).sum(0) / n_px).numpy()
+    hard = (torch.stack(hards).sum(0).float() / n_px).numpy()
+    stats = {"blocks": int(idx.size), "spread": float(mu.std()), "soft": soft.tolist(),
+             "hard": hard.tolist()}  # fmt: skip
+    where = f"the final network on {idx.size} training blocks"
+    if stats["spread"] < cfg.collapse_std:
+        return (
+            f"collapsed: {where} predicts a {class_names[0]} fraction that varies by only "
+            f"{stats['spread']:.2g} across blocks (< {cfg.collapse_std})"
+        ), stats
+    masks = MaskMonitor(1, cfg.mask_ratio)
+    masks.update(soft, hard)
+    if (k := masks.degenerate_class) is not None:
+        text = (
+            f"degenerate mask: on {where}, '{class_names[k]}' has mean probability "
+            f"{soft[k]:.1%} but is the most likely class at only {hard[k]:.1%} of pixels"
+        )
+        if len(class_names) == 2:
+            text += f", so (nearly) every pixel is called '{class_names[1 - k]}'"
+        return text, stats
+    return "", stats
 
 
 def learning_rate(cfg: TrainConfig, step: int) -> float:
@@ -1207,6 +1288,12 @@ def _train(
     elif status == "completed" and mask_monitor.degenerate_class is not None:
         status = "failed"
         failure = f"degenerate mask: {mask_monitor.describe(table.class_names)}"
+    elif status == "completed" and step > start and step == cfg.steps >= cfg.collapse_window:
+        # like the monitors, judged only after a full window: runs start at the table prior
+        problem, _ = check_final_network(model, dataset, cfg, table.class_names, device)
+        if problem:
+            status, failure = "failed", problem + _earlier_checkpoints(out_dir, step)
+            warn(f"the final network fails a check: {failure}")
     if status == "completed" and start < cfg.steps and not last_ckpt and is_main:
         save(step)  # pragma: no cover - the loop saves at the last step
     if not last_ckpt and ckpt is not None:
@@ -1233,6 +1320,13 @@ def _train(
     if world > 1:
         dist.barrier()
     return result
+
+
+def _earlier_checkpoints(out_dir: Path, step: int) -> str:
+    """'; earlier checkpoints to try: …' (the kept ones before ``step``), or ''."""
+    kept = sorted(out_dir.joinpath(CHECKPOINTS).glob("step-*"), reverse=True)
+    earlier = [str(p) for p in kept if p.name != step_name(step)]
+    return f"; earlier checkpoints to try: {', '.join(earlier)}" if earlier else ""
 
 
 #: How torch's DataLoader re-raises a worker's exception: same type, traceback as message.
