@@ -830,6 +830,11 @@ def test_final_check_blocks_cover_every_bin_deterministically() -> None:
     assert np.array_equal(idx, final_check_blocks(labels, seed=1, n=12))
     assert not np.array_equal(idx, final_check_blocks(labels, seed=2, n=12))
     assert final_check_blocks(np.array([2, 2]), seed=0, n=64).tolist() == [0, 1]
+    # more bins than fit twice: every bin once before any bin twice, whatever its index
+    many = np.repeat(np.arange(10), 30)
+    idx = final_check_blocks(many, seed=0, n=12)
+    assert idx.size == 12 and set(many[idx]) == set(range(10))
+    assert max(np.bincount(many[idx])) == 2
 
 
 def test_check_final_network_names_collapse_and_a_degenerate_mask(

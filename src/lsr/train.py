@@ -560,8 +560,10 @@ def final_check_blocks(labels: np.ndarray, seed: int, n: int = FINAL_CHECK_BLOCK
     if bins.size == 0:
         return np.zeros(0, np.int64)
     per_bin = -(-n // bins.size)
-    picks = [rng.permutation(np.flatnonzero(labels == z))[:per_bin] for z in bins]
-    return np.sort(np.concatenate(picks))[:n] if len(picks) else np.zeros(0, np.int64)
+    # (rank within its bin, bin, index): the n lowest ranks give every bin its share
+    drawn = [rng.permutation(np.flatnonzero(labels == z))[:per_bin] for z in bins]
+    ranked = sorted((r, k, int(i)) for k, picks in enumerate(drawn) for r, i in enumerate(picks))
+    return np.sort(np.array([i for _, _, i in ranked[:n]], dtype=np.int64))
 
 
 def check_final_network(
