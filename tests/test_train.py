@@ -19,6 +19,7 @@ from lsr.train import (
     MaskMonitor,
     StepEvent,
     TrainConfig,
+    TrainResult,
     check_final_network,
     crop_to_block,
     final_check_blocks,
@@ -872,21 +873,38 @@ def test_a_final_network_that_fails_the_check_fails_the_run(
 ) -> None:
     import lsr.train
 
-    seen = []
+    calls = []
 
-    def wrecked(model, dataset, cfg, class_names, device="cpu"):  # type: ignore[no-untyped-def]
-        seen.append(cfg.steps)
-        return "degenerate mask: on the final network …", {}
+    def wrecked_at_the_end(model, dataset, cfg, class_names, device="cpu"):  # type: ignore[no-untyped-def]
+        calls.append(model)
+        # the final network fails; the earlier checkpoints pass unless told otherwise
+        return ("degenerate mask: on the final network …" if len(calls) == 1 or every else ""), {}
 
-    monkeypatch.setattr(lsr.train, "check_final_network", wrecked)
+    monkeypatch.setattr(lsr.train, "check_final_network", wrecked_at_the_end)
+    every = True
     # shorter than the monitors' window: not judged (a run starts at the table prior)
     assert train(tiny_config(tmp_path / "a", pairs, steps=4, checkpoint_every=2)).ok
-    assert seen == []
-    cfg = tiny_config(tmp_path / "b", pairs, steps=4, checkpoint_every=2, collapse_window=2,
-                      collapse_std=0.0, mask_ratio=0.0)  # fmt: skip
-    with pytest.warns(UserWarning, match="the final network fails a check"):
-        result = train(cfg)
-    assert seen == [4] and result.status == "failed"
+    assert calls == []
+
+    def run(folder: str) -> TrainResult:
+        cfg = tiny_config(tmp_path / folder, pairs, steps=6, checkpoint_every=2,
+                          collapse_window=2, collapse_std=0.0, mask_ratio=0.0)  # fmt: skip
+        with pytest.warns(UserWarning, match="the final network fails a check"):
+            return train(cfg)
+
+    result = run("b")  # the kept step-4 and step-2 checkpoints fail too
+    assert result.status == "failed" and len(calls) == 3
     assert result.failure.startswith("degenerate mask: on the final network")
-    assert "earlier checkpoints to try: " in result.failure and "step-000002" in result.failure
+    assert result.failure.endswith(
+        "none of the earlier checkpoints (step-000004, step-000002) passes it"
+    )
     assert json.loads((tmp_path / "b" / "run" / "run.json").read_text())["status"] == "failed"
+    # the earlier checkpoints are checked with their own weights, not the final ones
+    final = {k: v.clone() for k, v in result.model.state_dict().items()}
+    assert not all(torch.equal(final[k], v) for k, v in calls[2].state_dict().items())
+    calls.clear()
+    every = False
+    result = run("c")
+    ckpts = tmp_path / "c" / "run" / "checkpoints"
+    passing = f"{ckpts / 'step-000004'}, {ckpts / 'step-000002'}"
+    assert result.failure.endswith(f"earlier checkpoints that pass this check: {passing}")

@@ -1294,7 +1294,10 @@ def _train(
         # like the monitors, judged only after a full window: runs start at the table prior
         problem, _ = check_final_network(model, dataset, cfg, table.class_names, device)
         if problem:
-            status, failure = "failed", problem + _earlier_checkpoints(out_dir, step)
+            failure = problem + _earlier_checkpoints(
+                out_dir, step, dataset, cfg, table.class_names, device
+            )
+            status = "failed"
             warn(f"the final network fails a check: {failure}")
     if status == "completed" and start < cfg.steps and not last_ckpt and is_main:
         save(step)  # pragma: no cover - the loop saves at the last step
@@ -1324,11 +1327,34 @@ def _train(
     return result
 
 
-def _earlier_checkpoints(out_dir: Path, step: int) -> str:
-    """'; earlier checkpoints to try: …' (the kept ones before ``step``), or ''."""
+def _earlier_checkpoints(
+    out_dir: Path,
+    step: int,
+    dataset: BlockDataset,
+    cfg: TrainConfig,
+    class_names: Sequence[str],
+    device: torch.device,
+) -> str:
+    """Which kept checkpoints before ``step`` pass :func:`check_final_network` (the check the
+    final network failed), for the failure message: '; earlier checkpoints that pass this
+    check: …' (latest first), '; none of the earlier checkpoints (…) passes it', or ''."""
+    from lsr.model import load
+
     kept = sorted(out_dir.joinpath(CHECKPOINTS).glob("step-*"), reverse=True)
-    earlier = [str(p) for p in kept if p.name != step_name(step)]
-    return f"; earlier checkpoints to try: {', '.join(earlier)}" if earlier else ""
+    earlier = [p for p in kept if p.name != step_name(step)]
+    if not earlier:
+        return ""
+    passing = []
+    for path in earlier:
+        try:
+            net, _ = load(path, device)
+        except LsrInputError:  # a damaged older checkpoint is not offered
+            continue
+        if not check_final_network(net, dataset, cfg, class_names, device)[0]:
+            passing.append(str(path))
+    if passing:
+        return f"; earlier checkpoints that pass this check: {', '.join(passing)}"
+    return f"; none of the earlier checkpoints ({', '.join(p.name for p in earlier)}) passes it"
 
 
 #: How torch's DataLoader re-raises a worker's exception: same type, traceback as message.
