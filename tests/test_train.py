@@ -906,5 +906,5 @@ def test_a_final_network_that_fails_the_check_fails_the_run(
     every = False
     result = run("c")
     ckpts = tmp_path / "c" / "run" / "checkpoints"
-    passing = f"{ckpts / 'step-000004'}, {ckpts / 'step-000002'}"
+    passing = f"step-000004, step-000002 (in {ckpts})"
     assert result.failure.endswith(f"earlier checkpoints that pass this check: {passing}")

@@ -1337,7 +1337,8 @@ def _earlier_checkpoints(
 ) -> str:
     """Which kept checkpoints before ``step`` pass :func:`check_final_network` (the check the
     final network failed), for the failure message: '; earlier checkpoints that pass this
-    check: …' (latest first), '; none of the earlier checkpoints (…) passes it', or ''."""
+    check: step-…, … (in OUT/checkpoints)' (latest first), '; none of the earlier
+    checkpoints (…) passes it', or ''. Names, not paths: the message is shown in the GUI."""
     from lsr.model import load
 
     kept = sorted(out_dir.joinpath(CHECKPOINTS).glob("step-*"), reverse=True)
@@ -1351,9 +1352,10 @@ def _earlier_checkpoints(
         except LsrInputError:  # a damaged older checkpoint is not offered
             continue
         if not check_final_network(net, dataset, cfg, class_names, device)[0]:
-            passing.append(str(path))
+            passing.append(path.name)
     if passing:
-        return f"; earlier checkpoints that pass this check: {', '.join(passing)}"
+        where = out_dir / CHECKPOINTS
+        return f"; earlier checkpoints that pass this check: {', '.join(passing)} (in {where})"
     return f"; none of the earlier checkpoints ({', '.join(p.name for p in earlier)}) passes it"
 
 
