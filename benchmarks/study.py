@@ -28,6 +28,7 @@ import json
 import os
 import sys
 import time
+from collections.abc import Iterator
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from pathlib import Path
 from typing import Any
@@ -345,14 +346,28 @@ def audit_run(run: Path, patches: list[dict]) -> dict[str, Any]:
 
 
 def cmd_audit(args: argparse.Namespace) -> None:
-    from lsr.demo import _load_patch
-
-    out = Path(args.out)
-    names = _arm_names(out, args.arms)
     print("| arm | seed | loss | masked IoU | spread (last window) | held-out cancer: mean p / "
           "share ≥ 0.5 | flagged |\n|---|---|---|---|---|---|---|")  # fmt: skip
-    for arm in names:
-        for job in sorted((out / arm).glob("seed*")):
+    for arm, seed, rows, patches, runs in finished_runs(Path(args.out), args.arms):
+        for run in runs:
+            a = audit_run(run, patches)
+            flags = [f for f, on in (("collapsed", a["collapsed"]),
+                                     ("degenerate mask", a["degenerate"])) if on]  # fmt: skip
+            print(
+                f"| {arm} | {seed} | {run.name} | {rows[run.name]['masked_iou']:.3f} | "
+                f"{a['spread']:.1e} | {100 * a['soft']:.1f} % / {100 * a['hard']:.1f} % | "
+                f"{', '.join(flags) or '–'} |",
+                flush=True,
+            )
+
+
+def finished_runs(out: Path, arms: str) -> Iterator[tuple[str, int, dict, list[dict], list[Path]]]:
+    """``(arm, seed, per-row scores, held-out patches, run folders)`` of every finished job of
+    ``arms`` (comma-separated; '' = all), seeds in numeric order."""
+    from lsr.demo import _load_patch
+
+    for arm in _arm_names(out, arms):
+        for job in sorted((out / arm).glob("seed*"), key=lambda j: int(j.name[4:])):
             if not (job / "results.json").exists():
                 continue
             seed = int(job.name[4:])
@@ -361,16 +376,7 @@ def cmd_audit(args: argparse.Namespace) -> None:
             manifest = json.loads((data / "manifest.json").read_text())
             patches = [_load_patch(data / "test", e, int(manifest["block_px"]))
                        for e in manifest["test"]]  # fmt: skip
-            for run in sorted((job / "runs" / f"seed{seed}").iterdir()):
-                a = audit_run(run, patches)
-                flags = [f for f, on in (("collapsed", a["collapsed"]),
-                                         ("degenerate mask", a["degenerate"])) if on]  # fmt: skip
-                print(
-                    f"| {arm} | {seed} | {run.name} | {rows[run.name]['masked_iou']:.3f} | "
-                    f"{a['spread']:.1e} | {100 * a['soft']:.1f} % / {100 * a['hard']:.1f} % | "
-                    f"{', '.join(flags) or '–'} |",
-                    flush=True,
-                )
+            yield arm, seed, rows, patches, sorted((job / "runs" / f"seed{seed}").iterdir())
 
 
 def main() -> None:

@@ -48,48 +48,36 @@ def main() -> None:
     p.add_argument("--threads", type=int, default=1)
     args = p.parse_args()
     torch.set_num_threads(args.threads)
-    from lsr.demo import _load_patch
-
-    out = Path(args.out)
     counts = {"runs": 0, "held-out bad": 0, "trainer flagged": 0, "final flagged": 0,
               "held-out bad, trainer missed": 0, "of those, final caught": 0,
               "final flagged, held-out fine": 0}  # fmt: skip
     print("| arm | seed | loss | masked IoU | trainer | final check | held-out cancer mean / "
           "share ≥ 0.5 | held-out rule |\n|---|---|---|---|---|---|---|---|")  # fmt: skip
-    for arm in study._arm_names(out, args.arms):
-        for job in sorted((out / arm).glob("seed*"), key=lambda j: int(j.name[4:])):
-            if not (job / "results.json").exists():
-                continue
-            seed = int(job.name[4:])
-            rows = json.loads((job / "results.json").read_text())["per_seed"][str(seed)]
-            data = job / "data" / f"seed{seed}"
-            manifest = json.loads((data / "manifest.json").read_text())
-            patches = [_load_patch(data / "test", e, int(manifest["block_px"]))
-                       for e in manifest["test"]]  # fmt: skip
-            for run in sorted((job / "runs" / f"seed{seed}").iterdir()):
-                status = json.loads((run / "run.json").read_text()).get("status")
-                problem, stats = final_check(run)
-                audit = study.audit_run(run, patches)
-                bad = audit["degenerate"] or audit["collapsed"]
-                counts["runs"] += 1
-                counts["held-out bad"] += bad
-                counts["trainer flagged"] += status == "failed"
-                counts["final flagged"] += bool(problem)
-                if bad and status != "failed":
-                    counts["held-out bad, trainer missed"] += 1
-                    counts["of those, final caught"] += bool(problem)
-                counts["final flagged, held-out fine"] += bool(problem) and not bad
-                final = problem.split(":")[0] if problem else "–"
-                if stats:
-                    final += (
-                        f" (cancer {100 * stats['soft'][0]:.0f} % / {100 * stats['hard'][0]:.0f} %)"
-                    )
-                print(
-                    f"| {arm} | {seed} | {run.name} | {rows[run.name]['masked_iou']:.3f} | "
-                    f"{status} | {final} | {100 * audit['soft']:.1f} % / "
-                    f"{100 * audit['hard']:.1f} % | {'bad' if bad else 'fine'} |",
-                    flush=True,
+    for arm, seed, rows, patches, runs in study.finished_runs(Path(args.out), args.arms):
+        for run in runs:
+            status = json.loads((run / "run.json").read_text()).get("status")
+            problem, stats = final_check(run)
+            audit = study.audit_run(run, patches)
+            bad = audit["degenerate"] or audit["collapsed"]
+            counts["runs"] += 1
+            counts["held-out bad"] += bad
+            counts["trainer flagged"] += status == "failed"
+            counts["final flagged"] += bool(problem)
+            if bad and status != "failed":
+                counts["held-out bad, trainer missed"] += 1
+                counts["of those, final caught"] += bool(problem)
+            counts["final flagged, held-out fine"] += bool(problem) and not bad
+            final = problem.split(":")[0] if problem else "–"
+            if stats:
+                final += (
+                    f" (cancer {100 * stats['soft'][0]:.0f} % / {100 * stats['hard'][0]:.0f} %)"
                 )
+            print(
+                f"| {arm} | {seed} | {run.name} | {rows[run.name]['masked_iou']:.3f} | "
+                f"{status} | {final} | {100 * audit['soft']:.1f} % / "
+                f"{100 * audit['hard']:.1f} % | {'bad' if bad else 'fine'} |",
+                flush=True,
+            )
     print()
     for key, value in counts.items():
         print(f"- {key}: {value}")
