@@ -52,6 +52,7 @@ from lsr.augment import NO_AUGMENT, AugmentConfig
 from lsr.checkpoint import (
     CHECKPOINTS,
     LATEST,
+    MODEL,
     git_revision,
     library_versions,
     read_checkpoint,
@@ -61,9 +62,6 @@ from lsr.checkpoint import (
     step_name,
     training_folder,
     write_checkpoint,
-)
-from lsr.checkpoint import (
-    MODEL as MODEL_FILE,
 )
 from lsr.counttable import CountTable
 from lsr.dataset import BlockDataset, BlockSource
@@ -913,7 +911,7 @@ def _load_init(model: UNet, path: str) -> dict[str, Any]:
             meta["path"],
         )
     model.load_state_dict(state)
-    weights = meta.get("files", {}).get(MODEL_FILE, {})
+    weights = meta.get("files", {}).get(MODEL, {})
     return {
         "path": meta["path"],
         "sha256": weights.get("sha256"),
