@@ -788,6 +788,13 @@ def test_init_from_another_network_or_nothing_is_refused(
     run = tiny_config(tmp_path / "d", pairs, steps=1, checkpoint_every=1, init_from=source)
     with pytest.warns(UserWarning, match=r"trained at 8.34 µm/px, this run trains at 4.17"):
         assert train(run).ok
+    # a source whose run was marked failed is taken, with its reason
+    run_json = tmp_path / "a" / "run" / "run.json"
+    run_json.write_text(json.dumps({"status": "failed", "failure": "collapsed: spread 1e-05"}))
+    run = tiny_config(tmp_path / "e", pairs, steps=1, checkpoint_every=1, init_from=source)
+    with pytest.warns(UserWarning) as caught:  # (and the other scale again)
+        assert train(run).ok
+    assert any("from a failed run: collapsed: spread 1e-05" in str(w.message) for w in caught)
     with pytest.raises(LsrInputError, match="checkpoint not found") as err:
         train(tiny_config(tmp_path / "b", pairs, init_from=str(tmp_path / "nowhere")))
     assert "nowhere" in str(err.value)

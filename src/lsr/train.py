@@ -912,12 +912,19 @@ def _load_init(model: UNet, path: str) -> dict[str, Any]:
         )
     model.load_state_dict(state)
     weights = meta.get("files", {}).get(MODEL, {})
-    return {
+    source = {
         "path": meta["path"],
         "sha256": weights.get("sha256"),
         "step": meta.get("step"),
         "working_mpp": meta.get("working_mpp"),
     }
+    try:  # the source run's own verdict, when its folder still has it
+        run = json.loads((training_folder(path) / RUN_JSON).read_text(encoding="utf-8"))
+        if run.get("status") == "failed":
+            source["run_failure"] = str(run.get("failure") or "failed")
+    except (OSError, ValueError, AttributeError):
+        pass
+    return source
 
 
 def _resume_source(cfg: TrainConfig) -> Any:
@@ -1033,6 +1040,8 @@ def _train(
     init_source = None
     if ckpt is None and cfg.init_from:
         init_source = _load_init(model, cfg.init_from)
+        if init_source.get("run_failure"):
+            warn(f"the model to start from is from a failed run: {init_source['run_failure']}")
         was_mpp = init_source.get("working_mpp")
         if was_mpp and abs(float(was_mpp) / cfg.working_mpp - 1) > 0.01:
             warn(
