@@ -252,6 +252,7 @@ class TrainerWidget(QWidget):
         self.max_update_s = 0.0  # longest GUI-thread update so far (benchmarks)
         self._stale = True
         self._in_refresh = False
+        self._refresh_again = False
         self._poller: ProgressPoller | None = None
         self.timer = QTimer(self)  # display updates while watching
         self.timer.setInterval(int(SHOW_S * 1000))
@@ -870,31 +871,39 @@ class TrainerWidget(QWidget):
     def _refresh(self) -> None:
         """Report runs that ended and update the display if there is news (the timer calls
         it every :data:`SHOW_S` seconds); stops watching when no run is active."""
-        if self._in_refresh:  # re-entered (napari's progress bar processes events)
+        if self._in_refresh:  # re-entered: napari's progress bar processes events, so a
+            self._refresh_again = True  # run's end can arrive mid-refresh; show it after
             return
         self._in_refresh = True
         t0 = time.perf_counter()
         try:
-            for m in self.monitors:
-                state = m.state
-                key = (str(m.run_dir), state.ended or state.status)
-                if not state.active and key not in self._reported:
-                    self._reported.add(key)
-                    self._to_report.append(state)
-                    QTimer.singleShot(REPORT_MS, self._report_ended)
-            running = self.running
-            if self._stale or not running:
-                self._show(self.current())
-                self._stale = False
-            if not running:
-                self.timer.stop()
-                self._stop_poller()
-                self._close_pbar()
-                self._update_buttons()
-                self._unguard_close()
+            self._refresh_again = True
+            while self._refresh_again:
+                self._refresh_again = False
+                self._refresh_once()
         finally:
             self._in_refresh = False
             self.max_update_s = max(self.max_update_s, time.perf_counter() - t0)
+
+    def _refresh_once(self) -> None:
+        """One pass of :meth:`_refresh` (repeated while a run's news arrived mid-pass)."""
+        for m in self.monitors:
+            state = m.state
+            key = (str(m.run_dir), state.ended or state.status)
+            if not state.active and key not in self._reported:
+                self._reported.add(key)
+                self._to_report.append(state)
+                QTimer.singleShot(REPORT_MS, self._report_ended)
+        running = self.running
+        if self._stale or not running:
+            self._stale = False
+            self._show(self.current())
+        if not running:
+            self.timer.stop()
+            self._stop_poller()
+            self._close_pbar()
+            self._update_buttons()
+            self._unguard_close()
 
     def _show(self, m: tp.RunMonitor | None) -> None:
         if m is None:

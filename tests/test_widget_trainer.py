@@ -111,6 +111,40 @@ def test_train_queue_from_layers_to_completion_and_model_list(widget, data, qtbo
     assert model.final_loss == pytest.approx(summary["losses"][-1])
 
 
+def test_run_that_ends_while_the_display_updates_is_shown_ended(
+    widget, data, qtbot, monkeypatch
+) -> None:
+    """napari's progress bar processes events: a run's end delivered inside a display update
+    (a re-entered refresh) must still reach the panel at once, not wait for a timer tick."""
+    from qtpy.QtWidgets import QApplication
+
+    from napari_lsr.trainer import TrainerWidget
+
+    update_pbar = TrainerWidget._update_pbar
+    pumped: list[int] = []
+
+    def end_inside(self, m, desc):  # the first update of a started run: it ends in there
+        update_pbar(self, m, desc)
+        if not pumped and m.state.step >= 1:
+            pumped.append(m.state.step)
+            self.job.cancel()
+            qtbot.waitUntil(
+                lambda: (QApplication.processEvents(), not m.state.active)[1], timeout=TIMEOUT_MS
+            )
+
+    monkeypatch.setattr(TrainerWidget, "_update_pbar", end_inside)
+    widget.add_folder(data)
+    widget.loss_checks["intra_inter"].setChecked(False)
+    widget.loss_checks["intra"].setChecked(True)
+    widget.steps.setValue(100_000)
+    assert widget.train()
+    qtbot.waitUntil(lambda: not widget.running, timeout=TIMEOUT_MS)
+    s = widget.current().state
+    assert pumped and s.status == "cancelled" and s.step >= pumped[0], s.message
+    assert widget.progress_bar.value() == s.step and "cancelled" in widget.status.text()
+    assert not widget.timer.isActive() and widget.train_button.isEnabled()
+
+
 def qtbot_button():
     from qtpy.QtCore import Qt
 
