@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import threading
 import warnings
 from pathlib import Path
@@ -674,7 +675,10 @@ def test_cli_banner_names_the_count_table(
     base += ["--width", "4", "--depth", "2", "--steps", "1", "--device", "cpu", "--batch-size", "8"]
     with pytest.raises(SystemExit):
         main([*base, "--out-dir", str(tmp_path / "a")])
-    assert "count table: paper Table 1 (the default" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "count table: paper Table 1 (the default" in err
+    n_blocks = int(re.search(r"(\d+) labelled blocks", err).group(1))
+    assert f"1 steps × 8 blocks: each block seen about {8 / n_blocks:.2g} times" in err
     table = str(tmp_path / "expert.json")
     with pytest.raises(SystemExit):
         main([*base, "--out-dir", str(tmp_path / "b"), "--table", table])

@@ -63,6 +63,12 @@ class RichProgress:
             f"{event.n_blocks} labelled blocks; per bin: "
             + ", ".join(f"z={z}: {n}" for z, n in sorted(event.bin_counts.items()))
         )
+        if event.n_blocks and cfg.batch_size:  # on large data the default steps see few blocks
+            seen = cfg.steps * cfg.batch_size * event.world_size
+            self.console.print(
+                f"{cfg.steps} steps × {cfg.batch_size * event.world_size} blocks: each block "
+                f"seen about {seen / event.n_blocks:.2g} times (raise --steps on large data)"
+            )
         self.progress = Progress(
             TextColumn("[progress.description]{task.description}"),
             BarColumn(),
