@@ -122,7 +122,7 @@ def test_queue_runs_in_order_to_completion_and_lists_models(pairs, tmp_path: Pat
             seen_running_b_while_a_active = True
         return not a.active and not b.active
 
-    wait(monitors, until=check)
+    wait(monitors[::-1], until=check)  # b read before a: a's state never older than b's
     job.wait(30)
     a, b = (m.state for m in monitors)
     assert not seen_running_b_while_a_active  # one after another, not at once

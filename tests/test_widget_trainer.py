@@ -47,6 +47,7 @@ def widget(make_napari_viewer, tmp_path, monkeypatch):
     viewer = make_napari_viewer()
     _dock, w = viewer.window.add_plugin_dock_widget("napari-lsr", "Trainer")
     w.out_dir.setText(str(tmp_path / "models"))
+    w.refresh_models()  # (setText does not: else the list shows the user's default folder)
     w.block_px.setValue(BLOCK)
     w.working_mpp.setValue(MPP)
     w.width_spin.setValue(4)
