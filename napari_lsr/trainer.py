@@ -175,10 +175,13 @@ class ProgressPoller(QObject):
     lives in the GUI thread, so Qt queues the signal there, in order; the receiver folds
     the batch in with ``monitor.apply(batch)``. A backlog (attaching to a long run) comes
     in chunks of ``chunk_bytes``, so the GUI thread never folds too much at once. The
-    monitors must not be read elsewhere while the poller runs.
+    monitors must not be read elsewhere while the poller runs. To dispose of a started
+    poller, :meth:`stop` it and drop it: it deletes itself once its thread has ended
+    (``deleteLater`` any earlier could free it while the thread is inside ``emit``).
     """
 
     delivered = Signal(object, object)  # RunMonitor, ProgressBatch
+    ended = Signal()  # the thread's last act
 
     def __init__(
         self,
@@ -193,6 +196,7 @@ class ProgressPoller(QObject):
         self.chunk_bytes = int(chunk_bytes)
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        self.ended.connect(self.deleteLater)  # queued: runs in the GUI thread
 
     def start(self) -> None:
         self._thread = threading.Thread(target=self._run, name="lsr-progress", daemon=True)
@@ -209,6 +213,13 @@ class ProgressPoller(QObject):
         return self._thread is not None and self._thread.is_alive()
 
     def _run(self) -> None:
+        try:
+            self._poll()
+        finally:
+            with contextlib.suppress(RuntimeError):  # (already deleted with its parent)
+                self.ended.emit()
+
+    def _poll(self) -> None:
         alive = [True] * len(self.monitors)
         while not self._stop.is_set():
             more = False
@@ -836,8 +847,7 @@ class TrainerWidget(QWidget):
 
     def _stop_poller(self) -> None:
         if self._poller is not None:
-            self._poller.stop()
-            self._poller.deleteLater()
+            self._poller.stop()  # it deletes itself when its thread has ended
             self._poller = None
 
     def _guard_close(self) -> None:
@@ -962,24 +972,31 @@ class TrainerWidget(QWidget):
         if self.isVisible():
             self._close_pbar()
             return
+        # napari's progress processes events in each call below: a handler run in there
+        # (the window's Close → detach) may close this bar; then stop touching it
         s = m.state
         if self._pbar is None or self._pbar_run != m.run_dir:
             self._close_pbar()
-            self._pbar = progress(total=max(s.total_steps, 1), desc=desc)
             self._pbar_run = m.run_dir
-            self._pbar.n = 0
-        if self._pbar.total != s.total_steps and s.total_steps:
-            self._pbar.total = s.total_steps
-        delta = s.step - self._pbar.n
+            pbar = progress(total=max(s.total_steps, 1), desc=desc)
+            if self._pbar_run != m.run_dir:  # closed while it was being made
+                pbar.close()
+                return
+            self._pbar = pbar
+            pbar.n = 0
+        pbar = self._pbar
+        if pbar.total != s.total_steps and s.total_steps:
+            pbar.total = s.total_steps
+        delta = s.step - pbar.n
         if delta:
-            self._pbar.update(delta)
-        self._pbar.set_description(desc)
+            pbar.update(delta)
+        if self._pbar is pbar:
+            pbar.set_description(desc)
 
     def _close_pbar(self) -> None:
-        if self._pbar is not None:
-            self._pbar.close()
-            self._pbar = None
-            self._pbar_run = None
+        pbar, self._pbar, self._pbar_run = self._pbar, None, None
+        if pbar is not None:  # (cleared first: close() processes events)
+            pbar.close()
 
     def _report_ended(self) -> None:
         while self._to_report:
@@ -1071,6 +1088,7 @@ class TrainerWidget(QWidget):
     def detach(self) -> None:
         """Stop watching; the training process goes on (it is in its own session)."""
         self.timer.stop()
+        self._refresh_again = False  # a refresh interrupted by this shows nothing more
         self._stop_poller()
         self._close_pbar()
         self._unguard_close()

@@ -126,6 +126,24 @@ def test_poller_reports_a_dead_process_once(qtbot, poller_of, tmp_path) -> None:
     assert mon.state.status == "died"
 
 
+def test_a_stopped_poller_deletes_itself_after_its_thread(qtbot, poller_of, tmp_path) -> None:
+    """Widgets stop and drop their pollers: the Qt object must go, but only once its thread
+    has left ``emit`` (deleting it earlier could free the sender mid-emit)."""
+    run = make_run(tmp_path / "r", os.getpid())
+    poller, got = poller_of([tp.RunMonitor(run)])
+    gone: list[bool] = []
+    poller.destroyed.connect(lambda *_: gone.append(True))
+    write(run, step_line(1))
+    qtbot.waitUntil(lambda: len(got) == 1, timeout=5000)
+    qtbot.wait(100)
+    assert not gone and poller.active  # running pollers stay
+    thread = poller._thread
+    poller.stop()
+    qtbot.waitUntil(lambda: bool(gone), timeout=5000)
+    thread.join(2.0)
+    assert not thread.is_alive()
+
+
 def test_napari_progress_bar_only_while_the_dock_is_hidden(
     make_napari_viewer, qtbot, tmp_path
 ) -> None:
@@ -149,3 +167,39 @@ def test_napari_progress_bar_only_while_the_dock_is_hidden(
     dock.show()
     widget._update_pbar(mon, "intra: loss 1")
     assert widget._pbar is None
+
+
+@pytest.mark.parametrize("moment", ["update", "create"])
+def test_window_closed_inside_a_napari_progress_call_detaches_cleanly(
+    make_napari_viewer, qtbot, tmp_path, monkeypatch, moment
+) -> None:
+    """napari's progress processes events: the window's Close (→ detach) can run inside the
+    widget's own progress call; the bar is then closed, not touched again and not leaked."""
+    pytest.importorskip("napari")
+    from napari.utils import progress
+    from qtpy.QtGui import QCloseEvent
+    from qtpy.QtWidgets import QApplication
+
+    from napari_lsr.trainer import TrainerWidget
+
+    monkeypatch.setattr(TrainerWidget, "ask_close_choice", lambda self: "detach")
+    viewer = make_napari_viewer()  # hidden dock: napari's bar is used
+    _dock, w = viewer.window.add_plugin_dock_widget("napari-lsr", "Trainer")
+    run = make_run(tmp_path / "r", os.getpid())
+    write(run, json.dumps({"event": "start", "start_step": 0, "total_steps": 9}) + "\n")
+    write(run, step_line(1))
+    mon = tp.RunMonitor(run)
+    mon.poll()
+    job = tp.TrainingJob([run], None, os.getpid())
+    w.job, w.monitors = job, [mon]
+    w._guard_close()
+    before = set(progress._all_instances)
+    if moment == "update":
+        w._update_pbar(mon, "first")  # the bar exists; the next call updates it
+        assert w._pbar is not None
+        write(run, step_line(2))
+        mon.poll()
+    QApplication.postEvent(w.window(), QCloseEvent())  # the user closes napari meanwhile
+    w._update_pbar(mon, "second")  # → napari processes events → eventFilter → detach()
+    assert w._pbar is None and w._guarded is None and not w.timer.isActive()
+    assert set(progress._all_instances) == before  # no bar left open in napari's list
