@@ -64,10 +64,11 @@ class RichProgress:
             + ", ".join(f"z={z}: {n}" for z, n in sorted(event.bin_counts.items()))
         )
         if event.n_blocks and cfg.batch_size:  # on large data the default steps see few blocks
-            seen = cfg.steps * cfg.batch_size * event.world_size
+            times = cfg.steps * cfg.batch_size * event.world_size / event.n_blocks
             self.console.print(
-                f"{cfg.steps} steps × {cfg.batch_size * event.world_size} blocks: each block "
-                f"seen about {seen / event.n_blocks:.2g} times (raise --steps on large data)"
+                f"{cfg.steps} steps × {cfg.batch_size * event.world_size} blocks: a block is "
+                f"seen about {times:.2g} times on average"
+                + (" (less than once: more --steps may pay)" if times < 1 else "")
             )
         self.progress = Progress(
             TextColumn("[progress.description]{task.description}"),
