@@ -716,6 +716,36 @@ def test_cli_help_shows_the_config_defaults(
     assert "Seed of the initial weights" in text and "Random flips" in text
 
 
+def test_saved_config_reads_back_from_anywhere_and_never_replaces_user_files(
+    tmp_path: Path, monkeypatch
+) -> None:
+    from lsr.train import DataPair
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "a.tif").write_bytes(b"II*\0 a slide")
+    cfg = TrainConfig(loss="intra", steps=7, table="t.json", data=[DataPair("a.tif", "a.npy")])
+    (tmp_path / "sub").mkdir()
+    cfg.save("sub/c.json")  # relative paths of the command line, saved one folder down
+    again = TrainConfig.from_file(tmp_path / "sub" / "c.json")
+    assert again.data[0].slide == str(tmp_path / "a.tif") and again.table == str(
+        tmp_path / "t.json"
+    )
+    cfg.save("sub/c.json")  # an older saved config is replaced
+    before = (tmp_path / "a.tif").read_bytes()
+    for target, why in (
+        ("a.tif", "not a training config; refusing"),
+        ("sub", "is a folder"),
+        ("c.toml", "a saved config is JSON"),
+    ):
+        with pytest.raises(LsrInputError, match=why):
+            cfg.save(target)
+    (tmp_path / "notes.json").write_text('{"patient": "x"}')
+    with pytest.raises(LsrInputError, match=r"notes\.json.*not a training config; refusing"):
+        cfg.save("notes.json")
+    assert (tmp_path / "a.tif").read_bytes() == before
+    assert (tmp_path / "notes.json").read_text() == '{"patient": "x"}'
+
+
 def test_overwrite_is_never_saved_nor_read_from_a_file(
     pairs: list[tuple[str, str]], tmp_path: Path
 ) -> None:

@@ -77,3 +77,31 @@ def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> None:
     """Write ``data`` to ``path`` atomically."""
     with atomic_path(path) as tmp:
         tmp.write_bytes(data)
+
+
+def check_replaceable(
+    path: str | os.PathLike[str], ours: Callable[[Path], bool], what: str, option: str
+) -> None:
+    """Refuse a target that exists and is not a file of the kind about to be written there.
+
+    Why: writing is atomic, but a wrong name (the slide, its grid's sidecar, notes) would still
+    replace the user's file with ours. ``ours(path)`` says whether the existing file is
+    ``what`` (replacing an older one is normal); any exception in it counts as "not ours".
+    """
+    from lsr.errors import LsrInputError
+
+    p = Path(path)
+    if p.is_dir():
+        raise LsrInputError(f"is a folder; {option} needs a file name", p)
+    if not p.exists():
+        return
+    try:
+        is_ours = bool(ours(p))
+    except Exception:
+        is_ours = False
+    if not is_ours:
+        raise LsrInputError(
+            f"exists and is not {what}; refusing to overwrite it: choose another {option}, "
+            "or move the file away",
+            p,
+        )

@@ -47,7 +47,7 @@ from torch.nn import functional as F
 from torch.utils.data import DataLoader
 
 from lsr import losses
-from lsr.atomic import atomic_write_text
+from lsr.atomic import atomic_write_text, check_replaceable
 from lsr.augment import NO_AUGMENT, AugmentConfig
 from lsr.checkpoint import (
     CHECKPOINTS,
@@ -317,7 +317,27 @@ class TrainConfig:
         return cls.from_dict(data, base_dir=p.parent, path=p)
 
     def save(self, path: str | os.PathLike[str]) -> None:
-        atomic_write_text(path, json.dumps(self.to_dict(), indent=2) + "\n")
+        """Write the config as JSON that :meth:`from_file` reads back from anywhere: its paths
+        are made absolute (a file's relative paths are read relative to the file). Refuses a
+        name that is not ``.json`` and an existing file that is not a training config."""
+        p = Path(path)
+        known = {f.name for f in dataclasses.fields(type(self))}
+        check_replaceable(
+            p,
+            lambda q: set(json.loads(q.read_text(encoding="utf-8"))) <= known,
+            "a training config",
+            "file name",
+        )
+        if p.suffix.lower() != ".json":
+            raise LsrInputError("a saved config is JSON: give a name ending in .json", p)
+        data = self.to_dict()
+        data["data"] = [{k: str(Path(v).absolute()) for k, v in pair.items()}
+                        for pair in data.get("data", [])]  # fmt: skip
+        for key in ("table", "out_dir", "resume", "init_from"):
+            value = data.get(key)
+            if isinstance(value, str) and value not in ("paper", "paper-table1"):
+                data[key] = str(Path(value).absolute())
+        atomic_write_text(p, json.dumps(data, indent=2) + "\n")
 
 
 def _type_name(value: Any) -> str:

@@ -259,7 +259,11 @@ def train(
         help="Replace the run already in --out-dir (its checkpoints, latest.json and run.json "
         "are deleted first). Without it, lsr train refuses a folder that holds a run.",
     ),
-    save_config: Path | None = typer.Option(None, help="Also write the resolved config here."),
+    save_config: Path | None = typer.Option(
+        None,
+        help="Also write the resolved config here (.json, paths made absolute; an existing "
+        "file there must be a saved config).",
+    ),
 ) -> None:
     """Train a network (per-loss defaults: lsr.train.DEFAULTS, the paper's except intra lr 1e-3 and
     1/n block variance, inter-type 6 groups x 5 blocks; all overridable). Defaults shown apply
