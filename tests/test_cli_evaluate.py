@@ -436,3 +436,22 @@ def test_single_channel_check_reads_only_headers_of_npy_tif_png(tmp_path):
             assert _is_single_channel(tmp_path / f"{name}{suffix}") is want, (name, suffix)
     (tmp_path / "broken.png").write_bytes(b"not a png")
     assert _is_single_channel(tmp_path / "broken.png") is False
+
+
+def test_json_output_replaces_an_older_result_but_never_a_user_file(tmp_path, runner):
+    np.save(tmp_path / "a_pred.npy", np.ones((B, B), np.float32))
+    np.save(tmp_path / "a_gt.npy", np.ones((B, B), np.uint8))
+    sidecar = tmp_path / "a_grid.json"
+    sidecar.write_text('{"block_px": 16, "working_mpp": 4.17, "origin": [0, 0]}')
+    base = ["evaluate", "-p", str(tmp_path / "a_pred.npy"), "--gt", str(tmp_path / "a_gt.npy"),
+            "--band", str(B), "--json"]  # fmt: skip
+    for _ in range(2):  # the second run replaces the first one's result
+        res = runner.invoke(app, [*base, str(tmp_path / "s.json")])
+        assert res.exit_code == 0, res.output
+    assert json.loads((tmp_path / "s.json").read_text())["per_patch"]
+    for target, why in ((sidecar, "is not an lsr evaluate result; refusing"),
+                        (tmp_path, "is a folder")):  # fmt: skip
+        res = runner.invoke(app, [*base, str(target)])
+        assert isinstance(res.exception, LsrInputError) and why in str(res.exception)
+        assert str(target) in str(res.exception)
+    assert json.loads(sidecar.read_text())["block_px"] == 16

@@ -12,7 +12,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from lsr.atomic import atomic_write_text
+from lsr.atomic import atomic_write_text, check_replaceable
 from lsr.errors import LsrInputError
 
 _SUFFIXES = (".tif", ".tiff", ".png", ".npy")
@@ -353,6 +353,8 @@ def evaluate(
         raise LsrInputError(f"--pair-by must be 'name' or 'order', got {pair_by!r}")
     if not gt and not grid:
         raise LsrInputError("nothing to evaluate against: give --gt masks and/or --grid grids")
+    if json_out is not None:  # before the work: never replace a file that is not ours
+        check_replaceable(json_out, _is_scores_json, "an lsr evaluate result", "--json")
     preds = _expand_predictions(list(pred))
     if not preds:
         raise LsrInputError(
@@ -381,6 +383,12 @@ def evaluate(
     if json_out is not None:
         atomic_write_text(json_out, json.dumps(result, indent=2))
         console.print(f"scores written to {json_out}")
+
+
+def _is_scores_json(path: Path) -> bool:
+    """Whether ``path`` holds what ``lsr evaluate --json`` writes (scores and/or calibration)."""
+    data = json.loads(path.read_text(encoding="utf-8"))
+    return isinstance(data, dict) and bool({"per_patch", "calibration"} & set(data))
 
 
 #: What ``lsr evaluate`` assumes without --band/--block-px and without a manifest: one block
