@@ -125,6 +125,32 @@ def test_defaults_per_loss_and_overrides() -> None:
         TrainConfig(distance="l2").resolved()
 
 
+@pytest.mark.parametrize(
+    ("setting", "why"),
+    [
+        ({"rho_floor": 2.0}, "rho_floor=2.0: a fraction in [0, 1)"),
+        ({"rho_floor": float("nan")}, "rho_floor=nan: a fraction"),
+        ({"rmsprop_alpha": 2.0}, "rmsprop_alpha=2.0: RMSprop's smoothing constant"),
+        ({"rmsprop_eps": 0.0}, "rmsprop_eps=0.0: must be > 0"),
+        ({"grad_clip": -1.0}, "grad_clip=-1.0: a gradient norm ≥ 0"),
+        ({"weight_decay": -0.1}, "weight_decay=-0.1: must be ≥ 0"),
+        ({"depth": 8, "block_px": 240}, "depth=8: 8 halvings shrink the network's 240-px input"),
+        (
+            {"depth": 6, "block_px": 16, "context_px": 8},
+            "depth=6: 6 halvings shrink the "
+            "network's 32-px input below 1 px (at most 5 for block_px 16, context_px 8)",
+        ),
+    ],
+)
+def test_out_of_range_settings_fail_before_training(setting: dict, why: str) -> None:
+    """Out of range, these train in silence or fail steps later as NaN: caught up front."""
+    base = {k: v for k, v in setting.items() if k in ("block_px", "context_px")}
+    with pytest.raises(LsrInputError, match=re.escape(f"bad setting {why}")):
+        TrainConfig(loss="intra", **setting).resolved()
+    assert TrainConfig(loss="intra", **base).resolved()  # the defaults pass
+    assert TrainConfig(loss="intra", block_px=16, context_px=8, depth=5).resolved()  # 32 px → 1
+
+
 def test_config_files_toml_and_json(tmp_path: Path) -> None:
     (tmp_path / "run.toml").write_text(
         'loss = "intra"\nsteps = 7\n[[data]]\nslide = "a.tif"\ngrid = "a.npy"\n'

@@ -246,6 +246,27 @@ class TrainConfig:
             raise bad("mask_ratio", "a fraction in [0, 1)")
         if isinstance(self.prior, str) and self.prior not in ("table", "none"):
             raise bad("prior", "'table', 'none' or a list of class fractions")
+        # numbers the optimizer and the losses take as they are: out of range they fail
+        # steps later as NaN, or train in silence with a meaningless setting
+        if not 0 <= self.rho_floor < 1:
+            raise bad("rho_floor", "a fraction in [0, 1) (the smallest ρ the losses use)")
+        if not 0 <= self.rmsprop_alpha < 1:
+            raise bad("rmsprop_alpha", "RMSprop's smoothing constant, in [0, 1)")
+        if not self.rmsprop_eps > 0:
+            raise bad("rmsprop_eps", "must be > 0")
+        for name in ("momentum", "weight_decay", "cache_mb", "collapse_std"):
+            if not getattr(self, name) >= 0:
+                raise bad(name, "must be ≥ 0")
+        if self.grad_clip is not None and not self.grad_clip >= 0:
+            raise bad("grad_clip", "a gradient norm ≥ 0 (0 or nothing: no clipping)")
+        seen_px = int(self.block_px) + 2 * int(self.context_px)
+        if 2 ** int(self.depth) > seen_px:
+            most = seen_px.bit_length() - 1
+            raise bad(
+                "depth",
+                f"{self.depth} halvings shrink the network's {seen_px}-px input below 1 px "
+                f"(at most {most} for block_px {self.block_px}, context_px {self.context_px})",
+            )
 
     # ------------------------------------------------------------------ files
     def to_dict(self) -> dict[str, Any]:
