@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import itertools
 import json
 import warnings
@@ -191,6 +192,25 @@ def test_csv_with_only_cancer_columns(tmp_path):
     t = CountTable.from_csv(p)
     assert t.class_names == ("cancer", "non-cancer")
     np.testing.assert_allclose(t.eta[:, 1], 1 - t.eta[:, 0])
+
+
+def test_csv_class_columns_in_any_order_but_cancer_is_required(tmp_path):
+    """Class 0 is cancer whatever the column order; non-cancer columns alone are an error
+    (they made a one-class table that trained a network which never calls cancer)."""
+    paper = CountTable.paper_table1()
+    paper.to_csv(tmp_path / "t.csv")
+    rows = list(csv.reader((tmp_path / "t.csv").read_text().splitlines()))
+    cols = {name: i for i, name in enumerate(rows[0])}
+    order = ["bin", "non-cancer_mean", "non-cancer_std", "cancer_mean", "cancer_std"]
+    swapped = "\n".join(",".join(r[cols[c]] for c in order) for r in rows) + "\n"
+    (tmp_path / "swapped.csv").write_text(swapped)
+    t = CountTable.from_csv(tmp_path / "swapped.csv")
+    assert t.class_names == ("cancer", "non-cancer")
+    np.testing.assert_allclose(t.eta, paper.eta, atol=1e-6)
+    only = "\n".join(",".join(r[cols[c]] for c in order[:3]) for r in rows) + "\n"
+    (tmp_path / "only.csv").write_text(only)
+    with pytest.raises(LsrInputError, match=r"only\.csv.*missing column 'cancer_mean'"):
+        CountTable.from_csv(tmp_path / "only.csv")
 
 
 def _mutate(lines: list[str], row: int, col: int, value: str) -> str:

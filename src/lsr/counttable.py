@@ -527,8 +527,9 @@ class CountTable:
         if "bin" not in header:
             raise LsrInputError("missing column 'bin'", path, "header")
         classes = [h[: -len("_mean")] for h in header if h.endswith("_mean")]
-        if not classes:
+        if "cancer" not in classes:  # (a non-cancer column alone made a one-class table)
             raise LsrInputError("missing column 'cancer_mean'", path, "header")
+        classes = ["cancer", *(c for c in classes if c != "cancer")]  # class 0 is cancer
         for c in classes:
             if f"{c}_std" not in header:
                 raise LsrInputError(f"missing column '{c}_std'", path, "header")
