@@ -22,6 +22,7 @@ from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from os import PathLike
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -429,6 +430,14 @@ class CountTable:
         for key in ("edges", "class_names", "eta", "rho"):
             if key not in data:
                 raise LsrInputError(f"missing key '{key}'", path)
+        for key in ("eta", "rho", "edges", "n"):  # numbers, not "0.02" or true
+            if key in data and data[key] is not None and (bad := _non_number(data[key])):
+                raise LsrInputError(f"'{key}' holds {bad}: numbers expected", path)
+        names = data["class_names"]
+        if not isinstance(names, list) or not all(isinstance(c, str) and c for c in names):
+            raise LsrInputError(f"'class_names' must be a list of names, got {names!r}", path)
+        if not isinstance(data.get("flagged") or {}, dict):
+            raise LsrInputError('\'flagged\' must map bins to reasons ({"3": "why"})', path)
         try:
             eta = np.asarray(data["eta"], dtype=np.float64)
             rho = np.asarray(data["rho"], dtype=np.float64)
@@ -476,6 +485,8 @@ class CountTable:
             )
         except LsrInputError as err:
             raise LsrInputError(err.problem, path) from None
+        except (TypeError, ValueError) as err:  # e.g. a flagged bin "x"
+            raise LsrInputError(f"malformed count table ({err})", path) from None
 
     def to_json(self, path: PathType) -> None:
         """Write the machine-readable JSON (atomic)."""
@@ -678,3 +689,13 @@ def _read_text(path: PathType) -> str:
         return p.read_text(encoding="utf-8-sig")
     except UnicodeDecodeError:
         raise LsrInputError("not a text file (cannot decode as UTF-8)", p) from None
+
+
+def _non_number(value: Any) -> str:
+    """'' when ``value`` is a number or nested lists of them, else the first offender's repr
+    (booleans count as offenders: JSON ``true`` would silently read as 1)."""
+    if isinstance(value, list):
+        return next((bad for v in value if (bad := _non_number(v))), "")
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return repr(value)
+    return ""
