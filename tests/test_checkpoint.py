@@ -60,3 +60,30 @@ def test_a_foreign_file_is_named_itself(tmp_path, run):
     assert str(other) in str(err.value)
     # a file inside a training folder still means that folder
     assert resolve(run / "latest.json") == resolve(run)
+
+
+@pytest.mark.parametrize(
+    ("where", "edit", "match"),
+    [
+        (
+            "latest.json",
+            lambda d: d.update(checkpoint=5),
+            r"malformed latest\.json \(checkpoint 5\)",
+        ),
+        ("meta", lambda d: d.update(files=[]), "'files' should be dict, got list"),
+        ("meta", lambda d: d.update(step="4"), "'step' should be int, got str"),
+        ("meta", lambda d: d.update(version="1"), r"malformed checkpoint metadata \(version '1'\)"),
+    ],
+)
+def test_hand_edited_metadata_is_an_error_naming_the_file(run, where, edit, match):
+    path = (
+        run / "latest.json"
+        if where == "latest.json"
+        else (run / "checkpoints" / "step-000004" / "checkpoint.json")
+    )
+    data = json.loads(path.read_text())
+    edit(data)
+    path.write_text(json.dumps(data))
+    with pytest.raises(LsrInputError, match=match) as err:
+        read_model(run)
+    assert str(path) in str(err.value)

@@ -221,6 +221,8 @@ def resolve(path: str | os.PathLike[str]) -> Path:
             rel = json.loads(latest.read_text(encoding="utf-8"))["checkpoint"]
         except (json.JSONDecodeError, KeyError, TypeError, UnicodeDecodeError):
             raise LsrInputError("malformed latest.json", latest) from None
+        if not isinstance(rel, str) or not rel:
+            raise LsrInputError(f"malformed latest.json (checkpoint {rel!r})", latest)
         target = p / rel
         if not (target / METADATA).exists():
             what = "has no " + METADATA if target.is_dir() else "is missing"
@@ -294,7 +296,10 @@ def read_metadata(path: str | os.PathLike[str]) -> tuple[Path, dict[str, Any]]:
         raise LsrInputError(f"malformed checkpoint metadata ({err})", meta_path) from None
     if not isinstance(meta, dict) or meta.get("format") != FORMAT:
         raise LsrInputError(f'not an lsr checkpoint (no "format": "{FORMAT}")', meta_path)
-    if int(meta.get("version", -1)) > VERSION:
+    version = meta.get("version", -1)
+    if not isinstance(version, int) or isinstance(version, bool):
+        raise LsrInputError(f"malformed checkpoint metadata (version {version!r})", meta_path)
+    if version > VERSION:
         raise LsrInputError(
             f"checkpoint version {meta.get('version')} is newer than this lsr ({VERSION})",
             meta_path,
@@ -302,6 +307,14 @@ def read_metadata(path: str | os.PathLike[str]) -> tuple[Path, dict[str, Any]]:
     for key in ("step", "model", "files"):
         if key not in meta:
             raise LsrInputError(f"checkpoint metadata lacks '{key}'", meta_path)
+    kinds = {"step": int, "model": dict, "files": dict}
+    for key, kind in kinds.items():
+        if not isinstance(meta[key], kind) or isinstance(meta[key], bool):
+            raise LsrInputError(
+                f"malformed checkpoint metadata ('{key}' should be {kind.__name__}, got "
+                f"{type(meta[key]).__name__})",
+                meta_path,
+            )
     return folder, meta
 
 
