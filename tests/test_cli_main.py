@@ -34,3 +34,12 @@ def test_an_output_path_that_is_a_file_is_one_line_and_the_file_survives(tmp_pat
     assert res.returncode == 2 and "Traceback" not in res.stderr, res.stderr
     assert res.stderr.startswith("error: ") and "a file is in the way" in res.stderr
     assert blocker.read_text() == "mine\n"
+
+
+def test_negative_seeds_are_a_usage_error_not_a_traceback(tmp_path):
+    for args in (["synth", "-o", str(tmp_path / "s"), "--seed", "-1"],
+                 ["demo", "--quick", "-o", str(tmp_path / "d"), "--seed", "-1"]):  # fmt: skip
+        res = run(*args)
+        assert res.returncode == 2 and "Traceback" not in res.stderr, res.stderr
+        assert "Invalid value for '--seed'" in res.stderr and "greater than" in res.stderr
+        assert not (tmp_path / "s").exists() and not (tmp_path / "d").exists()

@@ -134,6 +134,7 @@ def test_defaults_per_loss_and_overrides() -> None:
         ({"rmsprop_eps": 0.0}, "rmsprop_eps=0.0: must be > 0"),
         ({"grad_clip": -1.0}, "grad_clip=-1.0: a gradient norm ≥ 0"),
         ({"weight_decay": -0.1}, "weight_decay=-0.1: must be ≥ 0"),
+        ({"seed": -1}, "seed=-1: must be ≥ 0"),
         ({"depth": 8, "block_px": 240}, "depth=8: 8 halvings shrink the network's 240-px input"),
         (
             {"depth": 6, "block_px": 16, "context_px": 8},
@@ -149,6 +150,22 @@ def test_out_of_range_settings_fail_before_training(setting: dict, why: str) -> 
         TrainConfig(loss="intra", **setting).resolved()
     assert TrainConfig(loss="intra", **base).resolved()  # the defaults pass
     assert TrainConfig(loss="intra", block_px=16, context_px=8, depth=5).resolved()  # 32 px → 1
+
+
+@pytest.mark.parametrize(
+    ("entry", "match"),
+    [
+        ('slide = 5\ngrid = "a.npy"', r"data\[0\]: slide must be a file path, got 5"),
+        ('slide = ["a.tif"]\ngrid = "a.npy"', "slide must be a file path, got \\['a.tif'\\]"),
+        ('slide = "a.tif"\ngrd = "a.npy"', "unknown key\\(s\\) 'grd' \\(a data entry has only"),
+        ('slide = "a.tif"\ngrid = "a.npy"\nmpp = 8.3', "unknown key\\(s\\) 'mpp'"),
+    ],
+)
+def test_data_entries_with_wrong_types_or_keys_name_the_file(tmp_path: Path, entry, match):
+    (tmp_path / "c.toml").write_text(f"[[data]]\n{entry}\n")
+    with pytest.raises(LsrInputError, match=match) as err:
+        TrainConfig.from_file(tmp_path / "c.toml")
+    assert str(tmp_path / "c.toml") in str(err.value)
 
 
 def test_config_files_toml_and_json(tmp_path: Path) -> None:

@@ -231,7 +231,7 @@ class TrainConfig:
         for name in positive:
             if int(getattr(self, name)) < 1:
                 raise bad(name, "must be ≥ 1")
-        for name in ("context_px", "warmup_steps", "num_workers", "depth"):
+        for name in ("context_px", "warmup_steps", "num_workers", "depth", "seed"):
             if int(getattr(self, name)) < 0:
                 raise bad(name, "must be ≥ 0")
         if self.lr is not None and not self.lr > 0:
@@ -296,12 +296,23 @@ class TrainConfig:
         kwargs.pop("overwrite", None)  # never from a file (see to_dict)
         pairs = []
         for i, item in enumerate(kwargs.pop("data", []) or []):
+            where = f"data[{i}]"
+            if isinstance(item, dict) and (extra := sorted(set(item) - {"slide", "grid"})):
+                raise LsrInputError(
+                    f"unknown key(s) {', '.join(map(repr, extra))} (a data entry has only "
+                    "slide and grid)",
+                    path,
+                    where,
+                )
             if isinstance(item, dict) and {"slide", "grid"} <= set(item):
                 slide, grid = item["slide"], item["grid"]
             elif isinstance(item, (list, tuple)) and len(item) == 2:
                 slide, grid = item
             else:
-                raise LsrInputError("each data entry needs a slide and a grid", path, f"data[{i}]")
+                raise LsrInputError("each data entry needs a slide and a grid", path, where)
+            for name, value in (("slide", slide), ("grid", grid)):
+                if not isinstance(value, str) or not value:
+                    raise LsrInputError(f"{name} must be a file path, got {value!r}", path, where)
             if base_dir is not None:
                 slide, grid = (str(Path(base_dir) / p) for p in (slide, grid))
             pairs.append(DataPair(str(slide), str(grid)))

@@ -13,7 +13,7 @@ def demo(
     out: Path = typer.Option(Path("demo-out"), "--out", "-o", help="output folder"),
     config: Path | None = typer.Option(None, "--config", help="demo config (TOML)"),
     seeds: int = typer.Option(1, "--seeds", help="number of seeds (--seed .. --seed + N - 1)"),
-    seed: int = typer.Option(0, "--seed", help="first seed"),
+    seed: int = typer.Option(0, "--seed", min=0, help="first seed"),
     quick: bool = typer.Option(False, "--quick", help="tiny run (minutes): checks the pipeline"),
 ) -> None:
     """Generate data, build the count table, train intra/inter/intra+inter, evaluate (Table 2)."""

@@ -16,7 +16,7 @@ def synth(
     config: str = typer.Argument(
         "default", help="config .toml/.json, or a shipped name: default, paper_scale, ..."
     ),
-    seed: int = typer.Option(0, "--seed", "-s", help="random seed: same seed, same data"),
+    seed: int = typer.Option(0, "--seed", "-s", min=0, help="random seed: same seed, same data"),
     out: Path = typer.Option(..., "--out", "-o", help="output folder"),
     n_slides: int | None = typer.Option(None, "--n-slides", help="training slides (config)"),
     n_test: int | None = typer.Option(None, "--n-test", help="test patches (config)"),
