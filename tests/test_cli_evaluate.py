@@ -455,3 +455,21 @@ def test_json_output_replaces_an_older_result_but_never_a_user_file(tmp_path, ru
         assert isinstance(res.exception, LsrInputError) and why in str(res.exception)
         assert str(target) in str(res.exception)
     assert json.loads(sidecar.read_text())["block_px"] == 16
+
+
+def test_a_colour_image_is_not_read_as_a_prediction_but_grey_rgb_is(tmp_path, runner):
+    rng = np.random.default_rng(0)
+    np.save(tmp_path / "a_gt.npy", np.ones((B, B), np.uint8))
+    he = rng.integers(0, 255, (B, B, 3), dtype=np.uint8)  # an H&E-like picture
+    np.save(tmp_path / "a_pred.npy", he)
+    base = ["evaluate", "-p", str(tmp_path / "a_pred.npy"), "--gt", str(tmp_path / "a_gt.npy"),
+            "--band", str(B)]  # fmt: skip
+    res = runner.invoke(app, base)
+    assert isinstance(res.exception, LsrInputError), res.output
+    assert "a colour (RGB) image" in str(res.exception)
+    assert str(tmp_path / "a_pred.npy") in str(res.exception)
+    grey = np.repeat(np.full((B, B, 1), 255, np.uint8), 4, axis=-1)  # grey saved as RGBA
+    np.save(tmp_path / "a_pred.npy", grey)
+    res = runner.invoke(app, [*base, "--json", str(tmp_path / "s.json")])
+    assert res.exit_code == 0, res.output
+    assert json.loads((tmp_path / "s.json").read_text())["iou"] == pytest.approx(1.0)

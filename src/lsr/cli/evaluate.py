@@ -116,7 +116,8 @@ def _expand_gt(paths: list[Path]) -> list[Path]:
 def read_map(path: Path) -> np.ndarray:
     """A 2-D map from .npy, .png or a (pyramidal) TIFF, as stored: float maps are cancer
     probabilities, integer maps are masks. Only the full-resolution level of a pyramid is
-    read; an RGB(A) image gives its first channel."""
+    read; an RGB(A) image whose colour channels agree (a grey map saved as RGB) gives its
+    first channel, one with colours (an H&E slide given by mistake) is an error."""
     suffix = path.suffix.lower()
     try:
         if suffix == ".npy":
@@ -137,6 +138,12 @@ def read_map(path: Path) -> np.ndarray:
         raise LsrInputError(f"cannot read mask: {err}", path) from err
     a = np.asarray(a)
     if a.ndim == 3 and a.shape[-1] in (3, 4):
+        if not (np.array_equal(a[..., 0], a[..., 1]) and np.array_equal(a[..., 0], a[..., 2])):
+            raise LsrInputError(
+                "a colour (RGB) image, not a mask or probability map: its red, green and "
+                "blue differ (the H&E slide itself?)",
+                path,
+            )
         a = a[..., 0]
     a = np.squeeze(a)
     if a.ndim != 2:
