@@ -157,8 +157,9 @@ def test_out_of_range_settings_fail_before_training(setting: dict, why: str) -> 
     [
         ('slide = 5\ngrid = "a.npy"', r"data\[0\]: slide must be a file path, got 5"),
         ('slide = ["a.tif"]\ngrid = "a.npy"', "slide must be a file path, got \\['a.tif'\\]"),
-        ('slide = "a.tif"\ngrd = "a.npy"', "unknown key\\(s\\) 'grd' \\(a data entry has only"),
-        ('slide = "a.tif"\ngrid = "a.npy"\nmpp = 8.3', "unknown key\\(s\\) 'mpp'"),
+        ('slide = "a.tif"\ngrd = "a.npy"', "unknown key\\(s\\) 'grd' \\(a data entry has slide"),
+        ('slide = "a.tif"\ngrid = "a.npy"\nmpp = "x"', "mpp must be µm per pixel > 0, got 'x'"),
+        ('slide = "a.tif"\ngrid = "a.npy"\nmpp = -1', "mpp must be µm per pixel > 0, got -1"),
     ],
 )
 def test_data_entries_with_wrong_types_or_keys_name_the_file(tmp_path: Path, entry, match):
@@ -787,6 +788,43 @@ def test_saved_config_reads_back_from_anywhere_and_never_replaces_user_files(
         cfg.save("notes.json")
     assert (tmp_path / "a.tif").read_bytes() == before
     assert (tmp_path / "notes.json").read_text() == '{"patient": "x"}'
+
+
+def test_a_slide_without_its_pixel_size_trains_with_mpp(
+    pairs: list[tuple[str, str]], tmp_path: Path, capsys
+) -> None:
+    """A TIFF without resolution tags: the error says how to give the pixel size, and both
+    ways it names (--mpp, a config entry's mpp) train; the saved config keeps it."""
+    import tifffile
+
+    from lsr.cli import main
+
+    img, _ = make_image(0)
+    bare = tmp_path / "bare.tif"
+    tifffile.imwrite(bare, img)  # no pixel size anywhere
+    grid = pairs[0][1]
+    base = ["train", "--loss", "intra", "--block-px", str(BLOCK), "--working-mpp",
+            str(WORKING_MPP), "--slide", str(bare), "--grid", grid, "--width", "4", "--depth",
+            "2", "--steps", "1", "--device", "cpu", "--batch-size", "8"]  # fmt: skip
+    with pytest.raises(SystemExit) as stop:
+        main([*base, "--out-dir", str(tmp_path / "a")])
+    err = capsys.readouterr().err
+    assert stop.value.code == 2 and str(bare) in err and "--mpp 0.25" in err
+    assert "mpp = ... in the slide's [[data]] entry" in err
+    saved = tmp_path / "b.json"
+    with pytest.raises(SystemExit) as stop:
+        main([*base, "--mpp", str(WORKING_MPP), "--out-dir", str(tmp_path / "b"),
+              "--save-config", str(saved)])  # fmt: skip
+    assert stop.value.code == 0, capsys.readouterr().err
+    assert json.loads(saved.read_text())["data"][0]["mpp"] == WORKING_MPP
+    with pytest.raises(SystemExit) as stop:  # the saved config trains again by itself
+        main(["train", str(saved), "--out-dir", str(tmp_path / "c")])
+    assert stop.value.code == 0, capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main([*base, "--mpp", "1", "--mpp", "2", "--out-dir", str(tmp_path / "d")])
+    assert "give --mpp once for every slide or once per --slide (1), not 2" in (
+        capsys.readouterr().err
+    )
 
 
 def test_overwrite_is_never_saved_nor_read_from_a_file(

@@ -64,11 +64,13 @@ class GridLike(Protocol):
 
 @dataclass
 class BlockSource:
-    """One slide (a path or a :class:`SlideLike`) and its grid (a path or a :class:`GridLike`)."""
+    """One slide (a path or a :class:`SlideLike`) and its grid (a path or a :class:`GridLike`);
+    ``mpp`` (µm/px) opens a slide path whose file lacks its pixel size."""
 
     slide: Any
     grid: Any
     name: str = ""
+    mpp: float | None = None
 
 
 def tissue_fraction(rgb: np.ndarray, white_level: int = WHITE_LEVEL) -> float:
@@ -199,7 +201,7 @@ class BlockDataset(Dataset):
             else:
                 from lsr.slide import open_slide
 
-                self._slides[si] = open_slide(s)
+                self._slides[si] = open_slide(s, mpp=self.sources[si].mpp)
         return self._slides[si]
 
     def __getstate__(self) -> dict[str, Any]:

@@ -531,8 +531,8 @@ class OpenSlideSlide(Slide):  # pragma: no cover - needs the optional openslide 
 # --- metadata ----------------------------------------------------------------------------
 
 _MPP_PASS = (
-    "pass it explicitly (--mpp 0.25 for a 40X scan, --mpp 0.5 for 20X; "
-    "Python: open_slide(path, mpp=...))"
+    "pass it explicitly (--mpp 0.25 for a 40X scan, --mpp 0.5 for 20X; in a training "
+    "config, mpp = ... in the slide's [[data]] entry; Python: open_slide(path, mpp=...))"
 )
 _MPP_HINT = "the pixel size (µm/px) is not in the file's metadata; " + _MPP_PASS
 

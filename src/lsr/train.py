@@ -112,10 +112,12 @@ class TrainWarning(UserWarning):
 # ====================================================================== configuration
 @dataclass
 class DataPair:
-    """One training slide and its low-resolution grid (paths)."""
+    """One training slide and its low-resolution grid (paths); ``mpp`` (µm per level-0 pixel)
+    for a slide whose file does not say its pixel size (else None: the file's)."""
 
     slide: str
     grid: str
+    mpp: float | None = None
 
 
 @dataclass
@@ -178,7 +180,7 @@ class TrainConfig:
         """A copy with the per-loss defaults (:data:`DEFAULTS`) filled in where a value is None."""
         if self.loss not in LOSSES:
             raise LsrInputError(f"unknown loss '{self.loss}' (choose {', '.join(LOSSES)})")
-        cfg = dataclasses.replace(self, data=[DataPair(d.slide, d.grid) for d in self.data])
+        cfg = dataclasses.replace(self, data=[DataPair(d.slide, d.grid, d.mpp) for d in self.data])
         for key, value in DEFAULTS[self.loss].items():
             if getattr(cfg, key) is None:
                 setattr(cfg, key, value)
@@ -275,7 +277,10 @@ class TrainConfig:
         start from that file would delete whatever run its out_dir then holds)."""
         d = dataclasses.asdict(self)
         d.pop("overwrite")
-        d["data"] = [{"slide": p.slide, "grid": p.grid} for p in self.data]
+        d["data"] = [
+            {"slide": p.slide, "grid": p.grid, **({} if p.mpp is None else {"mpp": p.mpp})}
+            for p in self.data
+        ]
         return d
 
     @classmethod
@@ -297,10 +302,10 @@ class TrainConfig:
         pairs = []
         for i, item in enumerate(kwargs.pop("data", []) or []):
             where = f"data[{i}]"
-            if isinstance(item, dict) and (extra := sorted(set(item) - {"slide", "grid"})):
+            if isinstance(item, dict) and (extra := sorted(set(item) - {"slide", "grid", "mpp"})):
                 raise LsrInputError(
-                    f"unknown key(s) {', '.join(map(repr, extra))} (a data entry has only "
-                    "slide and grid)",
+                    f"unknown key(s) {', '.join(map(repr, extra))} (a data entry has slide, "
+                    "grid and, for a slide without its pixel size, mpp)",
                     path,
                     where,
                 )
@@ -313,9 +318,13 @@ class TrainConfig:
             for name, value in (("slide", slide), ("grid", grid)):
                 if not isinstance(value, str) or not value:
                     raise LsrInputError(f"{name} must be a file path, got {value!r}", path, where)
+            mpp = item.get("mpp") if isinstance(item, dict) else None
+            if mpp is not None and (isinstance(mpp, bool) or not isinstance(mpp, (int, float))
+                                    or not 0 < mpp < 1000):  # fmt: skip
+                raise LsrInputError(f"mpp must be µm per pixel > 0, got {mpp!r}", path, where)
             if base_dir is not None:
                 slide, grid = (str(Path(base_dir) / p) for p in (slide, grid))
-            pairs.append(DataPair(str(slide), str(grid)))
+            pairs.append(DataPair(str(slide), str(grid), None if mpp is None else float(mpp)))
         if base_dir is not None:
             for key in ("table", "out_dir", "resume", "init_from"):
                 value = kwargs.get(key)
@@ -363,8 +372,8 @@ class TrainConfig:
         if p.suffix.lower() != ".json":
             raise LsrInputError("a saved config is JSON: give a name ending in .json", p)
         data = self.to_dict()
-        data["data"] = [{k: str(Path(v).absolute()) for k, v in pair.items()}
-                        for pair in data.get("data", [])]  # fmt: skip
+        for pair in data.get("data", []):
+            pair.update({k: str(Path(pair[k]).absolute()) for k in ("slide", "grid")})
         for key in ("table", "out_dir", "resume", "init_from"):
             value = data.get(key)
             if isinstance(value, str) and value not in ("paper", "paper-table1"):
@@ -737,7 +746,7 @@ def build_dataset(
     if sources is None:
         if not cfg.data:
             raise LsrInputError("no training data: give at least one --slide/--grid pair")
-        sources = [BlockSource(d.slide, d.grid) for d in cfg.data]
+        sources = [BlockSource(d.slide, d.grid, mpp=d.mpp) for d in cfg.data]
     return BlockDataset(
         sources,
         table,

@@ -146,6 +146,12 @@ def train(
     config: Path | None = typer.Argument(None, help="A .toml or .json training config."),
     slide: list[str] = typer.Option(None, "--slide", help="Training slide (repeatable)."),
     grid: list[str] = typer.Option(None, "--grid", help="Its low-resolution grid (repeatable)."),
+    mpp: list[float] = typer.Option(
+        None,
+        "--mpp",
+        help="µm per level-0 pixel of slides whose file does not say (e.g. 0.25 at 40X): once "
+        "for every --slide, or once per --slide.",
+    ),
     table: str | None = typer.Option(
         None,
         help="Count table: 'paper' (the paper's Table 1) or an expert's .json/.csv.",
@@ -293,7 +299,18 @@ def train(
     if slide or grid:
         if len(slide or []) != len(grid or []):
             raise LsrInputError("give one --grid per --slide")
-        cfg.data = [DataPair(s, g) for s, g in zip(slide, grid, strict=True)]
+        mpps = list(mpp or [])
+        if len(mpps) not in (0, 1, len(slide)):
+            raise LsrInputError(
+                f"give --mpp once for every slide or once per --slide ({len(slide)}), "
+                f"not {len(mpps)} times"
+            )
+        if any(not 0 < m < 1000 for m in mpps):
+            raise LsrInputError(f"--mpp is µm per pixel > 0, got {mpps}")
+        per_slide = mpps * len(slide) if len(mpps) == 1 else mpps or [None] * len(slide)
+        cfg.data = [DataPair(s, g, m) for s, g, m in zip(slide, grid, per_slide, strict=True)]
+    elif mpp:
+        raise LsrInputError("--mpp goes with --slide (in a config: mpp in the [[data]] entry)")
     overrides = {
         "table": table, "loss": loss, "distance": distance, "variance_norm": variance_norm,
         "rho_floor": rho_floor, "block_px": block_px, "working_mpp": working_mpp,
