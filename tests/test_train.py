@@ -483,6 +483,21 @@ def _fingerprint(folder: Path) -> dict[str, bytes]:
     return {str(p.relative_to(folder)): p.read_bytes() for p in folder.rglob("*") if p.is_file()}
 
 
+def test_a_run_that_failed_before_its_first_checkpoint_is_not_offered_for_resume(
+    pairs: list[tuple[str, str]], tmp_path: Path
+) -> None:
+    out = tmp_path / "run"
+    out.mkdir()
+    failed = {"status": "failed", "failure": "slide0.tif: corrupt tile", "step": 0}
+    (out / "run.json").write_text(json.dumps(failed))
+    with pytest.raises(LsrInputError) as err:
+        train(tiny_config(tmp_path, pairs, steps=1, loss="intra"))
+    text = str(err.value)
+    assert text.startswith(f"{out}: holds a run that ended before its first checkpoint")
+    assert "(failed: slide0.tif: corrupt tile)" in text and "--resume" not in text
+    assert train(tiny_config(tmp_path, pairs, steps=1, loss="intra", overwrite=True)).ok
+
+
 def test_a_folder_holding_a_run_is_refused_unless_overwrite(
     pairs: list[tuple[str, str]], tmp_path: Path
 ) -> None:

@@ -850,6 +850,17 @@ def check_out_dir(cfg: TrainConfig, ckpt: Any = None) -> None:
         return
     if _continues_own_run(out, ckpt):
         return
+    if found == [RUN_JSON]:  # nothing to resume: it ended before its first checkpoint
+        try:
+            run = json.loads((out / RUN_JSON).read_text(encoding="utf-8"))
+            how = f" ({run.get('status')}: {run.get('failure')})" if run.get("failure") else ""
+        except (OSError, ValueError, AttributeError):
+            how = ""
+        raise LsrInputError(
+            f"holds a run that ended before its first checkpoint{how}, so there is nothing "
+            "to resume: replace it with --overwrite or choose another --out-dir",
+            out,
+        )
     raise LsrInputError(
         f"already holds a training run ({', '.join(found)}); continue it with "
         f"--resume {out}, choose another --out-dir, or replace it with --overwrite",
