@@ -257,6 +257,8 @@ def test_wrong_number_of_bins_without_edges(tmp_path):
         (lambda d: d["eta"][0].__setitem__(0, "0.02"), "'eta' holds '0.02': numbers expected"),
         (lambda d: d["eta"].__setitem__(0, [True, False]), "'eta' holds True: numbers"),
         (lambda d: d.__setitem__("n", "x"), "'n' holds 'x': numbers expected"),
+        (lambda d: d.__setitem__("n", [12] * 9 + [-1]), "n \\(estimates per bin\\) must be 10"),
+        (lambda d: d.__setitem__("n", [12] * 3), "n \\(estimates per bin\\) must be 10"),
         (lambda d: d.__setitem__("class_names", "cancer"), "'class_names' must be a list"),
         (lambda d: d.__setitem__("flagged", [1, 2]), "'flagged' must map bins to reasons"),
         (lambda d: d.__setitem__("flagged", {"x": "why"}), "malformed count table"),

@@ -105,6 +105,7 @@ def test_demo_config_errors_come_before_any_work(tmp_path):
     cases = {
         'n_train_slides = "x"': "n_train_slides must be a whole number",
         'losses = ["intra", "foo"]': "losses must be distinct names",
+        'losses = "intra"': "losses must be a list of names, e.g. [\"intra\"], got 'intra'",
         'losses = ["intra"]\n[per_loss.inter]\nlr = 0.1': "per_loss names losses",
         'losses = ["intra", "inter"]\n[per_loss.inter]\ndistance = "l7"': "(training inter)",
         f"{ii_first}init_from = 'intra'": "init_from of intra_inter must name a loss trained "

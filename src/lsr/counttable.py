@@ -138,6 +138,10 @@ class CountTable:
             raise LsrInputError("rho must be fractions in [0, 1]")
         if self.n is not None:
             self.n = np.asarray(self.n, dtype=np.int64)
+            if self.n.shape != (z,) or (self.n < 0).any():
+                raise LsrInputError(
+                    f"n (estimates per bin) must be {z} counts ≥ 0, got {self.n.tolist()}"
+                )
         self._flag_degenerate_bins()
 
     def _flag_degenerate_bins(self) -> None:

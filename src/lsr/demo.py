@@ -70,6 +70,10 @@ class DemoConfig:
         if unknown:
             raise LsrInputError(f"unknown demo config keys: {', '.join(unknown)}", p)
         if "losses" in data:
+            if not isinstance(data["losses"], list):  # (a string became its letters)
+                raise LsrInputError(
+                    f'losses must be a list of names, e.g. ["intra"], got {data["losses"]!r}', p
+                )
             data["losses"] = tuple(data["losses"])
         cfg = cls(**data)
         cfg.check(p)
