@@ -73,3 +73,11 @@ def test_checkpoint_folder_and_files_follow_the_umask(tmp_path: Path, umask_027:
     assert mode(folder) == 0o750
     files = [*sorted(folder.iterdir()), tmp_path / "run" / "latest.json"]
     assert len(files) >= 5 and all(mode(f) == 0o640 for f in files), [oct(mode(f)) for f in files]
+
+
+def test_a_folder_as_target_names_the_folder_not_a_temporary(tmp_path: Path) -> None:
+    (tmp_path / "out").mkdir()
+    with pytest.raises(IsADirectoryError) as err:
+        atomic_write_text(tmp_path / "out", "x")
+    assert err.value.filename == str(tmp_path / "out")
+    assert [p.name for p in tmp_path.iterdir()] == ["out"] and not any((tmp_path / "out").iterdir())

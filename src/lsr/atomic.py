@@ -13,6 +13,7 @@ readable by whoever could read the folder.
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import secrets
 import stat
@@ -51,6 +52,8 @@ def atomic_path(path: str | os.PathLike[str], suffix: str | None = None) -> Iter
     On an exception the temporary file is removed and ``path`` is untouched.
     """
     target = Path(path)
+    if target.is_dir():  # (else the rename fails naming the temporary file)
+        raise IsADirectoryError(errno.EISDIR, "is a folder", str(target))
     target.parent.mkdir(parents=True, exist_ok=True)
     ext = target.suffix if suffix is None else suffix
     tmp = _unique(target.parent, f".{target.stem}.tmp-", ext, _create_file)
