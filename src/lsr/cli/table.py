@@ -10,6 +10,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from lsr.atomic import check_replaceable
 from lsr.counttable import CountTable, Estimate
 from lsr.errors import LsrInputError
 
@@ -99,21 +100,13 @@ def refuse_to_clobber(output: Path, estimates: Path) -> None:
     """Raise unless writing ``output`` can lose nothing the user made: it must not be the
     estimates file itself, and an existing file there must be a count table (replacing an
     older table is normal; replacing estimates, annotations or anything else is not)."""
-    if output.exists():
-        if estimates.exists() and output.resolve().samefile(estimates):
-            raise LsrInputError(
-                "the output is the estimates file itself; writing the table there would "
-                "replace the expert's estimates: choose another -o",
-                output,
-            )
-        try:
-            CountTable.load(output)
-        except LsrInputError:
-            raise LsrInputError(
-                "exists and is not a count table; refusing to overwrite it: choose another "
-                "-o, or move the file away",
-                output,
-            ) from None
+    if output.exists() and estimates.exists() and output.resolve().samefile(estimates):
+        raise LsrInputError(
+            "the output is the estimates file itself; writing the table there would "
+            "replace the expert's estimates: choose another -o",
+            output,
+        )
+    check_replaceable(output, CountTable.load, "a count table", "-o")
 
 
 @app.command("from-estimates")
