@@ -16,15 +16,19 @@ from lsr.checkpoint import LATEST, MODEL, read_checkpoint
 from lsr.errors import LsrInputError
 from lsr.model import normalise_rgb
 from lsr.train import (
+    REPLACED_PREFIX,
     CollapseMonitor,
     MaskMonitor,
     StepEvent,
     TrainConfig,
     TrainResult,
+    TrainWarning,
     check_final_network,
     crop_to_block,
     final_check_blocks,
     learning_rate,
+    previous_run,
+    set_aside_run,
     train,
 )
 
@@ -590,6 +594,81 @@ def test_a_missing_slide_fails_before_anything_is_written(
         train(cfg)
     assert _fingerprint(out) == before  # run.json still says completed at step 2
     assert json.loads((out / "run.json").read_text())["status"] == "completed"
+
+
+def _first_run(tmp_path: Path, pairs: list[tuple[str, str]]) -> tuple[Path, dict[str, bytes]]:
+    """A finished run with two checkpoints and a file of the user's, and its fingerprint."""
+    assert train(tiny_config(tmp_path, pairs, steps=4, checkpoint_every=2, loss="intra")).ok
+    out = tmp_path / "run"
+    (out / "notes.txt").write_text("mine")
+    return out, _fingerprint(out)
+
+
+def test_overwrite_puts_the_old_run_back_when_the_new_one_fails_before_a_checkpoint(
+    pairs: list[tuple[str, str]], tmp_path: Path
+) -> None:
+    out, before = _first_run(tmp_path, pairs)
+    assert "checkpoints/step-000004/model.safetensors" in before
+    cfg = tiny_config(tmp_path, pairs, steps=2, loss="inter", overwrite=True)
+    back = f"wrote no checkpoint, .* is back in {re.escape(str(out))}"
+    with (
+        pytest.warns(TrainWarning, match=back),
+        pytest.raises(LsrInputError, match="corrupt tile"),
+    ):
+        train(cfg, sources=broken_sources())
+    assert _fingerprint(out) == before  # the old run, byte for byte; no folder left aside
+    names = sorted(p.name for p in out.iterdir())
+    assert names == ["checkpoints", "latest.json", "notes.txt", "run.json"]
+    assert read_checkpoint(out).step == 4
+
+
+def test_overwrite_puts_the_old_run_back_after_a_nan_loss_before_a_checkpoint(
+    pairs: list[tuple[str, str]], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import lsr.train as lt
+
+    out, before = _first_run(tmp_path, pairs)
+    real = lt.compute_loss
+    monkeypatch.setattr(lt, "compute_loss", lambda *a: real(*a) * float("nan"))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        result = train(tiny_config(tmp_path, pairs, steps=4, loss="inter", overwrite=True))
+    assert result.status == "failed" and "nan" in result.failure and not result.checkpoint
+    said = [str(w.message) for w in caught]
+    assert any("is back in" in m for m in said) and f"is back in {out}" in result.warnings[-1]
+    assert _fingerprint(out) == before  # run.json is the old run's, not the failed one's
+
+
+def test_overwrite_deletes_the_old_run_only_at_the_new_runs_first_checkpoint(
+    pairs: list[tuple[str, str]], tmp_path: Path
+) -> None:
+    out, _ = _first_run(tmp_path, pairs)
+    seen: list[list[str]] = []
+
+    class Look:
+        def on_step(self, event: StepEvent) -> None:
+            seen.append(sorted(p.name for p in out.iterdir()))
+
+    cfg = tiny_config(tmp_path, pairs, steps=3, checkpoint_every=2, loss="inter", overwrite=True)
+    assert train(cfg, [Look()]).ok
+    # step 1: the old run waits aside; from step 2 (the first checkpoint) it is gone
+    assert any(n.startswith(REPLACED_PREFIX) for n in seen[0])
+    assert not any(n.startswith(REPLACED_PREFIX) for names in seen[2:] for n in names)
+    assert not any(p.name.startswith(REPLACED_PREFIX) for p in out.iterdir())
+    assert read_checkpoint(out).metadata["loss"] == "inter"
+
+
+def test_a_run_left_aside_by_a_killed_overwrite_is_named_and_kept(
+    pairs: list[tuple[str, str]], tmp_path: Path
+) -> None:
+    out, _ = _first_run(tmp_path, pairs)
+    aside = set_aside_run(out)  # what a process killed before its first checkpoint leaves
+    assert aside is not None and aside.parent == out and (aside / "latest.json").is_file()
+    assert previous_run(out) == []
+    cfg = tiny_config(tmp_path, pairs, steps=2, loss="inter", overwrite=True)
+    with pytest.warns(TrainWarning, match=f"{re.escape(str(aside))}: a run that --overwrite"):
+        assert train(cfg).ok
+    assert read_checkpoint(aside).step == 4  # still whole, for the user to take back
 
 
 class UnreadableSlide:

@@ -838,9 +838,10 @@ def previous_run(out_dir: str | os.PathLike[str]) -> list[str]:
 def check_out_dir(cfg: TrainConfig, ckpt: Any = None) -> None:
     """Refuse to train into a folder that holds another run, unless told to replace it.
 
-    Continuing the run of that very folder (``resume``) is fine; ``overwrite`` lets
-    :func:`clear_run` delete the old run first. Two runs never share a folder: their
-    checkpoints would be mixed and pruned by each other, and latest.json and run.json lost.
+    Continuing the run of that very folder (``resume``) is fine; with ``overwrite``,
+    :func:`set_aside_run` moves the old run out of the way first. Two runs never share a
+    folder: their checkpoints would be mixed and pruned by each other, and latest.json and
+    run.json lost.
     """
     out = Path(cfg.out_dir)
     if out.exists() and not out.is_dir():
@@ -921,7 +922,7 @@ def _continues_own_run(out_dir: Path, ckpt: Any) -> bool:
 
 
 def clear_run(out_dir: str | os.PathLike[str]) -> None:
-    """Delete an earlier run's ``latest.json``, checkpoints and ``run.json`` (``overwrite``).
+    """Delete a run's ``latest.json``, checkpoints and ``run.json`` from ``out_dir``.
 
     ``latest.json`` goes first, so the folder never points at a half-deleted checkpoint;
     each checkpoint is renamed aside in one step before it is deleted, so no partial
@@ -940,6 +941,72 @@ def clear_run(out_dir: str | os.PathLike[str]) -> None:
         with contextlib.suppress(OSError):
             ckpts.rmdir()  # only when empty: nothing of anyone else's is deleted
     (out / RUN_JSON).unlink(missing_ok=True)
+
+
+#: Where ``--overwrite`` keeps the run it replaces until the new run's first checkpoint.
+REPLACED_PREFIX = "replaced-run-"
+
+
+def set_aside_run(out_dir: str | os.PathLike[str]) -> Path | None:
+    """Move an earlier run (``latest.json``, checkpoints, ``run.json``) into
+    ``out_dir/replaced-run-<time>-<random>/`` instead of deleting it (``overwrite``).
+
+    Why: the new run may fail before it has anything to show (a corrupt tile found at step 3,
+    a NaN loss, Ctrl-C); deleting first would then leave neither run. :func:`discard_run`
+    deletes the moved run once the new one has written a checkpoint; :func:`restore_run`
+    puts it back when the new one ends without one. Every move is one rename, within the
+    folder, and ``latest.json`` goes first; other files in the folder are not touched.
+    Returns the folder holding the old run, or None when there was none.
+    """
+    out = Path(out_dir)
+    if not previous_run(out):
+        return None
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    aside = Path(tempfile.mkdtemp(prefix=f"{REPLACED_PREFIX}{stamp}-", dir=out))
+    for name in (LATEST, RUN_JSON):
+        if (out / name).exists():
+            os.replace(out / name, aside / name)
+    ckpts = out / CHECKPOINTS
+    if ckpts.is_dir():
+        (aside / CHECKPOINTS).mkdir()
+        for old in ckpts.iterdir():
+            if old.name.startswith(("step-", ".step-")):
+                os.replace(old, aside / CHECKPOINTS / old.name)
+        with contextlib.suppress(OSError):
+            ckpts.rmdir()  # only when empty: nothing of anyone else's is moved
+    return aside
+
+
+def restore_run(out_dir: str | os.PathLike[str], aside: Path) -> None:
+    """Put the run moved by :func:`set_aside_run` back, replacing what the new run left
+    (its ``run.json``; it wrote no checkpoint). ``latest.json`` comes back last, so the
+    folder never points at a checkpoint that is not there yet."""
+    out = Path(out_dir)
+    clear_run(out)
+    ckpts = aside / CHECKPOINTS
+    if ckpts.is_dir():
+        (out / CHECKPOINTS).mkdir(exist_ok=True)
+        for old in ckpts.iterdir():
+            os.replace(old, out / CHECKPOINTS / old.name)
+        ckpts.rmdir()
+    for name in (RUN_JSON, LATEST):
+        if (aside / name).exists():
+            os.replace(aside / name, out / name)
+    aside.rmdir()
+
+
+def discard_run(aside: Path) -> None:
+    """Delete the run :func:`set_aside_run` moved, once the new run has a checkpoint."""
+    shutil.rmtree(aside)
+
+
+def replaced_runs(out_dir: str | os.PathLike[str]) -> list[Path]:
+    """Runs that ``--overwrite`` set aside and never put back or deleted: the process that
+    replaced them was killed before its first checkpoint (oldest first)."""
+    out = Path(out_dir)
+    if not out.is_dir():
+        return []
+    return sorted(p for p in out.glob(f"{REPLACED_PREFIX}*") if p.is_dir())
 
 
 def _flagged_bins_in_use(table: CountTable, labels: np.ndarray) -> str:
@@ -1027,6 +1094,8 @@ def train(
         except BaseException as err:
             if record.started:  # never touch a run.json this attempt did not write
                 record.fail(cfg, err)
+            if record.aside is not None:
+                warnings.warn(record.put_back(cfg), TrainWarning, stacklevel=2)
             raise
 
 
@@ -1042,6 +1111,23 @@ class _RunRecord:
     step: int = 0
     checkpoint: str = ""
     losses: list[float] = field(default_factory=list)
+    aside: Path | None = None  # the run --overwrite replaces, until our first checkpoint
+
+    def put_back(self, cfg: TrainConfig) -> str:
+        """Restore the replaced run (this one wrote no checkpoint); the message saying so."""
+        aside, self.aside = self.aside, None
+        assert aside is not None
+        try:
+            restore_run(cfg.out_dir, aside)
+        except OSError as err:
+            return (
+                f"this run wrote no checkpoint, and the run it was to replace could not be put "
+                f"back ({err}): it is in {aside}"
+            )
+        return (
+            f"this run wrote no checkpoint, so the run it was to replace (--overwrite) is "
+            f"back in {cfg.out_dir}"
+        )
 
     def fail(self, cfg: TrainConfig, err: BaseException) -> None:
         interrupted = isinstance(err, KeyboardInterrupt)
@@ -1197,8 +1283,14 @@ def _train(
     elif ckpt is not None and "init_from" in ckpt.metadata:
         metadata["init_from"] = ckpt.metadata["init_from"]
     if is_main:
+        for left in replaced_runs(out_dir):
+            warn(
+                f"{left}: a run that --overwrite set aside and could not put back (the "
+                f"process was killed before the new run's first checkpoint); move its files "
+                f"back into {out_dir} to continue it, or delete the folder"
+            )
         if cfg.overwrite and not _continues_own_run(out_dir, ckpt):
-            clear_run(out_dir)
+            record.aside = set_aside_run(out_dir)
         _emit(
             callbacks,
             "on_start",
@@ -1253,6 +1345,9 @@ def _train(
             keep=cfg.keep_checkpoints,
         )
         last_ckpt = record.checkpoint = str(path)
+        if record.aside is not None:  # the new run has a checkpoint: the old one can go
+            discard_run(record.aside)
+            record.aside = None
         _emit(callbacks, "on_checkpoint", path, step_done)
 
     net.train()
@@ -1382,6 +1477,9 @@ def _train(
         save(step)  # pragma: no cover - the loop saves at the last step
     if not last_ckpt and ckpt is not None:
         last_ckpt = str(ckpt.path)
+    restored = is_main and record.aside is not None  # e.g. a NaN loss before any checkpoint
+    if restored:
+        warn(record.put_back(cfg))
     means = {k: v / timed_steps for k, v in totals.items()} if timed_steps else {}
     step_mean = sum(means.values())
     result = TrainResult(
@@ -1398,7 +1496,8 @@ def _train(
         model=model,
     )
     if is_main:
-        _write_run_json(out_dir, result.to_dict())
+        if not restored:  # else run.json is the replaced run's again
+            _write_run_json(out_dir, result.to_dict())
         record.started = False  # run.json holds the result now
         _emit(callbacks, "on_end", result)
     if world > 1:

@@ -262,8 +262,9 @@ def train(
     overwrite: bool = typer.Option(
         False,
         "--overwrite",
-        help="Replace the run already in --out-dir (its checkpoints, latest.json and run.json "
-        "are deleted first). Without it, lsr train refuses a folder that holds a run.",
+        help="Replace the run already in --out-dir: it is moved aside and deleted at the new "
+        "run's first checkpoint (put back if the new run ends before one). Without it, "
+        "lsr train refuses a folder that holds a run.",
     ),
     save_config: Path | None = typer.Option(
         None,
