@@ -32,6 +32,7 @@ from typing import Any
 import numpy as np
 
 from lsr.errors import LsrInputError
+from lsr.grid import grid_geometry, grid_sidecar
 
 SLIDE_SUFFIXES = (".svs", ".ndpi", ".tif", ".tiff", ".scn", ".mrxs", ".vms", ".vmu", ".bif")
 GRID_PATTERN = re.compile(r"[._]grid\.(npy|csv|tif|tiff)$", re.IGNORECASE)
@@ -44,7 +45,6 @@ GT_COLOUR = "#ff6a00"
 LABELS_PATTERN = re.compile(r"_labels\.(tif|tiff)$", re.IGNORECASE)
 #: ``lsr predict``'s per-slide outputs (``OUT/<slide>/probability.tif``, ``mask.tif``).
 PREDICT_OUTPUTS = ("probability.tif", "probability.tiff", "mask.tif", "mask.tiff")
-DEFAULT_BLOCK_PX = 240
 #: Shape of a plain TIFF above which it is treated as a slide (px, longer side).
 PLAIN_TIFF_MAX_PX = 4096
 #: Colours of the bins 1..9 on the z labels layer (bin 0 and "no label" are transparent).
@@ -151,7 +151,6 @@ def _prediction_layer(path: Path, levels: list[Any], dtype: Any, kwargs: dict) -
     """``lsr predict``'s probability.tif as a one-channel heat map (0-1, or 0-255 for the
     uint8 file), its mask.tif as labels in the model's Fig. 4 colour, named after their
     slide's folder: not as grey RGB slides."""
-    import json
 
     from lsr.geojson import FIG4_COLOURS
 
@@ -193,34 +192,6 @@ def read_slide(path: str | list[str]) -> LayerData:
 
 
 # --- grids -------------------------------------------------------------------------------
-
-
-def grid_sidecar(path: str | Path) -> Path:
-    """``slide_grid.npy`` -> ``slide_grid.json`` (geometry of the grid)."""
-    p = Path(path)
-    return p.with_suffix(".json")
-
-
-def grid_geometry(path: str | Path) -> dict:
-    """``{"block_px", "working_mpp", "origin"}`` from the sidecar JSON, else paper defaults."""
-    from lsr.slide import WORKING_MPP
-
-    geo: dict[str, Any] = {"block_px": DEFAULT_BLOCK_PX, "working_mpp": WORKING_MPP}
-    geo["origin"] = [0, 0]
-    side = grid_sidecar(path)
-    if side.is_file():
-        try:
-            data = json.loads(side.read_text(encoding="utf-8"))
-            geo.update({k: data[k] for k in ("block_px", "working_mpp", "origin") if k in data})
-            geo["block_px"] = int(geo["block_px"])
-            geo["working_mpp"] = float(geo["working_mpp"])
-            geo["origin"] = [int(geo["origin"][0]), int(geo["origin"][1])]
-        except (ValueError, TypeError, KeyError, IndexError) as err:
-            raise LsrInputError(f"malformed grid sidecar ({err!r})", side) from None
-        if geo["block_px"] <= 0 or not geo["working_mpp"] > 0:
-            raise LsrInputError("block_px and working_mpp must be positive", side)
-    geo["sidecar"] = side.is_file()
-    return geo
 
 
 def get_grid_reader(path: str | list[str]):

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import contextlib
 import getpass
-import json
 from pathlib import Path
 
 import numpy as np
@@ -693,7 +692,7 @@ class AnnotatorWidget(QWidget):
         ``block_px``: block side at the working resolution; default that of the grid the
         painting was laid on (``working_mpp`` = µm per block / ``block_px``).
         """
-        from lsr.grid import BlockGrid, save_grid
+        from lsr.grid import BlockGrid, save_grid, write_grid_sidecar
 
         layer = self._layer(COARSE_LAYER)
         if layer is None:
@@ -710,14 +709,11 @@ class AnnotatorWidget(QWidget):
             return None
         try:
             save_grid(BlockGrid.from_z(z.astype(np.int16), block_px), p)
+            side = write_grid_sidecar(p, block_px, b / block_px)
         except (LsrInputError, OSError) as err:
             self._notify(f"Cannot save the grid: {err}")
             return None
-        from lsr.atomic import atomic_write_text
-
-        geo = {"block_px": block_px, "working_mpp": b / block_px, "origin": [0, 0]}
-        atomic_write_text(p.with_suffix(".json"), json.dumps(geo, indent=1) + "\n")
-        self._info(f"Saved {p.name} (+ {p.with_suffix('.json').name})")
+        self._info(f"Saved {p.name} (+ {side.name})")
         return p
 
     # ------------------------------------------------------------------ tables

@@ -533,17 +533,14 @@ class TrainerWidget(QWidget):
         except LsrInputError as err:
             self._say(str(err), error=True)
             return
-        geometry: dict[str, Any] = {}
-        try:
-            from napari_lsr._reader import grid_geometry
+        from lsr.grid import sidecar_geometry
 
-            geos = [grid_geometry(g) for _, g in pairs]
-            for key in ("block_px", "working_mpp"):
-                values = {g[key] for g in geos if g.get("sidecar")}
-                if len(values) == 1:
-                    geometry[key] = values.pop()
-        except (ImportError, LsrInputError):
-            pass
+        try:
+            geometry = sidecar_geometry([g for _, g in pairs])
+        except LsrInputError as err:
+            self._say(str(err), error=True)
+            return
+        geometry.pop("from", None)
         known = set(self._pairs)
         self.set_pairs(self._pairs + [p for p in pairs if p not in known], geometry)
         self._say(f"{len(pairs)} slide(s) with grids from {folder}")

@@ -473,3 +473,28 @@ def test_a_colour_image_is_not_read_as_a_prediction_but_grey_rgb_is(tmp_path, ru
     res = runner.invoke(app, [*base, "--json", str(tmp_path / "s.json")])
     assert res.exit_code == 0, res.output
     assert json.loads((tmp_path / "s.json").read_text())["iou"] == pytest.approx(1.0)
+
+
+def test_block_px_comes_from_the_grids_sidecar_unless_given(tmp_path, runner):
+    """A grid the Annotator painted at 8-px blocks carries them in ``<grid>.json``: evaluate
+    reads it there, not at the paper's 240 (which would not fit the prediction)."""
+    from lsr.grid import write_grid_sidecar
+
+    prob = np.zeros((2 * B, 2 * B), np.float32)
+    prob[:B] = 1.0  # top row of blocks all cancer
+    np.save(tmp_path / "a_prob.npy", prob)
+    np.save(tmp_path / "a_grid.npy", np.array([[9, 9], [0, 0]], np.int16))
+    write_grid_sidecar(tmp_path / "a_grid.npy", B, 4.17)
+    args = ["evaluate", "-p", str(tmp_path / "a_prob.npy"), "--grid",
+            str(tmp_path / "a_grid.npy"), "--json", str(tmp_path / "o.json")]  # fmt: skip
+    res = runner.invoke(app, args)
+    assert res.exit_code == 0, res.output
+    assert f"--block-px {B} (from" in " ".join(res.output.split())
+    got = json.loads((tmp_path / "o.json").read_text())
+    calib = {r["z"]: r for r in got["calibration"]}
+    assert got["block_px"] == B and calib[9]["mean"] == 1.0 and calib[0]["mean"] == 0.0
+    assert runner.invoke(app, [*args, "--block-px", str(B)]).exit_code == 0  # agrees
+    res = runner.invoke(app, [*args, "--block-px", str(2 * B)])  # contradicts: refused
+    assert isinstance(res.exception, LsrInputError)
+    text = str(res.exception)
+    assert text.startswith(str(tmp_path / "a_grid.json")) and f"--block-px says {2 * B}" in text

@@ -145,3 +145,67 @@ def test_bins_use_the_given_edges_and_check_ready_bins():
     np.testing.assert_array_equal(ready.bins((0, 0.25, 0.5, 0.75, 1)), ready.z)
     with pytest.raises(LsrInputError, match="up to 3 but the count table has 3 bins"):
         ready.bins((0, 0.5, 0.8, 1))
+
+
+# --- geometry sidecars ---------------------------------------------------------------------
+def _sidecar(path, **geo):
+    import json
+
+    path.with_suffix(".json").write_text(json.dumps(geo))
+
+
+def test_sidecar_geometry_round_trip_and_paper_default(tmp_path):
+    from lsr.grid import grid_geometry, write_grid_sidecar
+
+    g = tmp_path / "a_grid.npy"
+    np.save(g, np.zeros((2, 2), np.int16))
+    assert grid_geometry(g) == {
+        "block_px": 240, "working_mpp": 4.17, "origin": [0, 0], "sidecar": False
+    }  # fmt: skip
+    side = write_grid_sidecar(g, 120, 8.33, (0, 4))
+    assert side == tmp_path / "a_grid.json"
+    assert grid_geometry(g) == {
+        "block_px": 120, "working_mpp": 8.33, "origin": [0, 4], "sidecar": True
+    }  # fmt: skip
+    side.write_text('{"block_px": "many"}')
+    with pytest.raises(LsrInputError, match="malformed grid sidecar") as err:
+        grid_geometry(g)
+    assert str(side) in str(err.value)
+
+
+def test_sidecars_must_agree_within_one_percent(tmp_path):
+    from lsr.grid import sidecar_geometry
+
+    a, b, c = (tmp_path / f"{n}_grid.npy" for n in "abc")
+    _sidecar(a, block_px=120, working_mpp=8.33)
+    _sidecar(b, block_px=120, working_mpp=8.3333)  # 1000 µm / 120 px, written by the GUI
+    assert sidecar_geometry([c]) == {}  # no sidecar: nothing known
+    geo = sidecar_geometry([c, a, b])
+    assert geo == {"block_px": 120, "working_mpp": 8.33, "from": a.with_suffix(".json")}
+    _sidecar(c, block_px=240, working_mpp=4.17)
+    with pytest.raises(LsrInputError) as err:
+        sidecar_geometry([a, b, c])
+    text = str(err.value)
+    assert text.startswith(str(c.with_suffix(".json"))) and str(a.with_suffix(".json")) in text
+    assert "240 px at 4.17 µm/px" in text and "120 px at 8.33 µm/px" in text
+
+
+@pytest.mark.parametrize(
+    ("geo", "want"),
+    [
+        ({"block_px": 120, "working_mpp": 8.33}, "--block-px 120 --working-mpp 8.33"),
+        ({"block_px": 240, "working_mpp": 4.5}, "--block-px 240 --working-mpp 4.5"),
+        ({"block_px": 240, "working_mpp": 4.17, "origin": [0, 8]}, r"origin \[0, 8\]"),
+    ],
+)
+def test_a_grid_read_against_its_sidecar_is_refused_naming_it(tmp_path, geo, want):
+    from lsr.grid import check_sidecar
+
+    g = tmp_path / "a_grid.npy"
+    check_sidecar(g, 240, 4.17)  # no sidecar: nothing to contradict
+    _sidecar(g, **geo)
+    with pytest.raises(LsrInputError, match=want) as err:
+        check_sidecar(g, 240, 4.17)
+    assert str(err.value).startswith(str(g.with_suffix(".json")))
+    _sidecar(g, block_px=240, working_mpp=4.18)  # within 1 %: the same resolution
+    check_sidecar(g, 240, 4.17)

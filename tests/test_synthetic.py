@@ -103,6 +103,12 @@ def test_write_slide_files_and_metadata(cfg, tmp_path):
     assert grid.shape == (3, 4)
     np.testing.assert_array_equal(grid.z, data["z"])
     assert rec["blocks"] == [3, 4]
+    # the grid's geometry travels with it (napari, lsr train and lsr evaluate read it there)
+    from lsr.grid import grid_geometry
+
+    geo = grid_geometry(tmp_path / rec["grid"])
+    assert geo["sidecar"] and geo["origin"] == [0, 0]
+    assert (geo["block_px"], geo["working_mpp"]) == (cfg.scale.block_px, cfg.scale.working_mpp)
 
 
 def _fake_render(cfg, plan, y0, x0, h, w):

@@ -1125,3 +1125,38 @@ def test_a_final_network_that_fails_the_check_fails_the_run(
     ckpts = tmp_path / "c" / "run" / "checkpoints"
     passing = f"step-000004, step-000002 (in {ckpts})"
     assert result.failure.endswith(f"earlier checkpoints that pass this check: {passing}")
+
+
+def test_cli_takes_block_size_from_the_grids_sidecars_and_refuses_a_contradiction(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Grids painted in the Annotator (or from lsr synth) carry their block size in a sidecar:
+    lsr train reads them at it without --block-px, and refuses a --block-px it contradicts
+    (read at the paper's 240 px, the labels would land on the wrong tissue)."""
+    from lsr.cli import main
+    from lsr.grid import grid_sidecar, write_grid_sidecar
+
+    pairs = make_files(tmp_path / "data", 2)
+    for _, g in pairs:
+        write_grid_sidecar(g, BLOCK, WORKING_MPP)
+    monkeypatch.chdir(tmp_path)
+    args = ["train", "--loss", "intra", "--steps", "1", "--width", "4", "--depth", "2"]
+    args += ["--batch-size", "4", "--device", "cpu"]
+    for s, g in pairs:
+        args += ["--slide", s, "--grid", g]
+    with pytest.raises(SystemExit) as exc:
+        main(args)
+    assert exc.value.code in (0, None)
+    err = " ".join(capsys.readouterr().err.split())
+    assert (
+        f"--block-px {BLOCK} --working-mpp {WORKING_MPP} (from {grid_sidecar(pairs[0][1])})" in err
+    )
+    meta = read_checkpoint(tmp_path / "lsr-run").metadata
+    assert (meta["block_px"], meta["working_mpp"]) == (BLOCK, WORKING_MPP)
+
+    with pytest.raises(SystemExit) as exc:
+        main([*args, "--block-px", str(2 * BLOCK), "--out-dir", "other"])
+    assert exc.value.code == 2
+    err = " ".join(capsys.readouterr().err.split())
+    assert f"{grid_sidecar(pairs[0][1])}: the grid's blocks are {BLOCK} px" in err
+    assert f"give --block-px {BLOCK}" in err and not (tmp_path / "other" / "latest.json").exists()

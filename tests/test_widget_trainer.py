@@ -383,3 +383,24 @@ def test_a_fresh_trainer_starts_from_lsr_trains_defaults(make_napari_viewer, dat
            "checkpoint_every": w2.checkpoint_every.value()}  # fmt: skip
     assert got == changed
     w2.detach()
+
+
+def test_a_folder_sets_block_size_from_its_sidecars_and_refuses_two_that_disagree(
+    widget, tmp_path
+) -> None:
+    from lsr.grid import write_grid_sidecar
+
+    pairs = make_data(tmp_path / "painted")
+    for _, g in pairs:
+        write_grid_sidecar(g, 2 * BLOCK, 2 * MPP)
+    widget.block_px.setValue(240)
+    widget.add_folder(tmp_path / "painted")
+    assert widget.block_px.value() == 2 * BLOCK
+    assert widget.working_mpp.value() == pytest.approx(2 * MPP)
+    assert len(widget._pairs) == 2
+
+    write_grid_sidecar(pairs[1][1], BLOCK, MPP)  # now the two grids disagree
+    widget.set_pairs([])
+    widget.add_folder(tmp_path / "painted")
+    assert widget._pairs == [] and widget.status.styleSheet()  # nothing taken, in red
+    assert "s1_grid.json" in widget.status.text() and "s0_grid.json" in widget.status.text()

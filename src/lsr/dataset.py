@@ -80,13 +80,16 @@ def tissue_fraction(rgb: np.ndarray, white_level: int = WHITE_LEVEL) -> float:
     return float(np.mean(np.any(rgb < white_level, axis=-1)))
 
 
-def _open_grid(grid: Any, block_px: int | None) -> GridLike:
+def _open_grid(grid: Any, block_px: int | None, working_mpp: float) -> GridLike:
+    """A grid object as it is; a grid file read at ``block_px`` (None: its sidecar's, else
+    240), which its sidecar, when it has one, must agree with, as with ``working_mpp``."""
     if hasattr(grid, "z") and hasattr(grid, "block_box"):
         return grid
-    from lsr.grid import load_grid
+    from lsr.grid import check_sidecar, grid_geometry, load_grid
 
     if block_px is None:
-        return load_grid(grid)
+        block_px = int(grid_geometry(grid)["block_px"])
+    check_sidecar(grid, block_px, working_mpp)
     return load_grid(grid, block_px=block_px)
 
 
@@ -128,7 +131,7 @@ class BlockDataset(Dataset):
         self.min_tissue = float(min_tissue)
         self.epoch = 0
         self.names = [s.name or Path(str(s.slide)).stem for s in self.sources]
-        self.grids = [_open_grid(s.grid, block_px) for s in self.sources]
+        self.grids = [_open_grid(s.grid, block_px, self.working_mpp) for s in self.sources]
         self._slides: dict[int, SlideLike] = {}
         self._slides_pid = -1
         self.cache_mb = float(cache_mb)

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import csv
 import io
+import json
 import math
 from dataclasses import dataclass, field
 from os import PathLike
@@ -318,3 +319,107 @@ def save_grid(grid: BlockGrid, path: PathType) -> None:
             tifffile.imwrite(tmp, data, photometric="minisblack", compression="zlib")
     else:
         raise LsrInputError("unknown grid format; use .npy, .csv or .tif", p)
+
+
+# --- geometry sidecar ----------------------------------------------------------------------
+#: A grid file carries no geometry; ``<grid>.json`` beside it does (the Annotator and
+#: ``lsr synth`` write it): ``{"block_px": 240, "working_mpp": 4.17, "origin": [0, 0]}``.
+#: Without one, the paper's 240-px blocks at 4.17 µm/px are assumed.
+DEFAULT_BLOCK_PX = 240
+#: Two pixel sizes within 1 % are the same resolution (a 240-px block moves < 2.4 px).
+_MPP_RTOL = 0.01
+
+
+def grid_sidecar(path: PathType) -> Path:
+    """``slide_grid.npy`` -> ``slide_grid.json`` (the grid's geometry)."""
+    return Path(path).with_suffix(".json")
+
+
+def grid_geometry(path: PathType) -> dict:
+    """``{"block_px", "working_mpp", "origin", "sidecar"}`` of the grid at ``path``: from
+    its sidecar JSON, else the paper's 240 px at 4.17 µm/px (``sidecar`` False)."""
+    from lsr.slide import WORKING_MPP
+
+    geo: dict = {"block_px": DEFAULT_BLOCK_PX, "working_mpp": WORKING_MPP, "origin": [0, 0]}
+    side = grid_sidecar(path)
+    if side.is_file():
+        try:
+            data = json.loads(side.read_text(encoding="utf-8"))
+            geo.update({k: data[k] for k in ("block_px", "working_mpp", "origin") if k in data})
+            geo["block_px"] = int(geo["block_px"])
+            geo["working_mpp"] = float(geo["working_mpp"])
+            geo["origin"] = [int(geo["origin"][0]), int(geo["origin"][1])]
+        except (OSError, ValueError, TypeError, KeyError, IndexError) as err:
+            raise LsrInputError(f"malformed grid sidecar ({err!r})", side) from None
+        if geo["block_px"] <= 0 or not geo["working_mpp"] > 0:
+            raise LsrInputError("block_px and working_mpp must be positive", side)
+    geo["sidecar"] = side.is_file()
+    return geo
+
+
+def write_grid_sidecar(
+    grid_path: PathType, block_px: int, working_mpp: float, origin: tuple[int, int] = (0, 0)
+) -> Path:
+    """Write the sidecar of the grid at ``grid_path`` (atomic); returns its path."""
+    side = grid_sidecar(grid_path)
+    geo = {"block_px": int(block_px), "working_mpp": float(working_mpp), "origin": list(origin)}
+    atomic_write_text(side, json.dumps(geo, indent=1) + "\n")
+    return side
+
+
+def sidecar_geometry(grids: list[PathType]) -> dict:
+    """The ``block_px`` and ``working_mpp`` that the sidecars of ``grids`` agree on, with
+    ``"from"``: the first sidecar's path; ``{}`` when none has a sidecar. Two sidecars that
+    disagree are an error naming both: one run reads every slide at one block size."""
+    first: tuple[Path, dict] | None = None
+    for g in grids:
+        geo = grid_geometry(g)
+        if not geo["sidecar"]:
+            continue
+        if first is None:
+            first = (grid_sidecar(g), geo)
+        elif geo["block_px"] != first[1]["block_px"] or not _same_mpp(
+            geo["working_mpp"], first[1]["working_mpp"]
+        ):
+            raise LsrInputError(
+                f"says {_geometry_text(geo)}, but {first[0]} says {_geometry_text(first[1])}: "
+                "one run reads every grid at one block size; fix the sidecars",
+                grid_sidecar(g),
+            )
+    if first is None:
+        return {}
+    return {"block_px": first[1]["block_px"], "working_mpp": first[1]["working_mpp"],
+            "from": first[0]}  # fmt: skip
+
+
+def check_sidecar(path: PathType, block_px: int, working_mpp: float) -> None:
+    """Refuse to read the grid at ``path`` with a geometry its sidecar contradicts.
+
+    Why: a grid painted at 120-px blocks and read at 240 still loads when the slide has
+    room, but every label lands on the wrong tissue. Training reads grids from the slide's
+    corner, so a sidecar origin other than (0, 0) is refused too. No sidecar: nothing to check.
+    """
+    geo = grid_geometry(path)
+    if not geo["sidecar"]:
+        return
+    if geo["block_px"] != block_px or not _same_mpp(geo["working_mpp"], working_mpp):
+        raise LsrInputError(
+            f"the grid's blocks are {_geometry_text(geo)}, and this run reads "
+            f"{block_px}-px blocks at {working_mpp:g} µm/px: give --block-px {geo['block_px']} "
+            f"--working-mpp {geo['working_mpp']:g} (or fix the sidecar)",
+            grid_sidecar(path),
+        )
+    if any(geo["origin"]):
+        raise LsrInputError(
+            f"origin {geo['origin']}: training reads grids from the slide's top-left corner; "
+            "crop the slide to the grid, or pad the grid to the corner",
+            grid_sidecar(path),
+        )
+
+
+def _same_mpp(a: float, b: float) -> bool:
+    return abs(a - b) <= _MPP_RTOL * max(a, b)
+
+
+def _geometry_text(geo: dict) -> str:
+    return f"{geo['block_px']} px at {geo['working_mpp']:g} µm/px"

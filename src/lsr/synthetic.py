@@ -209,7 +209,7 @@ def write_slide(
     tile (rendered twice: once for the TIFFs, once for the classifier), in bounded memory.
     Returns (file record for the manifest, block data: z, cancer and tissue fractions, probs).
     """
-    from lsr.grid import BlockGrid, save_grid
+    from lsr.grid import BlockGrid, save_grid, write_grid_sidecar
     from lsr.slide import write_pyramidal_tiff
 
     out = Path(out_dir)
@@ -234,6 +234,7 @@ def write_slide(
     else:
         plan, probs, cancer, tis = _write_tiled(cfg, seed, out, name, height, width, tile_tiff)
     save_grid(BlockGrid(probs, b), out / f"{name}_grid.npy")
+    write_grid_sidecar(out / f"{name}_grid.npy", b, mpp)
     z = np.full(probs.shape, -1, np.int64)
     ok = np.isfinite(probs)
     z[ok] = bin_probabilities(probs[ok])

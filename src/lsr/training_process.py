@@ -124,11 +124,12 @@ def check_data(
     Returns the working-resolution (H, W) of each slide. Raises :class:`LsrInputError`
     naming the file on a missing or unreadable file or a grid that does not fit.
     """
-    from lsr.grid import load_grid
+    from lsr.grid import check_sidecar, load_grid
     from lsr.slide import open_slide
 
     shapes = []
     for slide_path, grid_path in pairs:
+        check_sidecar(grid_path, block_px, working_mpp)
         grid = load_grid(grid_path, block_px=block_px)
         with open_slide(slide_path) as slide:
             shape = slide.working_shape(working_mpp)

@@ -369,6 +369,10 @@ def evaluate(
             "or lsr predict's output folder (OUT/<slide>/probability.tif)"
         )
     console = Console()
+    grids = _expand(list(grid))
+    # a folder of test patches also holds images and ground truth: keep its *_grid files
+    grids = [g for g in grids if "_grid" in g.name] or grids
+    block_px = _block_px_from_sidecars(grids, block_px, console)
     band, block_px = _scale_from_manifest(
         band, block_px, [*gt, *grid], console, (bool(gt), bool(grid))
     )
@@ -376,9 +380,6 @@ def evaluate(
     if gt:
         result = _scores(_pair(preds, _expand_gt(list(gt)), pair_by), band, console, pred_kind)
     if grid:
-        grids = _expand(list(grid))
-        # a folder of test patches also holds images and ground truth: keep its *_grid files
-        grids = [g for g in grids if "_grid" in g.name] or grids
         calib, probabilities = calibration(
             _pair(preds, grids, pair_by, "grid"), block_px, table, pred_kind
         )
@@ -390,6 +391,28 @@ def evaluate(
     if json_out is not None:
         atomic_write_text(json_out, json.dumps(result, indent=2))
         console.print(f"scores written to {json_out}")
+
+
+def _block_px_from_sidecars(
+    grids: list[Path], block_px: int | None, console: Console
+) -> int | None:
+    """``--block-px`` as given, else the one the grids' sidecars (``<grid>.json``) agree on;
+    a given value they contradict is an error naming the sidecar, as in ``lsr train``."""
+    from lsr.grid import sidecar_geometry
+
+    geo = sidecar_geometry(grids)
+    if not geo:
+        return block_px
+    if block_px is None:
+        console.print(f"--block-px {geo['block_px']} (from {geo['from']})", markup=False)
+        return int(geo["block_px"])
+    if block_px != geo["block_px"]:
+        raise LsrInputError(
+            f"the grids' blocks are {geo['block_px']} px, and --block-px says {block_px}: "
+            "drop --block-px (or fix the sidecar)",
+            geo["from"],
+        )
+    return block_px
 
 
 def _is_scores_json(path: Path) -> bool:

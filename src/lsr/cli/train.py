@@ -116,6 +116,33 @@ class RichProgress:
             )
 
 
+def _sidecar_scale(
+    grids: list[Path], block_px: int | None, working_mpp: float | None
+) -> tuple[int | None, float | None]:
+    """``--block-px`` and ``--working-mpp`` as given; one not given comes from the grids'
+    sidecars (``<grid>.json``, written by the Annotator and ``lsr synth``), saying so. A given
+    value the sidecars contradict is left for the dataset to refuse, naming the sidecar."""
+    from lsr.grid import sidecar_geometry
+
+    geo = sidecar_geometry(grids)
+    if not geo:
+        return block_px, working_mpp
+    taken = []
+    if block_px is None:
+        block_px = int(geo["block_px"])
+        taken.append(f"--block-px {block_px}")
+    if working_mpp is None:
+        working_mpp = float(geo["working_mpp"])
+        taken.append(f"--working-mpp {working_mpp:g}")
+    if taken:
+        Console(stderr=True).print(
+            f"{' '.join(taken)} (from {geo['from']})",
+            markup=False,
+            soft_wrap=True,
+        )
+    return block_px, working_mpp
+
+
 def _batch_text(cfg: Any) -> str:
     if cfg.loss == "intra":
         return str(cfg.batch_size)
@@ -310,6 +337,8 @@ def train(
             raise LsrInputError(f"--mpp is µm per pixel > 0, got {mpps}")
         per_slide = mpps * len(slide) if len(mpps) == 1 else mpps or [None] * len(slide)
         cfg.data = [DataPair(s, g, m) for s, g, m in zip(slide, grid, per_slide, strict=True)]
+        if config is None and resume is None:  # else the file's or the run's geometry
+            block_px, working_mpp = _sidecar_scale(list(grid), block_px, working_mpp)
     elif mpp:
         raise LsrInputError("--mpp goes with --slide (in a config: mpp in the [[data]] entry)")
     overrides = {
