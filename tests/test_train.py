@@ -210,6 +210,36 @@ def test_wrongly_typed_settings_name_key_type_and_file(
     assert str(err.value).startswith(f"{tmp_path / 'run.toml'}: bad setting {message}")
 
 
+@pytest.mark.parametrize(
+    ("line", "message"),
+    [
+        ("rho_floor = 1.5", "bad setting rho_floor=1.5: a fraction in [0, 1)"),
+        ('loss = "intr"', "unknown loss 'intr'"),
+        ("depth = 9", "bad setting depth=9: 9 halvings"),
+    ],
+)
+def test_an_out_of_range_setting_from_a_file_names_the_file(
+    line: str, message: str, tmp_path: Path
+) -> None:
+    (tmp_path / "run.toml").write_text(line + "\n")
+    cfg = TrainConfig.from_file(tmp_path / "run.toml")
+    with pytest.raises(LsrInputError) as err:
+        cfg.resolved()
+    assert str(err.value).startswith(f"{tmp_path / 'run.toml'}: {message}")
+
+
+def test_a_bad_value_given_after_the_file_is_not_blamed_on_it(tmp_path: Path) -> None:
+    (tmp_path / "run.toml").write_text("rho_floor = 1.5\nsteps = 5\n")
+    cfg = TrainConfig.from_file(tmp_path / "run.toml")
+    cfg.rho_floor = 0.01  # a command-line flag fixes the file's value
+    assert cfg.resolved().rho_floor == 0.01
+    cfg.steps = 0  # and one replaces a good value with a bad one
+    with pytest.raises(LsrInputError) as err:
+        cfg.resolved()
+    assert str(err.value) == "bad setting steps=0: must be ≥ 1"  # not the file's
+    assert "_from_file" not in cfg.to_dict()  # never saved
+
+
 def test_whole_numbers_are_taken_and_types_are_checked_on_resolve() -> None:
     cfg = TrainConfig.from_dict({"steps": 300.0, "grad_clip": 1, "prior": [0.3, 0.7]})
     assert cfg.steps == 300 and isinstance(cfg.steps, int)

@@ -174,13 +174,19 @@ class TrainConfig:
     collapse_window: int = 50  # steps
     collapse_std: float = 5e-4  # fraction, std across one step's blocks
     mask_ratio: float = 0.1  # degenerate mask: a class's argmax share < ratio × its mean (0: off)
+    #: (file, its settings) when read by :meth:`from_file`: a bad setting that still has the
+    #: file's value names the file. Not annotated, so not a field: never saved or compared.
+    _from_file = None
 
     # ------------------------------------------------------------------ defaults
     def resolved(self) -> TrainConfig:
         """A copy with the per-loss defaults (:data:`DEFAULTS`) filled in where a value is None."""
         if self.loss not in LOSSES:
-            raise LsrInputError(f"unknown loss '{self.loss}' (choose {', '.join(LOSSES)})")
+            raise LsrInputError(
+                f"unknown loss '{self.loss}' (choose {', '.join(LOSSES)})", self._file_of("loss")
+            )
         cfg = dataclasses.replace(self, data=[DataPair(d.slide, d.grid, d.mpp) for d in self.data])
+        cfg._from_file = self._from_file
         for key, value in DEFAULTS[self.loss].items():
             if getattr(cfg, key) is None:
                 setattr(cfg, key, value)
@@ -216,7 +222,9 @@ class TrainConfig:
         self.check_types()
 
         def bad(name: str, why: str) -> LsrInputError:
-            return LsrInputError(f"bad setting {name}={getattr(self, name)!r}: {why}")
+            return LsrInputError(
+                f"bad setting {name}={getattr(self, name)!r}: {why}", self._file_of(name)
+            )
 
         choices = {
             "loss": LOSSES,
@@ -269,6 +277,16 @@ class TrainConfig:
                 f"{self.depth} halvings shrink the network's {seen_px}-px input below 1 px "
                 f"(at most {most} for block_px {self.block_px}, context_px {self.context_px})",
             )
+
+    def _file_of(self, name: str) -> Path | None:
+        """The config file setting ``name`` came from, while it keeps the file's value (a
+        command-line flag that replaced it is not the file's fault); else None."""
+        if self._from_file is None:
+            return None
+        path, settings = self._from_file
+        if name in settings and settings[name] == getattr(self, name):
+            return path
+        return None
 
     # ------------------------------------------------------------------ files
     def to_dict(self) -> dict[str, Any]:
@@ -355,7 +373,9 @@ class TrainConfig:
             if isinstance(err, LsrInputError):
                 raise
             raise LsrInputError(f"cannot parse config ({err})", p) from None
-        return cls.from_dict(data, base_dir=p.parent, path=p)
+        cfg = cls.from_dict(data, base_dir=p.parent, path=p)
+        cfg._from_file = (p, {k: getattr(cfg, k) for k in data if k != "data" and hasattr(cfg, k)})
+        return cfg
 
     def save(self, path: str | os.PathLike[str]) -> None:
         """Write the config as JSON that :meth:`from_file` reads back from anywhere: its paths
