@@ -268,3 +268,28 @@ def test_probability_grid_is_binned_with_the_tables_own_edges() -> None:
     paper = BlockDataset([BlockSource(FakeSlide(img), grid)], CountTable.paper_table1(),
                          working_mpp=1.0)  # fmt: skip
     assert paper.labels.max() == 9
+
+
+def test_no_block_left_says_why_and_names_the_grid(tmp_path: Path) -> None:
+    from lsr.grid import BlockGrid, save_grid
+    from lsr.slide import write_pyramidal_tiff
+
+    img = np.full((32, 64, 3), 255, np.uint8)  # two blocks, each half glass, half tissue
+    img[:16] = (150, 60, 140)
+    write_pyramidal_tiff(tmp_path / "s.tif", img, mpp=2.0, tile=32, compression="zlib")
+    save_grid(BlockGrid(np.array([[0.3, 0.9]], np.float32), 32), tmp_path / "s.npy")
+    save_grid(BlockGrid(np.full((1, 2), np.nan, np.float32), 32), tmp_path / "none.npy")
+    kw = dict(working_mpp=2.0, block_px=32)
+    src = BlockSource(tmp_path / "s.tif", tmp_path / "s.npy")
+    with pytest.raises(LsrInputError) as err:
+        BlockDataset([src], CountTable.paper_table1(), min_tissue=0.9, **kw)
+    assert str(err.value).startswith(f"{tmp_path / 's.npy'}: no labelled blocks with tissue")
+    assert "all 2 labelled blocks of the grid are under min_tissue 0.9" in str(err.value)
+    assert len(BlockDataset([src], CountTable.paper_table1(), min_tissue=0.3, **kw)) == 2
+    unlabelled = BlockSource(tmp_path / "s.tif", tmp_path / "none.npy")
+    with pytest.raises(LsrInputError) as err:
+        BlockDataset([unlabelled, unlabelled], CountTable.paper_table1(), **kw)
+    assert str(err.value) == (
+        "no labelled blocks: every block of the grids (none.npy, none.npy) is unlabelled "
+        "(NaN probability or z = -1)"
+    )

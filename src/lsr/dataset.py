@@ -162,9 +162,29 @@ class BlockDataset(Dataset):
                     continue
                 rows.append((si, int(r), int(c), int(z[r, c])))
         if not rows:
-            raise LsrInputError("no labelled blocks with tissue in the training data")
+            raise self._no_blocks()
         self.index = np.asarray(rows, dtype=np.int64)
         self.labels = self.index[:, 3].copy()
+
+    def _no_blocks(self) -> LsrInputError:
+        """Why no block is left, naming the grids: none labelled, or all skipped as glass."""
+        grids = [s.grid for s in self.sources if not hasattr(s.grid, "z")]
+        where = grids[0] if len(grids) == 1 else None
+        named = "" if len(grids) < 2 else " (" + ", ".join(
+            Path(str(g)).name for g in grids[:3]
+        ) + (", …" if len(grids) > 3 else "") + ")"  # fmt: skip
+        if self.skipped_background:
+            return LsrInputError(
+                f"no labelled blocks with tissue: all {self.skipped_background} labelled blocks "
+                f"of the grid{'s' * (len(self.sources) > 1)}{named} are under min_tissue "
+                f"{self.min_tissue:g} (lower --min-tissue, or check the slides are the grids')",
+                where,
+            )
+        return LsrInputError(
+            f"no labelled blocks: every block of the grid{'s' * (len(self.sources) > 1)}{named} "
+            "is unlabelled (NaN probability or z = -1)",
+            where,
+        )
 
     def _check_fits(self, si: int, grid: GridLike) -> None:
         """Open source ``si``'s slide and reject a grid that does not tile it.
