@@ -202,10 +202,9 @@ def load_grid(path: PathType, *, block_px: int, origin: tuple[int, int] = (0, 0)
     if suffix == ".csv":
         return _load_csv(p, block_px, origin)
     if suffix == ".npy":
-        try:
-            arr = np.load(p, allow_pickle=False)
-        except Exception as exc:
-            raise LsrInputError(f"not a readable .npy array: {exc}", p) from exc
+        from lsr.arrays import read_npy
+
+        arr = read_npy(p)
     elif suffix in (".tif", ".tiff"):
         import tifffile
 

@@ -12,6 +12,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from lsr.arrays import read_npy
 from lsr.atomic import atomic_write_text, check_replaceable
 from lsr.errors import LsrInputError
 
@@ -121,7 +122,7 @@ def read_map(path: Path) -> np.ndarray:
     suffix = path.suffix.lower()
     try:
         if suffix == ".npy":
-            a = np.load(path, allow_pickle=False)
+            a = read_npy(path)
         elif suffix in (".tif", ".tiff"):
             import tifffile
 
