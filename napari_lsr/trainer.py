@@ -384,6 +384,18 @@ class TrainerWidget(QWidget):
         self.checkpoint_every.setRange(1, 10_000_000)
         self.num_workers = QSpinBox()
         self.num_workers.setRange(0, 64)
+        self.init_from = QLineEdit()
+        self.init_from.setPlaceholderText("the count table's prior")
+        self.init_from.setToolTip(
+            "A trained model (run folder or checkpoint) whose weights the new runs start from "
+            "instead of the count table's prior, e.g. intra + inter from an intra network; "
+            "its U-Net width and depth are taken over. Empty: start from the prior."
+        )
+        self.init_button = QPushButton("…")
+        self.init_button.setMaximumWidth(30)
+        init_row = QHBoxLayout()
+        init_row.addWidget(self.init_from, 1)
+        init_row.addWidget(self.init_button)
         grid.addRow("Learning rate", self.lr)
         grid.addRow("Batch (intra)", self.batch_size)
         grid.addRow("Groups / batch", self.groups_per_batch)
@@ -397,6 +409,7 @@ class TrainerWidget(QWidget):
         grid.addRow("Seed", self.seed)
         grid.addRow("Checkpoint every", self.checkpoint_every)
         grid.addRow("Loader workers", self.num_workers)
+        grid.addRow("Start from", init_row)
         grid.addRow("", self.augment)
         self.advanced.addWidget(adv)
         self.advanced.collapse(animate=False)
@@ -467,6 +480,8 @@ class TrainerWidget(QWidget):
         for box in self.loss_checks.values():
             box.toggled.connect(self._update_placeholders)
         self.out_button.clicked.connect(self._ask_out_dir)
+        self.init_button.clicked.connect(self._ask_init_from)
+        self.init_from.editingFinished.connect(self._init_from_chosen)
         self.out_dir.editingFinished.connect(self.refresh_models)
         self.device.currentTextChanged.connect(self._probe_device)
         self.train_button.clicked.connect(self.train)
@@ -562,6 +577,40 @@ class TrainerWidget(QWidget):
         if folder:
             self.out_dir.setText(folder)
             self.refresh_models()
+
+    def _ask_init_from(self) -> None:
+        folder = QFileDialog.getExistingDirectory(
+            self, "Model to start from (a run folder)", self.out_dir.text()
+        )
+        if folder:
+            self.set_init_from(folder)
+
+    def set_init_from(self, path: str | Path) -> bool:
+        """Start new runs from the model at ``path`` (empty: the prior); takes over its U-Net
+        width and depth, so the two networks fit. False (and says why) when it is no model."""
+        self.init_from.setText(str(path))
+        return self._init_from_chosen()
+
+    def _init_from_chosen(self) -> bool:
+        from lsr.checkpoint import read_metadata
+
+        text = self.init_from.text().strip()
+        if not text:
+            return True
+        try:
+            _, meta = read_metadata(Path(text).expanduser())
+        except (LsrInputError, OSError) as err:
+            self._say(f"Start from: {err}", error=True)
+            return False
+        net = meta["model"]
+        for spin, key in ((self.width_spin, "width"), (self.depth_spin, "depth")):
+            if isinstance(net.get(key), int):
+                spin.setValue(net[key])
+        self._say(
+            f"New runs start from {Path(text).name} (step {meta['step']}, "
+            f"{meta.get('loss', '?')}): U-Net width {net.get('width')}, depth {net.get('depth')}"
+        )
+        return True
 
     # ------------------------------------------------------------------ count table
     def _table_widgets(self) -> dict[str, Any]:
@@ -720,10 +769,22 @@ class TrainerWidget(QWidget):
                 checkpoint_every=self.checkpoint_every.value(),
                 num_workers=self.num_workers.value(),
                 device=self.device.currentText(),
+                init_from=self._init_from_path(),
             )
             cfg.resolved()  # validate now, in words, before anything starts
             out.append(cfg)
         return out
+
+    def _init_from_path(self) -> str | None:
+        """The model to start from (checked to be one), or None: the table's prior."""
+        from lsr.checkpoint import read_metadata
+
+        text = self.init_from.text().strip()
+        if not text:
+            return None
+        path = Path(text).expanduser()
+        read_metadata(path)  # a missing or foreign folder fails here, in words, not in the process
+        return str(path.resolve())
 
     # ------------------------------------------------------------------ device
     def _probe_device(self, name: str) -> None:
@@ -933,7 +994,7 @@ class TrainerWidget(QWidget):
             eta = _duration(s.eta_s)
             self.status.setText(
                 f"<b>{name}</b> · step {s.step}/{s.total_steps} · loss {s.losses[-1]:.4g} · "
-                f"{s.blocks_per_s:.1f} blocks/s · ETA {eta} · {s.device}"
+                f"{s.blocks_per_s:.1f} blocks/s · ETA {eta} · {s.device}" + _data_line(s)
             )
             self._update_pbar(
                 m, f"{name}: loss {s.losses[-1]:.4g}, {s.blocks_per_s:.1f} blocks/s, ETA {eta}"
@@ -1117,6 +1178,15 @@ def table_bins_without_estimate(table: CountTable) -> list[int]:
     from lsr.annotation import NO_ESTIMATE_YET
 
     return sorted(b for b, why in table.flagged.items() if why == NO_ESTIMATE_YET)
+
+
+def _data_line(s: tp.RunState) -> str:
+    """'<br>1234 labelled blocks · 300 steps × 30 blocks: a block is seen about 7.3 times on
+    average' (the CLI prints the same): on large data the default steps see few blocks."""
+    from lsr.train import blocks_seen
+
+    seen = blocks_seen(s.total_steps, s.blocks_per_step, s.n_blocks)
+    return f"<br>{s.n_blocks} labelled blocks · {seen}" if seen else ""
 
 
 def _duration(seconds: float) -> str:

@@ -1190,3 +1190,19 @@ def test_cli_takes_block_size_from_the_grids_sidecars_and_refuses_a_contradictio
     err = " ".join(capsys.readouterr().err.split())
     assert f"{grid_sidecar(pairs[0][1])}: the grid's blocks are {BLOCK} px" in err
     assert f"give --block-px {BLOCK}" in err and not (tmp_path / "other" / "latest.json").exists()
+
+
+@pytest.mark.parametrize(
+    ("steps", "per_step", "n_blocks"), [(300, 30, 1200), (10, 8, 1000), (5, 30, 0), (0, 8, 9)]
+)
+def test_blocks_seen_is_draws_over_blocks_with_a_hint_below_once(steps, per_step, n_blocks):
+    from lsr.train import blocks_seen
+
+    text = blocks_seen(steps, per_step, n_blocks)
+    if not (steps and n_blocks):
+        assert text == ""  # unknown: nothing said
+        return
+    times = steps * per_step / n_blocks  # draws of blocks / blocks
+    assert text.startswith(f"{steps} steps × {per_step} blocks: a block is seen about ")
+    assert f"about {times:.2g} times" in text
+    assert ("less than once" in text) == (times < 1)

@@ -129,6 +129,7 @@ def test_queue_runs_in_order_to_completion_and_lists_models(pairs, tmp_path: Pat
     assert (a.status, a.step, len(a.losses)) == ("completed", 5, 5), a.message
     assert (b.status, b.step, len(b.losses)) == ("completed", 4, 4), b.message
     assert a.device.startswith("CPU") and a.n_blocks == 32
+    assert (a.blocks_per_step, b.blocks_per_step) == (8, 6 * 4)  # intra's batch; 6 groups × 4
     summary = json.loads((runs[0] / "run.json").read_text())
     assert summary["losses"] == pytest.approx(a.losses)  # the log says what the trainer did
     # a fresh reader (another napari session) sees the same

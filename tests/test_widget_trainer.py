@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from lsr import training_process as tp
+from lsr.errors import LsrInputError
 
 napari = pytest.importorskip("napari")
 
@@ -404,3 +405,51 @@ def test_a_folder_sets_block_size_from_its_sidecars_and_refuses_two_that_disagre
     widget.add_folder(tmp_path / "painted")
     assert widget._pairs == [] and widget.status.styleSheet()  # nothing taken, in red
     assert "s1_grid.json" in widget.status.text() and "s0_grid.json" in widget.status.text()
+
+
+def test_start_from_takes_the_models_network_and_goes_into_the_configs(
+    widget, data, tmp_path, qtbot
+) -> None:
+    from lsr.checkpoint import write_checkpoint
+    from lsr.model import UNet
+
+    net = UNet(2, 6, 3)
+    model = tmp_path / "intra-run"
+    write_checkpoint(
+        model, 40, model_state=net.state_dict(), trainer_state={},
+        optimizer_state={"state": {}, "param_groups": []},
+        metadata={"model": net.config(), "loss": "intra"},
+    )  # fmt: skip
+    widget.add_folder(data)
+    assert widget.configs()[0].init_from is None  # empty: the table's prior
+    assert widget.set_init_from(model)
+    assert (widget.width_spin.value(), widget.depth_spin.value()) == (6, 3)
+    assert "step 40" in widget.status.text() and "intra" in widget.status.text()
+    assert all(c.init_from == str(model.resolve()) for c in widget.configs())
+    widget.loss_checks["intra_inter"].setChecked(False)
+    widget.loss_checks["intra"].setChecked(True)
+    widget.steps.setValue(2)
+    assert widget.train()  # the training process starts from those weights
+    qtbot.waitUntil(lambda: not widget.running, timeout=TIMEOUT_MS)
+    state = widget.current().state
+    assert state.status == "completed", state.message
+    from lsr.checkpoint import read_checkpoint
+
+    meta = read_checkpoint(state.run_dir).metadata
+    assert meta["init_from"]["path"] == str(model.resolve() / "checkpoints" / "step-000040")
+    assert not widget.set_init_from(tmp_path / "nothing-here")
+    assert "Start from" in widget.status.text() and "nothing-here" in widget.status.text()
+    assert widget.status.styleSheet()  # red
+    with pytest.raises(LsrInputError, match="nothing-here"):
+        widget.configs()  # Train says so before anything starts
+
+
+def test_running_status_says_how_often_a_block_is_seen() -> None:
+    from lsr import training_process as tp
+    from napari_lsr.trainer import _data_line
+
+    state = tp.RunState(Path("r"), "r", total_steps=10, n_blocks=1000, blocks_per_step=8)
+    line = _data_line(state)
+    assert line.startswith("<br>1000 labelled blocks · 10 steps × 8 blocks")
+    assert "about 0.08 times" in line and "less than once" in line
+    assert _data_line(tp.RunState(Path("r"), "r", total_steps=10)) == ""  # not started yet

@@ -472,6 +472,19 @@ class StartEvent:
     table: str = ""  # which count table: a path, "paper Table 1", or the checkpoint's
 
 
+def blocks_seen(steps: int, blocks_per_step: int, n_blocks: int) -> str:
+    """'300 steps × 30 blocks: a block is seen about 7.5 times on average', with a hint when
+    it is less than once; '' when a figure is unknown (0). Why: the default steps suit the
+    study's data; a few whole slides hold ten times as many blocks (docs/training.md)."""
+    if steps <= 0 or blocks_per_step <= 0 or n_blocks <= 0:
+        return ""
+    times = steps * blocks_per_step / n_blocks
+    return (
+        f"{steps} steps × {blocks_per_step} blocks: a block is seen about {times:.2g} times "
+        "on average" + (" (less than once: more steps may pay)" if times < 1 else "")
+    )
+
+
 @dataclass
 class StepEvent:
     step: int  # steps done so far (1-based after the first step)

@@ -364,6 +364,7 @@ class RunState:
     elapsed_s: float = 0.0
     device: str = ""
     n_blocks: int = 0
+    blocks_per_step: int = 0
     checkpoint: str = ""
     message: str = ""  # failure reason for failed/died runs
     warnings: list[str] = field(default_factory=list)
@@ -403,6 +404,7 @@ class RunState:
                 self.resumes.append(self.start_step)
             self.device = str(event.get("device", ""))
             self.n_blocks = int(event.get("n_blocks", 0))
+            self.blocks_per_step = int(event.get("blocks_per_step", 0))
             self.started = str(event.get("time", ""))
             self.message = ""
         elif kind == "step":
@@ -730,6 +732,7 @@ class _ProgressCallback:
             total_steps=event.config.steps,
             device=event.device,
             n_blocks=event.n_blocks,
+            blocks_per_step=(event.config.batch_size or 0) * event.world_size,
             bin_counts={str(k): v for k, v in event.bin_counts.items()},
             loss=event.config.loss,
             distance=event.config.distance,

@@ -63,13 +63,10 @@ class RichProgress:
             f"{event.n_blocks} labelled blocks; per bin: "
             + ", ".join(f"z={z}: {n}" for z, n in sorted(event.bin_counts.items()))
         )
-        if event.n_blocks and cfg.batch_size:  # on large data the default steps see few blocks
-            times = cfg.steps * cfg.batch_size * event.world_size / event.n_blocks
-            self.console.print(
-                f"{cfg.steps} steps × {cfg.batch_size * event.world_size} blocks: a block is "
-                f"seen about {times:.2g} times on average"
-                + (" (less than once: more --steps may pay)" if times < 1 else "")
-            )
+        from lsr.train import blocks_seen
+
+        if seen := blocks_seen(cfg.steps, (cfg.batch_size or 0) * event.world_size, event.n_blocks):
+            self.console.print(seen)  # on large data the default steps see few blocks
         self.progress = Progress(
             TextColumn("[progress.description]{task.description}"),
             BarColumn(),
