@@ -979,9 +979,10 @@ class TrainerWidget(QWidget):
         s = m.state
         if self.status.styleSheet():
             self.status.setStyleSheet("")  # (re-polishes the label: only when it was red)
-        # one- and two-line texts get the same height: the panel keeps its layout, so the
-        # loss plot is not resized (and re-rendered) when the status line changes
-        self.status.setMinimumHeight(2 * self.status.fontMetrics().lineSpacing())
+        # texts of one to four lines (a running run's: its step line and its data line,
+        # each wrapped once in a narrow dock) get the same height: the panel keeps its
+        # layout, so the loss plot is not resized (and re-rendered) when the status changes
+        self.status.setMinimumHeight(4 * self.status.fontMetrics().lineSpacing())
         total = max(s.total_steps, 1)
         # QProgressBar.setValue repaints at once (one more window composition): with updates
         # off it only changes the value, and re-enabling them schedules one ordinary update
