@@ -432,3 +432,22 @@ def test_bad_estimates_name_value_bin_and_block():
     assert str(err.value) == (
         "cancer percentages must lie in 0-100, got 101 (z 0), -1 (z 1), 150 (z 3), ..."
     )
+
+
+@pytest.mark.parametrize("suffix", [".json", ".csv"])
+def test_a_table_its_reader_would_refuse_never_replaces_a_saved_one(tmp_path, suffix):
+    good = CountTable.paper_table1()
+    path = tmp_path / f"table{suffix}"
+    good.save(path)
+    before = path.read_bytes()
+    bad = CountTable.paper_table1()
+    bad.eta = np.asarray(bad.eta).copy()
+    bad.eta[3] = (0.2, 0.2)  # the classes share a block: their fractions must add up to 1
+    with pytest.raises(LsrInputError) as err:
+        bad.save(path)
+    text = str(err.value)
+    assert text.startswith(f"{path}: not saved: the table would not read back")
+    assert "sum to 0.4" in text or "sum to 40%" in text
+    assert path.read_bytes() == before  # the good table is still there, whole
+    assert [p.name for p in tmp_path.iterdir()] == [path.name]  # no temporary file left
+    np.testing.assert_allclose(CountTable.load(path).eta, good.eta)

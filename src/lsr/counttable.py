@@ -26,7 +26,7 @@ from typing import Any
 
 import numpy as np
 
-from lsr.atomic import atomic_write_text
+from lsr.atomic import atomic_path, atomic_write_text
 from lsr.errors import LsrInputError
 
 #: The paper's bin edges, as fractions: 0-20, 20-30, ..., 90-95, 95-100 percent.
@@ -675,14 +675,22 @@ class CountTable:
         raise LsrInputError("unknown count-table format (expected .json or .csv)", p)
 
     def save(self, path: PathType) -> None:
-        """Write ``.json`` or ``.csv`` by suffix (atomic)."""
+        """Write ``.json`` or ``.csv`` by suffix (atomic), read back before it takes the name.
+
+        Why the read-back: the reader checks more than the constructor (class sums, the CSV's
+        columns); a table it would refuse must never replace a good file under the name.
+        """
         suffix = Path(path).suffix.lower()
-        if suffix == ".json":
-            self.to_json(path)
-        elif suffix == ".csv":
-            self.to_csv(path)
-        else:
+        if suffix not in (".json", ".csv"):
             raise LsrInputError("count tables are saved as .json or .csv", path)
+        with atomic_path(path) as tmp:
+            (self.to_json if suffix == ".json" else self.to_csv)(tmp)
+            try:
+                CountTable.load(tmp)
+            except LsrInputError as err:
+                raise LsrInputError(
+                    f"not saved: the table would not read back ({err.problem})", path
+                ) from None
 
 
 def _read_text(path: PathType) -> str:
