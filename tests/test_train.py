@@ -162,8 +162,20 @@ def test_out_of_range_settings_fail_before_training(setting: dict, why: str) -> 
         ('slide = 5\ngrid = "a.npy"', r"data\[0\]: slide must be a file path, got 5"),
         ('slide = ["a.tif"]\ngrid = "a.npy"', "slide must be a file path, got \\['a.tif'\\]"),
         ('slide = "a.tif"\ngrd = "a.npy"', "unknown key\\(s\\) 'grd' \\(a data entry has slide"),
-        ('slide = "a.tif"\ngrid = "a.npy"\nmpp = "x"', "mpp must be µm per pixel > 0, got 'x'"),
-        ('slide = "a.tif"\ngrid = "a.npy"\nmpp = -1', "mpp must be µm per pixel > 0, got -1"),
+        (
+            'slide = "a.tif"\ngrid = "a.npy"\nmpp = "x"',
+            "mpp must be a number of µm per pixel, got 'x'",
+        ),
+        (
+            'slide = "a.tif"\ngrid = "a.npy"\nmpp = -1',
+            r"mpp must be µm per pixel in \(0, 100\], got -1",
+        ),
+        ('slide = "a.tif"\ngrid = "a.npy"\nmpp = 5000', r"in \(0, 100\], got 5000"),
+        (
+            'slide = "a.tif"\ngrid = "a.npy"\nmpp = true',
+            "mpp must be a number of µm per pixel, got True",
+        ),
+        ('slide = "a.tif"\ngrid = "a.npy"\nmpp = "0.25"', "a number of µm per pixel, got '0.25'"),
     ],
 )
 def test_data_entries_with_wrong_types_or_keys_name_the_file(tmp_path: Path, entry, match):
@@ -949,6 +961,14 @@ def test_a_slide_without_its_pixel_size_trains_with_mpp(
     assert "give --mpp once for every slide or once per --slide (1), not 2" in (
         capsys.readouterr().err
     )
+    for bad in ("0", "250"):  # the same check as a config entry's mpp and open_slide's
+        with pytest.raises(SystemExit) as stop:
+            main([*base, "--mpp", bad, "--out-dir", str(tmp_path / "e")])
+        err = " ".join(capsys.readouterr().err.split())
+        assert (
+            stop.value.code == 2
+            and f"--mpp must be µm per pixel in (0, 100], got {float(bad)}" in err
+        )
 
 
 def test_overwrite_is_never_saved_nor_read_from_a_file(

@@ -337,9 +337,10 @@ class TrainConfig:
                 if not isinstance(value, str) or not value:
                     raise LsrInputError(f"{name} must be a file path, got {value!r}", path, where)
             mpp = item.get("mpp") if isinstance(item, dict) else None
-            if mpp is not None and (isinstance(mpp, bool) or not isinstance(mpp, (int, float))
-                                    or not 0 < mpp < 1000):  # fmt: skip
-                raise LsrInputError(f"mpp must be µm per pixel > 0, got {mpp!r}", path, where)
+            if mpp is not None:
+                from lsr.slide import check_mpp
+
+                mpp = check_mpp(mpp, path, where)
             if base_dir is not None:
                 slide, grid = (str(Path(base_dir) / p) for p in (slide, grid))
             pairs.append(DataPair(str(slide), str(grid), None if mpp is None else float(mpp)))

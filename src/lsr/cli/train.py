@@ -330,8 +330,9 @@ def train(
                 f"give --mpp once for every slide or once per --slide ({len(slide)}), "
                 f"not {len(mpps)} times"
             )
-        if any(not 0 < m < 1000 for m in mpps):
-            raise LsrInputError(f"--mpp is µm per pixel > 0, got {mpps}")
+        from lsr.slide import check_mpp
+
+        mpps = [check_mpp(m, name="--mpp") for m in mpps]
         per_slide = mpps * len(slide) if len(mpps) == 1 else mpps or [None] * len(slide)
         cfg.data = [DataPair(s, g, m) for s, g, m in zip(slide, grid, per_slide, strict=True)]
         if config is None and resume is None:  # else the file's or the run's geometry
