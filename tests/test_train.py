@@ -1226,3 +1226,35 @@ def test_blocks_seen_is_draws_over_blocks_with_a_hint_below_once(steps, per_step
     assert text.startswith(f"{steps} steps × {per_step} blocks: a block is seen about ")
     assert f"about {times:.2g} times" in text
     assert ("less than once" in text) == (times < 1)
+
+
+class _ClosedPipe:
+    """A terminal whose reader went away: every write raises BrokenPipeError."""
+
+    def write(self, text: str) -> int:
+        raise BrokenPipeError(32, "Broken pipe")
+
+    def flush(self) -> None:
+        raise BrokenPipeError(32, "Broken pipe")
+
+    def isatty(self) -> bool:
+        return False
+
+
+def test_a_closed_terminal_does_not_end_the_run(pairs: list[tuple[str, str]], tmp_path: Path):
+    """`lsr train 2>&1 | head`: rich's own console ends the process from inside the training
+    callback (the run failed mid-way with "SystemExit: 1"); the CLI's console goes quiet and
+    the run trains to its end."""
+    from rich.console import Console
+
+    from lsr.cli.train import QuietOnBrokenPipe, RichProgress
+
+    cfg = tiny_config(tmp_path, pairs, steps=4, checkpoint_every=2, loss="intra")
+    with pytest.raises(SystemExit):  # what rich does by default
+        train(cfg, [RichProgress(Console(file=_ClosedPipe()))])
+    cfg = tiny_config(tmp_path, pairs, steps=4, checkpoint_every=2, loss="intra",
+                      out_dir=str(tmp_path / "quiet"))  # fmt: skip
+    quiet = QuietOnBrokenPipe(file=_ClosedPipe())
+    result = train(cfg, [RichProgress(quiet)])
+    assert result.ok and result.step == 4 and quiet.quiet
+    assert json.loads((tmp_path / "quiet" / "run.json").read_text())["status"] == "completed"

@@ -14,7 +14,10 @@ The first Ctrl-C stops after the current step and writes a checkpoint (exit stat
 
 from __future__ import annotations
 
+import contextlib
+import os
 import signal
+import sys
 import threading
 from pathlib import Path
 from typing import Any
@@ -36,11 +39,30 @@ from lsr.errors import LsrInputError
 EXIT_INTERRUPTED = 130
 
 
+class QuietOnBrokenPipe(Console):
+    """A console that goes quiet when its reader goes away (``lsr train 2>&1 | head``, a
+    closed log viewer) instead of ending the process.
+
+    Why: rich's default raises ``SystemExit(1)`` from whatever print met the broken pipe;
+    inside a training callback that failed the run mid-way ("SystemExit: 1" in run.json, the
+    remaining steps lost) for the sake of a progress line. The run goes on; its outcome is in
+    ``run.json`` and its checkpoints. The process's stderr then points at /dev/null, so the
+    warnings and Python's exit-time flush do not meet the pipe again.
+    """
+
+    def on_broken_pipe(self) -> None:
+        self.quiet = True
+        if self.file is sys.stderr or self.file is sys.stdout:
+            with contextlib.suppress(OSError, ValueError):
+                devnull = os.open(os.devnull, os.O_WRONLY)
+                os.dup2(devnull, self.file.fileno())
+
+
 class RichProgress:
     """Train callback drawing a rich progress bar (loss, blocks/s, ETA)."""
 
     def __init__(self, console: Console | None = None):
-        self.console = console or Console(stderr=True)
+        self.console = console or QuietOnBrokenPipe(stderr=True)
         self.progress: Progress | None = None
         self.task: Any = None
         self.total_steps = 0
@@ -132,7 +154,7 @@ def _sidecar_scale(
         working_mpp = float(geo["working_mpp"])
         taken.append(f"--working-mpp {working_mpp:g}")
     if taken:
-        Console(stderr=True).print(
+        QuietOnBrokenPipe(stderr=True).print(
             f"{' '.join(taken)} (from {geo['from']})",
             markup=False,
             soft_wrap=True,
