@@ -77,6 +77,70 @@ def outline_part() -> dict[str, Any]:
     }
 
 
+def layer_kinds_part(repeats: int = 2) -> dict[str, Any]:
+    """What adding and first drawing one boundary overlay costs the GUI thread, per napari
+    layer kind, against an Image layer of the same pixels (the cheapest overlay napari has):
+    the boundary of :func:`fragmented_mask` as the widget's Shapes paths, as a Labels layer
+    drawn with ``contour``, and as an Image of its boundary pixels. Each kind is added
+    ``repeats`` times (the first one of a kind also compiles its shaders); the milliseconds
+    are ``add_layer`` plus the first ``processEvents`` (the first draw)."""
+    import napari
+    from napari.layers import Image, Labels, Shapes
+    from qtpy.QtWidgets import QApplication
+    from skimage.segmentation import find_boundaries
+
+    import lsr.compare as lc
+    from lsr.geojson import mask_to_polygons
+
+    mask = fragmented_mask()
+    rings = lc.polygon_rings(mask_to_polygons(mask))
+    edge = find_boundaries(mask, mode="inner").astype(np.float32)
+
+    def contour() -> Any:
+        layer = Labels(mask.astype(np.uint8))
+        layer.contour = 1
+        return layer
+
+    kinds = {
+        "image": lambda: Image(edge, colormap="red", blending="additive", contrast_limits=(0, 1)),
+        "shapes": lambda: Shapes(
+            rings,
+            shape_type="path",
+            edge_color="red",
+            face_color="transparent",
+            edge_width=2,
+            blending="translucent_no_depth",
+        ),
+        "labels_contour": contour,
+    }
+    viewer = napari.Viewer(show=True)
+    app = QApplication.instance()
+
+    def settle() -> None:
+        for _ in range(20):
+            app.processEvents()
+            time.sleep(0.01)
+
+    settle()
+    ms: dict[str, list[float]] = {k: [] for k in kinds}
+    for _ in range(repeats):
+        for name, make in kinds.items():
+            layer = make()  # built before timing, as the widget builds it in a worker
+            t0 = time.perf_counter()
+            viewer.add_layer(layer)
+            app.processEvents()
+            ms[name].append(1000 * (time.perf_counter() - t0))
+            settle()
+    viewer.close()
+    best = {k: min(v) for k, v in ms.items()}
+    return {
+        "rings": len(rings),
+        "pixels": list(mask.shape),
+        "ms": ms,
+        "ratio_vs_image": {k: best[k] / best["image"] for k in kinds},
+    }
+
+
 def widget_part(models: Path, cache: Path) -> dict[str, Any]:
     import napari
     import torch.optim  # noqa: F401 - its first import holds the GIL ~1 s: not ours to time
@@ -163,6 +227,14 @@ def main() -> None:
         f"{1000 * o['baseline_method_simplify']['longest_gap_s']:.0f} ms with the method "
         f"simplify (ratio {o['gap_ratio']:.3f}); idle {1000 * o['idle_gap_s']:.0f} ms"
     )
+    result["layer_kinds"] = lk = layer_kinds_part()
+    print(
+        f"one overlay of {lk['rings']} rings on {lk['pixels'][0]}² px, add + first draw (ms, "
+        "per repeat): "
+        + "; ".join(f"{k} {', '.join(f'{v:.0f}' for v in lk['ms'][k])}" for k in lk["ms"])
+        + " — ratio of the best to an Image layer's: "
+        + ", ".join(f"{k} {r:.2f}" for k, r in lk["ratio_vs_image"].items())
+    )
     if args.models is not None:
         cache = args.cache or args.models.parent / "cache"
         result["widget"] = wp = widget_part(args.models, cache)
@@ -177,6 +249,11 @@ def main() -> None:
             f"{wp['blocked_ratio_rerun_vs_baseline']:.2f}"
         )
     out = ROOT / "benchmarks" / "results" / "compare_gui.json"
+    # a run without --models keeps the last widget measurement (it needs trained models)
+    kept = json.loads(out.read_text()) if out.exists() else {}
+    if "widget" in kept and "widget" not in result:
+        result["widget"] = kept["widget"]
+        result["widget_from_an_earlier_run"] = True
     out.write_text(json.dumps(result, indent=1) + "\n")
     print(f"wrote {out}")
 
