@@ -498,3 +498,13 @@ def test_block_px_comes_from_the_grids_sidecar_unless_given(tmp_path, runner):
     assert isinstance(res.exception, LsrInputError)
     text = str(res.exception)
     assert text.startswith(str(tmp_path / "a_grid.json")) and f"--block-px says {2 * B}" in text
+
+
+def test_help_shows_where_band_and_block_size_come_from(runner):
+    """The defaults were written as '[default: ...]' in the help text, which rich took for
+    markup and dropped: --help said nothing of the manifest or the sidecars."""
+    res = runner.invoke(app, ["evaluate", "--help"], env={"COLUMNS": "200"})
+    text = " ".join(res.output.split())
+    assert res.exit_code == 0
+    assert "240, or band_px of the lsr synth manifest.json" in text
+    assert "the grids' sidecars' (<grid>.json), else the lsr synth manifest.json's" in text

@@ -334,14 +334,15 @@ def evaluate(
                                     "(each OUT/<slide>/probability.tif, named <slide>)"),
     gt: list[Path] = typer.Option([], "--gt", "-g", help="ground-truth masks (files or folder)"),
     band: int | None = typer.Option(None, "--band", "-b", help="band around the boundary, "
-                                    "working px [default: 240, or band_px of the lsr synth "
-                                    "manifest.json beside --gt/--grid]"),
+                                    "working px", show_default="240, or band_px of the lsr "
+                                    "synth manifest.json beside --gt/--grid"),
     pair_by: str = typer.Option("name", "--pair-by", help="'name' (strip _gt/_pred) or 'order'"),
     grid: list[Path] = typer.Option([], "--grid", help="low-resolution grids of the same "
                                     "patches (files or folder): adds the calibration table"),
     block_px: int | None = typer.Option(None, "--block-px", help="block side of the grids, "
-                                        "working px [default: 240, or block_px of the lsr "
-                                        "synth manifest.json beside --gt/--grid]"),
+                                        "working px", show_default="the grids' sidecars' "
+                                        "(<grid>.json), else the lsr synth manifest.json's "
+                                        "beside --gt/--grid, else 240"),
     table: Path | None = typer.Option(None, "--table", "-t", help="count table shown beside "
                                       "the calibration (.json/.csv)"),
     json_out: Path | None = typer.Option(None, "--json", help="write the scores as JSON here"),
