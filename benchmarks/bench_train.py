@@ -10,7 +10,8 @@ compute with ≥ 2 workers (its share falls close to 0 relative to the baseline 
 
 Run: ``python benchmarks/bench_train.py`` (CPU: small blocks and network by default) or
 ``python benchmarks/bench_train.py --device cuda --block-px 240 --width 32`` (paper-sized
-blocks, 2 groups × 15). Writes ``benchmarks/results/train.json``.
+blocks; the loss's default batch, 6 groups × 5 for the inter-type losses). Writes
+``benchmarks/results/train.json``.
 """
 
 from __future__ import annotations
@@ -44,6 +45,12 @@ def make_sources(n_slides: int, rows: int, cols: int, block_px: int, seed: int =
         z = rng.choice([0, 4, 9], size=(rows, cols)).astype(np.int16)
         out.append(BlockSource(ArraySlide(img, 4.17), BlockGrid.from_z(z, block_px), f"b{i}"))
     return out
+
+
+def _batch(loss: str) -> str:
+    """The loss's default batch as printed: '30' (intra) or '6×5' (groups × blocks)."""
+    cfg = TrainConfig(loss=loss).resolved()
+    return str(cfg.batch_size) if loss == "intra" else f"{cfg.groups_per_batch}×{cfg.group_size}"
 
 
 def run(args: argparse.Namespace, workers: int, sources: list, folder: Path) -> dict:
@@ -108,8 +115,8 @@ def main() -> None:
     hidden = 1.0 - par["mean_s"]["data"] / max(base["mean_s"]["data"], 1e-12)
     print(
         f"training throughput: loss={args.loss}, blocks {args.block_px} px, "
-        f"U-Net width {args.width} depth {args.depth}, batch 2×15, {args.steps} steps, "
-        f"{base['device']}"
+        f"U-Net width {args.width} depth {args.depth}, batch {_batch(args.loss)}, "
+        f"{args.steps} steps, {base['device']}"
     )
     print(f"{'workers':>8} {'blocks/s':>9} {'step s':>8} {'data':>7} {'network':>8} "
           f"{'loss':>7} {'optim':>7}")  # fmt: skip
