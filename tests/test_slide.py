@@ -516,3 +516,18 @@ def test_empty_or_non_tiff_bytes_are_named_as_such_not_a_missing_openslide(tmp_p
     with pytest.raises(LsrInputError, match=r"junk\.tif: not a TIFF file") as err:
         open_slide(junk)
     assert "OpenSlide" not in str(err.value)
+
+
+def test_coarse_pixel_sizes_made_inside_the_tool_are_accepted(tmp_path):
+    """The 100 µm/px ceiling is for sizes a user types (--mpp, a config's mpp); a grid's
+    labels layer (~1000 µm/px) or a coarse pyramid level is written and opened as it is."""
+    import numpy as np
+
+    from lsr.errors import LsrInputError
+    from lsr.slide import check_mpp, open_slide, write_pyramidal_tiff
+
+    write_pyramidal_tiff(tmp_path / "z.tif", np.zeros((4, 4), np.uint8), mpp=1000.8)
+    with open_slide(tmp_path / "z.tif", mpp=1000.8) as s:
+        assert s.mpp == 1000.8
+    with pytest.raises(LsrInputError, match=r"in \(0, 100\]"):
+        check_mpp(1000.8, name="--mpp")

@@ -382,7 +382,7 @@ class ArraySlide(Slide):
     def __init__(self, array: Any, mpp: float, *, path: str | Path | None = None):
         self.array = array
         self.path = None if path is None else Path(path)
-        self.mpp = check_mpp(mpp, self.path)
+        self.mpp = check_mpp(mpp, self.path, ceiling=False)
         h, w, c = _dims_of(array.shape)
         self.channels = c
         self.dtype = np.dtype(array.dtype)
@@ -431,7 +431,7 @@ class TiffSlideSlide(Slide):
             if mpp is None:
                 raise
             self.file_mpp = None
-        self.mpp = check_mpp(mpp, path) if mpp is not None else self.file_mpp
+        self.mpp = check_mpp(mpp, path, ceiling=False) if mpp is not None else self.file_mpp
         if self.level_count == 1 and max(self.level_dimensions[0]) >= LARGE_FLAT_PX:
             note = (
                 f"single-level (non-pyramidal) slide of {self.level_dimensions[0][0]}x"
@@ -497,7 +497,7 @@ class OpenSlideSlide(Slide):  # pragma: no cover - needs the optional openslide 
             if mpp is None:
                 raise
             self.file_mpp = None
-        self.mpp = check_mpp(mpp, path) if mpp is not None else self.file_mpp
+        self.mpp = check_mpp(mpp, path, ceiling=False) if mpp is not None else self.file_mpp
 
     def _handle(self) -> Any:
         if self._os is None:
@@ -537,7 +537,9 @@ _MPP_PASS = (
 _MPP_HINT = "the pixel size (µm/px) is not in the file's metadata; " + _MPP_PASS
 
 
-def check_mpp(mpp: Any, path: Any = None, where: str | None = None, name: str = "mpp") -> float:
+def check_mpp(
+    mpp: Any, path: Any = None, where: str | None = None, name: str = "mpp", ceiling: bool = True
+) -> float:
     """A pixel size a user gave (``--mpp``, a config's ``mpp``, ``open_slide(mpp=...)``) as
     a float: a number of µm per pixel in (0, :data:`MAX_PLAUSIBLE_MPP`], else one error
     naming ``path`` (and ``where`` in it). The one check every way in shares."""
@@ -549,7 +551,7 @@ def check_mpp(mpp: Any, path: Any = None, where: str | None = None, name: str = 
         raise LsrInputError(
             f"{name} must be a number of µm per pixel, got {mpp!r}", path, where
         ) from None
-    if not (0 < value <= MAX_PLAUSIBLE_MPP):  # (NaN fails too)
+    if not (value > 0 and math.isfinite(value)) or (ceiling and value > MAX_PLAUSIBLE_MPP):
         raise LsrInputError(
             f"{name} must be µm per pixel in (0, {MAX_PLAUSIBLE_MPP:g}], got {mpp!r}", path, where
         )
@@ -725,7 +727,7 @@ def open_slide(path: str | Path, *, mpp: float | None = None) -> Slide:
     if p.is_dir():
         raise LsrInputError("is a folder, not a slide file", p)
     if mpp is not None:
-        mpp = check_mpp(mpp, p)
+        mpp = check_mpp(mpp, p, ceiling=False)
     if p.stat().st_size == 0:
         raise LsrInputError("file is empty (an interrupted copy or download?)", p)
     if p.suffix.lower() in _PLAIN_SUFFIXES:
@@ -857,7 +859,7 @@ def write_pyramidal_tiff(
     import tifffile
 
     path = Path(path)
-    mpp = check_mpp(mpp, path)
+    mpp = check_mpp(mpp, path, ceiling=False)
     h, w, c = _dims_of(image.shape)
     dtype = np.dtype(image.dtype)
     if c == 1:

@@ -1380,8 +1380,11 @@ def _train(
         )
         last_ckpt = record.checkpoint = str(path)
         if record.aside is not None:  # the new run has a checkpoint: the old one can go
-            discard_run(record.aside)
-            record.aside = None
+            aside, record.aside = record.aside, None  # never put back over our checkpoint
+            try:
+                discard_run(aside)
+            except OSError as err:
+                warn(f"the replaced run in {aside} could not be deleted ({err}); delete it")
         _emit(callbacks, "on_checkpoint", path, step_done)
 
     net.train()
