@@ -28,6 +28,7 @@ from lsr.train import (
     final_check_blocks,
     learning_rate,
     previous_run,
+    replaced_runs,
     set_aside_run,
     train,
 )
@@ -698,6 +699,49 @@ def test_overwrite_deletes_the_old_run_only_at_the_new_runs_first_checkpoint(
     assert not any(n.startswith(REPLACED_PREFIX) for names in seen[2:] for n in names)
     assert not any(p.name.startswith(REPLACED_PREFIX) for p in out.iterdir())
     assert read_checkpoint(out).metadata["loss"] == "inter"
+
+
+def test_a_cancel_before_the_first_periodic_checkpoint_keeps_the_replaced_run(
+    pairs: list[tuple[str, str]], tmp_path: Path
+) -> None:
+    out, before = _first_run(tmp_path, pairs)
+
+    class Stop:  # Ctrl-C seconds after a mistaken --overwrite
+        def on_step(self, event: StepEvent) -> str:
+            return "stop"
+
+    cfg = tiny_config(tmp_path, pairs, steps=9, checkpoint_every=4, loss="inter", overwrite=True)
+    with pytest.warns(TrainWarning, match="cancelled before the first periodic checkpoint"):
+        result = train(cfg, [Stop()])
+    assert result.status == "cancelled" and result.step == 1
+    assert read_checkpoint(out).step == 1  # the new run's checkpoint, to resume from
+    (aside,) = replaced_runs(out)
+    assert str(aside) in result.warnings[-1]
+    kept = {k.split("/", 1)[1]: v for k, v in _fingerprint(out).items() if k.startswith(aside.name)}
+    assert kept == {k: v for k, v in before.items() if k != "notes.txt"}  # byte for byte
+    assert (out / "notes.txt").read_text() == "mine"
+
+
+def test_overwrite_puts_the_old_run_back_even_when_run_json_cannot_be_written(
+    pairs: list[tuple[str, str]], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import lsr.train as lt
+
+    out, before = _first_run(tmp_path, pairs)
+    real = lt._write_run_json
+
+    def full_disk(folder: Path, data: dict) -> None:
+        if data.get("status") == "failed":
+            raise OSError(28, "No space left on device")
+        real(folder, data)
+
+    monkeypatch.setattr(lt, "_write_run_json", full_disk)
+    cfg = tiny_config(tmp_path, pairs, steps=2, loss="inter", overwrite=True)
+    with pytest.warns(TrainWarning, match="is back in"), pytest.raises(OSError, match="space"):
+        train(cfg, sources=broken_sources())
+    assert not replaced_runs(out)
+    assert read_checkpoint(out).step == 4 and (out / "notes.txt").read_text() == "mine"
+    assert json.loads((out / "run.json").read_text()) == json.loads(before["run.json"])
 
 
 def test_a_run_left_aside_by_a_killed_overwrite_is_named_and_kept(

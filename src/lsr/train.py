@@ -1035,8 +1035,8 @@ def discard_run(aside: Path) -> None:
 
 
 def replaced_runs(out_dir: str | os.PathLike[str]) -> list[Path]:
-    """Runs that ``--overwrite`` set aside and never put back or deleted: the process that
-    replaced them was killed before its first checkpoint (oldest first)."""
+    """Runs that ``--overwrite`` set aside and never put back or deleted: the run replacing
+    them was cancelled or killed before its first periodic checkpoint (oldest first)."""
     out = Path(out_dir)
     if not out.is_dir():
         return []
@@ -1126,10 +1126,12 @@ def train(
         try:
             return _train(cfg, list(callbacks), cancel, sources, rank, world, record)
         except BaseException as err:
-            if record.started:  # never touch a run.json this attempt did not write
-                record.fail(cfg, err)
-            if record.aside is not None:
-                warnings.warn(record.put_back(cfg), TrainWarning, stacklevel=2)
+            try:
+                if record.started:  # never touch a run.json this attempt did not write
+                    record.fail(cfg, err)
+            finally:  # even when run.json cannot be written (a full disk)
+                if record.aside is not None:
+                    warnings.warn(record.put_back(cfg), TrainWarning, stacklevel=2)
             raise
 
 
@@ -1319,9 +1321,9 @@ def _train(
     if is_main:
         for left in replaced_runs(out_dir):
             warn(
-                f"{left}: a run that --overwrite set aside and could not put back (the "
-                f"process was killed before the new run's first checkpoint); move its files "
-                f"back into {out_dir} to continue it, or delete the folder"
+                f"{left}: a run that --overwrite set aside and kept (the run replacing it "
+                f"was cancelled or killed before its first periodic checkpoint); move its "
+                f"files back into {out_dir} to continue it, or delete the folder"
             )
         if cfg.overwrite and not _continues_own_run(out_dir, ckpt):
             record.aside = set_aside_run(out_dir)
@@ -1357,7 +1359,10 @@ def _train(
         if device.type == "cuda":
             torch.cuda.synchronize(device)
 
-    def save(step_done: int) -> None:
+    def save(step_done: int, cancelled: bool = False) -> None:
+        """Write a checkpoint. The first one deletes the run ``--overwrite`` replaced, unless
+        the user cancelled first: a Ctrl-C seconds after a mistaken ``--overwrite`` keeps the
+        old run in its ``replaced-run-*`` folder beside the new checkpoint."""
         nonlocal last_ckpt
         if not is_main:
             return
@@ -1381,10 +1386,17 @@ def _train(
         last_ckpt = record.checkpoint = str(path)
         if record.aside is not None:  # the new run has a checkpoint: the old one can go
             aside, record.aside = record.aside, None  # never put back over our checkpoint
-            try:
-                discard_run(aside)
-            except OSError as err:
-                warn(f"the replaced run in {aside} could not be deleted ({err}); delete it")
+            if cancelled:
+                warn(
+                    f"cancelled before the first periodic checkpoint: the run --overwrite "
+                    f"replaced is kept in {aside}; delete it, or move its files back into "
+                    f"{out_dir} (replacing this run's) to continue it"
+                )
+            else:
+                try:
+                    discard_run(aside)
+                except OSError as err:
+                    warn(f"the replaced run in {aside} could not be deleted ({err}); delete it")
         _emit(callbacks, "on_checkpoint", path, step_done)
 
     net.train()
@@ -1491,7 +1503,7 @@ def _train(
             stop = bool(flag.item() > 0)
         if stop and step < cfg.steps:
             status = "cancelled"
-            save(step)
+            save(step, cancelled=True)
             break
         if step % cfg.checkpoint_every == 0 or step == cfg.steps:
             save(step)

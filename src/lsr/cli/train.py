@@ -309,7 +309,8 @@ def train(
         False,
         "--overwrite",
         help="Replace the run already in --out-dir: it is moved aside and deleted at the new "
-        "run's first checkpoint (put back if the new run ends before one). Without it, "
+        "run's first periodic checkpoint (put back if the new run fails before one, kept "
+        "aside if it is cancelled before one). Without it, "
         "lsr train refuses a folder that holds a run.",
     ),
     save_config: Path | None = typer.Option(
