@@ -254,8 +254,14 @@ def read_grid(path: str | list[str]) -> LayerData:
         return [(None,)]
     if not layers[0][1]["metadata"]["lsr_grid"].get("sidecar", True):
         geo = layers[0][1]["metadata"]["lsr_grid"]
+        side = grid_sidecar(p)
+        why = (
+            f"{side.name} beside it is not a grid sidecar (no block_px)"
+            if side.exists()
+            else f"no {side.name} beside it"
+        )
         _notify(
-            f"{Path(p).name}: no {grid_sidecar(p).name} beside it, so its blocks are taken "
+            f"{Path(p).name}: {why}, so its blocks are taken "
             f"as the paper's {geo['block_px']} px at {geo['working_mpp']} µm/px; if they are "
             "not, the grid is drawn misplaced and trains on the wrong tissue: write the "
             'sidecar ({"block_px": ..., "working_mpp": ..., "origin": [0, 0]})',

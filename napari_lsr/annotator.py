@@ -692,7 +692,7 @@ class AnnotatorWidget(QWidget):
         ``block_px``: block side at the working resolution; default that of the grid the
         painting was laid on (``working_mpp`` = µm per block / ``block_px``).
         """
-        from lsr.grid import BlockGrid, save_grid, write_grid_sidecar
+        from lsr.grid import BlockGrid, check_sidecar_replaceable, save_grid, write_grid_sidecar
 
         layer = self._layer(COARSE_LAYER)
         if layer is None:
@@ -708,6 +708,7 @@ class AnnotatorWidget(QWidget):
             self._notify(f"Cannot save the grid: bins z must be 0–9, the painting has {z.max()}.")
             return None
         try:
+            check_sidecar_replaceable(p)  # before the grid: never a grid without its sidecar
             save_grid(BlockGrid.from_z(z.astype(np.int16), block_px), p)
             side = write_grid_sidecar(p, block_px, b / block_px)
         except (LsrInputError, OSError) as err:

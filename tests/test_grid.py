@@ -209,3 +209,53 @@ def test_a_grid_read_against_its_sidecar_is_refused_naming_it(tmp_path, geo, wan
     assert str(err.value).startswith(str(g.with_suffix(".json")))
     _sidecar(g, block_px=240, working_mpp=4.18)  # within 1 %: the same resolution
     check_sidecar(g, 240, 4.17)
+
+
+def test_a_json_named_like_the_grid_without_block_px_is_not_a_sidecar(tmp_path):
+    """A GeoJSON (or a count table) saved as ``<grid>.json`` is not read as geometry, and
+    writing the sidecar refuses to destroy it."""
+    from lsr.grid import grid_geometry, write_grid_sidecar
+
+    g = tmp_path / "a_grid.npy"
+    np.save(g, np.zeros((2, 2), np.int16))
+    geojson = '{"type": "FeatureCollection", "features": []}'
+    side = g.with_suffix(".json")
+    side.write_text(geojson)
+    geo = grid_geometry(g)
+    assert geo["sidecar"] is False and geo["block_px"] == 240
+    with pytest.raises(LsrInputError, match="not a grid sidecar") as err:
+        write_grid_sidecar(g, 120, 8.33)
+    assert str(err.value).startswith(str(side))
+    assert side.read_text() == geojson  # untouched
+    side.write_text("[1, 2")  # not JSON at all: neither read nor replaced
+    with pytest.raises(LsrInputError, match="not readable JSON"):
+        grid_geometry(g)
+    with pytest.raises(LsrInputError, match="not a grid sidecar"):
+        write_grid_sidecar(g, 120, 8.33)
+    side.write_text('{"block_px": 0}')  # ours, if broken: a fresh save mends it
+    write_grid_sidecar(g, 120, 8.33)
+    assert grid_geometry(g)["block_px"] == 120
+
+
+@pytest.mark.parametrize(
+    ("geo", "bad"),
+    [
+        ({"block_px": True}, "block_px must be a positive whole number"),
+        ({"block_px": 240.5}, "block_px must be a positive whole number"),
+        ({"block_px": -240}, "block_px must be a positive whole number"),
+        ({"block_px": 240, "working_mpp": float("inf")}, "working_mpp must be"),
+        ({"block_px": 240, "working_mpp": True}, "working_mpp must be"),
+        ({"block_px": 240, "working_mpp": "4.17"}, "working_mpp must be"),
+        ({"block_px": 240, "origin": [0]}, r"origin must be \[y, x\]"),
+        ({"block_px": 240, "origin": [0, 1.5]}, r"origin must be \[y, x\]"),
+        ({"block_px": 240, "origin": [False, 0]}, r"origin must be \[y, x\]"),
+    ],
+)
+def test_a_sidecar_with_a_bad_value_is_refused_naming_it(tmp_path, geo, bad):
+    from lsr.grid import grid_geometry
+
+    g = tmp_path / "a_grid.npy"
+    _sidecar(g, **geo)
+    with pytest.raises(LsrInputError, match=bad) as err:
+        grid_geometry(g)
+    assert str(err.value).startswith(str(g.with_suffix(".json")))

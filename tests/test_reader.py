@@ -110,6 +110,10 @@ def test_grid_without_sidecar_uses_paper_geometry_and_says_so(files, errors):
     assert kw["scale"][0] == pytest.approx(240 * 4.17)
     assert kw["metadata"]["lsr_grid"]["sidecar"] is False
     assert len(errors) == 1 and "a_grid.json" in errors[0] and "240 px at 4.17" in errors[0]
+    files["grid"].with_suffix(".json").write_text('{"type": "FeatureCollection"}')
+    (_, kw, _), _ = _reader.read_grid(str(files["grid"]))  # someone else's JSON: not geometry
+    assert kw["metadata"]["lsr_grid"]["sidecar"] is False
+    assert "a_grid.json beside it is not a grid sidecar" in errors[-1]
 
 
 def test_bad_files_notify(files, errors, tmp_path):

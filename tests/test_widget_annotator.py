@@ -190,6 +190,12 @@ def test_tissue_only_and_painting(make_napari_viewer, qtbot, tmp_path, errors):
     z[0, 0] = 12  # not a bin
     coarse.data = z
     assert w.save_coarse_grid(tmp_path / "bad") is None and "0–9" in errors[-1]
+    z[0, 0] = 3
+    coarse.data = z
+    (tmp_path / "roi_grid.json").write_text('{"type": "FeatureCollection", "features": []}')
+    assert w.save_coarse_grid(tmp_path / "roi") is None and "not a grid sidecar" in errors[-1]
+    assert not (tmp_path / "roi_grid.npy").exists()  # no grid saved without its sidecar
+    assert "FeatureCollection" in (tmp_path / "roi_grid.json").read_text()
     # ground truth and Compare's layers are no low-res labels
     mask = np.zeros((H, W), np.uint8)
     viewer.add_labels(mask, name="gt", metadata={"lsr_slide": {"path": "x_gt.tif"}})

@@ -336,33 +336,95 @@ def grid_sidecar(path: PathType) -> Path:
 
 def grid_geometry(path: PathType) -> dict:
     """``{"block_px", "working_mpp", "origin", "sidecar"}`` of the grid at ``path``: from
-    its sidecar JSON, else the paper's 240 px at 4.17 µm/px (``sidecar`` False)."""
+    its sidecar JSON, else the paper's 240 px at 4.17 µm/px (``sidecar`` False).
+
+    A JSON beside the grid without ``block_px`` (a GeoJSON or a count table named like the
+    grid) is someone else's file, not a sidecar: it is ignored here and never replaced by
+    :func:`write_grid_sidecar`.
+    """
     from lsr.slide import WORKING_MPP
 
     geo: dict = {"block_px": DEFAULT_BLOCK_PX, "working_mpp": WORKING_MPP, "origin": [0, 0]}
     side = grid_sidecar(path)
-    if side.is_file():
-        try:
-            data = json.loads(side.read_text(encoding="utf-8"))
-            geo.update({k: data[k] for k in ("block_px", "working_mpp", "origin") if k in data})
-            geo["block_px"] = int(geo["block_px"])
-            geo["working_mpp"] = float(geo["working_mpp"])
-            geo["origin"] = [int(geo["origin"][0]), int(geo["origin"][1])]
-        except (OSError, ValueError, TypeError, KeyError, IndexError) as err:
-            raise LsrInputError(f"malformed grid sidecar ({err!r})", side) from None
-        if geo["block_px"] <= 0 or not geo["working_mpp"] > 0:
-            raise LsrInputError("block_px and working_mpp must be positive", side)
-    geo["sidecar"] = side.is_file()
+    data = _sidecar_json(side)
+    if data is not None:
+        geo.update(_parse_sidecar(data, side))
+    geo["sidecar"] = data is not None
+    return geo
+
+
+def _sidecar_json(side: Path) -> dict | None:
+    """The JSON object in ``side`` when it is a grid sidecar (has ``block_px``), else None."""
+    if not side.is_file():
+        return None
+    try:
+        data = json.loads(side.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as err:
+        raise LsrInputError(f"malformed grid sidecar (not readable JSON: {err})", side) from None
+    return data if isinstance(data, dict) and "block_px" in data else None
+
+
+def _parse_sidecar(data: dict, side: Path) -> dict:
+    """Check the sidecar's values; one error naming the file and the bad value."""
+    from lsr.slide import check_mpp
+
+    def whole(value: object) -> bool:
+        return isinstance(value, int) and not isinstance(value, bool)
+
+    block_px = data["block_px"]
+    if not whole(block_px) or block_px <= 0:
+        raise LsrInputError(
+            f"malformed grid sidecar: block_px must be a positive whole number of working "
+            f"px, got {block_px!r}",
+            side,
+        )
+    geo: dict = {"block_px": block_px}
+    if "working_mpp" in data:
+        geo["working_mpp"] = check_mpp(
+            data["working_mpp"], side, name="malformed grid sidecar: working_mpp", ceiling=False
+        )
+    if "origin" in data:
+        origin = data["origin"]
+        if not (isinstance(origin, list) and len(origin) == 2 and all(map(whole, origin))):
+            raise LsrInputError(
+                f"malformed grid sidecar: origin must be [y, x] in whole working px, got "
+                f"{origin!r}",
+                side,
+            )
+        geo["origin"] = [int(origin[0]), int(origin[1])]
     return geo
 
 
 def write_grid_sidecar(
     grid_path: PathType, block_px: int, working_mpp: float, origin: tuple[int, int] = (0, 0)
 ) -> Path:
-    """Write the sidecar of the grid at ``grid_path`` (atomic); returns its path."""
-    side = grid_sidecar(grid_path)
+    """Write the sidecar of the grid at ``grid_path`` (atomic); returns its path.
+
+    Refuses (before writing anything) to replace a file there that is not a sidecar: see
+    :func:`check_sidecar_replaceable`.
+    """
+    side = check_sidecar_replaceable(grid_path)
     geo = {"block_px": int(block_px), "working_mpp": float(working_mpp), "origin": list(origin)}
     atomic_write_text(side, json.dumps(geo, indent=1) + "\n")
+    return side
+
+
+def check_sidecar_replaceable(grid_path: PathType) -> Path:
+    """The sidecar path of ``grid_path``; LsrInputError when a file of someone else's (no
+    ``block_px``, or not JSON) is there, which saving the grid would destroy. Call it before
+    writing the grid itself, so a refused save leaves no grid without its sidecar."""
+    side = grid_sidecar(grid_path)
+    try:
+        ours = not side.exists() or _sidecar_json(side) is not None
+    except LsrInputError:
+        ours = False
+    if not ours:
+        raise LsrInputError(
+            f"a file that is not a grid sidecar (no block_px) is where the sidecar of "
+            f"{Path(grid_path).name} goes; not replaced: save the grid under another name, "
+            "or move that file",
+            side,
+        )
     return side
 
 
