@@ -1253,7 +1253,44 @@ def test_cli_takes_block_size_from_the_grids_sidecars_and_refuses_a_contradictio
     assert exc.value.code == 2
     err = " ".join(capsys.readouterr().err.split())
     assert f"{grid_sidecar(pairs[0][1])}: the grid's blocks are {BLOCK} px" in err
-    assert f"give --block-px {BLOCK}" in err and not (tmp_path / "other" / "latest.json").exists()
+    assert f"--block-px {BLOCK}" in err and "Trainer: Block px" in err
+    assert not (tmp_path / "other" / "latest.json").exists()
+
+
+@pytest.mark.parametrize("file_block_px", [None, 2 * BLOCK])
+def test_a_config_file_without_a_block_size_takes_the_sidecars(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], file_block_px: int | None
+) -> None:
+    """A config file's data are read at the sidecars' block size unless the file sets one;
+    one it sets is the user's, and a sidecar that contradicts it refuses the run."""
+    from lsr.cli import main
+    from lsr.grid import grid_sidecar, write_grid_sidecar
+
+    pairs = make_files(tmp_path / "data", 2)
+    for _, g in pairs:
+        write_grid_sidecar(g, BLOCK, WORKING_MPP)
+    lines = ['loss = "intra"', "steps = 1", "width = 4", "depth = 2", "batch_size = 4"]
+    lines += ['device = "cpu"', f'out_dir = "{tmp_path / "run"}"']
+    if file_block_px is not None:
+        lines.append(f"block_px = {file_block_px}")
+    for s, g in pairs:
+        lines += ["[[data]]", f'slide = "{s}"', f'grid = "{g}"']
+    cfg = tmp_path / "c.toml"
+    cfg.write_text("\n".join(lines) + "\n")
+    with pytest.raises(SystemExit) as exc:
+        main(["train", str(cfg)])
+    err = " ".join(capsys.readouterr().err.split())
+    if file_block_px is None:
+        assert exc.value.code in (0, None), err
+        assert (
+            f"--block-px {BLOCK} --working-mpp {WORKING_MPP} (from {grid_sidecar(pairs[0][1])})"
+            in err
+        )
+        assert read_checkpoint(tmp_path / "run").metadata["block_px"] == BLOCK
+    else:
+        assert exc.value.code == 2
+        assert f"{grid_sidecar(pairs[0][1])}: the grid's blocks are {BLOCK} px" in err
+        assert not (tmp_path / "run" / "latest.json").exists()
 
 
 @pytest.mark.parametrize(

@@ -466,8 +466,10 @@ def check_sidecar(path: PathType, block_px: int, working_mpp: float) -> None:
     if geo["block_px"] != block_px or not _same_mpp(geo["working_mpp"], working_mpp):
         raise LsrInputError(
             f"the grid's blocks are {_geometry_text(geo)}, and this run reads "
-            f"{block_px}-px blocks at {working_mpp:g} µm/px: give --block-px {geo['block_px']} "
-            f"--working-mpp {geo['working_mpp']:g} (or fix the sidecar)",
+            f"{block_px}-px blocks at {working_mpp:g} µm/px: read it at {geo['block_px']} px "
+            f"and {geo['working_mpp']:g} µm/px (lsr train: --block-px {geo['block_px']} "
+            f"--working-mpp {geo['working_mpp']:g}; the Trainer: Block px and µm / px under "
+            "Advanced), or fix the sidecar",
             grid_sidecar(path),
         )
     if any(geo["origin"]):

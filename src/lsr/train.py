@@ -278,6 +278,11 @@ class TrainConfig:
                 f"(at most {most} for block_px {self.block_px}, context_px {self.context_px})",
             )
 
+    def sets(self, name: str) -> bool:
+        """Whether the config file this came from sets ``name`` (and it still holds that
+        value): such a value is the user's, never replaced by a default from elsewhere."""
+        return self._file_of(name) is not None
+
     def _file_of(self, name: str) -> Path | None:
         """The config file setting ``name`` came from, while it keeps the file's value (a
         command-line flag that replaced it is not the file's fault); else None."""

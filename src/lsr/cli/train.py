@@ -358,10 +358,18 @@ def train(
         mpps = [check_mpp(m, name="--mpp") for m in mpps]
         per_slide = mpps * len(slide) if len(mpps) == 1 else mpps or [None] * len(slide)
         cfg.data = [DataPair(s, g, m) for s, g, m in zip(slide, grid, per_slide, strict=True)]
-        if config is None and resume is None:  # else the file's or the run's geometry
-            block_px, working_mpp = _sidecar_scale(list(grid), block_px, working_mpp)
     elif mpp:
         raise LsrInputError("--mpp goes with --slide (in a config: mpp in the [[data]] entry)")
+    if resume is None:  # a resumed run keeps its own geometry
+
+        def given(flag: Any, name: str) -> Any:  # a flag, else the config file's own value
+            return flag if flag is not None or not cfg.sets(name) else getattr(cfg, name)
+
+        block_px, working_mpp = _sidecar_scale(
+            [Path(p.grid) for p in cfg.data],
+            given(block_px, "block_px"),
+            given(working_mpp, "working_mpp"),
+        )
     overrides = {
         "table": table, "loss": loss, "distance": distance, "variance_norm": variance_norm,
         "rho_floor": rho_floor, "block_px": block_px, "working_mpp": working_mpp,
