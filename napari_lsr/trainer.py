@@ -743,7 +743,8 @@ class TrainerWidget(QWidget):
         losses = self.selected_losses()
         if not losses:
             raise LsrInputError("choose at least one loss")
-        table, _ = self.current_table()
+        table, in_memory = self.current_table()
+        init_from, init_net = self._init_from_model(in_memory or table)
         out = []
         for loss in losses:
             cfg = TrainConfig(
@@ -769,22 +770,36 @@ class TrainerWidget(QWidget):
                 checkpoint_every=self.checkpoint_every.value(),
                 num_workers=self.num_workers.value(),
                 device=self.device.currentText(),
-                init_from=self._init_from_path(),
+                init_from=init_from,
+                **({"norm": init_net["norm"]} if "norm" in init_net else {}),
             )
             cfg.resolved()  # validate now, in words, before anything starts
             out.append(cfg)
         return out
 
-    def _init_from_path(self) -> str | None:
-        """The model to start from (checked to be one), or None: the table's prior."""
+    def _init_from_model(self, table: str | CountTable) -> tuple[str | None, dict[str, Any]]:
+        """The model to start from and its network config, or ``(None, {})``: the table's prior.
+
+        Checked here, in words, not in the training process: a missing or foreign folder,
+        and a model with another number of classes than ``table`` (a config value or a
+        table). Its normalisation comes over with it (the Trainer has no field for it).
+        """
         from lsr.checkpoint import read_metadata
 
         text = self.init_from.text().strip()
         if not text:
-            return None
+            return None, {}
         path = Path(text).expanduser()
-        read_metadata(path)  # a missing or foreign folder fails here, in words, not in the process
-        return str(path.resolve())
+        folder, meta = read_metadata(path)
+        net = meta["model"]
+        names = (table if isinstance(table, CountTable) else CountTable.load(table)).class_names
+        if net.get("num_classes") not in (None, len(names)):
+            raise LsrInputError(
+                f"the model to start from has {net['num_classes']} classes, the count table "
+                f"{len(names)} ({', '.join(names)}): choose a model of this table's classes",
+                folder,
+            )
+        return str(path.resolve()), net
 
     # ------------------------------------------------------------------ device
     def _probe_device(self, name: str) -> None:

@@ -444,6 +444,32 @@ def test_start_from_takes_the_models_network_and_goes_into_the_configs(
         widget.configs()  # Train says so before anything starts
 
 
+def test_start_from_brings_the_models_norm_and_refuses_other_classes(widget, data, tmp_path):
+    """The Trainer has no field for the network's normalisation: a model trained with
+    another one (lsr train --norm) still fits. One of another number of classes than the
+    count table is refused at Train, naming the model, before any process starts."""
+    from lsr.checkpoint import write_checkpoint
+    from lsr.model import UNet
+
+    def model(name: str, net: UNet) -> Path:
+        write_checkpoint(
+            tmp_path / name, 1, model_state=net.state_dict(), trainer_state={},
+            optimizer_state={"state": {}, "param_groups": []},
+            metadata={"model": net.config(), "loss": "intra"},
+        )  # fmt: skip
+        return tmp_path / name
+
+    widget.add_folder(data)
+    assert widget.set_init_from(model("group-norm", UNet(2, 4, 2, "group")))
+    assert {c.norm for c in widget.configs()} == {"group"}
+    widget.set_init_from("")
+    assert {c.norm for c in widget.configs()} == {"layer"}  # the default again
+    assert widget.set_init_from(model("three-classes", UNet(3, 4, 2)))
+    with pytest.raises(LsrInputError, match="has 3 classes, the count table 2") as err:
+        widget.configs()
+    assert "three-classes" in str(err.value)
+
+
 def test_running_status_says_how_often_a_block_is_seen() -> None:
     from lsr import training_process as tp
     from napari_lsr.trainer import _data_line
