@@ -446,8 +446,9 @@ def test_a_table_its_reader_would_refuse_never_replaces_a_saved_one(tmp_path, su
     with pytest.raises(LsrInputError) as err:
         bad.save(path)
     text = str(err.value)
-    assert text.startswith(f"{path}: not saved: the table would not read back")
+    assert text.startswith(f"{path}, ") and ": not saved: the table would not read back" in text
     assert "sum to 0.4" in text or "sum to 40%" in text
+    assert "bin 3" in text  # where in the table, as the reader says it
     assert path.read_bytes() == before  # the good table is still there, whole
     assert [p.name for p in tmp_path.iterdir()] == [path.name]  # no temporary file left
     np.testing.assert_allclose(CountTable.load(path).eta, good.eta)

@@ -1294,7 +1294,8 @@ def test_a_config_file_without_a_block_size_takes_the_sidecars(
 
 
 @pytest.mark.parametrize(
-    ("steps", "per_step", "n_blocks"), [(300, 30, 1200), (10, 8, 1000), (5, 30, 0), (0, 8, 9)]
+    ("steps", "per_step", "n_blocks"),
+    [(300, 30, 1200), (10, 8, 1000), (5, 30, 0), (0, 8, 9), (3000, 30, 50), (5000, 30, 1)],
 )
 def test_blocks_seen_is_draws_over_blocks_with_a_hint_below_once(steps, per_step, n_blocks):
     from lsr.train import blocks_seen
@@ -1305,7 +1306,9 @@ def test_blocks_seen_is_draws_over_blocks_with_a_hint_below_once(steps, per_step
         return
     times = steps * per_step / n_blocks  # draws of blocks / blocks
     assert text.startswith(f"{steps} steps × {per_step} blocks: a block is seen about ")
-    assert f"about {times:.2g} times" in text
+    said = re.search(r"about ([\d.,]+) times", text).group(1)
+    assert float(said.replace(",", "")) == pytest.approx(times, rel=0.05)  # two digits or more
+    assert "e+" not in text  # 1,800, not 1.8e+03
     assert ("less than once" in text) == (times < 1)
 
 

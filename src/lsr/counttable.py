@@ -689,7 +689,7 @@ class CountTable:
                 CountTable.load(tmp)
             except LsrInputError as err:
                 raise LsrInputError(
-                    f"not saved: the table would not read back ({err.problem})", path
+                    f"not saved: the table would not read back ({err.problem})", path, err.where
                 ) from None
 
 

@@ -485,8 +485,9 @@ def blocks_seen(steps: int, blocks_per_step: int, n_blocks: int) -> str:
     if steps <= 0 or blocks_per_step <= 0 or n_blocks <= 0:
         return ""
     times = steps * blocks_per_step / n_blocks
+    said = f"{times:.2g}" if times < 100 else f"{times:,.0f}"  # 1800, not 1.8e+03
     return (
-        f"{steps} steps × {blocks_per_step} blocks: a block is seen about {times:.2g} times "
+        f"{steps} steps × {blocks_per_step} blocks: a block is seen about {said} times "
         "on average" + (" (less than once: more steps may pay)" if times < 1 else "")
     )
 
