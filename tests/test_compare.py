@@ -297,3 +297,31 @@ def test_fig4_png_fits_long_run_names_and_shows_the_title(comp, tmp_path, monkey
     assert title is not None and title.get_text() == "slide s"
     tb = title.get_window_extent(renderer)
     assert tb.y1 <= box.y1 + 1 and tb.y0 >= fig.axes[0].get_window_extent(renderer).y1 - 1
+
+
+def test_the_qupath_script_removes_every_class_lsr_writes_and_never_tumor() -> None:
+    """docs/qupath.md's Groovy script removes earlier imports before importing again; its
+    class list and predicate (mirrored here) must match what the Compare export and
+    ``lsr predict`` name their boundaries, and never the user's own ``Tumor``."""
+    import re
+
+    from lsr.geojson import DEFAULT_NAMES
+    from lsr.predict import _boundary_class
+
+    doc = (Path(__file__).parents[1] / "docs" / "qupath.md").read_text(encoding="utf-8")
+    listed = re.search(r"def lsrClasses = \[(.*?)\] as Set", doc, re.S).group(1)
+    classes = set(re.findall(r"'([^']*)'", listed))
+    assert "lsrClasses.any { c.startsWith(it + ' (') }" in doc  # the predicate mirrored:
+
+    def is_lsr(c: str) -> bool:
+        return (
+            c in classes or c.startswith("Tumor (") or any(c.startswith(k + " (") for k in classes)
+        )
+
+    losses = [*(k for k in DEFAULT_NAMES if k not in ("ground_truth", "low_res")), "odd", ""]
+    compare_names = [b.name for b in compare.model_boundaries([(f"run-{k}", k) for k in losses])]
+    predict_names = [next(iter(_boundary_class({"loss": k})[1].values())) for k in losses]
+    written = {*compare_names, *predict_names, DEFAULT_NAMES["low_res"]}
+    assert len(set(compare_names)) == len(losses)  # every model its own class in QuPath
+    assert all(is_lsr(c) for c in written), sorted(c for c in written if not is_lsr(c))
+    assert not is_lsr(DEFAULT_NAMES["ground_truth"]) and not is_lsr("Tumor")

@@ -97,23 +97,29 @@ def model_boundaries(models: Sequence[tuple[str, str]]) -> list[Boundary]:
     The first model of each loss takes its colour (the paper's blue intra+inter, cyan
     intra, magenta inter; yellow for the sum loss) and the run name in its label; later
     ones and unknown losses take :data:`EXTRA_COLOURS` in turn, so no two boundaries share
-    a colour.
+    a colour. The QuPath class is ``lsr predict``'s with the run name, e.g.
+    ``Intra+inter-instance (run-1)`` or ``LSR prediction (run-2)``: distinct per model, and
+    matched by the Groovy script of docs/qupath.md that removes earlier imports.
     """
+    from lsr.predict import PREDICTION_CLASS
+
     out: list[Boundary] = []
     taken: set[str] = set()
     extra = 0
     for name, loss in models:
         loss_label = LABELS.get(loss, loss or "model")
-        if loss in FIG4_COLOURS and loss not in ("low_res", "ground_truth") and loss not in taken:
+        known = loss in DEFAULT_NAMES and loss not in ("low_res", "ground_truth")
+        qupath = f"{DEFAULT_NAMES[loss] if known else PREDICTION_CLASS} ({name})"
+        if loss in FIG4_COLOURS and known and loss not in taken:
             taken.add(loss)
-            out.append(Boundary(loss, f"{loss_label} ({name})", FIG4_COLOURS[loss], name))
+            out.append(Boundary(loss, f"{loss_label} ({name})", FIG4_COLOURS[loss], qupath))
             continue
         colour = EXTRA_COLOURS[extra % len(EXTRA_COLOURS)]
         extra += 1
         key = f"model:{name}"
         while key in {b.key for b in out}:
             key += "'"
-        out.append(Boundary(key, f"{loss_label} ({name})", colour, name))
+        out.append(Boundary(key, f"{loss_label} ({name})", colour, qupath))
     return out
 
 

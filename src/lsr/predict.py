@@ -261,8 +261,8 @@ def slide_warnings(slide: Slide, working_mpp: float) -> list[str]:
 def _boundary_class(metadata: dict[str, Any]) -> tuple[str, dict[str, str]]:
     """(key, {key: QuPath class name}) of a model's boundaries: named after its loss
     (``Intra+inter-instance``, ... as :data:`lsr.geojson.DEFAULT_NAMES`; the Compare export
-    uses run names instead), never plain ``Tumor``, which is the ground truth's and the
-    user's own annotations' class."""
+    adds the run name), never plain ``Tumor``, which is the ground truth's and the user's
+    own annotations' class."""
     from lsr.geojson import DEFAULT_NAMES
 
     key = str(metadata.get("loss") or "prediction")
