@@ -165,3 +165,19 @@ def test_demo_init_from_names_the_same_seeds_earlier_run(tmp_path, monkeypatch):
     assert seen["cfg"].lr == 1e-3
     train_loss(cfg, "intra", 7, manifest, tmp_path, lambda msg: None)
     assert seen["cfg"].init_from is None
+
+
+def test_demo_progress_goes_quiet_when_its_reader_goes_away(tmp_path):
+    """`lsr demo | head`: a closed stdout must not end a run of hours mid-way."""
+    done = tmp_path / "done"
+    code = (
+        "from lsr.demo import _print\n"
+        "for i in range(2000): _print(f'step {i} ' + 'x' * 60)\n"
+        f"open({str(done)!r}, 'w').write('ok')\n"
+    )
+    proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE)  # fmt: skip
+    proc.stdout.close()
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 0, err.decode()
+    assert done.read_text() == "ok" and b"BrokenPipe" not in err

@@ -201,6 +201,20 @@ def test_cli_writes_outputs_and_exits_non_zero_on_failure(tmp_path, model_dir):
     assert "already done" in res.stderr
 
 
+def test_cli_predicts_on_when_its_reader_goes_away(tmp_path, model_dir):
+    """`lsr predict ... 2>&1 | head -1`: the first line met a closed pipe and rich ended the
+    process (exit 1, the other slides not predicted). Now the console goes quiet."""
+    slides = [make_slide(tmp_path / f"{n}.tif") for n in "ab"]
+    out = tmp_path / "out"
+    cmd = [sys.executable, "-m", "lsr", "predict", *map(str, slides), "--model",
+           str(model_dir), "--out", str(out), "--working-mpp", str(WMPP), "--tile", "32",
+           "--device", "cpu", "--tissue", "none", "--workers", "1"]  # fmt: skip
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    proc.stdout.close()  # the reader is gone before the first line
+    assert proc.wait(timeout=120) == 0
+    assert all(read_summary(out / n) is not None for n in "ab")
+
+
 def test_auto_tile_is_the_default_and_gives_the_same_outputs(tmp_path, model_dir):
     assert PredictOptions().tile == "auto"
     assert parse_tile("auto") == "auto" and parse_tile(" 2048 ") == 2048 and parse_tile(64) == 64

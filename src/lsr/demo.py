@@ -18,6 +18,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import platform
+import sys
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -125,7 +126,14 @@ Progress = Callable[[str], None]
 
 
 def _print(msg: str) -> None:
-    print(msg, flush=True)
+    """Progress on stdout; a reader gone away (``lsr demo | head``) silences it instead of
+    ending a run of minutes to hours: its outputs are in the folder."""
+    try:
+        print(msg, flush=True)
+    except BrokenPipeError:
+        from lsr.cli.console import silence_stream
+
+        silence_stream(sys.stdout)
 
 
 # ---------------------------------------------------------------------------- stages

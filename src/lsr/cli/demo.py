@@ -5,8 +5,9 @@ from __future__ import annotations
 from pathlib import Path
 
 import typer
-from rich.console import Console
 from rich.markdown import Markdown
+
+from lsr.cli.console import QuietOnBrokenPipe
 
 
 def demo(
@@ -21,7 +22,7 @@ def demo(
 
     cfg = DemoConfig.load(config, quick=quick)
     result = run_demo(out, config=cfg, seeds=list(range(seed, seed + seeds)), quick=quick)
-    console = Console()
+    console = QuietOnBrokenPipe()
     console.print(Markdown((out / "results.md").read_text()))
     console.print(f"\nfinished in {result['elapsed_s'] / 60:.1f} min; files in {out.resolve()}:")
     for name in ("results.json", "results.md", "fig4.png", "fig3.png", "table1.md",

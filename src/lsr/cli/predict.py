@@ -21,7 +21,6 @@ from pathlib import Path
 from typing import Any
 
 import typer
-from rich.console import Console
 from rich.markup import escape
 from rich.progress import (
     BarColumn,
@@ -31,6 +30,7 @@ from rich.progress import (
     TimeElapsedColumn,
 )
 
+from lsr.cli.console import QuietOnBrokenPipe
 from lsr.slide import WORKING_MPP
 
 
@@ -110,7 +110,7 @@ def predict(
         simplify_px=simplify_px,
         probability_dtype=probability_dtype,
     )
-    console = Console(stderr=True, soft_wrap=True)
+    console = QuietOnBrokenPipe(stderr=True, soft_wrap=True)  # a closed pipe: predict on
     progress = Progress(
         TextColumn("{task.description}"),
         BarColumn(),

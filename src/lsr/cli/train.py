@@ -14,10 +14,7 @@ The first Ctrl-C stops after the current step and writes a checkpoint (exit stat
 
 from __future__ import annotations
 
-import contextlib
-import os
 import signal
-import sys
 import threading
 from pathlib import Path
 from typing import Any
@@ -33,29 +30,11 @@ from rich.progress import (
     TimeRemainingColumn,
 )
 
+from lsr.cli.console import QuietOnBrokenPipe
 from lsr.errors import LsrInputError
 
 #: Exit status of a run stopped with Ctrl-C (128 + SIGINT, the shell's convention).
 EXIT_INTERRUPTED = 130
-
-
-class QuietOnBrokenPipe(Console):
-    """A console that goes quiet when its reader goes away (``lsr train 2>&1 | head``, a
-    closed log viewer) instead of ending the process.
-
-    Why: rich's default raises ``SystemExit(1)`` from whatever print met the broken pipe;
-    inside a training callback that failed the run mid-way ("SystemExit: 1" in run.json, the
-    remaining steps lost) for the sake of a progress line. The run goes on; its outcome is in
-    ``run.json`` and its checkpoints. The process's stderr then points at /dev/null, so the
-    warnings and Python's exit-time flush do not meet the pipe again.
-    """
-
-    def on_broken_pipe(self) -> None:
-        self.quiet = True
-        if self.file is sys.stderr or self.file is sys.stdout:
-            with contextlib.suppress(OSError, ValueError):
-                devnull = os.open(os.devnull, os.O_WRONLY)
-                os.dup2(devnull, self.file.fileno())
 
 
 class RichProgress:
