@@ -124,3 +124,32 @@ def test_missing_table_or_fallback_is_file_not_found(tmp_path):
     res = run("table", "from-estimates", str(est), "-o", str(tmp_path / "t.json"), "--fallback",
               str(tmp_path / "nope.csv"))  # fmt: skip
     assert res.returncode == 2 and f"{tmp_path / 'nope.csv'}: file not found" in res.stderr
+
+
+def test_csvs_from_spreadsheets_get_one_clear_error(tmp_path):
+    """Excel's Windows-1252 / UTF-16 CSVs, ';' separators and a column given twice: one
+    error line naming the file, no traceback, no table written."""
+    out = tmp_path / "t.json"
+    cases = {
+        "latin1.csv": ("z,percent_cancer,expert\n0,10,J\xf6rg\n".encode("cp1252"), "not UTF-8"),
+        "utf16.csv": ("z,percent_cancer\n0,10\n".encode("utf-16"), "not UTF-8"),
+        "semi.csv": (b"z;percent_cancer\n0;10\n", "separated by semicolons"),
+        "dup.csv": (b"z,percent_cancer,z\n0,10,1\n", "column 'z' appears twice"),
+    }
+    for name, (raw, want) in cases.items():
+        est = tmp_path / name
+        est.write_bytes(raw)
+        res = run("table", "from-estimates", str(est), "-o", str(out), "--fallback",
+                  "paper-table1")  # fmt: skip
+        assert res.returncode == 2 and want in res.stderr and str(est) in res.stderr, res.stderr
+        assert "Traceback" not in res.stderr and not out.exists()
+    table = tmp_path / "semi_table.csv"
+    CountTable.paper_table1().to_csv(table)
+    table.write_text(table.read_text().replace(",", ";"))
+    res = run("table", "show", str(table))
+    assert res.returncode == 2 and "separated by semicolons" in res.stderr, res.stderr
+
+
+def test_show_on_a_folder_says_it_is_a_folder(tmp_path):
+    res = run("table", "show", str(tmp_path))
+    assert res.returncode == 2 and "is a folder" in res.stderr and "format" not in res.stderr

@@ -535,19 +535,13 @@ class CountTable:
         columns gets non-cancer = 100 - cancer); ``low``/``high`` (percent) give the bin
         edges, else ``edges`` or the paper's. Every problem raises naming the file and row.
         """
-        text = _read_text(path)
-        reader = csv.DictReader(io.StringIO(text))
-        header = [h.strip() for h in (reader.fieldnames or [])]
-        reader.fieldnames = header
-        if "bin" not in header:
-            raise LsrInputError("missing column 'bin'", path, "header")
+        reader, header = csv_reader(path)
+        require_columns(header, ["bin"], path)
         classes = [h[: -len("_mean")] for h in header if h.endswith("_mean")]
         if "cancer" not in classes:  # (a non-cancer column alone made a one-class table)
-            raise LsrInputError("missing column 'cancer_mean'", path, "header")
+            require_columns(header, ["cancer_mean"], path)
         classes = ["cancer", *(c for c in classes if c != "cancer")]  # class 0 is cancer
-        for c in classes:
-            if f"{c}_std" not in header:
-                raise LsrInputError(f"missing column '{c}_std'", path, "header")
+        require_columns(header, [f"{c}_std" for c in classes], path)
         has_edges = "low" in header and "high" in header
         rows: dict[int, dict[str, float]] = {}
         for i, raw in enumerate(reader, start=2):  # line 1 is the header
@@ -668,6 +662,8 @@ class CountTable:
         if not p.exists():  # before the suffix: 'nope' is a missing file, not a format
             hint = "" if p.suffix else " (the preset is called 'paper-table1')"
             raise LsrInputError(f"file not found{hint}", p)
+        if p.is_dir():
+            raise LsrInputError("is a folder (a count table .json or .csv was expected)", p)
         if p.suffix.lower() == ".json":
             return cls.from_json(p)
         if p.suffix.lower() in (".csv", ".txt"):
@@ -697,10 +693,48 @@ def _read_text(path: PathType) -> str:
     p = Path(path)
     if not p.exists():
         raise LsrInputError("file not found", p)
+    if p.is_dir():
+        raise LsrInputError("is a folder (a file was expected)", p)
     try:
         return p.read_text(encoding="utf-8-sig")
-    except UnicodeDecodeError:
-        raise LsrInputError("not a text file (cannot decode as UTF-8)", p) from None
+    except UnicodeDecodeError as err:
+        raise LsrInputError(
+            f"not UTF-8 text (byte {err.object[err.start]:#04x} at offset {err.start}): "
+            "save it as UTF-8 (in Excel: 'CSV UTF-8')",
+            p,
+        ) from None
+
+
+def csv_reader(path: PathType) -> tuple[csv.DictReader, list[str]]:
+    """A dict reader over the CSV at ``path`` and its header (names stripped).
+
+    Why one reader for every CSV the user writes (count tables, estimates): each refuses
+    the same way a file that is not UTF-8 (Excel's default on Windows) and a header with a
+    column twice (``DictReader`` keeps the last silently, so the other column's values would
+    be dropped without a word).
+    """
+    reader = csv.DictReader(io.StringIO(_read_text(path)))
+    header = [h.strip() for h in (reader.fieldnames or [])]
+    twice = sorted({h for h in header if header.count(h) > 1})
+    if twice:
+        raise LsrInputError(f"column {', '.join(map(repr, twice))} appears twice", path, "header")
+    reader.fieldnames = header
+    return reader, header
+
+
+def require_columns(header: Sequence[str], columns: Sequence[str], path: PathType) -> None:
+    """Raise naming the first of ``columns`` missing from ``header``; when the header is one
+    field holding ';' or a tab, say the columns are not comma-separated (a European Excel
+    CSV), which is the real problem."""
+    for col in columns:
+        if col in header:
+            continue
+        found = ",".join(header)
+        hint = ""
+        if len(header) == 1 and any(sep in found for sep in (";", "\t")):
+            sep = "semicolons" if ";" in found else "tabs"
+            hint = f"; the columns are separated by {sep}, and lsr reads commas"
+        raise LsrInputError(f"missing column '{col}' (header: {found!r}{hint})", path, "header")
 
 
 def _non_number(value: Any) -> str:

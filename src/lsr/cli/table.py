@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import csv
 import math
 from pathlib import Path
 
@@ -11,7 +10,7 @@ from rich.console import Console
 from rich.table import Table
 
 from lsr.atomic import check_replaceable
-from lsr.counttable import CountTable, Estimate
+from lsr.counttable import CountTable, Estimate, csv_reader, require_columns
 from lsr.errors import LsrInputError
 
 app = typer.Typer(help="Count tables p(c|z): show, build from estimates.", no_args_is_help=True)
@@ -47,41 +46,32 @@ def print_problems(console: Console, table: CountTable) -> None:
 def read_estimates(path: Path) -> list[Estimate]:
     """Read an estimates CSV: columns ``z`` and ``percent_cancer`` (optional: expert,
     slide, block, skipped); one row per block the expert looked at."""
-    if not path.exists():
-        raise LsrInputError("file not found", path)
-    with path.open(newline="", encoding="utf-8-sig") as fh:
-        reader = csv.DictReader(fh)
-        header = [h.strip() for h in reader.fieldnames or []]
-        reader.fieldnames = header
-        for col in ("z", "percent_cancer"):
-            if col not in header:
-                raise LsrInputError(f"missing column '{col}'", path, "header")
-        out, bad = [], []
-        for i, row in enumerate(reader, start=2):
-            skipped = (row.get("skipped") or "").strip()
-            try:
-                z = int(row["z"])
-                pc_text = (row["percent_cancer"] or "").strip()
-                pc = float(pc_text) if pc_text else None
-            except (TypeError, ValueError):
-                raise LsrInputError(
-                    f"z must be an integer and percent_cancer a number, got {row['z']!r}, "
-                    f"{row['percent_cancer']!r}",
-                    path,
-                    f"row {i}",
-                ) from None
-            if pc is None and not skipped:
-                raise LsrInputError(
-                    "percent_cancer is empty (and no skip reason)", path, f"row {i}"
-                )
-            if pc is not None and not skipped and not 0 <= pc <= 100:  # NaN fails too
-                bad.append((i, pc))
-            out.append(
-                Estimate(
-                    z, pc, (row.get("expert") or "").strip(), (row.get("slide") or "").strip(),
-                    (row.get("block") or "").strip(), skipped=skipped,
-                )
-            )  # fmt: skip
+    reader, header = csv_reader(path)
+    require_columns(header, ["z", "percent_cancer"], path)
+    out, bad = [], []
+    for i, row in enumerate(reader, start=2):
+        skipped = (row.get("skipped") or "").strip()
+        try:
+            z = int(row["z"])
+            pc_text = (row["percent_cancer"] or "").strip()
+            pc = float(pc_text) if pc_text else None
+        except (TypeError, ValueError):
+            raise LsrInputError(
+                f"z must be an integer and percent_cancer a number, got {row['z']!r}, "
+                f"{row['percent_cancer']!r}",
+                path,
+                f"row {i}",
+            ) from None
+        if pc is None and not skipped:
+            raise LsrInputError("percent_cancer is empty (and no skip reason)", path, f"row {i}")
+        if pc is not None and not skipped and not 0 <= pc <= 100:  # NaN fails too
+            bad.append((i, pc))
+        out.append(
+            Estimate(
+                z, pc, (row.get("expert") or "").strip(), (row.get("slide") or "").strip(),
+                (row.get("block") or "").strip(), skipped=skipped,
+            )
+        )  # fmt: skip
     if bad:
         nan = [(i, v) for i, v in bad if math.isnan(v)]
         rows = nan or bad
