@@ -374,3 +374,78 @@ def test_older_summaries_are_reused_by_folder_and_step_and_a_new_slide_file_is_r
     moved = make_slide(tmp_path / "other" / "a.tif", square=(0, 8, 0, 8))
     res = predict_cohort([moved], model_dir, out, OPTS)[0]
     assert res.status == "done" and res.summary["slide"] == str(moved.resolve())
+
+
+def test_someone_elses_files_in_a_slide_folder_or_cohort_json_are_never_replaced(
+    tmp_path, model_dir
+):
+    slide = make_slide(tmp_path / "a.tif")
+    out = tmp_path / "out"
+    (out / "a").mkdir(parents=True)
+    mine = out / "a" / "boundaries.geojson"
+    mine.write_text('{"my": "QuPath annotations"}')
+    with pytest.raises(LsrInputError, match=r"boundaries\.geojson, which lsr predict did not"):
+        predict_cohort([slide], model_dir, out, OPTS)
+    assert mine.read_text() == '{"my": "QuPath annotations"}'
+    assert sorted(p.name for p in out.rglob("*")) == ["a", "boundaries.geojson"]
+    assert predict_one(str(slide), str(model_dir), str(out), OPTS).status == "failed"
+    assert sorted(p.name for p in (out / "a").iterdir()) == ["boundaries.geojson"]
+    mine.unlink()
+    notes = out / "cohort.json"
+    notes.write_text("cohort notes")
+    with pytest.raises(LsrInputError, match="not a cohort summary"):
+        predict_cohort([slide], model_dir, out, OPTS)
+    assert notes.read_text() == "cohort notes"
+    notes.unlink()
+    assert predict_cohort([slide], model_dir, out, OPTS)[0].status == "done"
+    assert predict_cohort([slide], model_dir, out, OPTS)[0].status == "skipped"  # ours now
+
+
+def test_a_failed_rerun_leaves_no_outputs_of_the_earlier_run(tmp_path, model_dir):
+    slide = make_slide(tmp_path / "a.tif")
+    out = tmp_path / "out"
+    lower = PredictOptions(**{**OPTS.to_dict(), "threshold": 0.3})
+    assert predict_cohort([slide], model_dir, out, OPTS)[0].status == "done"
+    slide.write_bytes(slide.read_bytes()[:3000])  # the slide is damaged before a re-run
+    res = predict_cohort([slide], model_dir, out, lower)[0]
+    assert res.status == "failed"
+    assert sorted(p.name for p in (out / "a").iterdir()) == ["error.txt", "summary.json"]
+    summary = json.loads((out / "a" / "summary.json").read_text())
+    assert summary["status"] == "failed" and "a.tif" in summary["error"]
+    assert read_summary(out / "a") is None
+
+
+def test_a_bad_network_description_fails_once_naming_checkpoint_json(tmp_path, model_dir):
+    import shutil
+
+    slides = [make_slide(tmp_path / "a.tif"), make_slide(tmp_path / "b.tif")]
+    edits = {
+        "norm": ("bogus", r"unknown norm 'bogus'.*\(its \"model\"\)"),
+        "width": (16, r"do not match.*size mismatch for .*; and \d+ more"),
+    }
+    for key, (value, want) in edits.items():
+        bad = tmp_path / f"bad_{key}"
+        shutil.copytree(model_dir, bad)
+        meta_path = next(bad.rglob("checkpoint.json"))
+        meta = json.loads(meta_path.read_text())
+        meta["model"][key] = value
+        meta_path.write_text(json.dumps(meta))
+        with pytest.raises(LsrInputError, match=want) as info:
+            predict_cohort(slides, bad, tmp_path / f"out_{key}", OPTS)
+        named = "checkpoint.json" if key == "norm" else "model.safetensors"
+        assert str(info.value.path).endswith(named) and "\n" not in str(info.value)
+        assert not (tmp_path / f"out_{key}").exists()
+
+
+def test_a_corrupt_working_mpp_in_the_checkpoint_is_refused_not_replaced(tmp_path, model_dir):
+    import shutil
+
+    bad = tmp_path / "bad"
+    shutil.copytree(model_dir, bad)
+    meta_path = next(bad.rglob("checkpoint.json"))
+    meta = json.loads(meta_path.read_text())
+    meta["working_mpp"] = -1
+    meta_path.write_text(json.dumps(meta))
+    with pytest.raises(LsrInputError, match=r"working_mpp must be µm per pixel.*-1") as info:
+        predict_cohort([make_slide(tmp_path / "a.tif")], bad, tmp_path / "out", OPTS)
+    assert str(info.value.path) == str(meta_path)

@@ -315,6 +315,10 @@ def read_metadata(path: str | os.PathLike[str]) -> tuple[Path, dict[str, Any]]:
                 f"{type(meta[key]).__name__})",
                 meta_path,
             )
+    if meta.get("working_mpp") is not None:  # a corrupt scale must not read as "unrecorded"
+        from lsr.slide import check_mpp
+
+        check_mpp(meta["working_mpp"], meta_path, name="working_mpp", ceiling=False)
     return folder, meta
 
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from os import PathLike
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -237,6 +238,16 @@ def build(config: dict[str, Any]) -> UNet:
         raise LsrInputError(f"malformed network description ({err})") from None
 
 
+def _first_mismatch(message: str) -> str:
+    """The first line that names a tensor in PyTorch's ``load_state_dict`` error (which
+    lists every mismatch on dozens of lines), with how many more there are."""
+    lines = [ln.strip().rstrip(".") for ln in message.splitlines()[1:] if ln.strip()]
+    if not lines:
+        return message.strip()
+    more = f"; and {len(lines) - 1} more" if len(lines) > 1 else ""
+    return lines[0] + more
+
+
 def load(
     path: str | PathLike[str], device: str | torch.device = "cpu"
 ) -> tuple[UNet, dict[str, Any]]:
@@ -247,13 +258,21 @@ def load(
     the count table (dict), loss, distance, seed, step, versions and ``model`` (see
     :meth:`UNet.config`). Weights are read with safetensors: nothing is unpickled.
     """
-    from lsr.checkpoint import read_model
+    from lsr.checkpoint import METADATA, MODEL, read_model
 
     state, meta = read_model(path)
-    model = build(meta["model"])
+    folder = Path(meta["path"])
+    try:
+        model = build(meta["model"])
+    except LsrInputError as err:  # the description is checkpoint.json's "model"
+        raise LsrInputError(f'{err.problem} (its "model")', folder / METADATA) from None
     try:
         model.load_state_dict(state)
     except RuntimeError as err:
-        raise LsrInputError(f"weights do not match the network description ({err})", path) from None
+        raise LsrInputError(
+            f"the weights do not match the network its {METADATA} describes "
+            f"({_first_mismatch(str(err))})",
+            folder / MODEL,
+        ) from None
     model.to(device).eval()
     return model, meta

@@ -14,7 +14,11 @@ in ``DIR/<slide name>/``:
 - ``summary.json``: slide, pixel sizes, model metadata, cancer area in mm², timings, and
   ``"status": "complete"``, written last: a folder with it is done and skipped on re-runs.
 
-A failure writes ``error.txt`` (the traceback) instead and never stops the other slides.
+``summary.json`` is written first with ``"status": "running"`` (the outputs of an earlier
+run are removed then: they no longer describe the folder), and a failure turns it into
+``"failed"`` and writes ``error.txt`` (the traceback); a failure never stops the other
+slides. A folder holding files under these names without a ``summary.json`` of ours is
+someone else's: it is refused, never written into.
 :func:`predict_cohort` runs many slides in this process or on dask.distributed (a
 ``LocalCluster`` or any scheduler address); each task loads the model from its path, so no
 model is pickled across processes. ``DIR/cohort.json`` records every slide's status.
@@ -37,7 +41,7 @@ from typing import Any
 
 import numpy as np
 
-from lsr.atomic import atomic_write_text
+from lsr.atomic import atomic_write_text, check_replaceable
 from lsr.errors import LsrInputError
 from lsr.slide import WORKING_MPP, Slide, open_slide, write_pyramidal_tiff
 
@@ -49,6 +53,7 @@ BOUNDARIES = "boundaries.geojson"
 SUMMARY = "summary.json"
 ERROR = "error.txt"
 COHORT = "cohort.json"
+COHORT_FORMAT = "napari-lsr cohort prediction"
 OUTPUTS: tuple[str, ...] = (PROBABILITY, MASK, BOUNDARIES, SUMMARY)
 _MULTI_SUFFIXES = (".ome.tiff", ".ome.tif")
 _BAND_ROWS = 1024  # working-resolution rows handled at once when post-processing
@@ -177,6 +182,63 @@ def read_summary(folder: str | os.PathLike[str]) -> dict[str, Any] | None:
     if not all((folder / name).is_file() for name in OUTPUTS):
         return None
     return summary
+
+
+def _is_ours(folder: Path) -> bool:
+    """Whether ``folder`` holds a ``summary.json`` of lsr predict (any status)."""
+    try:
+        summary = json.loads((folder / SUMMARY).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    return isinstance(summary, dict) and summary.get("format") == SUMMARY_FORMAT
+
+
+def check_output_folder(folder: str | os.PathLike[str]) -> None:
+    """Raise unless lsr predict may write a slide's outputs into ``folder``: it does not
+    exist, holds none of the output names, or holds an earlier prediction of ours.
+
+    Why: a user's ``boundaries.geojson`` (a QuPath export) or notes in ``summary.json`` in
+    a folder named like the slide would otherwise be replaced without a word.
+    """
+    folder = Path(folder)
+    if folder.exists() and not folder.is_dir():
+        raise LsrInputError("is a file where the slide's output folder goes", folder)
+    if not folder.is_dir() or _is_ours(folder):
+        return
+    theirs = [name for name in (*OUTPUTS, ERROR) if (folder / name).exists()]
+    if theirs:
+        raise LsrInputError(
+            f"holds {', '.join(theirs)}, which lsr predict did not write (no summary.json of "
+            "a prediction); not replaced: choose another --out, or move them",
+            folder,
+        )
+
+
+def _claim_folder(folder: Path, slide_path: str | os.PathLike[str]) -> None:
+    """Mark ``folder`` as this run's (``"status": "running"``) and remove an earlier run's
+    outputs, so the folder never mixes two runs (a failed re-run left the old mask beside
+    the new probability map, and the old boundaries for QuPath's batch import)."""
+    check_output_folder(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    running = {"format": SUMMARY_FORMAT, "version": SUMMARY_VERSION, "status": "running",
+               "slide": str(Path(slide_path).resolve())}  # fmt: skip
+    atomic_write_text(folder / SUMMARY, json.dumps(running, indent=1) + "\n")
+    for name in (PROBABILITY, MASK, BOUNDARIES, ERROR):
+        (folder / name).unlink(missing_ok=True)
+
+
+def _mark_failed(folder: Path, slide_path: str, message: str, details: str) -> None:
+    """Record a failed slide: ``summary.json`` says ``"failed"``, ``error.txt`` holds
+    ``details``, no output of an earlier run is left. Someone else's folder is untouched."""
+    try:
+        _claim_folder(folder, slide_path)
+    except (LsrInputError, OSError):
+        return
+    failed = {"format": SUMMARY_FORMAT, "version": SUMMARY_VERSION, "status": "failed",
+              "slide": str(Path(slide_path).resolve()), "error": message}  # fmt: skip
+    with contextlib.suppress(OSError):
+        atomic_write_text(folder / SUMMARY, json.dumps(failed, indent=1) + "\n")
+        atomic_write_text(folder / ERROR, details)
 
 
 # --- outputs of one slide -------------------------------------------------------------------
@@ -398,9 +460,7 @@ def predict_to_folder(
     options = replace(options, working_mpp=working_mpp)
     t_start = time.perf_counter()
     folder = Path(out_dir) / slide_name(slide_path)
-    folder.mkdir(parents=True, exist_ok=True)
-    with contextlib.suppress(FileNotFoundError):
-        (folder / SUMMARY).unlink()  # a re-run invalidates the old result until it completes
+    _claim_folder(folder, slide_path)  # a re-run invalidates the old result until it completes
     timings: dict[str, float] = {}
     with open_slide(slide_path, mpp=options.mpp) as slide:
         t_open = time.perf_counter()
@@ -490,6 +550,10 @@ def predict_one(
     name = slide_name(slide_path)
     folder = Path(out_dir) / name
     t0 = time.perf_counter()
+    try:
+        check_output_folder(folder)
+    except LsrInputError as exc:  # someone else's files: not even an error.txt goes there
+        return SlideResult(str(slide_path), name, "failed", 0.0, str(exc))
     if not overwrite:
         with contextlib.suppress(LsrInputError):  # an unreadable model fails below, per slide
             done = reusable_summary(folder, options, model_metadata(model_path), slide_path)
@@ -511,10 +575,8 @@ def predict_one(
             slide_path, model, metadata, out_dir, opts, progress=progress, cancel=cancel
         )
     except Exception as exc:
-        folder.mkdir(parents=True, exist_ok=True)
-        with contextlib.suppress(OSError):
-            atomic_write_text(folder / ERROR, traceback.format_exc())
         message = str(exc) if isinstance(exc, LsrInputError) else f"{type(exc).__name__}: {exc}"
+        _mark_failed(folder, str(slide_path), message, traceback.format_exc())
         return SlideResult(str(slide_path), name, "failed", time.perf_counter() - t0, message)
     return SlideResult(
         str(slide_path),
@@ -537,13 +599,14 @@ def model_metadata(model_path: str | os.PathLike[str]) -> dict[str, Any]:
 
 def _check_run(model_path: str, options: PredictOptions, *, check_device: bool) -> None:
     """Problems that would fail every slide, raised once before any slide: the device
-    (``cuda`` without a GPU) and the model's weights (missing, truncated or modified)."""
-    from lsr.checkpoint import read_model
+    (``cuda`` without a GPU) and the model (weights missing, truncated or modified; a
+    network description that does not build or does not fit the weights)."""
     from lsr.infer import resolve_device
+    from lsr.model import load
 
     if check_device:
         resolve_device(options.device)
-    read_model(model_path)
+    load(model_path)  # on the CPU: a few MB, once
 
 
 def _skipped(slide: str, done: dict[str, Any]) -> SlideResult:
@@ -565,10 +628,14 @@ def _check_names(slides: Sequence[str | os.PathLike[str]]) -> None:
         seen[name] = str(s)
 
 
+def _is_cohort(path: Path) -> bool:
+    return json.loads(path.read_text(encoding="utf-8")).get("format") == COHORT_FORMAT
+
+
 def write_cohort_summary(out_dir: str | os.PathLike[str], results: Sequence[SlideResult]) -> Path:
     """``out_dir/cohort.json``: counts per status and one entry per slide."""
     counts = {s: sum(r.status == s for r in results) for s in ("done", "skipped", "failed")}
-    doc = {"format": "napari-lsr cohort prediction", **counts,
+    doc = {"format": COHORT_FORMAT, **counts,
            "slides": [r.to_dict() for r in results]}  # fmt: skip
     path = Path(out_dir) / COHORT
     atomic_write_text(path, json.dumps(doc, indent=1) + "\n")
@@ -609,6 +676,9 @@ def predict_cohort(
     # a remote scheduler's workers may have the GPU this machine lacks
     _check_run(model_path, options, check_device=scheduler in (None, "local"))
     out = Path(out_dir)
+    check_replaceable(out / COHORT, _is_cohort, "a cohort summary of lsr predict", "--out")
+    for s in slides:  # someone else's files in a slide's folder: refused before any work
+        check_output_folder(out / slide_name(s))
     out.mkdir(parents=True, exist_ok=True)
     paths = [str(s) for s in slides]
     results: dict[int, SlideResult] = {}
@@ -691,9 +761,7 @@ def _run_distributed(
             except Exception as exc:  # the worker died, or the task could not run
                 res = SlideResult(paths[i], slide_name(paths[i]), "failed", 0.0,
                                   f"{type(exc).__name__}: {exc}")  # fmt: skip
-                folder = out / res.name
-                folder.mkdir(parents=True, exist_ok=True)
-                atomic_write_text(folder / ERROR, res.error + "\n")
+                _mark_failed(out / res.name, paths[i], res.error, res.error + "\n")
             results[i] = res
             if on_result:
                 on_result(res)

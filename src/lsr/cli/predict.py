@@ -11,7 +11,8 @@ Each slide gets ``OUT/<slide name>/`` with ``probability.tif``, ``mask.tif``,
 summary made from the same slide file by the same weights with the same result-changing
 options are skipped (re-run to resume; other ones are redone); a failing slide writes
 ``error.txt`` and the others go on; ``OUT/cohort.json`` lists every slide. Exit code 1 if
-any slide failed.
+any slide failed. A slide folder holding files of these names that lsr predict did not
+write is refused before any slide runs.
 """
 
 from __future__ import annotations
