@@ -508,3 +508,118 @@ def test_help_shows_where_band_and_block_size_come_from(runner):
     assert res.exit_code == 0
     assert "240, or band_px of the lsr synth manifest.json" in text
     assert "the grids' sidecars' (<grid>.json), else the lsr synth manifest.json's" in text
+
+
+@pytest.mark.parametrize(
+    ("pred_shape", "gt_shape", "bad", "dims"),
+    [
+        ((0, 600), (B, B), "a_pred.npy", "0 × 600"),  # min() of nothing: a traceback
+        ((0, 0), (0, 0), "a_pred.npy", "0 × 0"),  # scored a perfect IoU 1.0
+        ((B, B), (B, 0), "a_gt.npy", f"{B} × 0"),
+    ],
+)
+def test_an_empty_prediction_or_ground_truth_is_refused_naming_it(
+    tmp_path, runner, pred_shape, gt_shape, bad, dims
+):
+    np.save(tmp_path / "a_pred.npy", np.zeros(pred_shape, np.uint8 if 0 in gt_shape else "f4"))
+    np.save(tmp_path / "a_gt.npy", np.zeros(gt_shape, np.uint8))
+    res = runner.invoke(app, ["evaluate", "-p", str(tmp_path / "a_pred.npy"), "-g",
+                              str(tmp_path / "a_gt.npy"), "--band", str(B)])  # fmt: skip
+    assert isinstance(res.exception, LsrInputError), res.output
+    assert str(res.exception).startswith(f"{tmp_path / bad}: empty image ({dims} pixels)")
+
+
+def test_an_empty_grid_is_refused_naming_it(tmp_path, runner):
+    """A prediction smaller than one block has (0, 0) blocks, which an empty grid matched:
+    the calibration was an empty table, exit 0."""
+    np.save(tmp_path / "a_prob.npy", np.zeros((B // 2, B // 2), np.float32))
+    np.save(tmp_path / "a_grid.npy", np.zeros((0, 0), np.int16))
+    res = runner.invoke(app, ["evaluate", "-p", str(tmp_path / "a_prob.npy"), "--grid",
+                              str(tmp_path / "a_grid.npy"), "--block-px", str(B)])  # fmt: skip
+    assert isinstance(res.exception, LsrInputError), res.output
+    assert str(res.exception) == f"{tmp_path / 'a_grid.npy'}: empty grid (0 × 0 blocks)"
+
+
+@pytest.mark.parametrize(("flag", "what"), [("-p", "prediction"), ("-g", "ground-truth mask")])
+def test_a_truncated_tiff_says_so_without_tifffiles_log(tmp_path, runner, caplog, flag, what):
+    """lsr synth's patch_000_gt.tif cut short gave two raw tifffile log lines and 'cannot
+    read mask: libdeflate... BAD_DATA'; slide.py's check says the file is truncated."""
+    from lsr.slide import write_pyramidal_tiff
+
+    rng = np.random.default_rng(1)
+    mask = (rng.random((16 * B, 16 * B)) > 0.5).astype(np.uint8) * 255
+    write_pyramidal_tiff(tmp_path / "a_gt.tif", mask, mpp=1.0, compression="zlib")
+    data = (tmp_path / "a_gt.tif").read_bytes()
+    (tmp_path / "cut.tif").write_bytes(data[: len(data) * 2 // 3])
+    files = {"-p": str(tmp_path / "a_gt.tif"), "-g": str(tmp_path / "a_gt.tif")}
+    files[flag] = str(tmp_path / "cut.tif")
+    res = runner.invoke(app, ["evaluate", "-p", files["-p"], "-g", files["-g"], "--pair-by",
+                              "order", "--band", str(B)])  # fmt: skip
+    assert isinstance(res.exception, LsrInputError), res.output
+    msg = str(res.exception)
+    assert msg.startswith(f"{tmp_path / 'cut.tif'}: file is truncated: image data ends at byte")
+    assert f"the file has {len(data) * 2 // 3} bytes" in msg
+    assert not [r for r in caplog.records if r.name.startswith("tifffile")]
+    assert "TiffFileError" not in res.output
+    # a file that is not truncated but cannot be read names what was being read
+    (tmp_path / "bad.png").write_bytes(b"\x89PNG\r\n\x1a\n not a png")
+    files[flag] = str(tmp_path / "bad.png")
+    res = runner.invoke(app, ["evaluate", "-p", files["-p"], "-g", files["-g"], "--pair-by",
+                              "order"])  # fmt: skip
+    assert isinstance(res.exception, LsrInputError), res.output
+    assert str(res.exception).startswith(f"{tmp_path / 'bad.png'}: cannot read {what}: ")
+    res = runner.invoke(app, ["evaluate", "-p", str(tmp_path / "bad.png"), "-g", files["-g"],
+                              "--pair-by", "order", "--pred-kind", "probability"])  # fmt: skip
+    assert "cannot read probability map: " in str(res.exception)
+
+
+def test_grids_without_a_labelled_block_are_refused_naming_them(tmp_path, runner):
+    """An all-NaN grid showed '0 │ –' in every bin, dropped the distance line, exit 0."""
+    for name in ("a", "b"):
+        np.save(tmp_path / f"{name}_prob.npy", np.full((B, 2 * B), 0.5, np.float32))
+        np.save(tmp_path / f"{name}_grid.npy", np.full((1, 2), np.nan, np.float32))
+    CountTable.paper_table1().to_json(tmp_path / "t.json")
+    args = ["evaluate", "-p", str(tmp_path / "a_prob.npy"), "--grid", str(tmp_path / "a_grid.npy"),
+            "--block-px", str(B), "-t", str(tmp_path / "t.json")]  # fmt: skip
+    res = runner.invoke(app, args)
+    assert isinstance(res.exception, LsrInputError), res.output
+    msg = str(res.exception)
+    assert msg.startswith(f"{tmp_path / 'a_grid.npy'}: no labelled blocks: every block of the")
+    both = ["evaluate", "-p", str(tmp_path / "a_prob.npy"), "-p", str(tmp_path / "b_prob.npy"),
+            "--grid", str(tmp_path / "a_grid.npy"), "--grid", str(tmp_path / "b_grid.npy"),
+            "--block-px", str(B)]  # fmt: skip
+    res = runner.invoke(app, both)
+    assert isinstance(res.exception, LsrInputError), res.output
+    assert "every block of the 2 grids (a_grid.npy, b_grid.npy) is unlabelled" in str(res.exception)
+    np.save(tmp_path / "b_grid.npy", np.array([[np.nan, 0.9]], np.float32))  # one label: fine
+    res = runner.invoke(app, [*both, "--json", str(tmp_path / "o.json")])
+    assert res.exit_code == 0, res.output
+    calib = json.loads((tmp_path / "o.json").read_text())["calibration"]
+    assert sum(r["n"] for r in calib) == 1
+
+
+def test_table_and_block_px_without_grid_are_flag_errors(tmp_path, runner):
+    """--table without --grid was silently ignored, --block-px -3 accepted."""
+    np.save(tmp_path / "a_pred.npy", np.ones((B, B), np.float32))
+    np.save(tmp_path / "a_gt.npy", np.ones((B, B), np.uint8))
+    CountTable.paper_table1().to_json(tmp_path / "t.json")
+    base = ["evaluate", "-p", str(tmp_path / "a_pred.npy"), "-g", str(tmp_path / "a_gt.npy"),
+            "--band", str(B)]  # fmt: skip
+    res = runner.invoke(app, [*base, "-t", str(tmp_path / "t.json")])
+    assert isinstance(res.exception, LsrInputError), res.output
+    assert str(res.exception).startswith("--table needs --grid")
+    res = runner.invoke(app, [*base, "--block-px", "-3"])
+    assert isinstance(res.exception, LsrInputError), res.output
+    assert str(res.exception) == "--block-px must be a positive whole number of px, got -3"
+    res = runner.invoke(app, [*base, "--block-px", str(B)])
+    assert res.exit_code == 0, res.output
+    assert f"--block-px {B} is used only with --grid: ignored" in " ".join(res.output.split())
+
+
+def test_block_px_zero_blames_the_flag_not_the_grid(tmp_path, runner):
+    np.save(tmp_path / "a_prob.npy", np.zeros((B, B), np.float32))
+    np.save(tmp_path / "a_grid.npy", np.array([[3]], np.int16))  # no sidecar
+    res = runner.invoke(app, ["evaluate", "-p", str(tmp_path / "a_prob.npy"), "--grid",
+                              str(tmp_path / "a_grid.npy"), "--block-px", "0"])  # fmt: skip
+    assert isinstance(res.exception, LsrInputError), res.output
+    assert str(res.exception) == "--block-px must be a positive whole number of px, got 0"

@@ -665,17 +665,14 @@ def _check_first_series_is_the_slide(tf: Any, path: Path) -> None:
     )
 
 
-def _check_tiff_complete(path: Path) -> None:
-    """Raise LsrInputError when a TIFF is unreadable or its image data runs past the end."""
-    import logging
-
+def check_tiff_complete(path: Path) -> None:
+    """Raise LsrInputError when a TIFF is unreadable or its image data runs past the end
+    ("file is truncated: ..." rather than a decoder's error from the first missing tile)."""
     import tifffile
 
     size = path.stat().st_size
-    quiet = _Quiet()  # tifffile logs each bad tag; the one error below says it all
-    logging.getLogger("tifffile").addFilter(quiet)
     try:
-        with tifffile.TiffFile(path) as tf:
+        with quiet_tifffile(), tifffile.TiffFile(path) as tf:
             if not tf.series:
                 raise LsrInputError("TIFF holds no image", path)
             for level in tf.series[0].levels:
@@ -696,15 +693,21 @@ def _check_tiff_complete(path: Path) -> None:
         raise
     except Exception as exc:  # tifffile.TiffFileError, struct errors, ...
         raise LsrInputError(f"not a readable TIFF (corrupt or truncated?): {exc}", path) from exc
+
+
+@contextlib.contextmanager
+def quiet_tifffile() -> Iterator[None]:
+    """Silence tifffile's logger: it logs each bad tag of a damaged file, and the one
+    LsrInputError raised for the file says it all."""
+    import logging
+
+    logger, quiet = logging.getLogger("tifffile"), logging.Filter()
+    quiet.filter = lambda record: False  # type: ignore[method-assign]
+    logger.addFilter(quiet)
+    try:
+        yield
     finally:
-        logging.getLogger("tifffile").removeFilter(quiet)
-
-
-class _Quiet:
-    """A logging filter that drops every record (for tifffile while a file is checked)."""
-
-    def filter(self, record: object) -> bool:
-        return False
+        logger.removeFilter(quiet)
 
 
 def _is_tiff(path: Path) -> bool:
@@ -740,7 +743,7 @@ def open_slide(path: str | Path, *, mpp: float | None = None) -> Slide:
             p,
         )
     if is_tiff:
-        _check_tiff_complete(p)
+        check_tiff_complete(p)
         try:
             return TiffSlideSlide(p, mpp)
         except LsrInputError:

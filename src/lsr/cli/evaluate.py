@@ -70,7 +70,9 @@ def _is_single_channel(path: Path) -> bool:
         elif path.suffix.lower() in (".tif", ".tiff"):
             import tifffile
 
-            with tifffile.TiffFile(path) as tf:
+            from lsr.slide import quiet_tifffile
+
+            with quiet_tifffile(), tifffile.TiffFile(path) as tf:
                 shape = tf.series[0].shape
         else:
             from PIL import Image
@@ -114,11 +116,15 @@ def _expand_gt(paths: list[Path]) -> list[Path]:
     return out
 
 
-def read_map(path: Path) -> np.ndarray:
+def read_map(path: Path, what: str = "mask") -> np.ndarray:
     """A 2-D map from .npy, .png or a (pyramidal) TIFF, as stored: float maps are cancer
     probabilities, integer maps are masks. Only the full-resolution level of a pyramid is
     read; an RGB(A) image whose colour channels agree (a grey map saved as RGB) gives its
-    first channel, one with colours (an H&E slide given by mistake) is an error."""
+    first channel, one with colours (an H&E slide given by mistake) is an error. ``what``
+    (``"probability map"``, ``"ground-truth mask"``, ...) names the map in errors; an
+    empty map is one (it would score a perfect IoU 1)."""
+    from lsr.slide import check_tiff_complete, quiet_tifffile
+
     suffix = path.suffix.lower()
     try:
         if suffix == ".npy":
@@ -126,7 +132,9 @@ def read_map(path: Path) -> np.ndarray:
         elif suffix in (".tif", ".tiff"):
             import tifffile
 
-            a = tifffile.imread(path, level=0) if _is_pyramid(path) else tifffile.imread(path)
+            with quiet_tifffile():
+                check_tiff_complete(path)  # a truncated file says so, not a zlib error
+                a = tifffile.imread(path, level=0) if _is_pyramid(path) else tifffile.imread(path)
         elif suffix == ".png":
             from skimage import io
 
@@ -136,8 +144,11 @@ def read_map(path: Path) -> np.ndarray:
     except LsrInputError:
         raise
     except Exception as err:
-        raise LsrInputError(f"cannot read mask: {err}", path) from err
+        raise LsrInputError(f"cannot read {what}: {err}", path) from err
     a = np.asarray(a)
+    if a.size == 0:
+        dims = " × ".join(str(d) for d in a.shape)
+        raise LsrInputError(f"empty image ({dims} pixels): a {what} needs pixels", path)
     if a.ndim == 3 and a.shape[-1] in (3, 4):
         if not (np.array_equal(a[..., 0], a[..., 1]) and np.array_equal(a[..., 0], a[..., 2])):
             raise LsrInputError(
@@ -148,21 +159,23 @@ def read_map(path: Path) -> np.ndarray:
         a = a[..., 0]
     a = np.squeeze(a)
     if a.ndim != 2:
-        raise LsrInputError(f"a mask must be 2-D, got shape {a.shape}", path)
+        raise LsrInputError(f"a {what} must be 2-D, got shape {a.shape}", path)
     if np.issubdtype(a.dtype, np.floating) and np.isnan(a).any():
-        raise LsrInputError("mask contains NaN", path)
+        raise LsrInputError(f"{what} contains NaN", path)
     return a
 
 
 def read_mask(path: Path) -> np.ndarray:
     """A 2-D boolean ground-truth mask (see :func:`read_map`): float maps are cancer where
     >= 0.5, integer maps (masks, label images) where nonzero."""
-    a = read_map(path)
+    a = read_map(path, "ground-truth mask")
     return a >= 0.5 if np.issubdtype(a.dtype, np.floating) else a > 0
 
 
 #: How ``lsr evaluate`` reads a prediction (``--pred-kind``).
 PRED_KINDS = ("auto", "probability", "mask")
+#: What a prediction read as each kind is called in errors.
+_PRED_WHAT = {"auto": "prediction", "probability": "probability map", "mask": "predicted mask"}
 
 
 def prediction_kind(path: Path, a: np.ndarray) -> str:
@@ -198,7 +211,7 @@ def read_prediction(path: Path, kind: str = "auto") -> tuple[np.ndarray, bool]:
     """
     if kind not in PRED_KINDS:
         raise LsrInputError(f"--pred-kind must be one of {', '.join(PRED_KINDS)}, got {kind!r}")
-    a = read_map(path)
+    a = read_map(path, _PRED_WHAT[kind])
     if kind == "auto":
         kind = prediction_kind(path, a)
     if kind == "mask":
@@ -307,6 +320,8 @@ def calibration(
         m, is_probability = read_prediction(p, pred_kind)
         probabilities &= is_probability
         grid = load_grid(g, block_px=block_px)
+        if 0 in grid.shape:
+            raise LsrInputError(f"empty grid ({grid.shape[0]} × {grid.shape[1]} blocks)", g)
         rows, cols = m.shape[0] // block_px, m.shape[1] // block_px
         if grid.shape != (rows, cols):
             raise LsrInputError(
@@ -319,6 +334,8 @@ def calibration(
         except LsrInputError as err:
             raise LsrInputError(err.problem, g) from None
         maps.append(m)
+    if not any((z >= 0).any() for z in zs):  # every bin would show 0 blocks, no distance
+        _no_labelled_blocks([g for _, g in pairs])
     n_bins = len(edges) - 1
     rows_out = calibration_table(maps, zs, block_px, n_bins=n_bins)
     for row in rows_out:
@@ -326,6 +343,22 @@ def calibration(
             row["table_mean"] = float(ct.eta[row["z"], 0])
             row["table_std"] = float(ct.rho[row["z"], 0])
     return rows_out, probabilities
+
+
+def _no_labelled_blocks(grids: list[Path]) -> None:
+    """Refuse grids without a labelled block, naming them, as ``lsr train`` does: their
+    calibration would be an empty table."""
+    if len(grids) == 1:
+        raise LsrInputError(
+            "no labelled blocks: every block of the grid is unlabelled (NaN probability or "
+            "z = -1), nothing to calibrate",
+            grids[0],
+        )
+    named = ", ".join(g.name for g in grids[:3]) + (", …" if len(grids) > 3 else "")
+    raise LsrInputError(
+        f"no labelled blocks: every block of the {len(grids)} grids ({named}) is unlabelled "
+        "(NaN probability or z = -1), nothing to calibrate"
+    )
 
 
 def evaluate(
@@ -362,6 +395,12 @@ def evaluate(
         raise LsrInputError(f"--pair-by must be 'name' or 'order', got {pair_by!r}")
     if not gt and not grid:
         raise LsrInputError("nothing to evaluate against: give --gt masks and/or --grid grids")
+    if block_px is not None and block_px <= 0:  # the flag's fault, before any grid is read
+        raise LsrInputError(f"--block-px must be a positive whole number of px, got {block_px}")
+    if table is not None and not grid:
+        raise LsrInputError(
+            "--table needs --grid: calibration compares predictions per block with the table"
+        )
     if json_out is not None:  # before the work: never replace a file that is not ours
         check_replaceable(json_out, _is_scores_json, "an lsr evaluate result", "--json")
     preds = _expand_predictions(list(pred))
@@ -371,6 +410,8 @@ def evaluate(
             "or lsr predict's output folder (OUT/<slide>/probability.tif)"
         )
     console = Console()
+    if block_px is not None and not grid:
+        console.print(f"[yellow]--block-px {block_px} is used only with --grid: ignored[/yellow]")
     grids = _expand(list(grid))
     # a folder of test patches also holds images and ground truth: keep its *_grid files
     grids = [g for g in grids if "_grid" in g.name] or grids
@@ -378,13 +419,16 @@ def evaluate(
     band, block_px = _scale_from_manifest(
         band, block_px, [*gt, *grid], console, (bool(gt), bool(grid))
     )
-    result: dict = {}
-    if gt:
-        result = _scores(_pair(preds, _expand_gt(list(gt)), pair_by), band, console, pred_kind)
-    if grid:
+    calib: list[dict] | None = None
+    probabilities = True
+    if grid:  # before the scores are printed: unusable grids are refused first
         calib, probabilities = calibration(
             _pair(preds, grids, pair_by, "grid"), block_px, table, pred_kind
         )
+    result: dict = {}
+    if gt:
+        result = _scores(_pair(preds, _expand_gt(list(gt)), pair_by), band, console, pred_kind)
+    if calib is not None:
         result["calibration"] = calib
         result["block_px"] = block_px
         console.print(_calibration_table(calib, table is not None))
