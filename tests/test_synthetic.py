@@ -379,3 +379,122 @@ def test_dataset_needs_a_training_slide(cfg, tmp_path):
         with pytest.raises(LsrInputError, match="at least 1 training slide"):
             generate_dataset(cfg, 0, tmp_path / "d", n_slides=n_slides, n_test_patches=n_test)
     assert not (tmp_path / "d").exists()
+
+
+@pytest.fixture
+def tiny(cfg) -> SyntheticConfig:
+    """Slides of 2x2 blocks and patches of one block: a data set in well under a second."""
+    return replace(
+        cfg,
+        slide=replace(cfg.slide, width_px=240, height_px=240, patch_px=120),
+        expert=replace(cfg.expert, min_tissue=0.0),
+    )
+
+
+def _files(folder) -> set[str]:
+    return {p.relative_to(folder).as_posix() for p in folder.rglob("*") if p.is_file()}
+
+
+@pytest.mark.filterwarnings("ignore:count table")
+def test_synth_refuses_a_folder_of_someone_elses(tmp_path, capsys):
+    """A non-empty folder that is no lsr synth data set is never written to, --overwrite or
+    not: one error names the folder and what is in the way."""
+    from lsr.cli import main
+
+    out = tmp_path / "s_user"
+    out.mkdir()
+    (out / "table_expert.csv").write_text("my edited expert table\n")
+    cfg = tmp_path / "tiny.toml"
+    cfg.write_text("[slide]\nwidth_px = 240\nheight_px = 240\npatch_px = 120\n")
+    for extra in ([], ["--overwrite"]):
+        with pytest.raises(SystemExit) as exc:
+            main(["synth", str(cfg), "--n-slides", "1", "--n-test", "1", "-j", "1", "-o",
+                  str(out), *extra])  # fmt: skip
+        assert exc.value.code == 2
+        err = capsys.readouterr().err
+        assert f"error: {out}: " in err and "table_expert.csv" in err and "Traceback" not in err
+        assert (out / "table_expert.csv").read_text() == "my edited expert table\n"
+        assert _files(out) == {"table_expert.csv"}
+    (out / "file").write_text("x")
+    with pytest.raises(LsrInputError, match="is a file"):
+        generate_dataset(load_config("default"), 0, out / "file", n_slides=1, n_test_patches=0)
+
+
+@pytest.mark.filterwarnings("ignore:count table")
+def test_synth_replaces_a_data_set_only_with_overwrite(tiny, tmp_path):
+    """A rerun into an earlier data set needs overwrite; then none of the old slides stay
+    (a smaller set must not leave slide_001 for lsr evaluate), but the user's files do."""
+    out = tmp_path / "d"
+    generate_dataset(tiny, 0, out, n_slides=2, n_test_patches=2, workers=1)
+    assert {"train/slide_001.tif", "test/patch_001_grid.json"} <= _files(out)
+    (out / "notes.txt").write_text("mine")
+    (out / "train" / "slide_000_notes.txt").write_text("mine too")
+    before = (out / "manifest.json").read_text()
+    with pytest.raises(LsrInputError, match=r"holds an lsr synth data set.*--overwrite") as exc:
+        generate_dataset(tiny, 5, out, n_slides=1, n_test_patches=1, workers=1)
+    assert exc.value.path == str(out)
+    assert (out / "manifest.json").read_text() == before
+    m = generate_dataset(tiny, 5, out, n_slides=1, n_test_patches=1, workers=1, overwrite=True)
+    assert m["seed"] == 5 and len(m["train"]) == 1
+    ours = {f"{d}/{n}_000{s}" for d, n in (("train", "slide"), ("test", "patch"))
+            for s in (".tif", "_gt.tif", "_grid.npy", "_grid.json")}  # fmt: skip
+    tables = {f"table_{k}.{e}" for k in ("expert", "true") for e in ("json", "csv")}
+    kept = {"notes.txt", "train/slide_000_notes.txt"}
+    assert _files(out) == ours | tables | kept | {"manifest.json"}
+    assert (out / "notes.txt").read_text() == "mine"
+
+
+@pytest.mark.filterwarnings("ignore:count table")
+def test_interrupted_synth_leaves_a_clear_sign(tiny, tmp_path, monkeypatch):
+    """Overwriting deletes the old manifest first and the new one comes last, so a crash
+    half-way leaves a marker and no manifest, never a manifest beside a mixed set; the
+    next run needs overwrite and cleans up, temporary files included."""
+    import lsr.synthetic as syn
+
+    out = tmp_path / "d"
+    generate_dataset(tiny, 0, out, n_slides=2, n_test_patches=1, workers=1)
+    real, calls = syn._write_job, []
+
+    def crash_on_second(job):
+        calls.append(job)
+        if len(calls) == 2:
+            (job[2] / ".slide_001.tmp-0123456789ab.tif").write_bytes(b"half")  # a killed write
+            raise KeyboardInterrupt
+        return real(job)
+
+    monkeypatch.setattr(syn, "_write_job", crash_on_second)
+    with pytest.raises(KeyboardInterrupt):
+        generate_dataset(tiny, 5, out, n_slides=2, n_test_patches=1, workers=1, overwrite=True)
+    assert not (out / "manifest.json").exists()
+    assert json.loads((out / "synth_unfinished.json").read_text())["unfinished"] is True
+    assert not (out / "train" / "slide_001.tif").exists()  # the old set's slide is gone
+    monkeypatch.setattr(syn, "_write_job", real)
+    with pytest.raises(LsrInputError, match="unfinished lsr synth data set"):
+        generate_dataset(tiny, 5, out, n_slides=1, n_test_patches=0, workers=1)
+    generate_dataset(tiny, 5, out, n_slides=1, n_test_patches=0, workers=1, overwrite=True)
+    assert _files(out) == {
+        "manifest.json", "table_expert.json", "table_expert.csv", "table_true.json",
+        "table_true.csv", "train/slide_000.tif", "train/slide_000_gt.tif",
+        "train/slide_000_grid.npy", "train/slide_000_grid.json",
+    }  # fmt: skip
+    assert not (out / "test").exists()
+
+
+def test_bad_counts_name_the_config_key_or_the_flag(tmp_path):
+    from typer.testing import CliRunner
+
+    from lsr.cli import _register, app
+
+    neg = tmp_path / "neg.toml"
+    neg.write_text("[slide]\nn_slides = -3\n")
+    with pytest.raises(LsrInputError, match=r"neg\.toml, key 'slide\.n_slides': .*got -3"):
+        load_config(neg)
+    neg.write_text("[slide]\nn_test_patches = -1\n")
+    with pytest.raises(LsrInputError, match=r"neg\.toml, key 'slide\.n_test_patches'"):
+        load_config(neg)
+    _register()
+    for flag, value in (("--n-slides", "0"), ("--n-test", "-1")):
+        out = tmp_path / "o"
+        res = CliRunner().invoke(app, ["synth", "default", flag, value, "-o", str(out)])
+        assert res.exit_code == 2 and flag in res.output, res.output
+        assert not out.exists()

@@ -155,7 +155,7 @@ def make_data(cfg: DemoConfig, seed: int, out: Path, say: Progress) -> dict:
     if cfg.slide_px is not None:
         scfg.slide.width_px = scfg.slide.height_px = cfg.slide_px
     t0 = time.perf_counter()
-    manifest = synthetic.generate_dataset(scfg, seed=seed, out_dir=data_dir)
+    manifest = synthetic.generate_dataset(scfg, seed=seed, out_dir=data_dir, overwrite=True)
     err = manifest["tables"]["expert_error"]
     say(
         f"[seed {seed}] data: {len(manifest['train'])} training slides, "

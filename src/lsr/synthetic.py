@@ -17,8 +17,10 @@ All sizes are working-resolution pixels; block ``(r, c)`` covers
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import re
 import time
 from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
@@ -56,6 +58,21 @@ __all__ = [
 
 #: A block with less tissue than this gets no classifier label (NaN, like background).
 MIN_LABEL_TISSUE = 0.2
+
+#: ``format`` of the manifest (and of the unfinished marker) that :func:`generate_dataset`
+#: writes; ``lsr evaluate`` looks for it too.
+MANIFEST_FORMAT = "napari-lsr synthetic benchmark"
+MANIFEST = "manifest.json"
+#: Written first and removed after the manifest: a folder holding it is a data set whose
+#: writing was interrupted (or is still going on).
+UNFINISHED = "synth_unfinished.json"
+#: Names of the files lsr synth writes, at the top of the folder and in ``train/``, ``test/``.
+#: Only these (and the atomic writers' temporary files of them) are ever deleted.
+_OURS = {
+    "": re.compile(r"manifest\.json|synth_unfinished\.json|table_(expert|true)\.(json|csv)"),
+    "train": re.compile(r"slide_\d{3,}(\.tif|_gt\.tif|_grid\.npy|_grid\.json)"),
+    "test": re.compile(r"patch_\d{3,}(\.tif|_gt\.tif|_grid\.npy|_grid\.json)"),
+}
 
 
 @dataclass
@@ -305,6 +322,90 @@ def _write_tiled(
     return plan, probs, cancer, tis
 
 
+def _synth_json(path: Path, unfinished: bool) -> bool:
+    """Whether ``path`` is a manifest (or, ``unfinished``, the marker) lsr synth wrote."""
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    return (
+        isinstance(data, dict)
+        and data.get("format") == MANIFEST_FORMAT
+        and bool(data.get("unfinished")) == unfinished
+    )
+
+
+def dataset_state(out_dir: str | os.PathLike[str]) -> str | None:
+    """``"unfinished"`` or ``"complete"`` when ``out_dir`` holds a data set lsr synth wrote
+    (recognised by its marker or its manifest), else None."""
+    out = Path(out_dir)
+    if _synth_json(out / UNFINISHED, unfinished=True):
+        return "unfinished"
+    if _synth_json(out / MANIFEST, unfinished=False):
+        return "complete"
+    return None
+
+
+def check_out_dir(out_dir: str | os.PathLike[str], overwrite: bool = False) -> str | None:
+    """Refuse an output folder :func:`generate_dataset` may not write to; returns
+    :func:`dataset_state` (None: new or empty).
+
+    Why: the data set's file names (``table_expert.csv``, ``train/slide_000.tif``) could be
+    the user's, and a rerun into an earlier data set would leave its extra slides behind, so
+    only a missing or empty folder, or an earlier data set with ``overwrite``, is written to.
+    """
+    out = Path(out_dir)
+    if not out.exists():
+        return None
+    if not out.is_dir():
+        raise LsrInputError("is a file, not a folder; the output must be a folder", out)
+    entries = sorted(p.name for p in out.iterdir())
+    if not entries:
+        return None
+    state = dataset_state(out)
+    if state is None:
+        shown = ", ".join(entries[:5]) + (f", ... ({len(entries)} in all)" * (len(entries) > 5))
+        raise LsrInputError(
+            f"is not empty and holds no lsr synth data set (no manifest.json of lsr synth); "
+            f"in the way: {shown}. Choose a new or empty output folder"
+            + (" (--overwrite replaces only a data set of lsr synth)" if overwrite else ""),
+            out,
+        )
+    if not overwrite:
+        what = {
+            "complete": "an lsr synth data set",
+            "unfinished": f"an unfinished lsr synth data set ({UNFINISHED}: interrupted)",
+        }
+        raise LsrInputError(
+            f"holds {what[state]}; replace it with --overwrite or choose another output folder",
+            out,
+        )
+    return state
+
+
+def _is_ours(name: str, kind: str) -> bool:
+    """``name`` is a file lsr synth writes in ``kind`` ("", "train", "test"), or a temporary
+    file of one left by a killed atomic write (``.<stem>.tmp-<hex><suffix>``)."""
+    tmp = re.fullmatch(r"\.(.+)\.tmp-[0-9a-f]+(\.[a-z]+)", name)
+    return bool(_OURS[kind].fullmatch(f"{tmp[1]}{tmp[2]}" if tmp else name))
+
+
+def _remove_dataset(out: Path) -> None:
+    """Delete the files of the data set in ``out``, the manifest first (so a crash half-way
+    leaves no manifest beside a partial set); files lsr synth did not write are kept."""
+    (out / MANIFEST).unlink(missing_ok=True)
+    for kind in ("train", "test", ""):
+        folder = out / kind
+        if not folder.is_dir():
+            continue
+        for f in sorted(folder.iterdir()):
+            if f.name != UNFINISHED and _is_ours(f.name, kind) and not f.is_dir():
+                f.unlink()
+        if kind:
+            with contextlib.suppress(OSError):
+                folder.rmdir()  # only when empty: nothing of anyone else's is deleted
+
+
 def _derive_seed(seed: int, kind: int, i: int) -> int:
     return int(np.random.SeedSequence([seed, kind, i]).generate_state(1)[0])
 
@@ -323,6 +424,7 @@ def generate_dataset(
     n_test_patches: int | None = None,
     workers: int | None = None,
     progress: Callable[[str, int, int], None] | None = None,
+    overwrite: bool = False,
 ) -> dict:
     """Write a benchmark: training slides, test patches, expert and true tables, manifest.
 
@@ -331,6 +433,12 @@ def generate_dataset(
     ``manifest.json``. The expert samples blocks of the training slides only. ``workers``
     processes generate slides in parallel (default: all CPUs, at most 4). ``progress(stage,
     done, total)`` is called after each slide. Returns the manifest dict.
+
+    ``out_dir`` must be missing, empty or (with ``overwrite``) hold an earlier data set of
+    lsr synth, whose files are deleted first (files it did not write are kept); see
+    :func:`check_out_dir`. ``synth_unfinished.json`` is written first and removed after the
+    manifest, which is written last: a folder with the marker or without a manifest is not
+    a finished data set.
     """
     t0 = time.perf_counter()
     out = Path(out_dir)
@@ -339,8 +447,16 @@ def generate_dataset(
     if n_slides < 1 or n_test < 0:
         raise LsrInputError(
             f"need at least 1 training slide (the expert's table is built from them) and "
-            f"0 or more test patches, got {n_slides} and {n_test}"
+            f"0 or more test patches, got n_slides={n_slides} and n_test_patches={n_test}"
         )
+    state = check_out_dir(out, overwrite)
+    out.mkdir(parents=True, exist_ok=True)
+    marker = {"format": MANIFEST_FORMAT, "unfinished": True, "seed": int(seed),
+              "note": "lsr synth is writing this data set or was interrupted; its files are "
+                      "incomplete: rerun lsr synth with --overwrite"}  # fmt: skip
+    atomic_write_text(out / UNFINISHED, json.dumps(marker, indent=2) + "\n")
+    if state is not None:
+        _remove_dataset(out)
     jobs = [
         (cfg, _derive_seed(seed, 1, i), out / "train", f"slide_{i:03d}", False)
         for i in range(n_slides)
@@ -388,7 +504,7 @@ def generate_dataset(
     te_lab = te["z"] >= 0
     thr = cfg.classifier.block_truth_fraction
     manifest = {
-        "format": "napari-lsr synthetic benchmark",
+        "format": MANIFEST_FORMAT,
         "version": 1,
         "seed": int(seed),
         "config": cfg.to_dict(),
@@ -415,7 +531,8 @@ def generate_dataset(
         },
         "seconds": round(time.perf_counter() - t0, 2),
     }
-    atomic_write_text(out / "manifest.json", json.dumps(manifest, indent=2))
+    atomic_write_text(out / MANIFEST, json.dumps(manifest, indent=2))
+    (out / UNFINISHED).unlink()
     return manifest
 
 

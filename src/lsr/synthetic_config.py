@@ -200,6 +200,14 @@ class SyntheticConfig:
             bad("scale.band_px", "must be >= 0 (0 = one block)")
         if self.classifier.downsample < 1 or s.block_px % self.classifier.downsample:
             bad("classifier.downsample", f"must be >= 1 and divide block_px ({s.block_px})")
+        if self.slide.n_slides < 1:
+            bad(
+                "slide.n_slides",
+                "need at least 1 training slide (the expert's table is built from them), "
+                f"got {self.slide.n_slides}",
+            )
+        if self.slide.n_test_patches < 0:
+            bad("slide.n_test_patches", f"must be >= 0, got {self.slide.n_test_patches}")
         if self.slide.tile_px < 64:
             bad("slide.tile_px", "must be at least 64 pixels")
         if self.slide.width_px < s.block_px or self.slide.height_px < s.block_px:

@@ -17,10 +17,27 @@ def synth(
         "default", help="config .toml/.json, or a shipped name: default, paper_scale, ..."
     ),
     seed: int = typer.Option(0, "--seed", "-s", min=0, help="random seed: same seed, same data"),
-    out: Path = typer.Option(..., "--out", "-o", help="output folder"),
-    n_slides: int | None = typer.Option(None, "--n-slides", help="training slides (config)"),
-    n_test: int | None = typer.Option(None, "--n-test", help="test patches (config)"),
+    out: Path = typer.Option(
+        ...,
+        "--out",
+        "-o",
+        help="output folder: new or empty, or an earlier lsr synth data set (see --overwrite); "
+        "a folder holding anything else is refused",
+    ),
+    n_slides: int | None = typer.Option(
+        None, "--n-slides", min=1, help="training slides (default: the config's)"
+    ),
+    n_test: int | None = typer.Option(
+        None, "--n-test", min=0, help="test patches (default: the config's)"
+    ),
     workers: int | None = typer.Option(None, "--workers", "-j", help="processes (all CPUs)"),
+    overwrite: bool = typer.Option(
+        False,
+        "--overwrite",
+        help="Replace the lsr synth data set already in --out (finished or interrupted): its "
+        "files are deleted, manifest first, before the new one is written; files lsr synth "
+        "did not write are kept. Without it, lsr synth refuses a folder that holds one.",
+    ),
 ) -> None:
     """Generate training slides, test patches, the expert's and the true count table.
 
@@ -38,7 +55,7 @@ def synth(
 
         manifest = generate_dataset(
             cfg, seed, out, n_slides=n_slides, n_test_patches=n_test, workers=workers,
-            progress=report,
+            progress=report, overwrite=overwrite,
         )  # fmt: skip
     expert = CountTable.from_json(out / "table_expert.json")
     truth = CountTable.from_json(out / "table_true.json")
