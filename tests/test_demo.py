@@ -181,3 +181,32 @@ def test_demo_progress_goes_quiet_when_its_reader_goes_away(tmp_path):
     _, err = proc.communicate(timeout=60)
     assert proc.returncode == 0, err.decode()
     assert done.read_text() == "ok" and b"BrokenPipe" not in err
+
+
+@pytest.mark.parametrize("n_seeds", [1, 3])
+def test_paired_differences_are_strict_json_and_match_numpy(n_seeds):
+    """One seed: no standard error (null, shown '–'), never NaN, which strict JSON readers
+    (jq, JavaScript) refuse; several: the paired SE is std(d, ddof=1) / sqrt(n)."""
+    from lsr.demo import aggregate, results_markdown
+    from lsr.metrics import METRICS
+
+    rng = np.random.default_rng(n_seeds)
+    per_seed = {
+        s: {"rows": {r: {m: float(rng.uniform(0.3, 0.7)) for m in METRICS}
+                     for r in ("low_res", "intra", "intra_inter")}}
+        for s in range(n_seeds)
+    }  # fmt: skip
+    agg = aggregate(per_seed)
+    text = json.dumps(agg, allow_nan=False)  # raises on NaN
+    d = agg["paired_differences"]["intra_inter - intra"]
+    rows = [per_seed[s]["rows"] for s in range(n_seeds)]
+    want = np.array([r["intra_inter"]["masked_iou"] - r["intra"]["masked_iou"] for r in rows])
+    assert d["masked_iou_diff"] == pytest.approx(want.mean())
+    if n_seeds == 1:
+        assert d["paired_se"] is None and "null" in text
+    else:
+        assert d["paired_se"] == pytest.approx(want.std(ddof=1) / np.sqrt(n_seeds))
+    md = results_markdown({**agg, "seeds": list(range(n_seeds)), "band_px": 120,
+                           "n_test_patches": 10, "config": {"synthetic": "default"}})  # fmt: skip
+    line = next(ln for ln in md.splitlines() if ln.startswith("| intra_inter - intra |"))
+    assert line.endswith("| – |") == (n_seeds == 1) and "nan" not in md

@@ -320,7 +320,8 @@ def aggregate(per_seed: dict[int, dict]) -> dict:
     diffs = {}
     for a, b in pairs:
         d = np.array(rows[a]["masked_iou_per_seed"]) - np.array(rows[b]["masked_iou_per_seed"])
-        se = float(d.std(ddof=1) / np.sqrt(len(d))) if len(d) > 1 else float("nan")
+        # one seed has no standard error: None (JSON null; NaN is not JSON, jq refuses it)
+        se = float(d.std(ddof=1) / np.sqrt(len(d))) if len(d) > 1 else None
         diffs[f"{a} - {b}"] = {"masked_iou_diff": float(d.mean()), "paired_se": se,
                                "per_seed": d.tolist()}  # fmt: skip
     return {"rows": rows, "paired_differences": diffs}
@@ -355,7 +356,10 @@ def results_markdown(result: dict) -> str:
         lines += ["", "Paired differences of masked IoU (mean over seeds, paired standard error):",
                   "", "| difference | mean | paired SE |", "|---|---|---|"]  # fmt: skip
         for k, d in result["paired_differences"].items():
-            lines.append(f"| {k} | {d['masked_iou_diff']:+.4f} | {d['paired_se']:.4f} |")
+            se = "–" if d["paired_se"] is None else f"{d['paired_se']:.4f}"
+            lines.append(f"| {k} | {d['masked_iou_diff']:+.4f} | {se} |")
+        if n < 2:
+            lines += ["", "One seed has no standard error: `lsr demo --seeds 5` gives one."]
     lines.append("")
     return "\n".join(lines)
 
