@@ -1342,3 +1342,28 @@ def test_a_closed_terminal_does_not_end_the_run(pairs: list[tuple[str, str]], tm
     result = train(cfg, [RichProgress(quiet)])
     assert result.ok and result.step == 4 and quiet.quiet
     assert json.loads((tmp_path / "quiet" / "run.json").read_text())["status"] == "completed"
+
+
+def test_cli_names_batch_flags_the_loss_does_not_use(
+    pairs: list[tuple[str, str]], tmp_path: Path, capsys
+) -> None:
+    """--loss intra --group-size 3 ran 30-block batches without a word (and --batch-size
+    with an inter loss likewise); the flag is now named as ignored, the other kind is not."""
+    from lsr.cli import main
+
+    base = ["train", "--block-px", str(BLOCK), "--working-mpp", str(WORKING_MPP)]
+    for s, g in pairs:
+        base += ["--slide", s, "--grid", g]
+    base += ["--width", "4", "--depth", "2", "--steps", "1", "--device", "cpu"]
+    with pytest.raises(SystemExit):
+        main([*base, "--loss", "intra", "--group-size", "3", "--batch-size", "4",
+              "--out-dir", str(tmp_path / "a")])  # fmt: skip
+    err = capsys.readouterr().err
+    assert "--group-size ignored: the intra loss's batch is --batch-size" in err
+    assert "--batch-size ignored" not in err
+    with pytest.raises(SystemExit):
+        main([*base, "--loss", "inter", "--batch-size", "4", "--group-size", "2",
+              "--groups-per-batch", "2", "--out-dir", str(tmp_path / "b")])  # fmt: skip
+    err = capsys.readouterr().err
+    assert "--batch-size ignored: the inter loss's batch is --groups-per-batch" in err
+    assert "--group-size ignored" not in err

@@ -141,6 +141,18 @@ def _sidecar_scale(
     return block_px, working_mpp
 
 
+def _unused_batch_flags(loss: str, flags: dict[str, Any]) -> str:
+    """A note naming the batch flags that ``loss`` does not use ('' when none): the intra
+    loss batches blocks (``--batch-size``), the others groups of blocks, and a flag of the
+    other kind was dropped without a word (``--loss intra --group-size 3`` ran 30 blocks)."""
+    grouped = ("--groups-per-batch", "--group-size", "--group-policy")
+    unused = [f for f, v in flags.items() if v is not None and (f in grouped) == (loss == "intra")]
+    if not unused:
+        return ""
+    takes = "--batch-size" if loss == "intra" else "--groups-per-batch × --group-size"
+    return f"{', '.join(unused)} ignored: the {loss} loss's batch is {takes}"
+
+
 def _batch_text(cfg: Any) -> str:
     if cfg.loss == "intra":
         return str(cfg.batch_size)
@@ -365,6 +377,10 @@ def train(
     for key, value in overrides.items():
         if value is not None:
             setattr(cfg, key, value)
+    flags = {"--batch-size": batch_size, "--groups-per-batch": groups_per_batch,
+             "--group-size": group_size, "--group-policy": group_policy}  # fmt: skip
+    if note := _unused_batch_flags(cfg.loss, flags):
+        QuietOnBrokenPipe(stderr=True).print(f"[yellow]{note}[/yellow]")
     if resume is not None:
         cfg.resume = str(resume)
         if config is None:  # before resolving: the run's resolved batch is for its own loss
