@@ -48,6 +48,7 @@ def main(argv: list[str] | None = None) -> None:
         app(args=argv, prog_name="lsr")
     except LsrInputError as err:
         typer.secho(f"error: {err}", fg="red", err=True)
+        _quiet_teardown()
         sys.exit(2)
     except FileNotFoundError as err:
         typer.secho(f"error: file not found: {err.filename}", fg="red", err=True)
@@ -56,6 +57,16 @@ def main(argv: list[str] | None = None) -> None:
         # an output path that is a file, a folder or not writable: the user's to fix
         typer.secho(f"error: {_os_problem(err)}", fg="red", err=True)
         sys.exit(2)
+
+
+def _quiet_teardown() -> None:
+    """After the one error line, keep the exit quiet: a damaged tile that stops a read leaves
+    zarr's other chunk reads pending in its event loop, and Python's shutdown reports each
+    ("Task was destroyed but it is pending!", a dozen lines of asyncio) below the error."""
+    import logging
+
+    logging.getLogger("asyncio").setLevel(logging.CRITICAL + 1)
+    warnings.filterwarnings("ignore", message="coroutine .* was never awaited")
 
 
 def _os_problem(err: OSError) -> str:
