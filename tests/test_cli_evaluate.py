@@ -623,3 +623,28 @@ def test_block_px_zero_blames_the_flag_not_the_grid(tmp_path, runner):
                               str(tmp_path / "a_grid.npy"), "--block-px", "0"])  # fmt: skip
     assert isinstance(res.exception, LsrInputError), res.output
     assert str(res.exception) == "--block-px must be a positive whole number of px, got 0"
+
+
+def test_a_slide_whose_lsr_predict_failed_is_named_not_silently_missing(tmp_path, runner):
+    """lsr predict leaves a failed slide's folder with summary.json ("failed") and error.txt
+    only: evaluate names it (beside the scores, or in the error when nothing is left)."""
+    from lsr.predict import SUMMARY_FORMAT
+    from lsr.slide import write_pyramidal_tiff
+
+    out, gt = tmp_path / "preds", tmp_path / "test"
+    gt.mkdir()
+    rng = np.random.default_rng(3)
+    for name, status in (("patch_000", "failed"), ("patch_001", "complete")):
+        (out / name).mkdir(parents=True)
+        np.save(gt / f"{name}_gt.npy", (rng.random((2 * B, 2 * B)) > 0.5).astype(np.uint8))
+        summary = {"format": SUMMARY_FORMAT, "status": status}
+        (out / name / "summary.json").write_text(json.dumps(summary))
+    prob = rng.random((2 * B, 2 * B)).astype(np.float32)
+    write_pyramidal_tiff(out / "patch_001" / "probability.tif", prob, mpp=1.0, min_size=4 * B)
+    (out / "patch_000" / "error.txt").write_text("Traceback ...")
+    res = runner.invoke(app, ["evaluate", "-p", str(out / "patch_000"), "--gt", str(gt)])
+    assert res.exit_code != 0
+    assert "patch_000: its lsr predict failed (see" in str(res.exception)
+    res = runner.invoke(app, ["evaluate", "-p", str(out), "--gt", str(gt / "patch_001_gt.npy")])
+    assert res.exit_code == 0, res.output
+    assert "patch_000: its lsr predict failed" in res.output.replace("\n", "")

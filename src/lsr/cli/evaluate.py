@@ -61,6 +61,29 @@ def _expand_predictions(paths: list[Path]) -> list[Path]:
     return out
 
 
+def _unfinished_predictions(paths: list[Path]) -> list[str]:
+    """Slide folders of ``lsr predict`` whose last run failed or is still running (their
+    ``summary.json`` says so; lsr predict removed their outputs), one line each."""
+    from lsr.predict import ERROR, SUMMARY, SUMMARY_FORMAT
+
+    notes = []
+    for p in paths:
+        folders = [p, *sorted(q for q in p.iterdir() if q.is_dir())] if p.is_dir() else []
+        for folder in folders:
+            try:
+                summary = json.loads((folder / SUMMARY).read_text(encoding="utf-8"))
+            except (OSError, ValueError):
+                continue
+            if not isinstance(summary, dict) or summary.get("format") != SUMMARY_FORMAT:
+                continue
+            status = summary.get("status")
+            if status in ("failed", "running"):
+                why = {"failed": f"failed (see {folder / ERROR})",
+                       "running": "is running (or was killed)"}[status]  # fmt: skip
+                notes.append(f"{folder}: its lsr predict {why}, no prediction there")
+    return notes
+
+
 def _is_single_channel(path: Path) -> bool:
     """True when the file holds a one-channel image (a mask), read from its header only:
     an RGB(A) picture is never ground truth."""
@@ -404,12 +427,16 @@ def evaluate(
     if json_out is not None:  # before the work: never replace a file that is not ours
         check_replaceable(json_out, _is_scores_json, "an lsr evaluate result", "--json")
     preds = _expand_predictions(list(pred))
+    unfinished = _unfinished_predictions(list(pred))
     if not preds:
         raise LsrInputError(
             "no predictions to evaluate: --pred takes .tif/.png/.npy files, folders of them, "
             "or lsr predict's output folder (OUT/<slide>/probability.tif)"
+            + (f"; {'; '.join(unfinished)}" if unfinished else "")
         )
     console = Console()
+    for note in unfinished:
+        console.print(f"[yellow]{note}: not evaluated[/yellow]", markup=True, highlight=False)
     if block_px is not None and not grid:
         console.print(f"[yellow]--block-px {block_px} is used only with --grid: ignored[/yellow]")
     grids = _expand(list(grid))
