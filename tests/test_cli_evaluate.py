@@ -648,3 +648,16 @@ def test_a_slide_whose_lsr_predict_failed_is_named_not_silently_missing(tmp_path
     res = runner.invoke(app, ["evaluate", "-p", str(out), "--gt", str(gt / "patch_001_gt.npy")])
     assert res.exit_code == 0, res.output
     assert "patch_000: its lsr predict failed" in res.output.replace("\n", "")
+
+
+def test_band_without_gt_is_named_as_ignored_and_a_negative_band_is_the_flags_error(
+    tmp_path, runner
+):
+    _patch(tmp_path, "a", np.random.default_rng(0))
+    base = ["evaluate", "-p", str(tmp_path / "a_prob.npy"), "--grid", str(tmp_path / "a_grid.npy"),
+            "--block-px", str(B)]  # fmt: skip
+    res = runner.invoke(app, [*base, "--band", "16"])
+    assert res.exit_code == 0, res.output
+    assert "--band 16 is used only with --gt: ignored" in " ".join(res.output.split())
+    res = runner.invoke(app, [*base, "--band", "-1"])
+    assert str(res.exception) == "--band must be a non-negative number of px, got -1"

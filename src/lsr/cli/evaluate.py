@@ -418,6 +418,8 @@ def evaluate(
         raise LsrInputError(f"--pair-by must be 'name' or 'order', got {pair_by!r}")
     if not gt and not grid:
         raise LsrInputError("nothing to evaluate against: give --gt masks and/or --grid grids")
+    if band is not None and band < 0:
+        raise LsrInputError(f"--band must be a non-negative number of px, got {band}")
     if block_px is not None and block_px <= 0:  # the flag's fault, before any grid is read
         raise LsrInputError(f"--block-px must be a positive whole number of px, got {block_px}")
     if table is not None and not grid:
@@ -439,6 +441,8 @@ def evaluate(
         console.print(f"[yellow]{note}: not evaluated[/yellow]", markup=True, highlight=False)
     if block_px is not None and not grid:
         console.print(f"[yellow]--block-px {block_px} is used only with --grid: ignored[/yellow]")
+    if band is not None and not gt:
+        console.print(f"[yellow]--band {band} is used only with --gt: ignored[/yellow]")
     grids = _expand(list(grid))
     # a folder of test patches also holds images and ground truth: keep its *_grid files
     grids = [g for g in grids if "_grid" in g.name] or grids
