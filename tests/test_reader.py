@@ -287,3 +287,12 @@ def test_lsr_predict_outputs_open_as_a_heat_map_and_a_mask(tmp_path):
     assert kind == "labels" and kw["name"] == "mask: case-7 (intra)"
     np.testing.assert_array_equal(level0, (prob >= 128).astype(np.uint8))
     assert kw["colormap"][1] == "#{:02x}{:02x}{:02x}".format(*FIG4_COLOURS["intra"])
+
+
+def test_an_empty_grid_notifies_instead_of_breaking_napari(tmp_path, errors):
+    """A 0-row grid passed the checks and napari's labels thumbnail raised (cannot convert
+    float NaN to integer) after the p(cancer) layer was added: half a grid in the viewer."""
+    empty = tmp_path / "empty_grid.npy"
+    np.save(empty, np.zeros((0, 5), np.float32))
+    assert _reader.read_grid(str(empty)) == [(None,)]
+    assert "no blocks in the file" in errors[-1] and "empty_grid.npy" in errors[-1]

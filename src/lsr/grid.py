@@ -217,6 +217,10 @@ def load_grid(path: PathType, *, block_px: int, origin: tuple[int, int] = (0, 0)
         raise LsrInputError("unknown grid format; use .npy, .csv or .tif", p)
     if arr.ndim != 2:
         raise LsrInputError(f"a block grid must be 2-D (rows, cols), got shape {arr.shape}", p)
+    if arr.size == 0:  # napari's labels thumbnail divides by it; a slide has blocks
+        raise LsrInputError(
+            f"no blocks in the file (an empty {arr.shape[0]} × {arr.shape[1]} grid)", p
+        )
     try:
         if arr.dtype.kind == "f":
             return BlockGrid(arr.astype(np.float32), block_px, origin)
