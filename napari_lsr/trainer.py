@@ -446,6 +446,7 @@ class TrainerWidget(QWidget):
         self.plot = LossPlot(self)
 
         # models
+        self._model_problems: list[str] = []  # last warned (once per set)
         self.models_view = QTableWidget(0, len(MODEL_COLUMNS))
         self.models_view.setHorizontalHeaderLabels(MODEL_COLUMNS)
         self.models_view.verticalHeader().setVisible(False)
@@ -646,8 +647,9 @@ class TrainerWidget(QWidget):
         self._table_file = str(path)
         self._refresh_tables()
         self.table_combo.setCurrentText(str(path))
-        if why := table.top_bin_problem():  # trainable, but the expert should look again
-            self._notify(f"Count table {Path(path).name}: {why}.", warning=True)
+        if problems := table.bin_problems():  # trainable, but the expert should look again
+            self._notify(f"Count table {Path(path).name}: {_bins_text(table, problems)}.",
+                         warning=True)  # fmt: skip
         return True
 
     def _table_chosen(self, _index: int) -> None:
@@ -1114,7 +1116,14 @@ class TrainerWidget(QWidget):
     # ------------------------------------------------------------------ model list
     def refresh_models(self) -> list[tp.ModelInfo]:
         """Fill the model list from the output folder (:func:`lsr.training_process.list_models`)."""
-        models = tp.list_models(Path(self.out_dir.text()).expanduser())
+        problems: list[str] = []
+        models = tp.list_models(Path(self.out_dir.text()).expanduser(), problems=problems)
+        if problems and problems != self._model_problems:  # once per new set, not per refresh
+            left_out = "; ".join(problems)
+            self._notify(
+                f"{len(problems)} run(s) left out of the model list: {left_out}", warning=True
+            )
+        self._model_problems = problems
         self.models_view.setRowCount(len(models))
         for r, m in enumerate(models):
             final = f"{m.final_loss:.4g}" if m.final_loss is not None else "-"
@@ -1187,6 +1196,19 @@ class TrainerWidget(QWidget):
         self.status.setText(message)
         self.status.setStyleSheet("color: #e05050" if error else "")
         (show_error if error else show_warning if warning else show_info)(message)
+
+
+def _bins_text(table: CountTable, problems: dict[int, str]) -> str:
+    """Flagged bins grouped by reason: 'bins 0–20%, 20–30%: std 0: floored ...; bin ...'
+    (ten bins of a table with ρ = 0 are one line, not ten)."""
+    labels = table.bin_labels()
+    by_reason: dict[str, list[str]] = {}
+    for b, why in sorted(problems.items()):
+        by_reason.setdefault(why, []).append(f"{labels[b]}%")
+    return "; ".join(
+        f"{'bin' if len(bins) == 1 else 'bins'} {', '.join(bins)}: {why}"
+        for why, bins in by_reason.items()
+    )
 
 
 def table_bins_without_estimate(table: CountTable) -> list[int]:

@@ -246,3 +246,23 @@ def test_event_reader_keeps_partial_lines(tmp_path: Path) -> None:
     assert [e["step"] for e in mon.poll()] == [1, 2]
     assert mon.state.losses == [0.5, 0.25] and mon.state.status == "running"
     assert mon.poll() == []
+
+
+def test_an_output_folder_that_is_a_file_is_named_and_unreadable_runs_are_reported(
+    pairs, tmp_path: Path
+) -> None:
+    """'[Errno 17] File exists' said nothing; a run whose checkpoint cannot be read left
+    the model lists without a word."""
+    blocker = tmp_path / "f"
+    blocker.write_text("mine\n")
+    with pytest.raises(LsrInputError, match="a file is in the way") as info:
+        tp.prepare_run(tiny(pairs, loss="intra"), blocker)
+    assert str(info.value.path) == str(blocker) and blocker.read_text() == "mine\n"
+    run = tp.prepare_run(tiny(pairs, loss="intra", steps=1), tmp_path / "out")
+    job = tp.launch([run])
+    wait([tp.RunMonitor(run, job)])
+    assert job.wait(30) == 0 and len(tp.list_models(tmp_path / "out")) == 1
+    (run / "latest.json").write_text("{trunc")
+    problems: list[str] = []
+    assert tp.list_models(tmp_path / "out", problems=problems) == []
+    assert len(problems) == 1 and "latest.json" in problems[0] and "malformed" in problems[0]

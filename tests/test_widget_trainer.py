@@ -479,3 +479,28 @@ def test_running_status_says_how_often_a_block_is_seen() -> None:
     assert line.startswith("<br>1000 labelled blocks · 10 steps × 8 blocks")
     assert "about 0.08 times" in line and "less than once" in line
     assert _data_line(tp.RunState(Path("r"), "r", total_steps=10)) == ""  # not started yet
+
+
+def test_a_table_with_std_0_warns_when_chosen_and_unreadable_runs_are_named(
+    widget, tmp_path
+) -> None:
+    """A ρ = 0 table was only mentioned when the run ended (hours later on a real run); a run
+    whose checkpoint cannot be read left the model list without a word."""
+    from lsr.counttable import CountTable
+
+    table = CountTable.paper_table1()
+    table.rho[:] = 0.0
+    table.save(tmp_path / "rho0.json")
+    before = len(notices("WARNING"))
+    assert widget.set_table_file(tmp_path / "rho0.json")
+    new = notices("WARNING")[before:]
+    assert len(new) == 1 and "rho0.json" in new[0]
+    assert "bins 0–20%, 20–30%" in new[0] and new[0].count("std 0: floored") == 1
+    run = Path(widget.out_dir.text()) / "broken"
+    run.mkdir(parents=True)
+    (run / "latest.json").write_text("{trunc")
+    before = len(notices("WARNING"))
+    assert widget.refresh_models() == []
+    widget.refresh_models()  # the same problem again: not warned twice
+    new = notices("WARNING")[before:]
+    assert len(new) == 1 and "1 run(s) left out" in new[0] and "latest.json" in new[0]

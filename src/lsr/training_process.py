@@ -176,7 +176,12 @@ def prepare_run(
     folder and used instead of ``config.table``. Returns the run folder.
     """
     root = Path(folder)
-    root.mkdir(parents=True, exist_ok=True)
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+    except (FileExistsError, NotADirectoryError):  # "[Errno 17] File exists" said nothing
+        raise LsrInputError(
+            "a file is in the way: the output folder must be a folder (or a new name)", root
+        ) from None
     run = _unique(root, name or run_name(config.loss, config.distance))
     run.mkdir()
     cfg = dataclasses.replace(config, out_dir=str(run), resume=None)
@@ -613,14 +618,18 @@ class ModelInfo:
         return dataclasses.asdict(self)
 
 
-def _model_of(run: Path, finished_only: bool) -> ModelInfo | None:
+def _model_of(
+    run: Path, finished_only: bool, problems: list[str] | None = None
+) -> ModelInfo | None:
     from lsr.checkpoint import read_metadata
 
     if not (run / LATEST).is_file():
         return None
     try:
         folder, meta = read_metadata(run)
-    except LsrInputError:
+    except LsrInputError as err:
+        if problems is not None:
+            problems.append(str(err))
         return None
     summary = _read_json(run / RUN_JSON) or {}
     status = str(summary.get("status", "running"))
@@ -650,19 +659,22 @@ def _model_of(run: Path, finished_only: bool) -> ModelInfo | None:
     )
 
 
-def list_models(folder: str | os.PathLike[str], finished_only: bool = True) -> list[ModelInfo]:
+def list_models(
+    folder: str | os.PathLike[str], finished_only: bool = True, problems: list[str] | None = None
+) -> list[ModelInfo]:
     """Trained models in an output folder (the folder itself or its run folders), newest first.
 
     A model is a run folder with a checkpoint (``latest.json``); ``finished_only`` keeps
     runs whose ``run.json`` says ``completed``; otherwise cancelled and failed runs with a
     checkpoint are listed too (never a run still training). Unreadable checkpoints are
-    skipped.
+    skipped; ``problems``, when given, receives one line per skipped run ("<file>: <what is
+    wrong>"), so a list can say why a model the user expects is not in it.
     """
     root = Path(folder)
     if not root.is_dir():
         return []
     candidates = [root, *sorted(p for p in root.iterdir() if p.is_dir())]
-    models = [m for p in candidates if (m := _model_of(p, finished_only)) is not None]
+    models = [m for p in candidates if (m := _model_of(p, finished_only, problems)) is not None]
     return sorted(models, key=lambda m: m.date, reverse=True)
 
 
