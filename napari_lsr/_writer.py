@@ -30,6 +30,13 @@ def _notify(message: str) -> None:
     show_error(message)
 
 
+def _problem(err: Exception, path: str) -> str:
+    """One line naming the file: LsrInputError's own, or an OSError's reason and ``path``."""
+    if isinstance(err, OSError):
+        return f"{err.filename or path}: {err.strerror or err}"
+    return str(err)
+
+
 def _viewer_slide_mpp() -> float | None:
     try:
         import napari
@@ -116,8 +123,8 @@ def write_shapes_geojson(path: str, data: Any, attributes: dict) -> list[str]:
         if geom.is_empty:
             raise LsrInputError("the shapes layer holds no area to export", path)
         export_geojson(path, {name: geom}, colours={name: tuple(colour)}, names={name: name})
-    except LsrInputError as err:
-        _notify(f"Cannot write the GeoJSON: {err}")
+    except (LsrInputError, OSError) as err:  # OSError: a folder or no permission there
+        _notify(f"Cannot write the GeoJSON: {_problem(err, path)}")
         return []
     return [path]
 
@@ -147,7 +154,7 @@ def write_labels_tiff(path: str, data: Any, attributes: dict) -> list[str]:
     mpp = float(np.asarray(attributes.get("scale", (1.0, 1.0)), float)[-1])
     try:
         write_pyramidal_tiff(path, arr, mpp=mpp, compression="zlib", tile=256, downsample="nearest")
-    except LsrInputError as err:
-        _notify(f"Cannot write the TIFF: {err}")
+    except (LsrInputError, OSError) as err:
+        _notify(f"Cannot write the TIFF: {_problem(err, path)}")
         return []
     return [path]

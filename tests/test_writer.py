@@ -117,3 +117,19 @@ def test_multiscale_labels_layer_writes_level0(tmp_path) -> None:
     np.testing.assert_array_equal(_level0(out), level0)
     with open_slide(out) as s:
         assert s.mpp == pytest.approx(8.33, rel=1e-4)
+
+
+def test_a_folder_at_the_target_notifies_instead_of_raising(tmp_path, monkeypatch) -> None:
+    """The writers caught LsrInputError only: an OSError (a folder named like the file, no
+    permission) escaped to napari as an uncaught exception."""
+    got: list[str] = []
+    monkeypatch.setattr(_writer, "_notify", got.append)
+    (tmp_path / "d.tif").mkdir()
+    labels = np.ones((8, 8), np.uint8)
+    assert _writer.write_labels_tiff(str(tmp_path / "d.tif"), labels, {"scale": (1, 1)}) == []
+    assert "Cannot write the TIFF" in got[-1] and "d.tif" in got[-1]
+    (tmp_path / "d.geojson").mkdir()
+    square = [np.array([[0, 0], [0, 4], [4, 4], [4, 0]], float)]
+    attrs = {"name": "x", "metadata": {"lsr_boundary": {"level0_mpp": 1.0}}}
+    assert _writer.write_shapes_geojson(str(tmp_path / "d.geojson"), square, attrs) == []
+    assert "Cannot write the GeoJSON" in got[-1] and "d.geojson" in got[-1]
