@@ -41,8 +41,8 @@ from lsr.annotation import (
     NO_ESTIMATE_YET,
     SKIP_REASONS,
     AnnotationSession,
-    autosave_path,
     check_grid_fits,
+    find_autosave,
     merge_sessions,
     open_session,
     sample_blocks,
@@ -65,6 +65,10 @@ PAINT_PX = 100
 OUTLINE_LAYER = "annotator: block"
 PAINT_LAYER = "annotator: cancer paint"
 COARSE_LAYER = "coarse labels (paint z)"
+#: Written into the sidecar of a coarse grid saved here: only such a grid is ever replaced.
+COARSE_MARK = {"saved_by": "napari-lsr annotator: coarse labels"}
+#: Names a grid file may end with (as the grid reader recognises them).
+GRID_ENDINGS = tuple(f"{sep}grid.{ext}" for sep in "_." for ext in ("npy", "csv", "tif", "tiff"))
 KEYS_HELP = (
     "Enter: record & next · ↑ back · ↓ forward · A artefact · U unsure · "
     "N next unfinished bin · R reveal bin"
@@ -385,11 +389,13 @@ class AnnotatorWidget(QWidget):
             folder = self.folder.text().strip() or default_autosave_folder(slide["path"])
             if not folder:
                 raise LsrInputError("the slide has no file: choose an autosave folder")
+            check_autosave_folder(folder)
+            autosave = find_autosave(folder, slide["name"], expert)
         except LsrInputError as err:
             self._notify(f"Cannot start: {err}")
             return False
         self._geo = {**grid, "slide": slide}
-        self.autosave = autosave_path(folder, slide["name"], expert)
+        self.autosave = autosave
         self.start_button.setEnabled(False)
         if self.tissue_only.isChecked():
             from napari.qt.threading import create_worker
@@ -424,7 +430,9 @@ class AnnotatorWidget(QWidget):
             )
 
         try:
-            session, note = open_session(self.autosave, new, grid=geo)
+            session, note = open_session(
+                self.autosave, new, grid=geo, expert=expert, slide=slide["name"]
+            )
         except LsrInputError as err:
             self._notify(f"Cannot start: {err}")
             return
@@ -689,28 +697,31 @@ class AnnotatorWidget(QWidget):
     def save_coarse_grid(self, path: str | Path, block_px: int | None = None) -> Path | None:
         """Save the painted coarse labels as a z grid + sidecar geometry (``*_grid.npy``).
 
+        The file name is :func:`coarse_grid_path` of ``path``. A file already there is
+        replaced only when it is a coarse grid saved here before (its sidecar is marked):
+        anything else (a classifier's grid, the user's file) is refused before writing.
         ``block_px``: block side at the working resolution; default that of the grid the
         painting was laid on (``working_mpp`` = µm per block / ``block_px``).
         """
+        from lsr.atomic import check_replaceable
         from lsr.grid import BlockGrid, check_sidecar_replaceable, save_grid, write_grid_sidecar
 
         layer = self._layer(COARSE_LAYER)
         if layer is None:
             self._notify("Nothing painted: press 'Paint coarse labels' first.")
             return None
-        p = Path(path)
-        if not p.name.lower().endswith(("_grid.npy", "_grid.csv", "_grid.tif")):
-            p = p.with_name(p.name.split(".")[0] + "_grid.npy")
+        p = coarse_grid_path(path)
         b = float(layer.scale[-1])
         block_px = int(block_px or layer.metadata.get("lsr_coarse", {}).get("block_px") or 240)
         z = np.asarray(layer.data)
         if z.max(initial=0) > 9:
             self._notify(f"Cannot save the grid: bins z must be 0–9, the painting has {z.max()}.")
             return None
-        try:
-            check_sidecar_replaceable(p)  # before the grid: never a grid without its sidecar
+        try:  # both checks before writing: refused = nothing written, no grid without sidecar
+            check_replaceable(p, _is_coarse_grid, "a coarse grid saved by the annotator", "name")
+            check_sidecar_replaceable(p)
             save_grid(BlockGrid.from_z(z.astype(np.int16), block_px), p)
-            side = write_grid_sidecar(p, block_px, b / block_px)
+            side = write_grid_sidecar(p, block_px, b / block_px, extra=COARSE_MARK)
         except (LsrInputError, OSError) as err:
             self._notify(f"Cannot save the grid: {err}")
             return None
@@ -812,6 +823,47 @@ def default_autosave_folder(slide_path: str | None) -> str:
 
         return str(Path(user_data_dir("napari-lsr")) / "sample-annotations")
     return str(Path(slide_path).parent)
+
+
+def coarse_grid_path(path: str | Path) -> Path:
+    """Where a coarse grid chosen as ``path`` is saved: the name as typed when the grid reader
+    recognises it (``*_grid.npy``, ...), else ``<name>_grid.npy`` (``mine.v2.npy`` ->
+    ``mine.v2_grid.npy``: dots in the name are kept, only a grid suffix is dropped)."""
+    p = Path(path)
+    if p.name.lower().endswith(GRID_ENDINGS):
+        return p
+    known = p.suffix.lower() in (".npy", ".csv", ".tif", ".tiff")
+    base = p.name[: -len(p.suffix)] if known else p.name
+    return p.with_name(f"{base}_grid.npy")
+
+
+def _is_coarse_grid(path: Path) -> bool:
+    """Whether the grid at ``path`` is one this widget saved (its sidecar carries the mark):
+    the only kind of file that saving a coarse grid may replace."""
+    import json
+
+    from lsr.grid import grid_sidecar, load_grid
+
+    side = json.loads(grid_sidecar(path).read_text(encoding="utf-8"))
+    if not all(side.get(k) == v for k, v in COARSE_MARK.items()):
+        return False
+    return load_grid(path, block_px=int(side["block_px"])).z_explicit is not None
+
+
+def check_autosave_folder(folder: str | Path) -> None:
+    """Refuse an autosave folder that is (or lies inside) a file, before any work is done.
+
+    Why: otherwise every autosave fails and the expert annotates on with nothing saved.
+    """
+    p = Path(folder)
+    for q in (p, *p.parents):
+        if q.exists():
+            if not q.is_dir():
+                problem = "is a file; the autosave folder must be a folder"
+                if q != p:
+                    problem = f"is a file, so the autosave folder {p} cannot be made in it"
+                raise LsrInputError(f"{problem}: choose another autosave folder", q)
+            return
 
 
 def _user() -> str:

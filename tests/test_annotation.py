@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 
 import numpy as np
 import pytest
@@ -151,7 +152,7 @@ def test_autosave_round_trip_and_resume(tmp_path):
     s.record(3)
     s.skip("unsure")
     path = autosave_path(tmp_path, "slide 1.svs", "Dr. Ann")
-    assert path.name == "slide_1.svs.Dr._Ann.lsr-estimates.json"
+    assert re.fullmatch(r"slide_1\.svs\.Dr\._Ann-[0-9a-f]{8}\.lsr-estimates\.json", path.name)
     s.save(path)
     t, msg = open_session(path, lambda: pytest.fail("should resume"), grid=s.grid)
     assert "2 of" in msg
@@ -159,6 +160,45 @@ def test_autosave_round_trip_and_resume(tmp_path):
     with pytest.raises(LsrInputError, match="shape"):
         open_session(path, make_session, grid={"shape": [6, 10], "block_um": 1000.0})
     assert json.loads(path.read_text())["results"]["1"]["skipped"] == "unsure"
+
+
+def test_autosave_names_differ_per_expert_and_keep_safe_names(tmp_path):
+    """Names that reduce to one safe name must not share (and mix) one autosave."""
+    for a, b in (("Müller", "Møller"), ("李", "王"), ("Ann B", "Ann_B"), ("ann", "ann.")):
+        assert autosave_path(tmp_path, "s.tif", a) != autosave_path(tmp_path, "s.tif", b)
+    assert autosave_path(tmp_path, "s.tif", "ann").name == "s.tif.ann.lsr-estimates.json"
+    assert autosave_path(tmp_path, "s.tif", "Ann_B").name == "s.tif.Ann_B.lsr-estimates.json"
+    for name in ("李", "Ann B", "Dr. Ann/x"):
+        assert re.fullmatch(r"[A-Za-z0-9_.-]+", autosave_path(".", "s.tif", name).name)
+
+
+def test_another_experts_autosave_is_never_resumed(tmp_path):
+    path = tmp_path / "s1.M_ller.lsr-estimates.json"
+    mueller = make_session("Müller")
+    mueller.record(30)
+    mueller.save(path)
+    before = path.read_bytes()
+    with pytest.raises(LsrInputError, match="expert 'Müller', not of 'Møller'") as err:
+        open_session(path, lambda: pytest.fail("no new session"), expert="Møller")
+    assert str(path) in str(err.value) and path.read_bytes() == before
+    with pytest.raises(LsrInputError, match="slide 's1', not of 's2'"):
+        open_session(path, make_session, expert="Müller", slide="s2")
+    s, msg = open_session(path, lambda: pytest.fail("resume"), expert="Müller", slide="s1")
+    assert s.expert == "Müller" and s.n_done == 1 and "Resumed" in msg
+
+
+def test_an_autosave_named_before_the_hash_still_resumes_for_its_expert(tmp_path):
+    from lsr.annotation import find_autosave
+
+    old = tmp_path / "s1.M_ller.lsr-estimates.json"  # the name without the hash
+    make_session("Müller").save(old)
+    assert find_autosave(tmp_path, "s1", "Müller") == old
+    assert find_autosave(tmp_path, "s1", "Møller") == autosave_path(tmp_path, "s1", "Møller")
+    assert find_autosave(tmp_path, "s1", "Møller") != old
+    assert find_autosave(tmp_path, "s1", "ann") == tmp_path / "s1.ann.lsr-estimates.json"
+    old.write_text("{corrupt")  # not provably Müller's: the new name, the file left alone
+    assert find_autosave(tmp_path, "s1", "Müller") == autosave_path(tmp_path, "s1", "Müller")
+    assert old.read_text() == "{corrupt"
 
 
 def test_corrupt_autosave_is_kept_aside(tmp_path):

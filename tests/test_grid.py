@@ -211,6 +211,18 @@ def test_a_grid_read_against_its_sidecar_is_refused_naming_it(tmp_path, geo, wan
     check_sidecar(g, 240, 4.17)
 
 
+def test_a_sidecar_records_extra_keys_without_changing_the_geometry(tmp_path):
+    import json
+
+    from lsr.grid import grid_geometry, write_grid_sidecar
+
+    g = tmp_path / "a_grid.npy"
+    np.save(g, np.zeros((2, 2), np.int16))
+    side = write_grid_sidecar(g, 120, 8.33, extra={"saved_by": "me", "block_px": 7})
+    assert json.loads(side.read_text())["saved_by"] == "me"
+    assert grid_geometry(g)["block_px"] == 120  # extra keys never override the geometry
+
+
 def test_a_json_named_like_the_grid_without_block_px_is_not_a_sidecar(tmp_path):
     """A GeoJSON (or a count table) saved as ``<grid>.json`` is not read as geometry, and
     writing the sidecar refuses to destroy it."""

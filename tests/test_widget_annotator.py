@@ -256,3 +256,73 @@ def test_renamed_slide_layer_can_be_annotated(make_napari_viewer, tmp_path, erro
     viewer.layers["s"].name = "slide A"
     assert w.slide_combo.currentText() == "slide A"
     assert w.start() and w.session is not None and not errors
+
+
+def test_experts_whose_names_look_alike_keep_their_own_autosaves(
+    make_napari_viewer, qtbot, tmp_path, errors
+):
+    """Müller and Møller reduce to one safe name: Møller must not resume Müller's work."""
+    slide, grid = write_slide(tmp_path)
+    viewer = make_napari_viewer()
+    w = open_annotator(viewer, slide, grid, expert="Müller")
+    w.per_bin.setValue(2)
+    assert w.start()
+    for pct in ("10", "20", "30"):
+        qtbot.keyClicks(w.percent, pct)
+        qtbot.keyClick(w.percent, Qt.Key.Key_Return)
+    mueller, saved = w.autosave, w.autosave.read_bytes()
+    w.expert.setText("Møller")
+    assert w.start()
+    assert w.session.expert == "Møller" and w.session.n_done == 0 and w.autosave != mueller
+    qtbot.keyClicks(w.percent, "99")
+    qtbot.keyClick(w.percent, Qt.Key.Key_Return)
+    assert json.loads(w.autosave.read_text())["expert"] == "Møller"
+    assert mueller.read_bytes() == saved  # Müller's three estimates, untouched
+    w.expert.setText("Müller")
+    assert w.start() and w.autosave == mueller and w.session.n_done == 3
+    assert not errors
+
+
+@pytest.mark.parametrize("sub", ["", "sub"])
+def test_an_autosave_folder_that_is_a_file_is_refused_at_start(
+    make_napari_viewer, tmp_path, errors, sub
+):
+    slide, grid = write_slide(tmp_path)
+    viewer = make_napari_viewer()
+    w = open_annotator(viewer, slide, grid)
+    afile = tmp_path / "afile"
+    afile.write_text("mine")
+    w.folder.setText(str(afile / sub))
+    assert not w.start() and w.session is None
+    assert f"{afile}: is a file" in errors[-1] and "choose another autosave folder" in errors[-1]
+    assert afile.read_text() == "mine"
+
+
+def test_saving_coarse_labels_replaces_only_a_coarse_grid_saved_before(
+    make_napari_viewer, tmp_path, errors
+):
+    """The typed name becomes <name>_grid.npy: never over the classifier's or the user's file."""
+    slide, grid = write_slide(tmp_path)
+    viewer = make_napari_viewer()
+    w = open_annotator(viewer, slide, grid)
+    w.paint_coarse_labels()
+    z = np.zeros((4, 5), np.uint8)
+    z[1, 2] = 7
+    viewer.layers["coarse labels (paint z)"].data = z
+    side = tmp_path / "s_grid.json"
+    before = grid.read_bytes(), side.read_bytes()
+    assert w.save_coarse_grid(tmp_path / "s.npy") is None  # would be s_grid.npy
+    assert "s_grid.npy" in errors[-1] and "refusing to overwrite" in errors[-1]
+    assert (grid.read_bytes(), side.read_bytes()) == before
+    (tmp_path / "mine_grid.npy").write_bytes(b"my own data")
+    out = w.save_coarse_grid(tmp_path / "mine.v2.npy")  # dots in the name are kept
+    assert out == tmp_path / "mine.v2_grid.npy" and np.array_equal(np.load(out), z)
+    assert (tmp_path / "mine_grid.npy").read_bytes() == b"my own data"
+    z[0, 0] = 3
+    viewer.layers["coarse labels (paint z)"].data = z
+    assert w.save_coarse_grid(out) == out and np.load(out)[0, 0] == 3  # ours: replaced
+    n = len(errors)
+    assert w.save_coarse_grid(tmp_path / "mine_grid.npy") is None  # the user's, no sidecar
+    assert len(errors) == n + 1 and "mine_grid.npy" in errors[-1]
+    assert (tmp_path / "mine_grid.npy").read_bytes() == b"my own data"
+    assert not (tmp_path / "mine_grid.json").exists()

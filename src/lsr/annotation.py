@@ -11,7 +11,8 @@ tested without Qt:
   the estimates log (one :class:`~lsr.counttable.Estimate` per block; a skipped block keeps
   its reason), the live count table and its warnings, and the autosave JSON;
 - :func:`open_session`: resume from an autosave, or start anew; a corrupt autosave is moved
-  aside (never overwritten) and reported;
+  aside (never overwritten) and reported; another expert's (or slide's) autosave is refused;
+- :func:`autosave_path` / :func:`find_autosave`: one autosave file per expert and slide;
 - :func:`merge_sessions`: several experts' sessions pooled into one table, each estimate
   keeping its expert.
 
@@ -22,6 +23,7 @@ Units: percentages 0-100 here (they are what the expert types and what
 
 from __future__ import annotations
 
+import hashlib
 import json
 import re
 import warnings
@@ -106,13 +108,47 @@ def sample_blocks(
     return [chosen[i] for i in order]
 
 
+def _safe(s: str) -> str:
+    """``s`` reduced to characters every file system takes."""
+    return re.sub(r"[^A-Za-z0-9_.-]+", "_", s).strip("._") or "unnamed"
+
+
+def _expert_part(expert: str) -> str:
+    """The expert's part of the autosave name, distinct per distinct name.
+
+    Why: "Müller" and "Møller" (or "Ann B" and "Ann_B", or two names in Chinese) reduce to
+    one safe name and would share, and mix, one autosave. A name that is not safe as it is
+    gets a short hash of the exact name; a safe name is kept as is (its autosaves resume).
+    """
+    safe = _safe(expert)
+    if safe == expert:
+        return safe
+    return f"{safe}-{hashlib.sha256(expert.encode('utf-8')).hexdigest()[:8]}"
+
+
 def autosave_path(folder: PathType, slide_name: str, expert: str) -> Path:
-    """``folder/<slide>.<expert>.lsr-estimates.json`` (names reduced to safe characters)."""
+    """``folder/<slide>.<expert>.lsr-estimates.json``: names reduced to safe characters, an
+    expert's name that changes in that reduction followed by a hash of it (see
+    :func:`_expert_part`)."""
+    return Path(folder) / f"{_safe(slide_name)}.{_expert_part(expert)}{AUTOSAVE_SUFFIX}"
 
-    def safe(s: str) -> str:
-        return re.sub(r"[^A-Za-z0-9_.-]+", "_", s).strip("._") or "unnamed"
 
-    return Path(folder) / f"{safe(slide_name)}.{safe(expert)}{AUTOSAVE_SUFFIX}"
+def find_autosave(folder: PathType, slide_name: str, expert: str) -> Path:
+    """The autosave to resume or start: :func:`autosave_path`, or the name it had before
+    names got their hash, when only that one exists and holds this expert's session.
+
+    Why: an autosave made before names got their hash must keep resuming, but one holding
+    another expert's session under the shared name must never be taken for this expert's.
+    """
+    path = autosave_path(folder, slide_name, expert)
+    old = Path(folder) / f"{_safe(slide_name)}.{_safe(expert)}{AUTOSAVE_SUFFIX}"
+    if path.exists() or old == path or not old.is_file():
+        return path
+    try:
+        session = AnnotationSession.load(old)
+    except LsrInputError:
+        return path  # not provably this expert's: left alone
+    return old if session.expert == expert else path
 
 
 def flag_bins(
@@ -404,14 +440,20 @@ def quarantine(path: PathType) -> Path:
 
 
 def open_session(
-    path: PathType, start: Callable[[], AnnotationSession], grid: dict | None = None
+    path: PathType,
+    start: Callable[[], AnnotationSession],
+    grid: dict | None = None,
+    expert: str | None = None,
+    slide: str | None = None,
 ) -> tuple[AnnotationSession, str]:
     """Resume the session autosaved at ``path``, or ``start()`` a new one.
 
     Returns (session, message for the user; empty when nothing noteworthy happened).
     A corrupt autosave is moved aside with :func:`quarantine` and a new session started.
-    An autosave made on a different grid (``grid`` differs in shape or block size) raises
-    LsrInputError and leaves the file untouched.
+    An autosave made on a different grid (``grid`` differs in shape or block size), by
+    another ``expert`` or of another ``slide`` (None: not checked) raises LsrInputError and
+    leaves the file untouched: resuming it would record this expert's estimates under
+    someone else's name, or mix two slides.
     """
     p = Path(path)
     if not p.exists():
@@ -421,6 +463,13 @@ def open_session(
     except LsrInputError as err:
         moved = quarantine(p)
         return start(), f"{err}. The file was kept as {moved.name}; starting a new session."
+    for what, mine, theirs in (("expert", expert, session.expert), ("slide", slide, session.slide)):
+        if mine is not None and mine != theirs:
+            raise LsrInputError(
+                f"this autosave holds the session of {what} {theirs!r}, not of {mine!r}; "
+                "not resumed and left as it is: choose another autosave folder",
+                p,
+            )
     if grid:
         for key in ("shape", "block_um"):
             old, new = session.grid.get(key), grid.get(key)

@@ -400,15 +400,22 @@ def _parse_sidecar(data: dict, side: Path) -> dict:
 
 
 def write_grid_sidecar(
-    grid_path: PathType, block_px: int, working_mpp: float, origin: tuple[int, int] = (0, 0)
+    grid_path: PathType,
+    block_px: int,
+    working_mpp: float,
+    origin: tuple[int, int] = (0, 0),
+    extra: dict | None = None,
 ) -> Path:
     """Write the sidecar of the grid at ``grid_path`` (atomic); returns its path.
 
+    ``extra``: more keys to record (readers ignore them), e.g. which tool saved the grid, so
+    that the tool can later tell its own grid from someone else's before replacing it.
     Refuses (before writing anything) to replace a file there that is not a sidecar: see
     :func:`check_sidecar_replaceable`.
     """
     side = check_sidecar_replaceable(grid_path)
     geo = {"block_px": int(block_px), "working_mpp": float(working_mpp), "origin": list(origin)}
+    geo = {**geo, **{k: v for k, v in (extra or {}).items() if k not in geo}}
     atomic_write_text(side, json.dumps(geo, indent=1) + "\n")
     return side
 
