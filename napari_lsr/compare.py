@@ -758,7 +758,7 @@ class CompareWidget(QWidget):
             return False
         self.worker = create_worker(fn, *target, _start_thread=False, _ignore_errors=True)
         self.worker.returned.connect(lambda paths: self._exported(what, paths))
-        self.worker.errored.connect(lambda err: _error(f"Export failed: {err}"))
+        self.worker.errored.connect(lambda err: self._export_failed(what, err))
         self.worker.finished.connect(lambda: self._set_done(True))
         self._set_done(False)
         self.worker.start()
@@ -769,6 +769,17 @@ class CompareWidget(QWidget):
         shown = ", ".join(Path(p).name for p in paths)
         self.status.setText(f"wrote {what}: {shown}")
         _info(f"Wrote {what} to {Path(paths[0]).parent}" if paths else f"No {what} written")
+
+    def _export_failed(self, what: str, err: Exception) -> None:
+        """Say in the status line and a notification why nothing was exported (e.g. a file of
+        the user's in the way, named by the error); the widget stays usable."""
+        self.exported = []
+        if isinstance(err, LsrInputError):
+            text = f"{what} not exported: {err}"
+        else:
+            text = f"{what} export failed: {type(err).__name__}: {err}"
+        self.status.setText(text)
+        _error(text)
 
     def export_geojson(self) -> bool:
         comp = self.comparison

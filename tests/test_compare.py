@@ -229,6 +229,70 @@ def test_exports(comp, tmp_path) -> None:
     assert shapely.is_valid(comp.polygons["low_res"])
 
 
+def test_exports_never_replace_the_users_files(comp, tmp_path) -> None:
+    """An export refuses, before writing anything, a file of its name that lsr did not write
+    (a QuPath ground truth named after the slide, the user's CSV, JSON or PNG); its own
+    earlier exports are replaced, and the marks it uses to know them leave readers alone."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    scores, calib = compare.evaluate(comp), compare.calibration(comp)
+    out = tmp_path / "out"
+    out.mkdir()
+
+    def snapshot() -> dict[str, bytes]:
+        return {p.name: p.read_bytes() for p in sorted(out.iterdir())}
+
+    def refused(export, name: str, content: bytes) -> None:
+        (out / name).write_bytes(content)
+        before = snapshot()
+        with pytest.raises(LsrInputError, match="refusing to overwrite") as err:
+            export()
+        assert err.value.path == str(out / name) and name in str(err.value)
+        assert snapshot() == before  # nothing written, the user's file intact
+        (out / name).unlink()
+
+    square = {"type": "Polygon", "coordinates": [[[0, 0], [9, 0], [9, 9], [0, 9], [0, 0]]]}
+    props = {"objectType": "annotation", "classification": {"name": "Tumor"}}
+    feature = {"type": "Feature", "properties": props, "geometry": square}
+    gt = {"type": "FeatureCollection", "features": [feature]}  # hand-drawn in QuPath
+    user_png = tmp_path / "mine.png"
+    fig = plt.figure(figsize=(1, 1))
+    fig.savefig(user_png)  # the user's own matplotlib figure ("Software: Matplotlib ...")
+    plt.close(fig)
+
+    def geo() -> list[Path]:
+        return compare.export_geojson(comp, out, "s")
+
+    def png() -> None:
+        compare.fig4_png(comp, out / "s_fig4.png", (0, 0, 480, 600))
+
+    def res() -> list[Path]:
+        return compare.write_results(comp, out, "s", scores, calib)
+
+    refused(geo, "s_ground_truth.geojson", json.dumps(gt).encode())
+    refused(geo, "s_boundaries.geojson", b"my notes")
+    refused(png, "s_fig4.png", user_png.read_bytes())
+    refused(res, "s_results.json", b'{"format": "my lab results"}')
+    refused(res, "s_scores.csv", b"boundary,label,my_score\n")
+    refused(res, "s_calibration.csv", b"z,bin,notes\n")
+    assert snapshot() == {}
+
+    # lsr's own exports: re-exported in place, still read as before
+    for _ in range(2):
+        written = [*geo(), *res()]
+        png()
+    drawn = [k for k, g in comp.polygons.items() if not g.is_empty]
+    assert len(written) == len(drawn) + 1 + 3
+    assert set(snapshot()) == {p.name for p in written} | {"s_fig4.png"}
+    doc = json.loads((out / "s_ground_truth.geojson").read_text())
+    assert doc[compare.MARK_KEY] == compare.GEOJSON_MARK and doc["type"] == "FeatureCollection"
+    gt_geo = import_geojson(out / "s_ground_truth.geojson", classification="Tumor")
+    assert gt_geo.symmetric_difference(comp.polygons["ground_truth"]).area < 1e-6
+
+
 def test_bad_input(setup, tmp_path) -> None:
     d = setup["dir"]
     grid = setup["grid"]

@@ -327,3 +327,44 @@ def test_a_failed_drawing_step_or_a_cancel_never_leaves_the_widget_stuck(
     wait_idle(qtbot, w)
     assert w.scores is None and w.status.text() == "cancelled: boundaries drawn, not evaluated"
     assert w.run_btn.isEnabled()
+
+
+def test_export_refuses_the_users_file_and_stays_usable(
+    make_napari_viewer, qtbot, data, tmp_path, messages
+):
+    """The user's QuPath ground truth, named after the slide in the export folder (and the
+    very ground truth compared), is not replaced by Export GeoJSON: the refusal names the
+    file in the status line and a notification, nothing is written, the widget goes on."""
+    out = tmp_path / "out"
+    out.mkdir()
+    gt = out / "s_ground_truth.geojson"
+    square = [[100, 100], [400, 100], [400, 400], [100, 400], [100, 100]]
+    props = {"objectType": "annotation", "classification": {"name": "Tumor"}, "note": "mine"}
+    feature = {"type": "Feature", "properties": props,
+               "geometry": {"type": "Polygon", "coordinates": [square]}}  # fmt: skip
+    gt.write_text(json.dumps({"type": "FeatureCollection", "features": [feature]}))
+    mine = gt.read_bytes()
+    viewer = make_napari_viewer()
+    w = open_widget(viewer, data, tmp_path)
+    w.add_model(str(data / "models" / "a"))
+    w.gt_combo.setCurrentText("file (below)")
+    w.gt_path.setText(str(gt))
+    assert w.run()
+    wait_idle(qtbot, w)
+    assert w.scores is not None and not messages["error"]
+
+    assert w.export_geojson()
+    wait_idle(qtbot, w)
+    assert gt.read_bytes() == mine and sorted(p.name for p in out.iterdir()) == [gt.name]
+    assert "not exported" in w.status.text() and str(gt) in w.status.text()
+    assert len(messages["error"]) == 1 and str(gt) in messages["error"][0]
+    assert "refusing to overwrite" in messages["error"][0] and w.exported == []
+
+    # still usable: the other exports go ahead; with the file moved away, so does GeoJSON
+    assert w.geojson_btn.isEnabled() and w.export_results()
+    wait_idle(qtbot, w)
+    assert (out / "s_results.json").is_file() and w.status.text().startswith("wrote")
+    gt.rename(tmp_path / "my_gt.geojson")
+    assert w.export_geojson()
+    wait_idle(qtbot, w)
+    assert (out / "s_ground_truth.geojson").is_file() and len(messages["error"]) == 1

@@ -28,7 +28,7 @@ import json
 import math
 import os
 import threading
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from os import PathLike
 from pathlib import Path
@@ -632,16 +632,79 @@ def calibration(comp: Comparison, region: tuple[int, int, int, int] | None = Non
     return out
 
 
-# --- exports --------------------------------------------------------------------------------
+# --- exports: lsr's files are replaced, never the user's -----------------------------------
+
+#: Top-level member marking the GeoJSON files of :func:`export_geojson` (a foreign member,
+#: RFC 7946 §6.1, which QuPath and :func:`lsr.geojson.import_geojson` ignore).
+MARK_KEY = "napari_lsr"
+GEOJSON_MARK = {"format": "napari-lsr comparison boundaries", "version": 1}
+RESULTS_FORMAT = "napari-lsr comparison"
+EXPORT_OPTION = "export folder"
+
+
+def _check_targets(paths: Iterable[Path], ours: Callable[[Path], bool], what: str) -> None:
+    """Refuse the whole export if any target exists and lsr did not write it (checked for
+    every file first, so a refused export writes nothing)."""
+    from lsr.atomic import check_replaceable
+
+    for path in paths:
+        check_replaceable(path, ours, what, EXPORT_OPTION)
+
+
+def is_geojson_export(path: Path) -> bool:
+    """Whether ``path`` is a GeoJSON written by :func:`export_geojson` (carries the mark)."""
+    doc = json.loads(path.read_text(encoding="utf-8"))
+    mark = doc.get(MARK_KEY) if isinstance(doc, dict) else None
+    return isinstance(mark, dict) and mark.get("format") == GEOJSON_MARK["format"]
+
+
+def is_results_json(path: Path) -> bool:
+    """Whether ``path`` is a ``<stem>_results.json`` of :func:`write_results`."""
+    doc = json.loads(path.read_text(encoding="utf-8"))
+    return isinstance(doc, dict) and doc.get("format") == RESULTS_FORMAT
+
+
+def _first_row(path: Path) -> list[str]:
+    with open(path, encoding="utf-8", newline="") as fh:
+        return next(csv.reader([fh.readline(1 << 20)]))  # (a header, not a whole table)
+
+
+def is_scores_csv(path: Path) -> bool:
+    """Whether ``path`` starts with the header :func:`scores_csv` writes."""
+    return _first_row(path) == SCORES_HEADER
+
+
+def is_calibration_csv(path: Path) -> bool:
+    """Whether ``path`` starts with a header :func:`calibration_csv` writes: ``z, bin``, then
+    only ``table_<key>_eta/rho`` and ``<key>_mean/std/n`` columns."""
+    head = _first_row(path)
+    rest = head[2:]
+    table = [c for c in rest if c.startswith("table_") and c.endswith(("_eta", "_rho"))]
+    stats = [c for c in rest if c.endswith(("_mean", "_std", "_n"))]
+    return head[:2] == ["z", "bin"] and len(table) + len(stats) == len(rest) and len(rest) > 0
+
+
+def is_lsr_png(path: Path) -> bool:
+    """Whether ``path`` is a PNG lsr drew (its "Software" text names napari-lsr)."""
+    from PIL import Image
+
+    from lsr.figures import PNG_SOFTWARE
+
+    with Image.open(path) as im:
+        return im.format == "PNG" and str(im.info.get("Software", "")).startswith(PNG_SOFTWARE)
 
 
 def export_geojson(comp: Comparison, folder: PathType, stem: str) -> list[Path]:
     """One QuPath GeoJSON per boundary (``<stem>_<key>.geojson``, level-0 px) and one with
-    all of them (``<stem>_boundaries.geojson``). Empty boundaries are skipped."""
+    all of them (``<stem>_boundaries.geojson``). Empty boundaries are skipped.
+
+    Each file carries :data:`GEOJSON_MARK`; a file of one of these names without it (the
+    user's own annotations, e.g. a QuPath ground truth named after the slide) is refused
+    with LsrInputError before anything is written.
+    """
     from lsr.geojson import export_geojson as write
 
     folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
     s = comp.scale_to_level0
     geoms, colours, names = {}, {}, {}
     for b in comp.boundaries:
@@ -650,16 +713,15 @@ def export_geojson(comp: Comparison, folder: PathType, stem: str) -> list[Path]:
             continue
         geoms[b.key] = _scaled(poly, s)
         colours[b.key], names[b.key] = b.colour, b.name
-    written = []
-    for key, g in geoms.items():
-        path = folder / f"{stem}_{_safe(key)}.geojson"
-        write(path, {key: g}, colours=colours, names=names)
-        written.append(path)
-    if geoms:
-        path = folder / f"{stem}_boundaries.geojson"
-        write(path, geoms, colours=colours, names=names)
-        written.append(path)
-    return written
+    if not geoms:
+        return []
+    files = {folder / f"{stem}_{_safe(key)}.geojson": {key: g} for key, g in geoms.items()}
+    files[folder / f"{stem}_boundaries.geojson"] = geoms
+    _check_targets(files, is_geojson_export, "a GeoJSON export of lsr's Compare")
+    folder.mkdir(parents=True, exist_ok=True)
+    for path, part in files.items():
+        write(path, part, colours=colours, names=names, members={MARK_KEY: GEOJSON_MARK})
+    return list(files)
 
 
 def _scaled(geom: MultiPolygon, s: float) -> MultiPolygon:
@@ -681,9 +743,15 @@ def fig4_png(
     max_px: int = 1600,
 ) -> None:
     """A Fig. 4-like PNG of ``region`` (None: the slide): H&E, every boundary, legend and
-    scale bar. Regions larger than ``max_px`` are shown at a coarser resolution."""
+    scale bar. Regions larger than ``max_px`` are shown at a coarser resolution.
+
+    An existing ``path`` that is not a PNG of lsr's (no napari-lsr "Software" text) is
+    refused with LsrInputError before the slide is read.
+    """
     from lsr import figures
     from lsr.slide import open_slide
+
+    _check_targets([path], is_lsr_png, "a PNG drawn by lsr")
 
     y0, x0, y1, x1 = region or (0, 0, *comp.shape)
     step = max(1, math.ceil(max(y1 - y0, x1 - x0) / max_px))
@@ -722,7 +790,7 @@ def fig4_png(
                for b in comp.boundaries]  # fmt: skip
     fig.legend(handles, labels, loc="lower center", bbox_to_anchor=(0.5, note_in / height_in),
                ncol=ncol, frameon=False, fontsize=8)  # fmt: skip
-    figures._save(fig, path)
+    figures._save(fig, path)  # (its "Software" text marks the PNG as lsr's)
     plt.close(fig)
 
 
@@ -763,11 +831,14 @@ def results_dict(
     }
 
 
+SCORES_HEADER = ["boundary", "label", *METRICS, "band_pixels"]
+
+
 def scores_csv(scores: Mapping[str, dict]) -> str:
     """Table 2 layout as CSV: boundary, label, masked IoU/DICE, IoU/DICE (fractions)."""
     buf = io.StringIO()
     wr = csv.writer(buf, lineterminator="\n")
-    wr.writerow(["boundary", "label", *METRICS, "band_pixels"])
+    wr.writerow(SCORES_HEADER)
     for key, r in scores.items():
         cells = ["" if r[m] is None else f"{r[m]:.6f}" for m in METRICS]
         wr.writerow([key, r["label"], *cells, r["band_pixels"]])
@@ -806,16 +877,22 @@ def write_results(
     region: tuple[int, int, int, int] | None = None,
 ) -> list[Path]:
     """``<stem>_results.json`` and, when computed, ``<stem>_scores.csv`` and
-    ``<stem>_calibration.csv`` (fractions), written atomically."""
+    ``<stem>_calibration.csv`` (fractions), written atomically.
+
+    If any of them exists and is not lsr's (no ``format`` key of a comparison, another CSV
+    header), LsrInputError is raised before any is written.
+    """
     folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
-    out = [folder / f"{stem}_results.json"]
-    record = results_dict(comp, scores, calib, region)
-    atomic_write_text(out[0], json.dumps(record, indent=1) + "\n")
+    record = json.dumps(results_dict(comp, scores, calib, region), indent=1) + "\n"
+    files = [(f"{stem}_results.json", record, is_results_json, "a results JSON")]
     if scores:
-        out.append(folder / f"{stem}_scores.csv")
-        atomic_write_text(out[-1], scores_csv(scores))
+        files.append((f"{stem}_scores.csv", scores_csv(scores), is_scores_csv, "a scores CSV"))
     if calib:
-        out.append(folder / f"{stem}_calibration.csv")
-        atomic_write_text(out[-1], calibration_csv(calib))
-    return out
+        text = calibration_csv(calib)
+        files.append((f"{stem}_calibration.csv", text, is_calibration_csv, "a calibration CSV"))
+    for name, _text, ours, what in files:
+        _check_targets([folder / name], ours, f"{what} of lsr's Compare")
+    folder.mkdir(parents=True, exist_ok=True)
+    for name, text, _ours, _what in files:
+        atomic_write_text(folder / name, text)
+    return [folder / name for name, *_ in files]

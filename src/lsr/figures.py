@@ -208,6 +208,14 @@ def fig3(
     plt.close(fig)
 
 
+#: Start of the "Software" text of every PNG saved here (matplotlib's own is "Matplotlib ..."),
+#: so an export can tell a figure of lsr's from the user's before replacing it.
+PNG_SOFTWARE = "napari-lsr"
+
+
 def _save(fig, path: str | PathLike[str]) -> None:
+    from lsr import __version__
+
     with atomic_path(path) as tmp:
-        fig.savefig(tmp, dpi=110, format="png")
+        meta = {"Software": f"{PNG_SOFTWARE} {__version__}"}
+        fig.savefig(tmp, dpi=110, format="png", metadata=meta)

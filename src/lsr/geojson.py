@@ -213,13 +213,17 @@ def export_geojson(
     *,
     colours: dict[str, tuple[int, int, int]] | None = None,
     names: dict[str, str] | None = None,
+    members: dict[str, Any] | None = None,
 ) -> None:
     """Write boundaries as a QuPath FeatureCollection, one annotation per key, atomically.
 
     ``polygons``: name -> Polygon/MultiPolygon in level-0 px. ``colours``: name -> (r, g, b)
     (default :data:`FIG4_COLOURS`, else orange). ``names``: name -> QuPath classification
     name (default :data:`DEFAULT_NAMES`, else the key). Empty geometries are skipped with a
-    warning (QuPath cannot show an annotation without a shape).
+    warning (QuPath cannot show an annotation without a shape). ``members``: extra top-level
+    members of the FeatureCollection (RFC 7946 §6.1 "foreign members", ignored by QuPath and
+    :func:`import_geojson`), e.g. a mark saying which lsr tool wrote the file, so a later
+    export can tell its own file from the user's.
     """
     colours = {**FIG4_COLOURS, **(colours or {})}
     names = {**DEFAULT_NAMES, **(names or {})}
@@ -245,8 +249,9 @@ def export_geojson(
                 },
             }
         )
-    text = json.dumps({"type": "FeatureCollection", "features": features})
-    atomic_write_text(path, text)
+    doc = {"type": "FeatureCollection", **(members or {})}
+    doc.update(type="FeatureCollection", features=features)  # (members cannot replace them)
+    atomic_write_text(path, json.dumps(doc))
 
 
 # --- import ------------------------------------------------------------------------------
