@@ -64,6 +64,12 @@ def _error(message: str) -> None:
     show_error(message)
 
 
+def _warning(message: str) -> None:
+    from napari.utils.notifications import show_warning
+
+    show_warning(message)
+
+
 def _info(message: str) -> None:
     from napari.utils.notifications import show_info
 
@@ -142,6 +148,7 @@ class CompareWidget(QWidget):
         refresh.clicked.connect(self.refresh_models)
         row.addWidget(refresh)
         mform.addLayout(row)
+        self._model_problems: list[str] = []  # last warned (once per set)
         self.model_list = QListWidget()
         self.model_list.setMaximumHeight(110)
         mform.addWidget(self.model_list)
@@ -298,13 +305,17 @@ class CompareWidget(QWidget):
             if it.data(Qt.UserRole + 1) == "manual"
         ]
         self.model_list.clear()
-        for m in list_models(folder) if folder else []:
+        problems: list[str] = []
+        for m in list_models(folder, problems=problems) if folder else []:
             text = f"{m.name} — {m.loss}, {m.steps} steps"
             self._add_item(text, m.checkpoint, "folder", Qt.Checked)
         for text, path, state in manual:
             self._add_item(text, path, "manual", state)
         if folder and not Path(folder).is_dir():
             _error(f"{folder}: model folder not found")
+        if problems and problems != self._model_problems:  # once per new set, not per refresh
+            _warning(f"{len(problems)} run(s) left out of the model list: " + "; ".join(problems))
+        self._model_problems = problems
 
     def _add_item(self, text: str, path: str, origin: str, state: Any) -> None:
         it = QListWidgetItem(text)

@@ -49,9 +49,9 @@ def messages(monkeypatch):
     """napari notifications shown by the widget: {"error": [...], "info": [...]}."""
     import napari_lsr.compare as mod
 
-    got: dict[str, list[str]] = {"error": [], "info": []}
-    monkeypatch.setattr(mod, "_error", lambda m: got["error"].append(str(m)))
-    monkeypatch.setattr(mod, "_info", lambda m: got["info"].append(str(m)))
+    got: dict[str, list[str]] = {"error": [], "info": [], "warning": []}
+    for kind in got:
+        monkeypatch.setattr(mod, f"_{kind}", lambda m, k=kind: got[k].append(str(m)))
     return got
 
 
@@ -368,3 +368,20 @@ def test_export_refuses_the_users_file_and_stays_usable(
     assert w.export_geojson()
     wait_idle(qtbot, w)
     assert (out / "s_ground_truth.geojson").is_file() and len(messages["error"]) == 1
+
+
+def test_a_run_that_cannot_be_read_is_named_once(make_napari_viewer, data, tmp_path, messages):
+    """A corrupt run left the model list without a word, and Run then said 'no model
+    chosen', pointing the user at the wrong cause."""
+    import shutil
+
+    models = tmp_path / "models"
+    shutil.copytree(data / "models", models)
+    (models / "a" / "latest.json").write_text("{trunc")
+    w = open_widget(make_napari_viewer(), data, tmp_path)
+    w.model_folder.setText(str(models))
+    w.refresh_models()
+    w.refresh_models()  # the same problem again: not warned twice
+    assert w.model_list.count() == 0
+    assert len(messages["warning"]) == 1, messages
+    assert "1 run(s) left out" in messages["warning"][0] and "latest.json" in messages["warning"][0]
