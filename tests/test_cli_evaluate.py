@@ -537,7 +537,8 @@ def test_an_empty_grid_is_refused_naming_it(tmp_path, runner):
     res = runner.invoke(app, ["evaluate", "-p", str(tmp_path / "a_prob.npy"), "--grid",
                               str(tmp_path / "a_grid.npy"), "--block-px", str(B)])  # fmt: skip
     assert isinstance(res.exception, LsrInputError), res.output
-    assert str(res.exception) == f"{tmp_path / 'a_grid.npy'}: empty grid (0 × 0 blocks)"
+    want = f"{tmp_path / 'a_grid.npy'}: no blocks in the file (an empty 0 × 0 grid)"
+    assert str(res.exception) == want
 
 
 @pytest.mark.parametrize(("flag", "what"), [("-p", "prediction"), ("-g", "ground-truth mask")])

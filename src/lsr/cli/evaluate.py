@@ -343,8 +343,6 @@ def calibration(
         m, is_probability = read_prediction(p, pred_kind)
         probabilities &= is_probability
         grid = load_grid(g, block_px=block_px)
-        if 0 in grid.shape:
-            raise LsrInputError(f"empty grid ({grid.shape[0]} × {grid.shape[1]} blocks)", g)
         rows, cols = m.shape[0] // block_px, m.shape[1] // block_px
         if grid.shape != (rows, cols):
             raise LsrInputError(
