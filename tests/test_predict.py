@@ -384,7 +384,7 @@ def test_someone_elses_files_in_a_slide_folder_or_cohort_json_are_never_replaced
     (out / "a").mkdir(parents=True)
     mine = out / "a" / "boundaries.geojson"
     mine.write_text('{"my": "QuPath annotations"}')
-    with pytest.raises(LsrInputError, match=r"boundaries\.geojson, which lsr predict did not"):
+    with pytest.raises(LsrInputError, match=r"boundaries\.geojson without a summary\.json"):
         predict_cohort([slide], model_dir, out, OPTS)
     assert mine.read_text() == '{"my": "QuPath annotations"}'
     assert sorted(p.name for p in out.rglob("*")) == ["a", "boundaries.geojson"]
@@ -449,3 +449,22 @@ def test_a_corrupt_working_mpp_in_the_checkpoint_is_refused_not_replaced(tmp_pat
     with pytest.raises(LsrInputError, match=r"working_mpp must be µm per pixel.*-1") as info:
         predict_cohort([make_slide(tmp_path / "a.tif")], bad, tmp_path / "out", OPTS)
     assert str(info.value.path) == str(meta_path)
+
+
+def test_folders_of_an_earlier_version_are_taken_up_again(tmp_path, model_dir):
+    """Versions before the 'running' summary left a failed slide with error.txt alone, and
+    an interrupted one with outputs but no summary: a re-run retried them (the docs promise
+    it); only files no earlier run accounts for are refused."""
+    a, b = make_slide(tmp_path / "a.tif"), make_slide(tmp_path / "b.tif")
+    out = tmp_path / "out"
+    (out / "a").mkdir(parents=True)
+    (out / "a" / "error.txt").write_text("Traceback (most recent call last):\n  ...\n")
+    (out / "b").mkdir()
+    (out / "b" / "probability.tif").write_bytes(b"half a TIFF")
+    with pytest.raises(LsrInputError, match=r"out/b: holds probability\.tif without"):
+        predict_cohort([a, b], model_dir, out, OPTS)
+    cohort = {"format": "napari-lsr cohort prediction", "done": 0, "skipped": 0, "failed": 1,
+              "slides": [{"slide": str(b), "name": "b", "status": "failed"}]}  # fmt: skip
+    (out / "cohort.json").write_text(json.dumps(cohort))
+    assert [r.status for r in predict_cohort([a, b], model_dir, out, OPTS)] == ["done", "done"]
+    assert not (out / "a" / "error.txt").exists() and read_summary(out / "b") is not None

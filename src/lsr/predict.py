@@ -203,15 +203,60 @@ def check_output_folder(folder: str | os.PathLike[str]) -> None:
     folder = Path(folder)
     if folder.exists() and not folder.is_dir():
         raise LsrInputError("is a file where the slide's output folder goes", folder)
-    if not folder.is_dir() or _is_ours(folder):
+    if not folder.is_dir() or _is_ours(folder) or _earlier_versions(folder):
         return
     theirs = [name for name in (*OUTPUTS, ERROR) if (folder / name).exists()]
     if theirs:
         raise LsrInputError(
-            f"holds {', '.join(theirs)}, which lsr predict did not write (no summary.json of "
-            "a prediction); not replaced: choose another --out, or move them",
+            f"holds {', '.join(theirs)} without a summary.json of lsr predict, so they may be "
+            "someone else's; not replaced: choose another --out, or move them (an lsr predict "
+            "of an earlier version interrupted here: delete them)",
             folder,
         )
+
+
+def _earlier_versions(folder: Path) -> bool:
+    """Whether ``folder`` is a slide folder an earlier lsr predict left without a summary
+    (it removed a failed or interrupted slide's summary): the ``cohort.json`` beside it lists
+    it, or all it holds of ours is an ``error.txt`` traceback."""
+    if _in_our_cohort(folder):
+        return True
+    theirs = [name for name in (*OUTPUTS, ERROR) if (folder / name).exists()]
+    return theirs == [ERROR] and _is_our_traceback(folder / ERROR)
+
+
+def adopt_earlier_run(folder: str | os.PathLike[str]) -> None:
+    """Give a slide folder of an earlier version (:func:`_earlier_versions`) a ``"failed"``
+    summary, so it stays recognised as ours once this run's ``cohort.json`` replaces the one
+    that listed it; its files are kept until the slide is redone."""
+    folder = Path(folder)
+    if folder.is_dir() and not _is_ours(folder) and _earlier_versions(folder):
+        note = {"format": SUMMARY_FORMAT, "version": SUMMARY_VERSION, "status": "failed",
+                "error": "an earlier lsr predict of this slide did not complete"}  # fmt: skip
+        atomic_write_text(folder / SUMMARY, json.dumps(note, indent=1) + "\n")
+
+
+def _in_our_cohort(folder: Path) -> bool:
+    """Whether the ``cohort.json`` beside ``folder`` (lsr predict's, of any version) lists
+    it: then its files are an earlier run's, e.g. a failure of a version that removed the
+    summary of a failed slide."""
+    try:
+        doc = json.loads((folder.parent / COHORT).read_text(encoding="utf-8"))
+        return doc.get("format") == COHORT_FORMAT and any(
+            s.get("name") == folder.name for s in doc.get("slides", [])
+        )
+    except (OSError, ValueError, AttributeError, TypeError):
+        return False
+
+
+def _is_our_traceback(path: Path) -> bool:
+    """An ``error.txt`` as lsr predict writes it (a Python traceback), e.g. the only trace of
+    a slide that failed first in a cohort run of an earlier version."""
+    try:
+        with open(path, encoding="utf-8", errors="replace") as fh:
+            return fh.read(64).startswith("Traceback (most recent call last)")
+    except OSError:
+        return False
 
 
 def _claim_folder(folder: Path, slide_path: str | os.PathLike[str]) -> None:
@@ -679,6 +724,8 @@ def predict_cohort(
     check_replaceable(out / COHORT, _is_cohort, "a cohort summary of lsr predict", "--out")
     for s in slides:  # someone else's files in a slide's folder: refused before any work
         check_output_folder(out / slide_name(s))
+    for s in slides:
+        adopt_earlier_run(out / slide_name(s))
     out.mkdir(parents=True, exist_ok=True)
     paths = [str(s) for s in slides]
     results: dict[int, SlideResult] = {}

@@ -161,7 +161,8 @@ def predict(
         done = sum(r.status == "done" for r in finished)
         console.print(
             f"[yellow]interrupted[/yellow] after {done} slide(s); finished slides are kept and "
-            "the one in progress has no summary, so the same command resumes where it stopped"
+            "the one in progress is marked unfinished, so the same command resumes where it "
+            "stopped"
         )
         raise typer.Exit(130) from None
     failed = [r for r in results if r.status == "failed"]
