@@ -185,6 +185,9 @@ def test_another_experts_autosave_is_never_resumed(tmp_path):
         open_session(path, make_session, expert="Müller", slide="s2")
     s, msg = open_session(path, lambda: pytest.fail("resume"), expert="Müller", slide="s1")
     assert s.expert == "Müller" and s.n_done == 1 and "Resumed" in msg
+    # a case-insensitive file system gives "müller" the same file: say how to resume it
+    with pytest.raises(LsrInputError, match="type the name as 'Müller' to resume it"):
+        open_session(path, lambda: pytest.fail("no new session"), expert="müller")
 
 
 def test_an_autosave_named_before_the_hash_still_resumes_for_its_expert(tmp_path):

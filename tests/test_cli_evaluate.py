@@ -649,6 +649,13 @@ def test_a_slide_whose_lsr_predict_failed_is_named_not_silently_missing(tmp_path
     res = runner.invoke(app, ["evaluate", "-p", str(out), "--gt", str(gt / "patch_001_gt.npy")])
     assert res.exit_code == 0, res.output
     assert "patch_000: its lsr predict failed" in res.output.replace("\n", "")
+    # a killed run: "running", its probability.tif written, its mask not: never scored
+    (out / "patch_000" / "summary.json").write_text(json.dumps({**summary, "status": "running"}))
+    write_pyramidal_tiff(out / "patch_000" / "probability.tif", prob, mpp=1.0, min_size=4 * B)
+    res = runner.invoke(app, ["evaluate", "-p", str(out), "--gt", str(gt), "--json",
+                              str(tmp_path / "o.json")])  # fmt: skip
+    assert "patch_000: its lsr predict is running" in res.output.replace("\n", "")
+    assert res.exit_code != 0 or "patch_000" not in (tmp_path / "o.json").read_text()
 
 
 def test_band_without_gt_is_named_as_ignored_and_a_negative_band_is_the_flags_error(

@@ -153,3 +153,13 @@ def test_csvs_from_spreadsheets_get_one_clear_error(tmp_path):
 def test_show_on_a_folder_says_it_is_a_folder(tmp_path):
     res = run("table", "show", str(tmp_path))
     assert res.returncode == 2 and "is a folder" in res.stderr and "format" not in res.stderr
+
+
+def test_trailing_empty_columns_of_a_spreadsheet_are_not_a_column_twice(tmp_path):
+    """Excel pads rows with empty columns ('z,percent_cancer,,'): two empty names are not a
+    duplicated column (the duplicate check refused such files)."""
+    est = tmp_path / "padded.csv"
+    est.write_text("z,percent_cancer,,\n" + "".join(f"{z},{5 * z},,\n" for z in range(10)))
+    res = run("table", "from-estimates", str(est), "-o", str(tmp_path / "t.json"))
+    assert res.returncode == 0, res.stderr
+    assert CountTable.from_json(tmp_path / "t.json").n.sum() == 10

@@ -498,3 +498,18 @@ def test_bad_counts_name_the_config_key_or_the_flag(tmp_path):
         res = CliRunner().invoke(app, ["synth", "default", flag, value, "-o", str(out)])
         assert res.exit_code == 2 and flag in res.output, res.output
         assert not out.exists()
+
+
+def test_a_folder_holding_only_a_file_browsers_clutter_counts_as_empty(tmp_path):
+    """macOS and Windows leave .DS_Store / Thumbs.db in folders a user merely opened: the
+    folder was refused as 'not empty'."""
+    from lsr.synthetic import check_out_dir
+
+    out = tmp_path / "new"
+    out.mkdir()
+    (out / ".DS_Store").write_bytes(b"\0\0\0\1Bud1")
+    (out / "Thumbs.db").write_bytes(b"\xd0\xcf")
+    assert check_out_dir(out) is None
+    (out / "notes.txt").write_text("mine")
+    with pytest.raises(LsrInputError, match=r"in the way: notes\.txt\. Choose"):
+        check_out_dir(out)

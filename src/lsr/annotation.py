@@ -465,9 +465,12 @@ def open_session(
         return start(), f"{err}. The file was kept as {moved.name}; starting a new session."
     for what, mine, theirs in (("expert", expert, session.expert), ("slide", slide, session.slide)):
         if mine is not None and mine != theirs:
+            way_out = "choose another autosave folder"
+            if what == "expert" and mine.casefold() == str(theirs).casefold():
+                way_out = f"type the name as {theirs!r} to resume it, or {way_out}"
             raise LsrInputError(
                 f"this autosave holds the session of {what} {theirs!r}, not of {mine!r}; "
-                "not resumed and left as it is: choose another autosave folder",
+                f"not resumed and left as it is: {way_out}",
                 p,
             )
     if grid:

@@ -715,7 +715,7 @@ def csv_reader(path: PathType) -> tuple[csv.DictReader, list[str]]:
     """
     reader = csv.DictReader(io.StringIO(_read_text(path)))
     header = [h.strip() for h in (reader.fieldnames or [])]
-    twice = sorted({h for h in header if header.count(h) > 1})
+    twice = sorted({h for h in header if h and header.count(h) > 1})  # ('': Excel's padding)
     if twice:
         raise LsrInputError(f"column {', '.join(map(repr, twice))} appears twice", path, "header")
     reader.fieldnames = header

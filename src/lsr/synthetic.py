@@ -75,6 +75,10 @@ _OURS = {
 }
 
 
+#: Files the operating system's file browser leaves in any folder: not "in the way".
+_OS_CLUTTER = frozenset({".DS_Store", "Thumbs.db", "desktop.ini"})
+
+
 @dataclass
 class SyntheticSlide:
     """One generated slide or patch, in memory (working resolution).
@@ -359,7 +363,7 @@ def check_out_dir(out_dir: str | os.PathLike[str], overwrite: bool = False) -> s
         return None
     if not out.is_dir():
         raise LsrInputError("is a file, not a folder; the output must be a folder", out)
-    entries = sorted(p.name for p in out.iterdir())
+    entries = sorted(p.name for p in out.iterdir() if p.name not in _OS_CLUTTER)
     if not entries:
         return None
     state = dataset_state(out)

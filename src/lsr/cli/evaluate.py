@@ -50,6 +50,8 @@ def _expand_predictions(paths: list[Path]) -> list[Path]:
             out += _expand([p])
             continue
         for folder in (p, *sorted(q for q in p.iterdir() if q.is_dir())):
+            if _unfinished_status(folder):  # a killed run's probability.tif, no mask: not it
+                continue
             outputs = [folder / n for n in _PREDICT_OUTPUTS if (folder / n).is_file()]
             if folder is not p:
                 out += outputs[:1]
@@ -61,23 +63,31 @@ def _expand_predictions(paths: list[Path]) -> list[Path]:
     return out
 
 
+def _unfinished_status(folder: Path) -> str | None:
+    """``"failed"`` or ``"running"`` when ``folder`` is a slide folder of ``lsr predict``
+    whose last run did not complete (its ``summary.json`` says so), else None."""
+    from lsr.predict import SUMMARY, SUMMARY_FORMAT
+
+    try:
+        summary = json.loads((folder / SUMMARY).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    if not isinstance(summary, dict) or summary.get("format") != SUMMARY_FORMAT:
+        return None
+    status = summary.get("status")
+    return status if status in ("failed", "running") else None
+
+
 def _unfinished_predictions(paths: list[Path]) -> list[str]:
-    """Slide folders of ``lsr predict`` whose last run failed or is still running (their
-    ``summary.json`` says so; lsr predict removed their outputs), one line each."""
-    from lsr.predict import ERROR, SUMMARY, SUMMARY_FORMAT
+    """One line per slide folder of ``lsr predict`` whose last run failed or did not end:
+    not evaluated (:func:`_expand_predictions` leaves it out), whatever files it holds."""
+    from lsr.predict import ERROR
 
     notes = []
     for p in paths:
         folders = [p, *sorted(q for q in p.iterdir() if q.is_dir())] if p.is_dir() else []
         for folder in folders:
-            try:
-                summary = json.loads((folder / SUMMARY).read_text(encoding="utf-8"))
-            except (OSError, ValueError):
-                continue
-            if not isinstance(summary, dict) or summary.get("format") != SUMMARY_FORMAT:
-                continue
-            status = summary.get("status")
-            if status in ("failed", "running"):
+            if status := _unfinished_status(folder):
                 why = {"failed": f"failed (see {folder / ERROR})",
                        "running": "is running (or was killed)"}[status]  # fmt: skip
                 notes.append(f"{folder}: its lsr predict {why}, no prediction there")
