@@ -704,7 +704,13 @@ class AnnotatorWidget(QWidget):
         painting was laid on (``working_mpp`` = µm per block / ``block_px``).
         """
         from lsr.atomic import check_replaceable
-        from lsr.grid import BlockGrid, check_sidecar_replaceable, save_grid, write_grid_sidecar
+        from lsr.grid import (
+            BlockGrid,
+            check_sidecar_replaceable,
+            grid_sidecar,
+            save_grid,
+            write_grid_sidecar,
+        )
 
         layer = self._layer(COARSE_LAYER)
         if layer is None:
@@ -720,6 +726,13 @@ class AnnotatorWidget(QWidget):
         try:  # both checks before writing: refused = nothing written, no grid without sidecar
             check_replaceable(p, _is_coarse_grid, "a coarse grid saved by the annotator", "name")
             check_sidecar_replaceable(p)
+            side = grid_sidecar(p)  # x_grid.csv shares x_grid.json with the classifier's .npy
+            if side.exists() and not _has_coarse_mark(side):
+                raise LsrInputError(
+                    "holds the geometry of another grid of that name (the classifier's?); not "
+                    "replaced: save the coarse grid under another name",
+                    side,
+                )
             save_grid(BlockGrid.from_z(z.astype(np.int16), block_px), p)
             side = write_grid_sidecar(p, block_px, b / block_px, extra=COARSE_MARK)
         except (LsrInputError, OSError) as err:
@@ -837,6 +850,17 @@ def coarse_grid_path(path: str | Path) -> Path:
     return p.with_name(f"{base}_grid.npy")
 
 
+def _has_coarse_mark(side: Path) -> bool:
+    """Whether the sidecar ``side`` says this widget saved its grid (:data:`COARSE_MARK`)."""
+    import json
+
+    try:
+        data = json.loads(side.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    return isinstance(data, dict) and all(data.get(k) == v for k, v in COARSE_MARK.items())
+
+
 def _is_coarse_grid(path: Path) -> bool:
     """Whether the grid at ``path`` is one this widget saved (its sidecar carries the mark):
     the only kind of file that saving a coarse grid may replace."""
@@ -844,10 +868,11 @@ def _is_coarse_grid(path: Path) -> bool:
 
     from lsr.grid import grid_sidecar, load_grid
 
-    side = json.loads(grid_sidecar(path).read_text(encoding="utf-8"))
-    if not all(side.get(k) == v for k, v in COARSE_MARK.items()):
+    side = grid_sidecar(path)
+    if not _has_coarse_mark(side):
         return False
-    return load_grid(path, block_px=int(side["block_px"])).z_explicit is not None
+    block_px = int(json.loads(side.read_text(encoding="utf-8"))["block_px"])
+    return load_grid(path, block_px=block_px).z_explicit is not None
 
 
 def check_autosave_folder(folder: str | Path) -> None:

@@ -326,3 +326,8 @@ def test_saving_coarse_labels_replaces_only_a_coarse_grid_saved_before(
     assert len(errors) == n + 1 and "mine_grid.npy" in errors[-1]
     assert (tmp_path / "mine_grid.npy").read_bytes() == b"my own data"
     assert not (tmp_path / "mine_grid.json").exists()
+    # s_grid.csv shares s_grid.json with the classifier's s_grid.npy: never replaced (review)
+    assert w.save_coarse_grid(tmp_path / "s_grid.csv") is None
+    assert "s_grid.json" in errors[-1] and "another grid" in errors[-1]
+    assert (grid.read_bytes(), side.read_bytes()) == before
+    assert not (tmp_path / "s_grid.csv").exists()
