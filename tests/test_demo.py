@@ -210,3 +210,18 @@ def test_paired_differences_are_strict_json_and_match_numpy(n_seeds):
                            "n_test_patches": 10, "config": {"synthetic": "default"}})  # fmt: skip
     line = next(ln for ln in md.splitlines() if ln.startswith("| intra_inter - intra |"))
     assert line.endswith("| – |") == (n_seeds == 1) and "nan" not in md
+
+
+def test_a_data_folder_of_other_files_names_the_way_out_for_lsr_demo(tmp_path):
+    """An earlier version's interrupted demo (or anything else) in demo-out/data/seed0 was
+    refused with lsr synth's advice to pass --overwrite, which lsr demo does not have."""
+    from lsr.demo import DemoConfig, make_data
+    from lsr.errors import LsrInputError
+
+    data = tmp_path / "data" / "seed0"
+    (data / "train").mkdir(parents=True)
+    (data / "train" / "slide_000.tif").write_bytes(b"half a slide")
+    with pytest.raises(LsrInputError, match="delete the folder and run lsr demo again") as err:
+        make_data(DemoConfig.load(None, quick=True), 0, tmp_path, print)
+    assert "--overwrite" not in str(err.value) and str(data) in str(err.value)
+    assert (data / "train" / "slide_000.tif").read_bytes() == b"half a slide"

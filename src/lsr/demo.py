@@ -154,6 +154,15 @@ def make_data(cfg: DemoConfig, seed: int, out: Path, say: Progress) -> dict:
         scfg.slide.n_test_patches = cfg.n_test_patches
     if cfg.slide_px is not None:
         scfg.slide.width_px = scfg.slide.height_px = cfg.slide_px
+    try:  # an unfinished set of ours is replaced; a folder of other files never is
+        synthetic.check_out_dir(data_dir, overwrite=True)
+    except LsrInputError as err:  # (synth's advice names a flag lsr demo does not have)
+        raise LsrInputError(
+            f"{err.problem.split('; in the way')[0]}: lsr demo keeps seed {seed}'s data here; "
+            "if it is an earlier demo's that was interrupted, delete the folder and run lsr "
+            "demo again, else choose another --out",
+            data_dir,
+        ) from None
     t0 = time.perf_counter()
     manifest = synthetic.generate_dataset(scfg, seed=seed, out_dir=data_dir, overwrite=True)
     err = manifest["tables"]["expert_error"]
