@@ -249,8 +249,8 @@ def report(out: Path, names: list[str]) -> str:
             lines += ["", "| paired difference | mean | SE | mean/SE |", "|---|---|---|---|"]
             for k, d in agg["paired_differences"].items():
                 t = d["masked_iou_diff"] / d["paired_se"] if d["paired_se"] else float("nan")
-                lines.append(f"| {k} | {d['masked_iou_diff']:+.3f} | {d['paired_se']:.3f} "
-                             f"| {t:+.1f} |")  # fmt: skip
+                se = "–" if d["paired_se"] is None else f"{d['paired_se']:.3f}"  # one seed
+                lines.append(f"| {k} | {d['masked_iou_diff']:+.3f} | {se} | {t:+.1f} |")
         bad = [f"seed {s} {loss}: {r['status']} {r['failure']}".strip()
                for s in seeds for loss, r in per_seed[s]["runs"].items()
                if r["status"] != "completed" or r["failure"]]  # fmt: skip

@@ -656,6 +656,10 @@ def test_a_slide_whose_lsr_predict_failed_is_named_not_silently_missing(tmp_path
                               str(tmp_path / "o.json")])  # fmt: skip
     assert "patch_000: its lsr predict is running" in res.output.replace("\n", "")
     assert res.exit_code != 0 or "patch_000" not in (tmp_path / "o.json").read_text()
+    # named by itself, the killed run's file is not scored either
+    one = out / "patch_000" / "probability.tif"
+    res = runner.invoke(app, ["evaluate", "-p", str(one), "--gt", str(gt / "patch_000_gt.npy")])
+    assert res.exit_code != 0 and "patch_000: its lsr predict is running" in str(res.exception)
 
 
 def test_band_without_gt_is_named_as_ignored_and_a_negative_band_is_the_flags_error(

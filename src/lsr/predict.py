@@ -12,13 +12,17 @@ in ``DIR/<slide name>/``:
 - ``boundaries.geojson``: the mask's outline as QuPath annotations in *level-0* slide pixels
   (holes kept, simplified, fragments below ``min_area_mm2`` dropped);
 - ``summary.json``: slide, pixel sizes, model metadata, cancer area in mm², timings, and
-  ``"status": "complete"``, written last: a folder with it is done and skipped on re-runs.
+  ``"status": "complete"``, completed last: a folder with a complete summary and all four
+  outputs, made by the same weights with the same result-changing options, is skipped on
+  re-runs.
 
 ``summary.json`` is written first with ``"status": "running"`` (the outputs of an earlier
-run are removed then: they no longer describe the folder), and a failure turns it into
-``"failed"`` and writes ``error.txt`` (the traceback); a failure never stops the other
-slides. A folder holding files under these names without a ``summary.json`` of ours is
-someone else's: it is refused, never written into.
+run are removed then: they no longer describe the folder). In a cohort
+(:func:`predict_one`), a failure turns it into ``"failed"`` and writes ``error.txt`` (the
+traceback) and never stops the other slides; :func:`predict_to_folder` itself raises. A
+folder holding files under these names without a ``summary.json`` of ours is someone
+else's: it is refused, never written into, unless an earlier version left it (see
+:func:`adopt_earlier_run`).
 :func:`predict_cohort` runs many slides in this process or on dask.distributed (a
 ``LocalCluster`` or any scheduler address); each task loads the model from its path, so no
 model is pickled across processes. ``DIR/cohort.json`` records every slide's status.
@@ -225,7 +229,7 @@ def _earlier_versions(folder: Path) -> bool:
     return theirs == [ERROR] and _is_our_traceback(folder / ERROR)
 
 
-def adopt_earlier_run(folder: str | os.PathLike[str]) -> None:
+def adopt_earlier_run(folder: str | os.PathLike[str], slide: str | None = None) -> None:
     """Give a slide folder of an earlier version (:func:`_earlier_versions`) a ``"failed"``
     summary, so it stays recognised as ours once this run's ``cohort.json`` replaces the one
     that listed it; its files are kept until the slide is redone."""
@@ -233,6 +237,8 @@ def adopt_earlier_run(folder: str | os.PathLike[str]) -> None:
     if folder.is_dir() and not _is_ours(folder) and _earlier_versions(folder):
         note = {"format": SUMMARY_FORMAT, "version": SUMMARY_VERSION, "status": "failed",
                 "error": "an earlier lsr predict of this slide did not complete"}  # fmt: skip
+        if slide is not None:
+            note["slide"] = str(Path(slide).resolve())
         atomic_write_text(folder / SUMMARY, json.dumps(note, indent=1) + "\n")
 
 
@@ -588,8 +594,10 @@ def predict_one(
     """One slide of a cohort, never raising: loads the model from ``model_path`` itself.
 
     This is the unit of work sent to dask workers (only paths and options travel). A
-    complete earlier result is skipped unless ``overwrite``; a failure writes
-    ``<slide>/error.txt`` and returns ``status="failed"``.
+    complete earlier result is skipped unless ``overwrite``; a failure marks the folder's
+    summary ``"failed"``, writes ``<slide>/error.txt`` (the earlier outputs are gone) and
+    returns ``status="failed"``; a folder of someone else's files is left untouched and the
+    slide is ``"failed"`` with that reason.
     """
     options = options or PredictOptions()
     name = slide_name(slide_path)
@@ -725,7 +733,7 @@ def predict_cohort(
     for s in slides:  # someone else's files in a slide's folder: refused before any work
         check_output_folder(out / slide_name(s))
     for s in slides:
-        adopt_earlier_run(out / slide_name(s))
+        adopt_earlier_run(out / slide_name(s), str(s))
     out.mkdir(parents=True, exist_ok=True)
     paths = [str(s) for s in slides]
     results: dict[int, SlideResult] = {}

@@ -47,6 +47,8 @@ def _expand_predictions(paths: list[Path]) -> list[Path]:
     out: list[Path] = []
     for p in paths:
         if not p.is_dir():
+            if p.name in _PREDICT_OUTPUTS and _unfinished_status(p.parent):
+                continue  # lsr predict's file of a failed or killed run, named by itself
             out += _expand([p])
             continue
         for folder in (p, *sorted(q for q in p.iterdir() if q.is_dir())):
@@ -86,9 +88,12 @@ def _unfinished_predictions(paths: list[Path]) -> list[str]:
     notes = []
     for p in paths:
         folders = [p, *sorted(q for q in p.iterdir() if q.is_dir())] if p.is_dir() else []
+        if p.is_file() and p.name in _PREDICT_OUTPUTS:
+            folders = [p.parent]
         for folder in folders:
             if status := _unfinished_status(folder):
-                why = {"failed": f"failed (see {folder / ERROR})",
+                see = f" (see {folder / ERROR})" if (folder / ERROR).is_file() else ""
+                why = {"failed": f"failed{see}",
                        "running": "is running (or was killed)"}[status]  # fmt: skip
                 notes.append(f"{folder}: its lsr predict {why}, no prediction there")
     return notes

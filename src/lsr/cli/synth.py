@@ -30,7 +30,9 @@ def synth(
     n_test: int | None = typer.Option(
         None, "--n-test", min=0, help="test patches (default: the config's)"
     ),
-    workers: int | None = typer.Option(None, "--workers", "-j", help="processes (all CPUs)"),
+    workers: int | None = typer.Option(
+        None, "--workers", "-j", help="processes (default: all CPUs, at most 4)"
+    ),
     overwrite: bool = typer.Option(
         False,
         "--overwrite",
