@@ -271,3 +271,18 @@ def test_a_sidecar_with_a_bad_value_is_refused_naming_it(tmp_path, geo, bad):
     with pytest.raises(LsrInputError, match=bad) as err:
         grid_geometry(g)
     assert str(err.value).startswith(str(g.with_suffix(".json")))
+
+
+def test_grid_csvs_from_spreadsheets_get_the_count_tables_errors(tmp_path):
+    """Grid CSVs had their own reader: a column twice silently used the first, ';' gave
+    'must name columns row, col and prob' and a Windows-1252 file a raw codec message."""
+    cases = {
+        "dup_grid.csv": (b"row,col,prob,prob\n0,0,0.5,0.9\n", "column 'prob' appears twice"),
+        "semi_grid.csv": (b"row;col;prob\n0;0;0.5\n", "separated by semicolons"),
+        "latin_grid.csv": ("row,col,prob\n0,0,0.5 \xe9\n".encode("cp1252"), "not UTF-8 text"),
+    }
+    for name, (raw, want) in cases.items():
+        (tmp_path / name).write_bytes(raw)
+        with pytest.raises(LsrInputError, match=want) as err:
+            load_grid(tmp_path / name, block_px=8)
+        assert str(tmp_path / name) in str(err.value)

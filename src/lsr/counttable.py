@@ -27,6 +27,7 @@ from typing import Any
 import numpy as np
 
 from lsr.atomic import atomic_path, atomic_write_text
+from lsr.csvfile import csv_reader, read_text, require_columns
 from lsr.errors import LsrInputError
 
 #: The paper's bin edges, as fractions: 0-20, 20-30, ..., 90-95, 95-100 percent.
@@ -499,7 +500,7 @@ class CountTable:
     @classmethod
     def from_json(cls, path: PathType) -> CountTable:
         """Read a table written by :meth:`to_json`."""
-        text = _read_text(path)
+        text = read_text(path)
         try:
             data = json.loads(text)
         except json.JSONDecodeError as err:
@@ -687,54 +688,6 @@ class CountTable:
                 raise LsrInputError(
                     f"not saved: the table would not read back ({err.problem})", path, err.where
                 ) from None
-
-
-def _read_text(path: PathType) -> str:
-    p = Path(path)
-    if not p.exists():
-        raise LsrInputError("file not found", p)
-    if p.is_dir():
-        raise LsrInputError("is a folder (a file was expected)", p)
-    try:
-        return p.read_text(encoding="utf-8-sig")
-    except UnicodeDecodeError as err:
-        raise LsrInputError(
-            f"not UTF-8 text (byte {err.object[err.start]:#04x} at offset {err.start}): "
-            "save it as UTF-8 (in Excel: 'CSV UTF-8')",
-            p,
-        ) from None
-
-
-def csv_reader(path: PathType) -> tuple[csv.DictReader, list[str]]:
-    """A dict reader over the CSV at ``path`` and its header (names stripped).
-
-    Why one reader for every CSV the user writes (count tables, estimates): each refuses
-    the same way a file that is not UTF-8 (Excel's default on Windows) and a header with a
-    column twice (``DictReader`` keeps the last silently, so the other column's values would
-    be dropped without a word).
-    """
-    reader = csv.DictReader(io.StringIO(_read_text(path)))
-    header = [h.strip() for h in (reader.fieldnames or [])]
-    twice = sorted({h for h in header if h and header.count(h) > 1})  # ('': Excel's padding)
-    if twice:
-        raise LsrInputError(f"column {', '.join(map(repr, twice))} appears twice", path, "header")
-    reader.fieldnames = header
-    return reader, header
-
-
-def require_columns(header: Sequence[str], columns: Sequence[str], path: PathType) -> None:
-    """Raise naming the first of ``columns`` missing from ``header``; when the header is one
-    field holding ';' or a tab, say the columns are not comma-separated (a European Excel
-    CSV), which is the real problem."""
-    for col in columns:
-        if col in header:
-            continue
-        found = ",".join(header)
-        hint = ""
-        if len(header) == 1 and any(sep in found for sep in (";", "\t")):
-            sep = "semicolons" if ";" in found else "tabs"
-            hint = f"; the columns are separated by {sep}, and lsr reads commas"
-        raise LsrInputError(f"missing column '{col}' (header: {found!r}{hint})", path, "header")
 
 
 def _non_number(value: Any) -> str:

@@ -234,19 +234,20 @@ def load_grid(path: PathType, *, block_px: int, origin: tuple[int, int] = (0, 0)
 
 
 def _load_csv(p: Path, block_px: int, origin: tuple[int, int]) -> BlockGrid:
-    try:
-        text = p.read_text(encoding="utf-8-sig")
-    except (OSError, UnicodeDecodeError) as exc:
-        raise LsrInputError(f"cannot read as text: {exc}", p) from exc
-    reader = csv.reader(io.StringIO(text))
+    from lsr.csvfile import check_header, read_text, separator_hint
+
+    reader = csv.reader(io.StringIO(read_text(p)))
     header = next(reader, None)
     if header is None:
         raise LsrInputError("empty file; expected a header row,col,prob (or row,col,z)", p)
     names = [h.strip().lower() for h in header]
+    check_header(names, p)
     value_col = next((n for n in ("prob", "probability", "z") if n in names), None)
     if "row" not in names or "col" not in names or value_col is None:
         raise LsrInputError(
-            f"header {header} must name columns row, col and prob (or z)", p, "line 1"
+            f"header {header} must name columns row, col and prob (or z){separator_hint(header)}",
+            p,
+            "line 1",
         )
     ir, ic, iv = names.index("row"), names.index("col"), names.index(value_col)
     is_z = value_col == "z"

@@ -10,7 +10,8 @@ from rich.console import Console
 from rich.table import Table
 
 from lsr.atomic import check_replaceable
-from lsr.counttable import CountTable, Estimate, csv_reader, require_columns
+from lsr.counttable import CountTable, Estimate
+from lsr.csvfile import csv_reader, require_columns
 from lsr.errors import LsrInputError
 
 app = typer.Typer(help="Count tables p(c|z): show, build from estimates.", no_args_is_help=True)

@@ -1,0 +1,80 @@
+"""Reading the CSV and text files users write by hand or in a spreadsheet (count tables,
+estimates, block grids): one set of refusals for all of them.
+
+Why: each file type used to decode and check its header on its own, so a Windows-1252
+file was a traceback in one command and a clear error in another, and a ';'-separated
+file (a European Excel's "CSV") said "missing column 'z'" instead of its real problem.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import os
+from collections.abc import Sequence
+from pathlib import Path
+
+from lsr.errors import LsrInputError
+
+PathType = str | os.PathLike[str]
+
+
+def read_text(path: PathType) -> str:
+    """The file's text (UTF-8, a BOM dropped); LsrInputError naming the file when it is
+    missing, a folder, or not UTF-8 (with the byte and where, and how to save it)."""
+    p = Path(path)
+    if not p.exists():
+        raise LsrInputError("file not found", p)
+    if p.is_dir():
+        raise LsrInputError("is a folder (a file was expected)", p)
+    try:
+        return p.read_text(encoding="utf-8-sig")
+    except UnicodeDecodeError as err:
+        raise LsrInputError(
+            f"not UTF-8 text (byte {err.object[err.start]:#04x} at offset {err.start}): "
+            "save it as UTF-8 (in Excel: 'CSV UTF-8')",
+            p,
+        ) from None
+
+
+def check_header(header: Sequence[str], path: PathType) -> None:
+    """Refuse a header with a column twice (a dict reader keeps the last silently, so the
+    other column's values would be dropped without a word); empty names are Excel's
+    padding, not columns."""
+    names = [h.strip() for h in header]
+    twice = sorted({h for h in names if h and names.count(h) > 1})
+    if twice:
+        raise LsrInputError(f"column {', '.join(map(repr, twice))} appears twice", path, "header")
+
+
+def separator_hint(header: Sequence[str]) -> str:
+    """'; the columns are separated by semicolons, ...' when the header is one field holding
+    ';' or a tab (a European Excel CSV), else ''."""
+    found = ",".join(header)
+    if len(header) == 1 and any(sep in found for sep in (";", "\t")):
+        sep = "semicolons" if ";" in found else "tabs"
+        return f"; the columns are separated by {sep}, and lsr reads commas"
+    return ""
+
+
+def csv_reader(path: PathType) -> tuple[csv.DictReader, list[str]]:
+    """A dict reader over the CSV at ``path`` and its header (names stripped), after
+    :func:`read_text` and :func:`check_header`."""
+    reader = csv.DictReader(io.StringIO(read_text(path)))
+    header = [h.strip() for h in (reader.fieldnames or [])]
+    check_header(header, path)
+    reader.fieldnames = header
+    return reader, header
+
+
+def require_columns(header: Sequence[str], columns: Sequence[str], path: PathType) -> None:
+    """Raise naming the first of ``columns`` missing from ``header`` (and the separator,
+    when that is the real problem: :func:`separator_hint`)."""
+    for col in columns:
+        if col not in header:
+            found = ",".join(header)
+            raise LsrInputError(
+                f"missing column '{col}' (header: {found!r}{separator_hint(header)})",
+                path,
+                "header",
+            )
