@@ -429,6 +429,9 @@ def test_synth_replaces_a_data_set_only_with_overwrite(tiny, tmp_path):
     assert {"train/slide_001.tif", "test/patch_001_grid.json"} <= _files(out)
     (out / "notes.txt").write_text("mine")
     (out / "train" / "slide_000_notes.txt").write_text("mine too")
+    stage = out / "test" / ".lsr-pyramid-k1ll3d"  # a killed TIFF write's staging folder
+    stage.mkdir()
+    (stage / "1.npy").write_bytes(b"level 1")
     before = (out / "manifest.json").read_text()
     with pytest.raises(LsrInputError, match=r"holds an lsr synth data set.*--overwrite") as exc:
         generate_dataset(tiny, 5, out, n_slides=1, n_test_patches=1, workers=1)
@@ -441,7 +444,7 @@ def test_synth_replaces_a_data_set_only_with_overwrite(tiny, tmp_path):
     tables = {f"table_{k}.{e}" for k in ("expert", "true") for e in ("json", "csv")}
     kept = {"notes.txt", "train/slide_000_notes.txt"}
     assert _files(out) == ours | tables | kept | {"manifest.json"}
-    assert (out / "notes.txt").read_text() == "mine"
+    assert (out / "notes.txt").read_text() == "mine" and not stage.exists()
 
 
 @pytest.mark.filterwarnings("ignore:count table")

@@ -41,6 +41,10 @@ MAX_PLAUSIBLE_MPP: float = 100.0
 """Pixel sizes read from metadata above this (µm/px) are treated as missing: they come from
 screen-resolution defaults (72 dpi = 353 µm/px), never from a microscope."""
 
+#: Name start of the folder a pyramid's lower levels are staged in beside the TIFF being
+#: written (removed when the write ends; a killed process leaves it, lsr synth clears it).
+PYRAMID_STAGE_PREFIX = ".lsr-pyramid-"
+
 LARGE_FLAT_PX: int = 20000
 """A single-level slide with a side this long or longer triggers a warning (slow reads)."""
 
@@ -935,7 +939,7 @@ def write_pyramidal_tiff(
 
     with contextlib.ExitStack() as stack:
         tmp = Path(stack.enter_context(atomic_path(path)))
-        stage = Path(tempfile.mkdtemp(prefix=".lsr-pyramid-", dir=path.parent))
+        stage = Path(tempfile.mkdtemp(prefix=PYRAMID_STAGE_PREFIX, dir=path.parent))
         stack.callback(shutil.rmtree, stage, True)
         maps: list[np.ndarray] = []
         for i in range(1, len(shapes)):

@@ -21,6 +21,7 @@ import contextlib
 import json
 import os
 import re
+import shutil
 import time
 from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
@@ -32,6 +33,7 @@ import numpy as np
 from lsr.atomic import atomic_write_text
 from lsr.counttable import bin_probabilities
 from lsr.errors import LsrInputError
+from lsr.slide import PYRAMID_STAGE_PREFIX
 from lsr.synthetic_classifier import (
     block_dice,
     block_features,
@@ -405,6 +407,8 @@ def _remove_dataset(out: Path) -> None:
         for f in sorted(folder.iterdir()):
             if f.name != UNFINISHED and _is_ours(f.name, kind) and not f.is_dir():
                 f.unlink()
+            elif kind and f.is_dir() and f.name.startswith(PYRAMID_STAGE_PREFIX):
+                shutil.rmtree(f, ignore_errors=True)  # a killed TIFF write's staging folder
         if kind:
             with contextlib.suppress(OSError):
                 folder.rmdir()  # only when empty: nothing of anyone else's is deleted
