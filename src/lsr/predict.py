@@ -188,13 +188,31 @@ def read_summary(folder: str | os.PathLike[str]) -> dict[str, Any] | None:
     return summary
 
 
+def summary_status(folder: str | os.PathLike[str]) -> str | None:
+    """The ``status`` of ``folder``'s ``summary.json`` when lsr predict wrote it
+    (``"complete"``, ``"running"``, ``"failed"``), else None (none, unreadable, another's)."""
+    try:
+        summary = json.loads((Path(folder) / SUMMARY).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    if not isinstance(summary, dict) or summary.get("format") != SUMMARY_FORMAT:
+        return None
+    return str(summary.get("status"))
+
+
 def _is_ours(folder: Path) -> bool:
     """Whether ``folder`` holds a ``summary.json`` of lsr predict (any status)."""
-    try:
-        summary = json.loads((folder / SUMMARY).read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return False
-    return isinstance(summary, dict) and summary.get("format") == SUMMARY_FORMAT
+    return summary_status(folder) is not None
+
+
+def _write_state(folder: Path, status: str, slide: str | None, **extra: str) -> None:
+    """A ``summary.json`` that only says how the slide stands (``"running"``, ``"failed"``):
+    it marks the folder as lsr predict's until a complete summary replaces it."""
+    doc: dict[str, Any] = {"format": SUMMARY_FORMAT, "version": SUMMARY_VERSION,
+                           "status": status}  # fmt: skip
+    if slide is not None:
+        doc["slide"] = str(Path(slide).resolve())
+    atomic_write_text(folder / SUMMARY, json.dumps({**doc, **extra}, indent=1) + "\n")
 
 
 def check_output_folder(folder: str | os.PathLike[str]) -> None:
@@ -235,11 +253,8 @@ def adopt_earlier_run(folder: str | os.PathLike[str], slide: str | None = None) 
     that listed it; its files are kept until the slide is redone."""
     folder = Path(folder)
     if folder.is_dir() and not _is_ours(folder) and _earlier_versions(folder):
-        note = {"format": SUMMARY_FORMAT, "version": SUMMARY_VERSION, "status": "failed",
-                "error": "an earlier lsr predict of this slide did not complete"}  # fmt: skip
-        if slide is not None:
-            note["slide"] = str(Path(slide).resolve())
-        atomic_write_text(folder / SUMMARY, json.dumps(note, indent=1) + "\n")
+        why = "an earlier lsr predict of this slide did not complete"
+        _write_state(folder, "failed", slide, error=why)
 
 
 def _in_our_cohort(folder: Path) -> bool:
@@ -271,9 +286,7 @@ def _claim_folder(folder: Path, slide_path: str | os.PathLike[str]) -> None:
     the new probability map, and the old boundaries for QuPath's batch import)."""
     check_output_folder(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    running = {"format": SUMMARY_FORMAT, "version": SUMMARY_VERSION, "status": "running",
-               "slide": str(Path(slide_path).resolve())}  # fmt: skip
-    atomic_write_text(folder / SUMMARY, json.dumps(running, indent=1) + "\n")
+    _write_state(folder, "running", str(slide_path))
     for name in (PROBABILITY, MASK, BOUNDARIES, ERROR):
         (folder / name).unlink(missing_ok=True)
 
@@ -285,10 +298,8 @@ def _mark_failed(folder: Path, slide_path: str, message: str, details: str) -> N
         _claim_folder(folder, slide_path)
     except (LsrInputError, OSError):
         return
-    failed = {"format": SUMMARY_FORMAT, "version": SUMMARY_VERSION, "status": "failed",
-              "slide": str(Path(slide_path).resolve()), "error": message}  # fmt: skip
     with contextlib.suppress(OSError):
-        atomic_write_text(folder / SUMMARY, json.dumps(failed, indent=1) + "\n")
+        _write_state(folder, "failed", slide_path, error=message)
         atomic_write_text(folder / ERROR, details)
 
 

@@ -68,15 +68,9 @@ def _expand_predictions(paths: list[Path]) -> list[Path]:
 def _unfinished_status(folder: Path) -> str | None:
     """``"failed"`` or ``"running"`` when ``folder`` is a slide folder of ``lsr predict``
     whose last run did not complete (its ``summary.json`` says so), else None."""
-    from lsr.predict import SUMMARY, SUMMARY_FORMAT
+    from lsr.predict import summary_status
 
-    try:
-        summary = json.loads((folder / SUMMARY).read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return None
-    if not isinstance(summary, dict) or summary.get("format") != SUMMARY_FORMAT:
-        return None
-    status = summary.get("status")
+    status = summary_status(folder)
     return status if status in ("failed", "running") else None
 
 
