@@ -31,10 +31,10 @@ def _notify(message: str) -> None:
 
 
 def _problem(err: Exception, path: str) -> str:
-    """One line naming the file: LsrInputError's own, or an OSError's reason and ``path``."""
-    if isinstance(err, OSError):
-        return f"{err.filename or path}: {err.strerror or err}"
-    return str(err)
+    """One line naming the file: LsrInputError's own, or an OSError's (as the CLI says it)."""
+    from lsr.errors import os_problem
+
+    return os_problem(err, path) if isinstance(err, OSError) else str(err)
 
 
 def _viewer_slide_mpp() -> float | None:

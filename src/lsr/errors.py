@@ -27,3 +27,16 @@ class LsrInputError(ValueError):
             parts.append(where)
         prefix = ", ".join(parts)
         super().__init__(f"{prefix}: {problem}" if prefix else problem)
+
+
+def os_problem(err: OSError, path: str | PathLike[str] | None = None) -> str:
+    """One line for an OSError on a path the user gave (an output that is a file, a folder
+    or not writable): where (``err.filename``, else ``path``) and what is wrong, in words."""
+    what = {
+        FileExistsError: "a file is in the way (a folder was expected)",
+        NotADirectoryError: "a file is in the way (a folder was expected)",
+        IsADirectoryError: "is a folder (a file was expected)",
+        PermissionError: "permission denied (not writable?)",
+    }.get(type(err), err.strerror or str(err))
+    where = err.filename if err.filename is not None else path
+    return f"{where}: {what}" if where is not None else what

@@ -7,7 +7,7 @@ import warnings
 
 import typer
 
-from lsr.errors import LsrInputError
+from lsr.errors import LsrInputError, os_problem
 
 app = typer.Typer(
     name="lsr",
@@ -55,7 +55,7 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit(2)
     except (FileExistsError, NotADirectoryError, IsADirectoryError, PermissionError) as err:
         # an output path that is a file, a folder or not writable: the user's to fix
-        typer.secho(f"error: {_os_problem(err)}", fg="red", err=True)
+        typer.secho(f"error: {os_problem(err)}", fg="red", err=True)
         sys.exit(2)
 
 
@@ -67,15 +67,3 @@ def _quiet_teardown() -> None:
 
     logging.getLogger("asyncio").setLevel(logging.CRITICAL + 1)
     warnings.filterwarnings("ignore", message="coroutine .* was never awaited")
-
-
-def _os_problem(err: OSError) -> str:
-    """One line for an OSError on a path the user gave: what is wrong and where."""
-    what = {
-        FileExistsError: "a file is in the way (a folder was expected)",
-        NotADirectoryError: "a file is in the way (a folder was expected)",
-        IsADirectoryError: "is a folder (a file was expected)",
-        PermissionError: "permission denied (not writable?)",
-    }.get(type(err), err.strerror or str(err))
-    where = err.filename if err.filename is not None else ""
-    return f"{where}: {what}" if where else what
