@@ -1158,7 +1158,9 @@ class TrainerWidget(QWidget):
         return "stop" if clicked is stop else "detach" if clicked is detach else "cancel"
 
     def eventFilter(self, obj: QObject, event: QEvent) -> bool:
-        if obj is self._guarded and event.type() == QEvent.Close and self.running:
+        # (the process may have ended since the last poll: then nothing is left to ask about)
+        alive = self.running and self.job is not None and self.job.alive
+        if obj is self._guarded and event.type() == QEvent.Close and alive:
             choice = self.ask_close_choice()
             if choice == "cancel":
                 event.ignore()

@@ -504,3 +504,21 @@ def test_a_table_with_std_0_warns_when_chosen_and_unreadable_runs_are_named(
     widget.refresh_models()  # the same problem again: not warned twice
     new = notices("WARNING")[before:]
     assert len(new) == 1 and "1 run(s) left out" in new[0] and "latest.json" in new[0]
+
+
+def test_closing_after_the_process_ended_asks_nothing(widget, data, monkeypatch) -> None:
+    """A run that ended since the last poll still looked running: closing napari asked
+    "A model is still training. Stop it?" about a finished process (and a scripted close
+    hung on the modal box)."""
+    from qtpy.QtGui import QCloseEvent
+
+    from napari_lsr.trainer import TrainerWidget
+
+    asked: list[bool] = []
+    monkeypatch.setattr(TrainerWidget, "ask_close_choice", lambda self: asked.append(True))
+    widget.add_folder(data)
+    widget.steps.setValue(1)
+    assert widget.train()
+    assert widget.job.wait(120) == 0  # ended; no event processed, so no poll read it yet
+    assert widget.running  # the widget's last known state
+    assert widget.eventFilter(widget.window(), QCloseEvent()) is False and not asked
