@@ -727,7 +727,7 @@ class AnnotatorWidget(QWidget):
             check_replaceable(p, _is_coarse_grid, "a coarse grid saved by the annotator", "name")
             check_sidecar_replaceable(p)
             side = grid_sidecar(p)  # x_grid.csv shares x_grid.json with the classifier's .npy
-            if side.exists() and not _has_coarse_mark(side):
+            if side.exists() and _coarse_sidecar(side) is None:
                 raise LsrInputError(
                     "holds the geometry of another grid of that name (the classifier's?); not "
                     "replaced: save the coarse grid under another name",
@@ -850,29 +850,28 @@ def coarse_grid_path(path: str | Path) -> Path:
     return p.with_name(f"{base}_grid.npy")
 
 
-def _has_coarse_mark(side: Path) -> bool:
-    """Whether the sidecar ``side`` says this widget saved its grid (:data:`COARSE_MARK`)."""
+def _coarse_sidecar(side: Path) -> dict | None:
+    """The sidecar ``side`` when it says this widget saved its grid (:data:`COARSE_MARK`),
+    else None (missing, not JSON, another grid's geometry)."""
     import json
 
     try:
         data = json.loads(side.read_text(encoding="utf-8"))
     except (OSError, ValueError):
-        return False
-    return isinstance(data, dict) and all(data.get(k) == v for k, v in COARSE_MARK.items())
+        return None
+    marked = isinstance(data, dict) and all(data.get(k) == v for k, v in COARSE_MARK.items())
+    return data if marked else None
 
 
 def _is_coarse_grid(path: Path) -> bool:
     """Whether the grid at ``path`` is one this widget saved (its sidecar carries the mark):
     the only kind of file that saving a coarse grid may replace."""
-    import json
-
     from lsr.grid import grid_sidecar, load_grid
 
-    side = grid_sidecar(path)
-    if not _has_coarse_mark(side):
+    side = _coarse_sidecar(grid_sidecar(path))
+    if side is None:
         return False
-    block_px = int(json.loads(side.read_text(encoding="utf-8"))["block_px"])
-    return load_grid(path, block_px=block_px).z_explicit is not None
+    return load_grid(path, block_px=int(side["block_px"])).z_explicit is not None
 
 
 def check_autosave_folder(folder: str | Path) -> None:
