@@ -389,3 +389,23 @@ def test_the_qupath_script_removes_every_class_lsr_writes_and_never_tumor() -> N
     assert len(set(compare_names)) == len(losses)  # every model its own class in QuPath
     assert all(is_lsr(c) for c in written), sorted(c for c in written if not is_lsr(c))
     assert not is_lsr(DEFAULT_NAMES["ground_truth"]) and not is_lsr("Tumor")
+
+
+def test_low_res_mask_of_a_grid_of_bins_equals_its_probabilities() -> None:
+    """A grid of ready bins (the Annotator's painted grid) is cancer from the 50 % bin up,
+    as the same blocks given as probabilities; the origin is honoured in both."""
+    from lsr.counttable import bin_probabilities
+    from lsr.grid import BlockGrid
+
+    rng = np.random.default_rng(3)
+    probs = rng.uniform(0, 1, (5, 7)).astype(np.float32)
+    probs[0, 0] = np.nan
+    z = np.where(np.isnan(probs), -1, bin_probabilities(np.nan_to_num(probs)))
+    shape = (5 * 6 + 3, 7 * 6 + 2)
+    from_probs = compare.low_res_slide_mask(BlockGrid(probs, 6, (3, 2)), shape)
+    from_bins = compare.low_res_slide_mask(BlockGrid.from_z(z, 6, (3, 2)), shape)
+    expected = np.zeros(shape, bool)
+    expected[3:, 2:] = np.kron(np.nan_to_num(probs) >= 0.5, np.ones((6, 6), bool))
+    assert from_bins.any()
+    np.testing.assert_array_equal(from_probs, expected)
+    np.testing.assert_array_equal(from_bins, expected)

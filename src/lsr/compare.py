@@ -344,7 +344,7 @@ def low_res_slide_mask(grid: Any, shape: tuple[int, int]) -> np.ndarray:
 
     probs = np.asarray(grid.probs, np.float64)
     if np.isnan(probs).all() and grid.z_explicit is not None:
-        first = int(np.searchsorted(np.asarray(PAPER_EDGES, float), 50.0))
+        first = int(np.searchsorted(np.asarray(PAPER_EDGES, float), 0.5))  # edges are fractions
         probs = np.where(grid.z >= first, 1.0, np.where(grid.z >= 0, 0.0, np.nan))
     oy, ox = grid.origin
     out = np.zeros(shape, bool)
