@@ -673,3 +673,33 @@ def test_band_without_gt_is_named_as_ignored_and_a_negative_band_is_the_flags_er
     assert "--band 16 is used only with --gt: ignored" in " ".join(res.output.split())
     res = runner.invoke(app, [*base, "--band", "-1"])
     assert str(res.exception) == "--band must be a non-negative number of px, got -1"
+
+
+def test_the_grids_origin_from_its_sidecar_places_the_blocks(tmp_path, runner):
+    """A grid whose sidecar puts block (0, 0) at (y, x) = (3, 5) px is scored there, as
+    training and the Compare widget place it; read at (0, 0) its blocks fell on other tissue
+    without a word (a map of the same number of blocks fits either way)."""
+    from lsr.grid import write_grid_sidecar
+
+    rng = np.random.default_rng(7)
+    oy, ox = 3, 5
+    prob = rng.random((2 * B + oy, 3 * B + ox)).astype(np.float32)
+    z = np.array([[9, 0, 4], [2, -1, 7]], np.int16)
+    np.save(tmp_path / "a_prob.npy", prob)
+    np.save(tmp_path / "a_grid.npy", z)
+    write_grid_sidecar(tmp_path / "a_grid.npy", B, 4.17, origin=(oy, ox))
+    res = runner.invoke(app, ["evaluate", "-p", str(tmp_path / "a_prob.npy"), "--grid",
+                              str(tmp_path / "a_grid.npy"), "--json",
+                              str(tmp_path / "o.json")])  # fmt: skip
+    assert res.exit_code == 0, res.output
+    calib = {r["z"]: r for r in json.loads((tmp_path / "o.json").read_text())["calibration"]}
+    blocks = prob[oy:, ox:].astype(np.float64).reshape(2, B, 3, B).mean(axis=(1, 3))
+    for zb in (9, 0, 4, 2, 7):
+        assert calib[zb]["n"] == 1
+        assert calib[zb]["mean"] == pytest.approx(blocks[z == zb][0])
+    # a grid that does not fit the map from its origin names the origin
+    write_grid_sidecar(tmp_path / "a_grid.npy", B, 4.17, origin=(oy + B, ox))
+    res = runner.invoke(app, ["evaluate", "-p", str(tmp_path / "a_prob.npy"), "--grid",
+                              str(tmp_path / "a_grid.npy")])  # fmt: skip
+    assert isinstance(res.exception, LsrInputError)
+    assert f"origin (y, x) = ({oy + B}, {ox}) px" in str(res.exception)

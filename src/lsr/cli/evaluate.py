@@ -338,7 +338,7 @@ def calibration(
     table's eta ± rho (``table_mean``/``table_std``) when a table is given; and whether every
     prediction was a probability map (not a mask)."""
     from lsr.counttable import PAPER_EDGES
-    from lsr.grid import load_grid
+    from lsr.grid import grid_geometry, load_grid
     from lsr.metrics import calibration_table
 
     ct = None
@@ -351,12 +351,15 @@ def calibration(
     for p, g in pairs:
         m, is_probability = read_prediction(p, pred_kind)
         probabilities &= is_probability
-        grid = load_grid(g, block_px=block_px)
+        oy, ox = (int(v) for v in grid_geometry(g)["origin"])  # the sidecar's, else (0, 0)
+        grid = load_grid(g, block_px=block_px, origin=(oy, ox))
+        m = m[oy:, ox:]  # block (0, 0) starts at the origin, as in training and Compare
         rows, cols = m.shape[0] // block_px, m.shape[1] // block_px
         if grid.shape != (rows, cols):
+            at = f" from the grid's origin (y, x) = ({oy}, {ox}) px" if oy or ox else ""
             raise LsrInputError(
-                f"grid of {grid.shape} blocks does not match the prediction's {m.shape} px "
-                f"= {(rows, cols)} blocks of {block_px} px",
+                f"grid of {grid.shape} blocks does not match the prediction's {m.shape} px"
+                f"{at} = {(rows, cols)} blocks of {block_px} px",
                 g,
             )
         try:  # probabilities are binned with the table's edges, not always the paper's
