@@ -506,6 +506,46 @@ def test_large_flat_slide_note_is_kept(tmp_path, monkeypatch):
         assert len(s.notes) == 1 and "non-pyramidal" in s.notes[0]
 
 
+def test_openslide_backend_gives_the_pixels_of_the_other_backends(monkeypatch, tmp_path):
+    """openslide-python hands out straight (not premultiplied) RGBA; composited as if
+    premultiplied, a half-transparent edge came out lighter than tiffslide's same pixels."""
+    import sys
+    import types
+
+    from PIL import Image
+
+    rng = np.random.default_rng(5)
+    rgba = rng.integers(0, 256, (6, 8, 4), dtype=np.uint8)
+    rgba[0, :, 3] = 0  # outside the scanned area
+    rgba[1, :, 3] = 255
+
+    class FakeOpenSlide:  # openslide.OpenSlide's surface that OpenSlideSlide uses
+        level_dimensions = ((8, 6),)
+        level_downsamples = (1.0,)
+        properties = {"openslide.mpp-x": "0.5", "openslide.mpp-y": "0.5"}
+
+        def __init__(self, path: str) -> None:
+            self.path = path
+
+        def read_region(self, loc, level, size):
+            (x, y), (w, h) = loc, size
+            out = np.zeros((h, w, 4), np.uint8)  # transparent beyond the slide, as OpenSlide
+            part = rgba[y : y + h, x : x + w]
+            out[: part.shape[0], : part.shape[1]] = part
+            return Image.fromarray(out, "RGBA")
+
+        def close(self) -> None:
+            pass
+
+    monkeypatch.setitem(sys.modules, "openslide", types.SimpleNamespace(OpenSlide=FakeOpenSlide))
+    osl = slide_mod.OpenSlideSlide(tmp_path / "a.mrxs", None)
+    assert osl.mpp == 0.5
+    got = osl.read_working(0, 0, 6, 8, working_mpp=0.5)
+    want = ArraySlide(rgba, mpp=0.5).read_working(0, 0, 6, 8, working_mpp=0.5)
+    np.testing.assert_array_equal(got, want)
+    assert (got[0] == 255).all()
+
+
 def test_empty_or_non_tiff_bytes_are_named_as_such_not_a_missing_openslide(tmp_path):
     empty = tmp_path / "empty.svs"
     empty.write_bytes(b"")

@@ -484,7 +484,7 @@ class TiffSlideSlide(Slide):
         return arr
 
 
-class OpenSlideSlide(Slide):  # pragma: no cover - needs the optional openslide package
+class OpenSlideSlide(Slide):
     """A slide read through OpenSlide (optional: formats tiffslide cannot read, e.g. MRXS)."""
 
     def __init__(self, path: Path, mpp: float | None):
@@ -525,11 +525,10 @@ class OpenSlideSlide(Slide):  # pragma: no cover - needs the optional openslide 
         # OpenSlide takes level-0 coordinates; round so that x0 / ds lands on x.
         loc = (round(x * dx), round(y * dy))
         img = self._handle().read_region(loc, level, (w, h))
-        rgba = np.asarray(img)
-        # composite premultiplied RGBA over white (transparent = outside scanned area)
-        alpha = rgba[..., 3:4].astype(np.uint16)
-        rgb = rgba[..., :3].astype(np.uint16) + (255 - alpha)
-        return np.minimum(rgb, 255).astype(np.uint8)
+        # openslide-python un-premultiplies the C library's ARGB ("Unlike in the C interface,
+        # the image data is not premultiplied"): straight RGBA, composited over white as
+        # tiffslide's pixels are (transparent = outside the scanned area)
+        return _to_rgb_uint8(np.asarray(img), self.path)
 
 
 # --- metadata ----------------------------------------------------------------------------
