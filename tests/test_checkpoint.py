@@ -87,3 +87,29 @@ def test_hand_edited_metadata_is_an_error_naming_the_file(run, where, edit, matc
     with pytest.raises(LsrInputError, match=match) as err:
         read_model(run)
     assert str(path) in str(err.value)
+
+
+def test_the_newest_checkpoints_are_kept_past_step_999999(tmp_path):
+    """Names are padded to six digits: 'step-1000100' sorts before 'step-999800', so pruning
+    by name deleted the newest checkpoints of a long run and kept the oldest."""
+    from lsr.checkpoint import by_step
+
+    out = tmp_path / "run"
+    net = UNet(2, width=4, depth=1)
+    opt = torch.optim.SGD(net.parameters(), lr=0.1)
+    steps = (999_800, 999_900, 1_000_000, 1_000_100)
+    for step in steps:
+        write_checkpoint(out, step, model_state=net.state_dict(), metadata={"model": net.config()},
+                         optimizer_state=opt.state_dict(), trainer_state={}, keep=3)  # fmt: skip
+    (out / "checkpoints" / "step-notes").mkdir()  # not a checkpoint: never counted or pruned
+    kept = by_step(out / "checkpoints")
+    assert [p.name for p in kept] == ["step-999900", "step-1000000", "step-1000100"]
+    assert (out / "checkpoints" / "step-notes").is_dir()
+    assert [int(p.name[5:]) for p in by_step(out / "checkpoints", newest_first=True)] == sorted(
+        steps[1:], reverse=True
+    )
+    # a damaged newest checkpoint offers the others newest first
+    (out / "checkpoints" / "step-1000100" / "checkpoint.json").unlink()
+    with pytest.raises(LsrInputError) as err:
+        resolve(out)
+    assert str(err.value).index("step-1000000") < str(err.value).index("step-999900")

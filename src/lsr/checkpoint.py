@@ -27,6 +27,7 @@ import hashlib
 import json
 import os
 import platform
+import re
 import shutil
 import subprocess
 import tempfile
@@ -141,6 +142,13 @@ def step_name(step: int) -> str:
     return f"step-{step:06d}"
 
 
+def by_step(folder: Path, *, newest_first: bool = False) -> list[Path]:
+    """The ``step-N`` checkpoint folders in ``folder``, ordered by N (the name is padded to
+    six digits only, so past step 999 999 name order is not step order)."""
+    found = [p for p in folder.glob("step-*") if re.fullmatch(r"step-\d+", p.name) and p.is_dir()]
+    return sorted(found, key=lambda p: int(p.name[5:]), reverse=newest_first)
+
+
 def write_checkpoint(
     out_dir: str | os.PathLike[str],
     step: int,
@@ -193,7 +201,7 @@ def write_checkpoint(
     latest = {"checkpoint": f"{CHECKPOINTS}/{final.name}", "step": int(step)}
     atomic_write_text(out / LATEST, json.dumps(latest) + "\n")
     if keep is not None:
-        olds = sorted(p for p in root.glob("step-*") if p.is_dir() and p != final)
+        olds = [p for p in by_step(root) if p != final]
         for old in olds[: max(len(olds) - (keep - 1), 0)]:
             shutil.rmtree(old, ignore_errors=True)
     return final
@@ -269,10 +277,11 @@ def _others(checkpoints: Path, broken: Path) -> str:
         checkpoints = checkpoints / CHECKPOINTS
     if not checkpoints.is_dir():
         return ""
-    others = sorted(
-        (c for c in checkpoints.glob("step-*") if (c / METADATA).exists() and c != broken),
-        reverse=True,
-    )
+    others = [
+        c
+        for c in by_step(checkpoints, newest_first=True)
+        if (c / METADATA).exists() and c != broken
+    ]
     if not others:
         return ""
     listed = ", ".join(str(c) for c in others[:3])

@@ -53,6 +53,7 @@ from lsr.checkpoint import (
     CHECKPOINTS,
     LATEST,
     MODEL,
+    by_step,
     git_revision,
     library_versions,
     read_checkpoint,
@@ -1574,7 +1575,7 @@ def _earlier_checkpoints(
     checkpoints (…) passes it', or ''. Names, not paths: the message is shown in the GUI."""
     from lsr.model import load
 
-    kept = sorted(out_dir.joinpath(CHECKPOINTS).glob("step-*"), reverse=True)
+    kept = by_step(out_dir.joinpath(CHECKPOINTS), newest_first=True)
     earlier = [p for p in kept if p.name != step_name(step)]
     if not earlier:
         return ""
