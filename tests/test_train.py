@@ -229,6 +229,12 @@ def test_wrongly_typed_settings_name_key_type_and_file(
         ("rho_floor = 1.5", "bad setting rho_floor=1.5: a fraction in [0, 1)"),
         ('loss = "intr"', "unknown loss 'intr'"),
         ("depth = 9", "bad setting depth=9: 9 halvings"),
+        ('loss = "intra"\nbatch_size = -3', "bad setting batch_size=-3: must be ≥ 1"),
+        ('loss = "inter"\ngroups_per_batch = 0', "bad setting groups_per_batch=0: must be ≥ 1"),
+        (
+            'loss = "intra_inter"\ngroups_per_batch = -1',
+            "bad setting groups_per_batch=-1: must be ≥ 1",
+        ),
     ],
 )
 def test_an_out_of_range_setting_from_a_file_names_the_file(

@@ -242,6 +242,11 @@ class TrainConfig:
         for name in positive:
             if int(getattr(self, name)) < 1:
                 raise bad(name, "must be ≥ 1")
+        # the batch shape the loss uses (None: its default, filled in by resolved()); the
+        # sampler would refuse it too, but only after every slide was read
+        for name in ("batch_size",) if self.loss == "intra" else ("groups_per_batch",):
+            if getattr(self, name) is not None and int(getattr(self, name)) < 1:
+                raise bad(name, "must be ≥ 1")
         for name in ("context_px", "warmup_steps", "num_workers", "depth", "seed"):
             if int(getattr(self, name)) < 0:
                 raise bad(name, "must be ≥ 0")
