@@ -86,3 +86,32 @@ def test_normalise_rgb_layouts() -> None:
     a = normalise_rgb(rgb)
     b = normalise_rgb(torch.from_numpy(rgb).permute(2, 0, 1).float() / 255)
     assert a.shape == (3, 5, 7) and torch.allclose(a, b, atol=1e-6)
+
+
+def test_inference_uses_the_normalisation_recorded_with_the_network(tmp_path) -> None:
+    """A checkpoint records the input normalisation its weights were trained with; build()
+    dropped it, so inference normalised with this version's constants whatever the record."""
+    from lsr.checkpoint import write_checkpoint
+    from lsr.infer import Normalise, model_normalise, predict_array
+    from lsr.model import INPUT_MEAN, INPUT_STD, load
+
+    assert model_normalise(UNet(2, width=4, depth=1)).mean == INPUT_MEAN
+    mean, std = (0.5, 0.4, 0.6), (0.2, 0.25, 0.3)
+    net = UNet(2, width=4, depth=1, input_mean=mean, input_std=std).eval()
+    assert net.config()["input_mean"] == list(mean) and net.config()["input_std"] == list(std)
+    opt = torch.optim.SGD(net.parameters(), lr=0.1).state_dict()
+    meta = {"model": net.config()}
+    write_checkpoint(tmp_path / "run", 1, model_state=net.state_dict(), metadata=meta,
+                     optimizer_state=opt, trainer_state={})  # fmt: skip
+    loaded, _ = load(tmp_path / "run")
+    norm = model_normalise(loaded)
+    assert norm.mean == mean and norm.std == std
+    rgb = np.random.default_rng(0).integers(0, 256, (16, 16, 3), dtype=np.uint8)
+    got = predict_array(loaded, rgb, class_index=1)
+    recorded = predict_array(net, rgb, class_index=1, normalise=Normalise(mean, std))
+    defaults = predict_array(net, rgb, class_index=1, normalise=Normalise(INPUT_MEAN, INPUT_STD))
+    np.testing.assert_allclose(got, recorded, atol=1e-6)
+    assert np.abs(got - defaults).max() > 1e-3  # the defaults give other probabilities
+    for bad in ((0.2, 0.0, 0.3), (1.0, 2.0), ("a", 1, 1), (1.0, float("nan"), 1.0)):
+        with pytest.raises(LsrInputError, match="input_std"):
+            build({**net.config(), "input_std": list(bad)})

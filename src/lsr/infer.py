@@ -18,7 +18,6 @@ memory-mapped array, so memory is bounded by the tile size, never by the slide s
 from __future__ import annotations
 
 import collections
-import contextlib
 import tempfile
 import threading
 import time
@@ -84,18 +83,14 @@ class Normalise:
         return f"Normalise(mean={self.mean}, std={self.std})"
 
 
-def model_normalise(model: nn.Module, metadata: dict[str, Any] | None = None) -> Normalise:
-    """The input normalisation recorded with the model (its config, then the metadata)."""
+def model_normalise(model: nn.Module) -> Normalise:
+    """The input normalisation the model was trained with: a :class:`lsr.model.UNet`'s own
+    (as recorded in its checkpoint); lsr's defaults for another module."""
     from lsr import model as lsr_model
 
-    config: dict[str, Any] = {}
-    if metadata and isinstance(metadata.get("model"), dict):
-        config = metadata["model"]
-    elif hasattr(model, "config"):
-        with contextlib.suppress(Exception):
-            config = dict(model.config())
     return Normalise(
-        config.get("input_mean", lsr_model.INPUT_MEAN), config.get("input_std", lsr_model.INPUT_STD)
+        getattr(model, "input_mean", lsr_model.INPUT_MEAN),
+        getattr(model, "input_std", lsr_model.INPUT_STD),
     )
 
 

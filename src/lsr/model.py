@@ -74,6 +74,18 @@ def normalise_rgb(image: np.ndarray | Tensor) -> Tensor:
     return ((t - mean) / std).contiguous()
 
 
+def _channel_values(values: Any, name: str, positive: bool) -> tuple[float, float, float]:
+    """Three finite per-channel numbers (RGB), > 0 when ``positive``; else LsrInputError."""
+    try:
+        out = tuple(float(v) for v in values)
+    except (TypeError, ValueError):
+        out = ()
+    if len(out) != 3 or not all(math.isfinite(v) and (v > 0 or not positive) for v in out):
+        need = "three numbers > 0" if positive else "three finite numbers"
+        raise LsrInputError(f"bad {name} {values!r}: {need}, one per RGB channel")
+    return out  # type: ignore[return-value]
+
+
 def _norm_layer(kind: str, channels: int) -> nn.Module:
     if kind == "layer":
         return ChannelLayerNorm(channels)
@@ -114,6 +126,8 @@ class UNet(nn.Module):
         depth: int = 4,
         norm: str = "layer",
         in_channels: int = 3,
+        input_mean: Sequence[float] = INPUT_MEAN,
+        input_std: Sequence[float] = INPUT_STD,
     ):
         super().__init__()
         if norm not in NORMS:
@@ -127,6 +141,10 @@ class UNet(nn.Module):
         self.depth = int(depth)
         self.norm = norm
         self.in_channels = int(in_channels)
+        # the input normalisation the weights were trained with (recorded in checkpoints;
+        # inference takes it from here, training uses normalise_rgb's INPUT_MEAN/INPUT_STD)
+        self.input_mean = _channel_values(input_mean, "input_mean", positive=False)
+        self.input_std = _channel_values(input_std, "input_std", positive=True)
         chans = [width * 2**i for i in range(depth + 1)]
         self.encoder = nn.ModuleList(
             [_DoubleConv(in_channels, chans[0], norm)]
@@ -214,8 +232,8 @@ class UNet(nn.Module):
             "depth": self.depth,
             "norm": self.norm,
             "in_channels": self.in_channels,
-            "input_mean": list(INPUT_MEAN),
-            "input_std": list(INPUT_STD),
+            "input_mean": list(self.input_mean),
+            "input_std": list(self.input_std),
             "halo_px": self.halo_px,
         }
 
@@ -231,6 +249,8 @@ def build(config: dict[str, Any]) -> UNet:
             depth=int(config["depth"]),
             norm=str(config["norm"]),
             in_channels=int(config.get("in_channels", 3)),
+            input_mean=config.get("input_mean", INPUT_MEAN),
+            input_std=config.get("input_std", INPUT_STD),
         )
     except (KeyError, TypeError, ValueError) as err:
         if isinstance(err, LsrInputError):
