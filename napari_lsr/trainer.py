@@ -371,8 +371,9 @@ class TrainerWidget(QWidget):
         self.variance_norm.addItems(["default", "n2", "n"])
         self.variance_norm.setToolTip(
             "Block variance of the losses: 1/n² (n2) or the paper's printed 1/n (n). "
-            "default: n for intra and intra + inter (sum), n2 for inter and intra + inter "
-            "(lsr.train.DEFAULTS)"
+            "default: n for intra and intra + inter (sum), n2 for intra + inter "
+            "(lsr.train.DEFAULTS). The inter loss does not use it: it compares the spread "
+            "of a group's block means"
         )
         self.augment = QCheckBox("augment blocks")
         self.min_tissue = QDoubleSpinBox()

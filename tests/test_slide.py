@@ -522,10 +522,10 @@ def test_openslide_backend_gives_the_pixels_of_the_other_backends(monkeypatch, t
     class FakeOpenSlide:  # openslide.OpenSlide's surface that OpenSlideSlide uses
         level_dimensions = ((8, 6),)
         level_downsamples = (1.0,)
-        properties = {"openslide.mpp-x": "0.5", "openslide.mpp-y": "0.5"}
 
         def __init__(self, path: str) -> None:
             self.path = path
+            self.properties = {"openslide.mpp-x": "0.5", "openslide.mpp-y": "0.5"}
 
         def read_region(self, loc, level, size):
             (x, y), (w, h) = loc, size

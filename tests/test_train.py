@@ -1372,4 +1372,13 @@ def test_cli_names_batch_flags_the_loss_does_not_use(
               "--groups-per-batch", "2", "--out-dir", str(tmp_path / "b")])  # fmt: skip
     err = capsys.readouterr().err
     assert "--batch-size ignored: the inter loss's batch is --groups-per-batch" in err
-    assert "--group-size ignored" not in err
+    assert "--group-size ignored" not in err and "--variance-norm ignored" not in err
+    # the inter loss has no block variance either (it compares group means' spread)
+    with pytest.raises(SystemExit):
+        main([*base, "--loss", "inter", "--variance-norm", "n", "--group-size", "2",
+              "--groups-per-batch", "2", "--out-dir", str(tmp_path / "c")])  # fmt: skip
+    assert "--variance-norm ignored: the inter loss" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main([*base, "--loss", "intra", "--variance-norm", "n", "--batch-size", "4",
+              "--out-dir", str(tmp_path / "d")])  # fmt: skip
+    assert "--variance-norm ignored" not in capsys.readouterr().err

@@ -11,8 +11,8 @@ and the count table says the fraction of class ``l`` in a block with label ``z``
 ``N(η, ρ²)``. Each loss compares a predicted Gaussian ``N(μ, s²)`` with ``N(η, ρ²)`` with a
 distance ``D`` (see :data:`DISTANCES`), then averages over classes and over blocks (intra)
 or groups of blocks sharing ``z`` (inter, intra+inter); the sum loss (not the paper's) adds
-a per-block mean and a per-group mean. The maths is fixed by METHOD.md;
-``docs/losses.md`` explains each choice.
+a per-block mean and a per-group mean. The maths is fixed by the project's design note
+(summarised in ``docs/method.md``); ``docs/losses.md`` explains each choice.
 
 All fractions are in [0, 1]. Code is device- and dtype-agnostic: everything follows the
 device of ``probs``; half-precision inputs are upcast to float32 (``n²`` overflows float16).
@@ -58,17 +58,20 @@ VARIANCE_NORMS: tuple[str, ...] = ("n2", "n")
 DEFAULT_VARIANCE_NORM = "n2"
 
 RHO_MIN = 1e-3
-"""METHOD.md's floor for ρ (a fraction). Table entries below it trigger a warning."""
+"""The design note's floor for ρ (a fraction; docs/method.md). Table entries below it
+trigger a warning."""
 
 KL_S2_EPS = 1e-12
 """Floor for s² inside the ``kl`` distance (``log(ρ/s)`` is infinite at s = 0).
 
 Far below any spread that matters (ρ ≥ 1e-3 means ρ² ≥ 1e-6). Per-block sampling variances
-are tiny too: with ``n2`` a 240×240 block has v ≤ 0.25/240⁴ ≈ 7.5e-11, only ~75× the floor,
-one more reason ``kl`` is meant for the inter losses.
+are small but well above it: with ``n2`` a block of n = 240² px has v = Σ p(1−p) / n² ≤
+0.25/n ≈ 4.3e-6 (about 4 × 10⁶ times the floor), yet next to a bin's ρ² (≈ 0.04) so
+small that ``log(ρ/s)`` is large for single blocks, one reason ``kl`` is meant for the
+inter losses.
 """
 
-# Constants of the reference forms (METHOD.md); part of the definitions, not tunables.
+# Constants of the reference forms (docs/method.md); part of the definitions, not tunables.
 _LSR_INTERVAL_EPS = 1e-6
 _LOG_BOUND = 0.03
 _HALF_LOG_2PI = 0.5 * float(torch.log(torch.tensor(2.0 * torch.pi, dtype=torch.float64)))

@@ -381,6 +381,11 @@ def train(
              "--group-size": group_size, "--group-policy": group_policy}  # fmt: skip
     if note := _unused_batch_flags(cfg.loss, flags):
         QuietOnBrokenPipe(stderr=True).print(f"[yellow]{note}[/yellow]")
+    if cfg.loss == "inter" and variance_norm is not None:
+        QuietOnBrokenPipe(stderr=True).print(
+            "[yellow]--variance-norm ignored: the inter loss compares the spread of a group's "
+            "block means, not the variance within a block[/yellow]"
+        )
     if resume is not None:
         cfg.resume = str(resume)
         if config is None:  # before resolving: the run's resolved batch is for its own loss
