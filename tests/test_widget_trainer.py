@@ -522,3 +522,12 @@ def test_closing_after_the_process_ended_asks_nothing(widget, data, monkeypatch)
     assert widget.job.wait(120) == 0  # ended; no event processed, so no poll read it yet
     assert widget.running  # the widget's last known state
     assert widget.eventFilter(widget.window(), QCloseEvent()) is False and not asked
+
+
+def test_the_widgets_distances_are_the_engines() -> None:
+    """The Trainer keeps its own copy (importing lsr.losses would load torch with the dock);
+    a distance added to or renamed in the engine must reach the widget's list."""
+    from lsr.losses import DISTANCES
+    from napari_lsr.trainer import DISTANCES as WIDGET_DISTANCES
+
+    assert tuple(WIDGET_DISTANCES) == tuple(DISTANCES)

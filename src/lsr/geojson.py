@@ -366,9 +366,7 @@ def import_geojson(
         raise LsrInputError(f"cannot read as text: {exc}", p) from exc
     parts: list[BaseGeometry] = []
     seen: set[str] = set()
-    n_features = 0
     for where, geometry, props in _features(doc, p):
-        n_features += 1
         name = _class_name(props)
         if name:
             seen.add(name)

@@ -484,14 +484,9 @@ def write_outputs(
     )
     del mask
     key, names = _boundary_class(metadata)
-    colours = None  # the Fig. 4 colour of the model's loss (a fallback colour for others)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", UserWarning)  # an empty boundary is not an error
-        export_geojson(folder / BOUNDARIES, {key: polygons}, colours=colours, names=names)
-    if not (folder / BOUNDARIES).exists():  # no cancer: still write a valid, empty file
-        atomic_write_text(
-            folder / BOUNDARIES, json.dumps({"type": "FeatureCollection", "features": []}) + "\n"
-        )
+    with warnings.catch_warnings():  # the Fig. 4 colour of the model's loss
+        warnings.simplefilter("ignore", UserWarning)  # no cancer: a valid, empty collection
+        export_geojson(folder / BOUNDARIES, {key: polygons}, names=names)
     t3 = time.perf_counter()
     times.update(probability_tif_s=t1 - t0, mask_tif_s=t2 - t1, boundaries_s=t3 - t2)
     return area_mm2, times

@@ -34,7 +34,7 @@ import threading
 import time
 import typing
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
@@ -1618,19 +1618,3 @@ def _from_worker(err: LsrInputError) -> LsrInputError:
 
 def _write_run_json(out_dir: Path, data: dict[str, Any]) -> None:
     atomic_write_text(out_dir / RUN_JSON, json.dumps(data, indent=1, default=str) + "\n")
-
-
-# ====================================================================== convenience
-class PrintCallback:
-    """Minimal callback printing one line every ``every`` steps (scripts, debugging)."""
-
-    def __init__(self, every: int = 10, echo: Callable[[str], None] = print):
-        self.every = every
-        self.echo = echo
-
-    def on_step(self, event: StepEvent) -> None:
-        if event.step % self.every == 0 or event.step == event.total_steps:
-            self.echo(
-                f"step {event.step}/{event.total_steps} loss {event.loss:.4f} "
-                f"{event.blocks_per_s:.1f} blocks/s ETA {event.eta_s:.0f} s"
-            )

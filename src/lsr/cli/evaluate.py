@@ -266,11 +266,6 @@ def read_prediction(path: Path, kind: str = "auto") -> tuple[np.ndarray, bool]:
     )
 
 
-def read_prediction_mask(path: Path, kind: str = "auto") -> np.ndarray:
-    """A prediction as a boolean mask: its :func:`read_prediction` probability >= 0.5."""
-    return read_prediction(path, kind)[0] >= 0.5
-
-
 def _is_pyramid(path: Path) -> bool:
     import tifffile
 
