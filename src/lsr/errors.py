@@ -16,10 +16,12 @@ class LsrInputError(ValueError):
     one), the place in it (row, key, ...) and the problem.
     """
 
-    def __init__(self, problem: str, path: str | PathLike[str] | None = None, where: str = ""):
+    def __init__(
+        self, problem: str, path: str | PathLike[str] | None = None, where: str | None = ""
+    ):
         self.problem = problem
         self.path = None if path is None else str(path)
-        self.where = where
+        self.where = where or ""
         parts = []
         if self.path is not None:
             parts.append(f"{self.path}")

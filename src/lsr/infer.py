@@ -442,7 +442,7 @@ def predict_slide(
     read_threads: int = 1,
     core_only: bool = True,
     timings: dict[str, float] | None = None,
-) -> np.ndarray:
+) -> Any:
     """Probability of class ``class_index`` over the whole slide at ``working_mpp``.
 
     Returns an (H, W) float32 array in [0, 1] of shape ``slide.working_shape(working_mpp)``
@@ -483,9 +483,9 @@ def predict_slide(
     todo = list(grid.tiles) if mask is None else tiles_with_tissue(grid, mask)
     result, zeroed = _output_array(out, shape)
     if not zeroed:
-        kept = {t.index for t in todo}
+        to_predict = {t.index for t in todo}
         for t in grid.tiles:
-            if t.index not in kept:
+            if t.index not in to_predict:
                 result[t.core] = 0.0
     batches = [todo[i : i + batch_size] for i in range(0, len(todo), batch_size)]
     total, done = len(todo), 0

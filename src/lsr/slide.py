@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import os
 import shutil
 import tempfile
 import uuid
@@ -719,7 +720,7 @@ def _is_tiff(path: Path) -> bool:
     return head[:2] in (b"II", b"MM")
 
 
-def open_slide(path: str | Path, *, mpp: float | None = None) -> Slide:
+def open_slide(path: str | os.PathLike[str], *, mpp: float | None = None) -> Slide:
     """Open a whole-slide image (or plain image) as a :class:`Slide`.
 
     TIFF-based files (SVS, NDPI, OME-TIFF, generic tiled/pyramidal TIFF, plain TIFF) go

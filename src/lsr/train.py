@@ -34,7 +34,7 @@ import threading
 import time
 import typing
 import warnings
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
@@ -849,7 +849,7 @@ def _emit(callbacks: Sequence[Any], name: str, *args: Any) -> list[Any]:
 
 
 @contextlib.contextmanager
-def _distributed() -> Any:
+def _distributed() -> Iterator[tuple[int, int]]:
     """Initialise the process group under torchrun (WORLD_SIZE > 1); yield (rank, world)."""
     world = int(os.environ.get("WORLD_SIZE", "1"))
     owned = False
