@@ -354,16 +354,11 @@ class CompareWidget(QWidget):
             if not path:
                 raise LsrInputError("ground truth 'file' chosen but no file given")
             return path
+        from lsr.compare import ground_truth_level
+
         layer = self.viewer.layers[choice]
-        data = layer.data
-        levels = list(data) if layer.multiscale else [data]
-        pixel0 = float(layer.scale[-1])
-        best, best_um = levels[0], pixel0
-        for lv in levels:  # the coarsest level still at least as fine as the evaluation
-            um = pixel0 * levels[0].shape[-1] / lv.shape[-1]
-            if um <= working_mpp * 1.01 and um >= best_um:
-                best, best_um = lv, um
-        return (best, best_um)
+        levels = list(layer.data) if layer.multiscale else [layer.data]
+        return ground_truth_level(levels, float(layer.scale[-1]), working_mpp)
 
     # ------------------------------------------------------------------ prediction
     def run(self) -> bool:

@@ -409,3 +409,13 @@ def test_low_res_mask_of_a_grid_of_bins_equals_its_probabilities() -> None:
     assert from_bins.any()
     np.testing.assert_array_equal(from_probs, expected)
     np.testing.assert_array_equal(from_bins, expected)
+
+
+def test_ground_truth_level_is_the_coarsest_still_fine_enough() -> None:
+    """A label pyramid is read at the coarsest level whose pixels are no larger than the
+    working resolution's (1 % slack), never coarser; the finest when all are coarser."""
+    levels = [np.zeros((800, 1000)), np.zeros((400, 500)), np.zeros((200, 250))]
+    for working, want in ((4.17, 1), (8.0, 2), (3.99, 1), (2.0, 0), (0.5, 0), (4.0 * 1.005, 1)):
+        level, um = compare.ground_truth_level(levels, 1.0 * 2, working)
+        # µm/px per level: 2, 4, 8
+        assert level is levels[want] and um == 2.0 * 2**want, working

@@ -294,6 +294,21 @@ def mask_from_array(
     return nearest_resample(data, pixel_um, shape, working_mpp) > 0
 
 
+def ground_truth_level(
+    levels: Sequence[Any], pixel0_um: float, working_mpp: float
+) -> tuple[Any, float]:
+    """``(level, µm/px)`` of a label pyramid to read ground truth from: the coarsest level
+    still at least as fine as ``working_mpp`` (1 % slack), so the mask is resampled down,
+    never up. ``levels``: (…, h, w) arrays, finest first; ``pixel0_um``: the finest one's
+    µm/px. A pyramid coarser than ``working_mpp`` throughout gives its finest level."""
+    best, best_um = levels[0], float(pixel0_um)
+    for lv in levels:
+        um = float(pixel0_um) * levels[0].shape[-1] / lv.shape[-1]
+        if best_um <= um <= working_mpp * 1.01:
+            best, best_um = lv, um
+    return best, best_um
+
+
 def load_ground_truth(path: PathType, slide: Any, working_mpp: float) -> np.ndarray:
     """Ground-truth cancer mask (bool (H, W) at ``working_mpp``) from a file.
 
