@@ -51,6 +51,7 @@ from lsr.counttable import CountTable, bin_probabilities
 from lsr.errors import LsrInputError
 from napari_lsr._reader import UNITS
 from napari_lsr._sample_data import is_shipped
+from napari_lsr.closing import CloseWatch
 from napari_lsr.counttable_widget import CountTableWidget
 from napari_lsr.layer_choice import follow_renames, refill
 from napari_lsr.viewer_compat import camera as _camera
@@ -135,6 +136,9 @@ class AnnotatorWidget(QWidget):
         self.autosave: Path | None = None
         self._geo: dict = {}
         self._worker = None
+        self._starting: tuple[str, CloseWatch] | None = (
+            None  # (expert, watch) while tissue is found
+        )
         self._hidden_grids: list = []  # grid layers hidden while the bin is hidden
 
         # -- setup
@@ -401,13 +405,33 @@ class AnnotatorWidget(QWidget):
             from napari.qt.threading import create_worker
 
             self.message.setText("Finding tissue blocks…")
+            self._starting = (expert, CloseWatch(self, lambda: None))  # closed meanwhile?
             self._worker = create_worker(_tissue_fraction, slide_layer, grid)
-            self._worker.returned.connect(lambda frac: self._begin(expert, frac >= MIN_TISSUE))
-            self._worker.errored.connect(lambda e: self._begin(expert, None, f"{e}"))
+            self._worker.returned.connect(self._tissue_found)
+            self._worker.errored.connect(self._tissue_failed)
             self._worker.start()
         else:
             self._begin(expert, None)
         return True
+
+    def _tissue_found(self, fraction: np.ndarray) -> None:
+        self._begin_unless_closed(fraction >= MIN_TISSUE)
+
+    def _tissue_failed(self, err: Exception) -> None:
+        self._begin_unless_closed(None, f"{err}")
+
+    def _begin_unless_closed(self, eligible: np.ndarray | None, problem: str = "") -> None:
+        """The tissue search's end: start the session, unless the dock or napari was closed
+        meanwhile (then no layer, camera move or autosave for a widget nobody sees)."""
+        assert self._starting is not None
+        (expert, watch), self._starting = self._starting, None
+        watch.stop()
+        self._worker = None
+        if watch.closed:
+            self.start_button.setEnabled(True)
+            self.message.setText("closed before the tissue blocks were found")
+            return
+        self._begin(expert, eligible, problem)
 
     def _begin(self, expert: str, eligible: np.ndarray | None, problem: str = "") -> None:
         self.start_button.setEnabled(True)

@@ -46,6 +46,7 @@ from lsr import compare as lc
 from lsr.errors import LsrInputError
 from lsr.metrics import PAPER_TABLE2 as PAPER
 from napari_lsr._reader import UNITS
+from napari_lsr.closing import CloseWatch
 from napari_lsr.layer_choice import follow_renames, refill
 from napari_lsr.viewer_compat import camera as _camera
 from napari_lsr.viewer_compat import canvas_size
@@ -106,6 +107,7 @@ class CompareWidget(QWidget):
         self._worker_done = False
         self._band_data: np.ndarray | None = None
         self._cancel = threading.Event()
+        self._watch: CloseWatch | None = None  # while a run goes on: the dock or window closing
         self._progress = _Progress()
         self._progress.changed.connect(self._on_progress)
         self._legend_checks: dict[str, QCheckBox] = {}
@@ -414,8 +416,21 @@ class CompareWidget(QWidget):
         self.worker.finished.connect(self._run_finished)
         self._set_done(False)
         self.status.setText("starting…")
+        self._watch = CloseWatch(self, self._closed)
         self.worker.start()
         return True
+
+    def _closed(self) -> None:
+        """The dock or napari closed during a run: stop it, and draw or score nothing."""
+        self._cancel.set()
+        self._evaluate_next = False
+        if self._drawing:
+            self._drawing.clear()
+            if self._worker_done:
+                self._finish_run()
+
+    def _is_closed(self) -> bool:
+        return self._watch is not None and self._watch.closed
 
     def cancel(self) -> None:
         self._cancel.set()
@@ -438,6 +453,9 @@ class CompareWidget(QWidget):
     def _failed(self, err: Exception) -> None:
         from lsr.infer import InferenceCancelled
 
+        if self._is_closed():  # nobody is looking: no notification about a closed widget
+            self.status.setText("closed: stopped")
+            return
         if isinstance(err, InferenceCancelled):
             _info(f"Comparison cancelled ({err})")
             self.status.setText("cancelled")
@@ -458,6 +476,8 @@ class CompareWidget(QWidget):
         few hundred ms per step here, so the old layers go in one batch and each new layer
         gets its own turn instead of freezing the viewer for seconds in one.
         """
+        if self._is_closed():  # a late result for a closed dock or viewer: not drawn
+            return
         comp, layers, band = result
         self.comparison = comp
         self.scores = self.calib = None
@@ -528,6 +548,9 @@ class CompareWidget(QWidget):
     def _finish_run(self) -> None:
         self._worker_done = False
         self._set_done(True)
+        if self._watch is not None:
+            self._watch.stop()
+            self._watch = None
         if self._evaluate_next:
             self._evaluate_next = False
             self.evaluate()

@@ -331,3 +331,26 @@ def test_saving_coarse_labels_replaces_only_a_coarse_grid_saved_before(
     assert "s_grid.json" in errors[-1] and "another grid" in errors[-1]
     assert (grid.read_bytes(), side.read_bytes()) == before
     assert not (tmp_path / "s_grid.csv").exists()
+
+
+def test_closing_the_dock_while_tissue_is_found_starts_no_session(
+    make_napari_viewer, qtbot, tmp_path, errors
+):
+    """The tissue search runs in a worker; closing the dock meanwhile still started the
+    session when it returned: a block layer added, the camera moved, an autosave begun."""
+    slide, grid = write_slide(tmp_path)
+    viewer = make_napari_viewer()
+    w = open_annotator(viewer, slide, grid)
+    w.folder.setText(str(tmp_path / "autosave"))
+    w.tissue_only.setChecked(True)
+    before = [ly.name for ly in viewer.layers]
+    assert w.start()
+    viewer.window.remove_dock_widget(w)
+    qtbot.waitUntil(w.start_button.isEnabled, timeout=20000)
+    qtbot.wait(100)
+    assert w.session is None and [ly.name for ly in viewer.layers] == before
+    assert not (tmp_path / "autosave").exists() or not any((tmp_path / "autosave").iterdir())
+    assert not errors
+    w.deleteLater()  # out of the dock, napari no longer owns it (its viewer check counts it)
+    del w
+    qtbot.wait(50)

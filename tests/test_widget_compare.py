@@ -385,3 +385,68 @@ def test_a_run_that_cannot_be_read_is_named_once(make_napari_viewer, data, tmp_p
     assert w.model_list.count() == 0
     assert len(messages["warning"]) == 1, messages
     assert "1 run(s) left out" in messages["warning"][0] and "latest.json" in messages["warning"][0]
+
+
+def test_closing_the_dock_during_a_run_stops_it_and_draws_nothing(
+    make_napari_viewer, qtbot, data, tmp_path, messages
+):
+    """Closing the dock did not stop a run: it went on to the end, then added its layers to
+    the viewer and scored them, from a widget the user had closed."""
+    from napari_lsr.compare import _own
+
+    viewer = make_napari_viewer()
+    w = open_widget(viewer, data, tmp_path)
+    w.add_model(str(data / "models" / "a"))
+    before = [ly.name for ly in viewer.layers]
+    assert w.run()
+    viewer.window.remove_dock_widget(w)  # the dock's ✕
+    assert w._cancel.is_set()
+    wait_idle(qtbot, w)
+    qtbot.wait(200)  # any drawing step left would run now
+    assert [ly.name for ly in viewer.layers] == before
+    assert not any(_own(ly) for ly in viewer.layers)
+    assert w.comparison is None and w.scores is None
+    assert not messages["error"] and not messages["info"]
+    w.deleteLater()  # out of the dock, napari no longer owns it (its viewer check counts it)
+    del w
+    qtbot.wait(50)
+
+
+def test_close_watch_sees_the_dock_closed_or_the_window_closed_not_a_hidden_tab(qtbot):
+    from qtpy.QtCore import Qt
+    from qtpy.QtWidgets import QDockWidget, QMainWindow, QWidget
+
+    from napari_lsr.closing import CloseWatch
+
+    def docked() -> tuple[QMainWindow, QWidget, list[str]]:
+        win = QMainWindow()
+        qtbot.addWidget(win)
+        inner, dock = QWidget(), QDockWidget("d")
+        dock.setWidget(inner)
+        win.addDockWidget(Qt.RightDockWidgetArea, dock)
+        win.show()
+        qtbot.waitExposed(win)
+        calls: list[str] = []
+        return win, inner, calls
+
+    win, inner, calls = docked()
+    watch = CloseWatch(inner, lambda: calls.append("closed"))
+    inner.parent().hide()  # a dock tabbed behind another: still there
+    inner.parent().show()
+    assert calls == [] and not watch.closed
+    inner.setParent(None)  # napari's remove_dock_widget
+    assert calls == ["closed"] and watch.closed
+    win.close()
+    assert calls == ["closed"]  # once
+
+    win, inner, calls = docked()
+    watch = CloseWatch(inner, lambda: calls.append("closed"))
+    win.close()
+    assert calls == ["closed"]
+    watch.stop()
+
+    win, inner, calls = docked()
+    watch = CloseWatch(inner, lambda: calls.append("closed"))
+    watch.stop()  # the work ended: closing later calls nothing
+    win.close()
+    assert calls == []
