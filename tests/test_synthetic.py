@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import tracemalloc
 from dataclasses import replace
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -516,3 +517,41 @@ def test_a_folder_holding_only_a_file_browsers_clutter_counts_as_empty(tmp_path)
     (out / "notes.txt").write_text("mine")
     with pytest.raises(LsrInputError, match=r"in the way: notes\.txt\. Choose"):
         check_out_dir(out)
+
+
+@pytest.mark.skipif(not Path("/proc/self/status").exists(), reason="reads /proc (Linux)")
+def test_a_pool_worker_ends_when_its_parent_is_killed(tmp_path):
+    """lsr synth -j 2 killed by SIGKILL/SIGTERM left its workers to init: they wrote more
+    slides into the folder, then waited forever. The pool's initializer now ends them."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    child = (
+        "from lsr.synthetic import _exit_with_parent; _exit_with_parent(0.05); "
+        "import time; time.sleep(60)"
+    )
+    parent = (
+        "import subprocess, sys, time; "
+        f"p = subprocess.Popen([sys.executable, '-c', {child!r}]); "
+        "print(p.pid, flush=True); time.sleep(60)"
+    )
+    proc = subprocess.Popen([sys.executable, "-c", parent], stdout=subprocess.PIPE, text=True)
+    pid = int(proc.stdout.readline())
+
+    def running() -> bool:
+        try:
+            status = Path(f"/proc/{pid}/status").read_text()
+        except OSError:
+            return False
+        return "\nState:\tZ" not in status  # a zombie has exited (nobody reaped it yet)
+
+    time.sleep(1.0)  # the child has imported lsr and is watching
+    assert running()
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    deadline = time.monotonic() + 10
+    while running() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not running()

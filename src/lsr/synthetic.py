@@ -418,6 +418,27 @@ def _derive_seed(seed: int, kind: int, i: int) -> int:
     return int(np.random.SeedSequence([seed, kind, i]).generate_state(1)[0])
 
 
+def _exit_with_parent(poll_s: float = 0.25) -> None:
+    """A pool worker's initializer: end the worker when the process that started it dies.
+
+    Why: killed by SIGTERM or SIGKILL (``kill``, a scheduler's time limit, the OOM killer),
+    the main process leaves its ProcessPoolExecutor workers to init; they went on writing
+    slides into the folder, then waited for work forever, holding their memory. A daemon
+    thread notices the new parent within ``poll_s`` seconds.
+    """
+    import threading
+    import time
+
+    parent = os.getppid()
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(poll_s)
+        os._exit(1)
+
+    threading.Thread(target=watch, name="lsr-exit-with-parent", daemon=True).start()
+
+
 def _write_job(args: tuple) -> tuple[dict, dict]:
     cfg, seed, out_dir, name, is_patch = args
     return write_slide(cfg, seed, out_dir, name, is_patch=is_patch)
@@ -482,7 +503,7 @@ def generate_dataset(
             if progress:
                 progress("slides", i + 1, len(jobs))
     else:
-        with ProcessPoolExecutor(max_workers=workers) as pool:
+        with ProcessPoolExecutor(max_workers=workers, initializer=_exit_with_parent) as pool:
             for i, res in enumerate(pool.map(_write_job, jobs)):
                 results.append(res)
                 if progress:
