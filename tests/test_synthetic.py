@@ -547,10 +547,12 @@ def test_a_pool_worker_ends_when_its_parent_is_killed(tmp_path):
             return False
         return "\nState:\tZ" not in status  # a zombie has exited (nobody reaped it yet)
 
-    time.sleep(1.0)  # the child has imported lsr and is watching
-    assert running()
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
+    try:
+        time.sleep(1.0)  # the child has imported lsr and is watching
+        assert running()
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
     deadline = time.monotonic() + 10
     while running() and time.monotonic() < deadline:
         time.sleep(0.05)
