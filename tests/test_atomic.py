@@ -81,3 +81,40 @@ def test_a_folder_as_target_names_the_folder_not_a_temporary(tmp_path: Path) -> 
         atomic_write_text(tmp_path / "out", "x")
     assert err.value.filename == str(tmp_path / "out")
     assert [p.name for p in tmp_path.iterdir()] == ["out"] and not any((tmp_path / "out").iterdir())
+
+
+def test_leftovers_of_killed_writes_are_recognised_and_removed(tmp_path: Path) -> None:
+    """SIGKILL mid-write leaves atomic_path's temporary file (or a staging folder); the
+    writer's next start removes those of its own targets, old enough, and nothing else."""
+    from lsr.atomic import remove_leftover_temps, temp_target
+
+    with pytest.raises(RuntimeError), atomic_path(tmp_path / "probability.tif") as tmp:
+        name = tmp.name
+        raise RuntimeError
+    assert temp_target(name) == "probability.tif"  # the name atomic_path really makes
+    assert temp_target(make_temp_dir(".step-000002.tmp-", tmp_path).name) == "step-000002"
+    assert temp_target("probability.tif") is None and temp_target(".bashrc") is None
+    assert temp_target(".a.tmp-notahexname.tif") is None
+    ours = [tmp_path / ".probability.tmp-0123456789ab.tif", tmp_path / ".mask.tmp-abcdef012345.tif"]
+    kept = [
+        tmp_path / ".notes.tmp-0123456789ab.txt",  # a temporary of a target not named
+        tmp_path / "probability.tif",  # a real output
+        tmp_path / ".probability.tif.swp",  # an editor's
+    ]
+    for p in ours + kept:
+        p.write_bytes(b"x")
+    stage = tmp_path / ".lsr-pyramid-k2j3"
+    stage.mkdir()
+    (stage / "level1.npy").write_bytes(b"x")
+    fresh = tmp_path / ".mask.tmp-fedcba987654.tif"
+    fresh.write_bytes(b"x")  # being written by someone else right now
+    old = os.stat(ours[0]).st_mtime - 3600
+    for p in (*ours, *kept, stage):
+        os.utime(p, (old, old))
+    removed = remove_leftover_temps(
+        tmp_path, {"probability.tif", "mask.tif"}.__contains__, min_age_s=60,
+        staging_prefixes=(".lsr-pyramid-",),
+    )  # fmt: skip
+    assert sorted(removed) == sorted([*ours, stage])
+    assert all(p.exists() for p in (*kept, fresh))
+    assert remove_leftover_temps(tmp_path / "missing", lambda t: True) == []

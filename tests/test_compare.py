@@ -419,3 +419,23 @@ def test_ground_truth_level_is_the_coarsest_still_fine_enough() -> None:
         level, um = compare.ground_truth_level(levels, 1.0 * 2, working)
         # µm/px per level: 2, 4, 8
         assert level is levels[want] and um == 2.0 * 2**want, working
+
+
+def test_the_prediction_cache_removes_day_old_maps_of_killed_predictions(tmp_path) -> None:
+    """Each napari killed mid-prediction left a hidden map the size of the slide's float32
+    probability map in the cache, for good; another napari may be writing a fresh one."""
+    import os
+
+    cache = compare.PredictionCache(tmp_path)
+    key = "0123456789abcdef0123456789abcdef"
+    stale = tmp_path / f".{key}.tmp-0123456789ab.npy"
+    fresh = tmp_path / f".{key}.tmp-fedcba987654.npy"
+    other = tmp_path / ".notes.tmp-0123456789ab.npy"  # not a cache entry's
+    done = tmp_path / f"{key}.npy"
+    for p in (stale, fresh, other, done):
+        p.write_bytes(b"x")
+    old = stale.stat().st_mtime - compare.PredictionCache.STALE_S - 60
+    for p in (stale, other, done):
+        os.utime(p, (old, old))
+    assert cache.remove_killed_writes() == [stale]
+    assert all(p.exists() for p in (fresh, other, done))

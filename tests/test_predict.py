@@ -468,3 +468,20 @@ def test_folders_of_an_earlier_version_are_taken_up_again(tmp_path, model_dir):
     (out / "cohort.json").write_text(json.dumps(cohort))
     assert [r.status for r in predict_cohort([a, b], model_dir, out, OPTS)] == ["done", "done"]
     assert not (out / "a" / "error.txt").exists() and read_summary(out / "b") is not None
+
+
+def test_a_redone_slide_folder_loses_what_a_killed_run_left(tmp_path, model_dir):
+    """SIGKILL mid-write left a hidden probability map and a pyramid staging folder in
+    OUT/<slide>/; a successful rerun kept them for good (slide-sized files)."""
+    slide = make_slide(tmp_path / "a.tif")
+    out = tmp_path / "out"
+    assert predict_cohort([slide], model_dir, out, OPTS)[0].status == "done"
+    left = [out / "a" / ".probability.tmp-0123456789ab.tif", out / "a" / ".lsr-pyramid-x1y2"]
+    left[0].write_bytes(b"partial")
+    left[1].mkdir()
+    (left[1] / "level1.npy").write_bytes(b"partial")
+    notes = out / "a" / ".notes.tmp-0123456789ab.txt"  # not a temporary of an lsr output
+    notes.write_text("mine")
+    lower = PredictOptions(**{**OPTS.to_dict(), "threshold": 0.3})
+    assert predict_cohort([slide], model_dir, out, lower)[0].status == "done"
+    assert not any(p.exists() for p in left) and notes.read_text() == "mine"

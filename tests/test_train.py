@@ -1382,3 +1382,29 @@ def test_cli_names_batch_flags_the_loss_does_not_use(
         main([*base, "--loss", "intra", "--variance-norm", "n", "--batch-size", "4",
               "--out-dir", str(tmp_path / "d")])  # fmt: skip
     assert "--variance-norm ignored" not in capsys.readouterr().err
+
+
+def test_a_resumed_run_removes_what_a_killed_checkpoint_write_left(
+    pairs: list[tuple[str, str]], tmp_path: Path
+) -> None:
+    """SIGKILL while checkpoint N was written left OUT/checkpoints/.step-N.tmp-…/ (as large
+    as the checkpoint); resuming neither removed nor mentioned it. A minute-old one goes."""
+    import os
+
+    assert train(tiny_config(tmp_path, pairs, steps=3, checkpoint_every=3)).ok
+    out = tmp_path / "run"
+    stale = out / "checkpoints" / ".step-000006.tmp-0123456789ab"
+    fresh = out / "checkpoints" / ".step-000006.tmp-fedcba987654"  # a live writer's
+    for d in (stale, fresh):
+        d.mkdir()
+        (d / "model.safetensors").write_bytes(b"partial")
+    run_tmp = out / ".run.tmp-0123456789ab.json"
+    run_tmp.write_text("{")
+    mine = out / "checkpoints" / "notes.txt"
+    mine.write_text("mine")
+    old = stale.stat().st_mtime - 3600
+    for p in (stale, run_tmp, mine):
+        os.utime(p, (old, old))
+    assert train(tiny_config(tmp_path, pairs, steps=6, checkpoint_every=3, resume=str(out))).ok
+    assert not stale.exists() and not run_tmp.exists()
+    assert fresh.is_dir() and mine.read_text() == "mine"

@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import os
+import re
 import secrets
 import stat
 from collections.abc import Callable, Iterator
@@ -41,6 +42,56 @@ def make_temp_dir(prefix: str, parent: str | os.PathLike[str]) -> Path:
     """A new uniquely named folder in ``parent``, made as ``mkdir`` makes one (umask, setgid
     group, default ACLs apply), to be filled and renamed into place."""
     return _unique(Path(parent), prefix, "", lambda p: os.mkdir(p, 0o777))
+
+
+#: A temporary name of :func:`atomic_path` (``.<stem>.tmp-<hex><suffix>``) or of a
+#: :func:`make_temp_dir` folder named that way (``.<name>.tmp-<hex>``).
+_TEMP_NAME = re.compile(r"\.(?P<stem>.+)\.tmp-[0-9a-f]{12}(?P<suffix>\.[A-Za-z0-9]+)?")
+
+
+def temp_target(name: str) -> str | None:
+    """The name a temporary file or folder ``name`` was to become (``.a.tmp-<hex>.tif`` →
+    ``a.tif``), or None when ``name`` is not one of ours."""
+    m = _TEMP_NAME.fullmatch(name)
+    return None if m is None else m["stem"] + (m["suffix"] or "")
+
+
+def remove_leftover_temps(
+    folder: str | os.PathLike[str],
+    targets: Callable[[str], bool],
+    *,
+    min_age_s: float = 0.0,
+    staging_prefixes: tuple[str, ...] = (),
+) -> list[Path]:
+    """Delete the temporary files and folders a killed write left in ``folder``: those whose
+    target name ``targets`` accepts, and folders starting with one of ``staging_prefixes``;
+    only when unchanged for ``min_age_s`` seconds (another process may still be writing).
+    Why: SIGKILL, a power cut or the OOM killer skip the clean-up, and such files can be as
+    large as a slide's probability map. Returns what was deleted."""
+    import shutil
+    import time
+
+    root = Path(folder)
+    if not root.is_dir():
+        return []
+    now, removed = time.time(), []
+    for entry in root.iterdir():
+        target = temp_target(entry.name)
+        staging = bool(staging_prefixes) and entry.name.startswith(staging_prefixes)
+        staging = staging and entry.is_dir()
+        if not (staging or (target is not None and targets(target))):
+            continue
+        try:
+            if now - entry.lstat().st_mtime < min_age_s:
+                continue
+            if entry.is_dir() and not entry.is_symlink():
+                shutil.rmtree(entry)
+            else:
+                entry.unlink()
+        except OSError:
+            continue
+        removed.append(entry)
+    return removed
 
 
 @contextlib.contextmanager

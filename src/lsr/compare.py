@@ -27,6 +27,7 @@ import io
 import json
 import math
 import os
+import re
 import threading
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -180,6 +181,21 @@ class PredictionCache:
     def __init__(self, folder: PathType):
         self.folder = Path(folder)
 
+    #: How long a temporary map must be unchanged before it counts as a killed write's (a
+    #: memory-mapped file's time is not updated on every write; another napari may be
+    #: predicting into the same cache).
+    STALE_S = 24 * 3600.0
+
+    def remove_killed_writes(self) -> list[Path]:
+        """Delete the temporary maps of predictions killed mid-write (SIGKILL, a crash skip
+        the clean-up; each is as large as a slide's float32 map), once a day old."""
+        from lsr.atomic import remove_leftover_temps
+
+        def entry(name: str) -> bool:
+            return re.fullmatch(r"[0-9a-f]{32}\.(npy|json)", name) is not None
+
+        return remove_leftover_temps(self.folder, entry, min_age_s=self.STALE_S)
+
     def entry(self, model: ModelRef, slide_path: PathType, working_mpp: float) -> Path:
         return self.folder / f"{cache_key(model.sha256, slide_path, working_mpp)}.npy"
 
@@ -228,6 +244,7 @@ class PredictionCache:
             return np.asarray(predict_slide(net, slide, **kwargs)), False
         npy = self.entry(model, slide.path, working_mpp)
         self.folder.mkdir(parents=True, exist_ok=True)
+        self.remove_killed_writes()
         with atomic_path(npy) as tmp:
             prob = predict_slide(net, slide, out=str(tmp), **kwargs)
             prob.flush()

@@ -45,9 +45,15 @@ from typing import Any
 
 import numpy as np
 
-from lsr.atomic import atomic_write_text, check_replaceable
+from lsr.atomic import atomic_write_text, check_replaceable, remove_leftover_temps
 from lsr.errors import LsrInputError
-from lsr.slide import WORKING_MPP, Slide, open_slide, write_pyramidal_tiff
+from lsr.slide import (
+    PYRAMID_STAGE_PREFIX,
+    WORKING_MPP,
+    Slide,
+    open_slide,
+    write_pyramidal_tiff,
+)
 
 SUMMARY_FORMAT = "napari-lsr slide prediction"
 SUMMARY_VERSION = 1
@@ -289,6 +295,11 @@ def _claim_folder(folder: Path, slide_path: str | os.PathLike[str]) -> None:
     _write_state(folder, "running", str(slide_path))
     for name in (PROBABILITY, MASK, BOUNDARIES, ERROR):
         (folder / name).unlink(missing_ok=True)
+    # and what a killed run's writes left (SIGKILL skips their clean-up): the folder is ours
+    remove_leftover_temps(
+        folder, {PROBABILITY, MASK, BOUNDARIES, ERROR, SUMMARY}.__contains__,
+        staging_prefixes=(PYRAMID_STAGE_PREFIX,),
+    )  # fmt: skip
 
 
 def _mark_failed(folder: Path, slide_path: str, message: str, details: str) -> None:

@@ -43,7 +43,8 @@ MAX_PLAUSIBLE_MPP: float = 100.0
 screen-resolution defaults (72 dpi = 353 µm/px), never from a microscope."""
 
 #: Name start of the folder a pyramid's lower levels are staged in beside the TIFF being
-#: written (removed when the write ends; a killed process leaves it, lsr synth clears it).
+#: written (removed when the write ends; a killed process leaves it: lsr synth --overwrite
+#: and the next lsr predict of the slide clear it).
 PYRAMID_STAGE_PREFIX = ".lsr-pyramid-"
 
 LARGE_FLAT_PX: int = 20000

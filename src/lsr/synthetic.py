@@ -30,7 +30,7 @@ from pathlib import Path
 
 import numpy as np
 
-from lsr.atomic import atomic_write_text
+from lsr.atomic import atomic_write_text, temp_target
 from lsr.counttable import bin_probabilities
 from lsr.errors import LsrInputError
 from lsr.slide import PYRAMID_STAGE_PREFIX
@@ -392,8 +392,7 @@ def check_out_dir(out_dir: str | os.PathLike[str], overwrite: bool = False) -> s
 def _is_ours(name: str, kind: str) -> bool:
     """``name`` is a file lsr synth writes in ``kind`` ("", "train", "test"), or a temporary
     file of one left by a killed atomic write (``.<stem>.tmp-<hex><suffix>``)."""
-    tmp = re.fullmatch(r"\.(.+)\.tmp-[0-9a-f]+(\.[a-z]+)", name)
-    return bool(_OURS[kind].fullmatch(f"{tmp[1]}{tmp[2]}" if tmp else name))
+    return bool(_OURS[kind].fullmatch(temp_target(name) or name))
 
 
 def _remove_dataset(out: Path) -> None:

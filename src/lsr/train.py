@@ -28,6 +28,7 @@ import dataclasses
 import json
 import math
 import os
+import re
 import shutil
 import tempfile
 import threading
@@ -1080,6 +1081,18 @@ def _network_difference(was: dict[str, Any], now: dict[str, Any]) -> str:
     )
 
 
+def _remove_killed_writes(out_dir: Path) -> None:
+    """Delete the temporary checkpoint folders and run files a killed run left (SIGKILL or
+    the OOM killer mid-write skip the clean-up; a checkpoint's is as large as the model and
+    its optimizer state). Only those unchanged for a minute: not a live run's."""
+    from lsr.atomic import remove_leftover_temps
+
+    remove_leftover_temps(
+        out_dir / CHECKPOINTS, lambda t: re.fullmatch(r"step-\d+", t) is not None, min_age_s=60
+    )
+    remove_leftover_temps(out_dir, {LATEST, RUN_JSON}.__contains__, min_age_s=60)
+
+
 def _load_init(model: UNet, path: str) -> dict[str, Any]:
     """Load the weights of the trained model at ``path`` into ``model`` (a new run's start).
 
@@ -1339,6 +1352,7 @@ def _train(
             )
         if cfg.overwrite and not _continues_own_run(out_dir, ckpt):
             record.aside = set_aside_run(out_dir)
+        _remove_killed_writes(out_dir)
         _emit(
             callbacks,
             "on_start",
