@@ -95,3 +95,58 @@ def test_an_error_line_is_not_followed_by_asyncios_pending_task_reports():
     res = subprocess.run([sys.executable, "-c", bare], capture_output=True, text=True,
                          timeout=120)  # fmt: skip
     assert "Task was destroyed but it is pending" in res.stderr
+
+
+def _ctrl_c(monkeypatch, capsys, target: str, argv: list[str], before=None) -> str:
+    """Run ``lsr ARGV`` in-process with ``target`` (module:function) raising Ctrl-C's
+    KeyboardInterrupt (after ``before()``); return its stderr after checking exit 130."""
+    import importlib
+
+    import pytest
+
+    from lsr.cli import main
+
+    module, name = target.split(":")
+
+    def stopped(*args, **kwargs):
+        if before is not None:
+            before()
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(importlib.import_module(module), name, stopped)
+    with pytest.raises(SystemExit) as exit_:
+        main(argv)
+    assert exit_.value.code == 130
+    return " ".join(capsys.readouterr().err.split())
+
+
+def test_ctrl_c_says_what_is_left_and_how_to_go_on(tmp_path, monkeypatch, capsys):
+    """lsr synth, evaluate and demo stopped on Ctrl-C with a blank line or nothing."""
+    import numpy as np
+
+    from lsr.synthetic import UNFINISHED
+
+    out = tmp_path / "data"
+
+    def marked() -> None:
+        out.mkdir()
+        (out / UNFINISHED).write_text("{}")
+
+    err = _ctrl_c(monkeypatch, capsys, "lsr.synthetic:generate_dataset",
+                  ["synth", "default", "-o", str(out)], marked)  # fmt: skip
+    assert f"interrupted: {out} holds an unfinished data set" in err and "--overwrite" in err
+    err = _ctrl_c(monkeypatch, capsys, "lsr.synthetic:generate_dataset",
+                  ["synth", "default", "-o", str(tmp_path / "new")])  # fmt: skip
+    assert "interrupted: nothing was generated" in err
+
+    np.save(tmp_path / "a_prob.npy", np.eye(8, dtype=np.float32))
+    np.save(tmp_path / "a_gt.npy", np.eye(8, dtype=np.uint8))
+    err = _ctrl_c(monkeypatch, capsys, "lsr.metrics:pooled_scores",
+                  ["evaluate", "-p", str(tmp_path / "a_prob.npy"), "-g",
+                   str(tmp_path / "a_gt.npy"), "--json", str(tmp_path / "s.json")])  # fmt: skip
+    assert f"interrupted: nothing was written to {tmp_path / 's.json'}" in err
+    assert not (tmp_path / "s.json").exists()
+
+    err = _ctrl_c(monkeypatch, capsys, "lsr.demo:run_demo",
+                  ["demo", "--quick", "--out", str(tmp_path / "demo")])  # fmt: skip
+    assert "interrupted: the finished stages are kept in" in err and "run the same command" in err

@@ -197,3 +197,13 @@ def test_calibration_check_flags_past_the_limit_on_enough_blocks(off, n_per_bin,
     assert check["error"] == pytest.approx(off) == pytest.approx(calibration_error(rows, eta))
     assert CALIBRATION_ERROR_LIMIT == 0.30 and CALIBRATION_MIN_BLOCKS == 100
     assert check["flagged"] is flagged
+
+
+def test_pooled_scores_reports_progress_per_patch() -> None:
+    rng = np.random.default_rng(1)
+    preds = [rng.random((16, 16)) > 0.5 for _ in range(3)]
+    gts = [rng.random((16, 16)) > 0.5 for _ in range(3)]
+    seen: list[tuple[int, int]] = []
+    with_progress = pooled_scores(preds, gts, band=4, progress=lambda d, n: seen.append((d, n)))
+    assert seen == [(1, 3), (2, 3), (3, 3)]
+    assert with_progress == pooled_scores(preds, gts, band=4)

@@ -1408,3 +1408,37 @@ def test_a_resumed_run_removes_what_a_killed_checkpoint_write_left(
     assert train(tiny_config(tmp_path, pairs, steps=6, checkpoint_every=3, resume=str(out))).ok
     assert not stale.exists() and not run_tmp.exists()
     assert fresh.is_dir() and mine.read_text() == "mine"
+
+
+def test_cli_second_ctrl_c_says_which_checkpoint_is_kept(
+    pairs: list[tuple[str, str]], tmp_path: Path, capsys, monkeypatch
+) -> None:
+    """A second Ctrl-C stops at once; the progress bar just stopped, without a word about
+    what was kept or whether --resume can continue."""
+    import lsr.train as lsr_train
+    from lsr.cli import main
+
+    base = ["train", "--block-px", str(BLOCK), "--working-mpp", str(WORKING_MPP)]
+    for s, g in pairs:
+        base += ["--slide", s, "--grid", g]
+    base += ["--width", "4", "--depth", "2", "--steps", "1", "--device", "cpu", "--loss",
+             "intra", "--batch-size", "4"]  # fmt: skip
+
+    def aborted(cfg, **kwargs):
+        if kwargs.get("callbacks") is not None and Path(cfg.out_dir).name == "kept":
+            Path(cfg.out_dir).mkdir()
+            (Path(cfg.out_dir) / "latest.json").write_text(
+                '{"checkpoint": "checkpoints/step-001200", "step": 1200}'
+            )
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(lsr_train, "train", aborted)
+    for name, want in (
+        ("kept", "its last checkpoint (step 1,200) is kept: lsr train --resume"),
+        ("none", "has no checkpoint to resume from"),
+    ):
+        with pytest.raises(SystemExit) as exit_:
+            main([*base, "--out-dir", str(tmp_path / name)])
+        assert exit_.value.code == 130
+        err = " ".join(capsys.readouterr().err.split())
+        assert "interrupted: stopped at once" in err and want in err, err

@@ -24,7 +24,7 @@ Definitions (all counts are pixel counts):
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
@@ -131,7 +131,10 @@ def _mean_std(values: list[float]) -> tuple[float | None, float | None]:
 
 
 def pooled_scores(
-    preds: Sequence[np.ndarray], gts: Sequence[np.ndarray], band: float = PAPER_BAND_PX
+    preds: Sequence[np.ndarray],
+    gts: Sequence[np.ndarray],
+    band: float = PAPER_BAND_PX,
+    progress: Callable[[int, int], None] | None = None,
 ) -> dict:
     """Scores over a test set, as in paper Table 2.
 
@@ -139,7 +142,8 @@ def pooled_scores(
     counts summed over patches, then divided), ``masked_iou_mean``/``_std``,
     ``masked_dice_mean``/``_std``, ``iou_mean``/``_std``, ``dice_mean``/``_std`` (per patch),
     ``per_patch`` (list of dicts), ``n_patches``, ``n_with_boundary`` and ``band``.
-    Masked values are None when no patch has a boundary.
+    Masked values are None when no patch has a boundary. ``progress(done, total)`` is
+    called after each patch (the band's distance transforms take most of the time).
     """
     if len(preds) != len(gts):
         raise LsrInputError(f"{len(preds)} predictions but {len(gts)} ground-truth masks")
@@ -167,6 +171,8 @@ def pooled_scores(
             row["masked_iou"], row["masked_dice"] = _scores(*cm)
             row["band_pixels"] = int(np.count_nonzero(m))
         per_patch.append(row)
+        if progress is not None:
+            progress(i + 1, len(preds))
     out: dict = {"band": float(band), "n_patches": len(preds), "n_with_boundary": n_boundary}
     out["iou"], out["dice"] = _scores(*(int(v) for v in tot_u))
     if n_boundary:

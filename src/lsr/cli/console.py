@@ -32,3 +32,17 @@ class QuietOnBrokenPipe(Console):
     def on_broken_pipe(self) -> None:
         self.quiet = True
         silence_stream(self.file)
+
+
+#: Exit status of a command stopped by Ctrl-C (128 + SIGINT, as a shell reports it), so
+#: scripts never take a stopped command for a finished one.
+EXIT_INTERRUPTED = 130
+
+
+def interrupted(what_is_left: str) -> SystemExit:
+    """Print one line on stderr saying what a Ctrl-C left on disk and how to go on; return
+    the exit to raise (``raise interrupted(...) from None``)."""
+    QuietOnBrokenPipe(stderr=True).print(
+        f"[yellow]interrupted[/yellow]: {what_is_left}", highlight=False
+    )
+    return SystemExit(EXIT_INTERRUPTED)

@@ -7,7 +7,7 @@ from pathlib import Path
 import typer
 from rich.markdown import Markdown
 
-from lsr.cli.console import QuietOnBrokenPipe
+from lsr.cli.console import QuietOnBrokenPipe, interrupted
 
 
 def demo(
@@ -21,7 +21,13 @@ def demo(
     from lsr.demo import DemoConfig, run_demo
 
     cfg = DemoConfig.load(config, quick=quick)
-    result = run_demo(out, config=cfg, seeds=list(range(seed, seed + seeds)), quick=quick)
+    try:
+        result = run_demo(out, config=cfg, seeds=list(range(seed, seed + seeds)), quick=quick)
+    except KeyboardInterrupt:
+        raise interrupted(
+            f"the finished stages are kept in {out}; run the same command again to continue "
+            "where it stopped"
+        ) from None
     console = QuietOnBrokenPipe()
     console.print(Markdown((out / "results.md").read_text()))
     console.print(f"\nfinished in {result['elapsed_s'] / 60:.1f} min; files in {out.resolve()}:")

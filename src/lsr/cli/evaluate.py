@@ -14,6 +14,7 @@ from rich.table import Table
 
 from lsr.arrays import read_npy
 from lsr.atomic import atomic_write_text, check_replaceable
+from lsr.cli.console import interrupted
 from lsr.errors import LsrInputError
 
 _SUFFIXES = (".tif", ".tiff", ".png", ".npy")
@@ -343,25 +344,28 @@ def calibration(
         ct = CountTable.load(table)
     edges = ct.edges if ct is not None else PAPER_EDGES
     maps, zs, probabilities = [], [], True
-    for p, g in pairs:
-        m, is_probability = read_prediction(p, pred_kind)
-        probabilities &= is_probability
-        oy, ox = (int(v) for v in grid_geometry(g)["origin"])  # the sidecar's, else (0, 0)
-        grid = load_grid(g, block_px=block_px, origin=(oy, ox))
-        m = m[oy:, ox:]  # block (0, 0) starts at the origin, as in training and Compare
-        rows, cols = m.shape[0] // block_px, m.shape[1] // block_px
-        if grid.shape != (rows, cols):
-            at = f" from the grid's origin (y, x) = ({oy}, {ox}) px" if oy or ox else ""
-            raise LsrInputError(
-                f"grid of {grid.shape} blocks does not match the prediction's {m.shape} px"
-                f"{at} = {(rows, cols)} blocks of {block_px} px",
-                g,
-            )
-        try:  # probabilities are binned with the table's edges, not always the paper's
-            zs.append(grid.bins(edges))
-        except LsrInputError as err:
-            raise LsrInputError(err.problem, g) from None
-        maps.append(m)
+    with _progress() as bar:
+        task = bar.add_task("reading grids", total=len(pairs))
+        for p, g in pairs:
+            m, is_probability = read_prediction(p, pred_kind)
+            probabilities &= is_probability
+            oy, ox = (int(v) for v in grid_geometry(g)["origin"])  # the sidecar's, else (0, 0)
+            grid = load_grid(g, block_px=block_px, origin=(oy, ox))
+            m = m[oy:, ox:]  # block (0, 0) starts at the origin, as in training and Compare
+            rows, cols = m.shape[0] // block_px, m.shape[1] // block_px
+            if grid.shape != (rows, cols):
+                at = f" from the grid's origin (y, x) = ({oy}, {ox}) px" if oy or ox else ""
+                raise LsrInputError(
+                    f"grid of {grid.shape} blocks does not match the prediction's {m.shape} px"
+                    f"{at} = {(rows, cols)} blocks of {block_px} px",
+                    g,
+                )
+            try:  # probabilities are binned with the table's edges, not always the paper's
+                zs.append(grid.bins(edges))
+            except LsrInputError as err:
+                raise LsrInputError(err.problem, g) from None
+            maps.append(m)
+            bar.advance(task)
     if not any((z >= 0).any() for z in zs):  # every bin would show 0 blocks, no distance
         _no_labelled_blocks([g for _, g in pairs])
     n_bins = len(edges) - 1
@@ -371,6 +375,16 @@ def calibration(
             row["table_mean"] = float(ct.eta[row["z"], 0])
             row["table_std"] = float(ct.rho[row["z"], 0])
     return rows_out, probabilities
+
+
+def _progress() -> Any:
+    """A transient progress bar on stderr (stdout keeps only the tables, for files)."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
+
+    return Progress(
+        TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+        console=Console(stderr=True), transient=True,
+    )  # fmt: skip
 
 
 def _no_labelled_blocks(grids: list[Path]) -> None:
@@ -455,24 +469,29 @@ def evaluate(
     band, block_px = _scale_from_manifest(
         band, block_px, [*gt, *grid], console, (bool(gt), bool(grid))
     )
-    calib: list[dict] | None = None
-    probabilities = True
-    if grid:  # before the scores are printed: unusable grids are refused first
-        calib, probabilities = calibration(
-            _pair(preds, grids, pair_by, "grid"), block_px, table, pred_kind
-        )
-    result: dict = {}
-    if gt:
-        result = _scores(_pair(preds, _expand_gt(list(gt)), pair_by), band, console, pred_kind)
-    if calib is not None:
-        result["calibration"] = calib
-        result["block_px"] = block_px
-        console.print(_calibration_table(calib, table is not None))
-        if table is not None:
-            result["calibration_check"] = _report_calibration_check(calib, probabilities, console)
-    if json_out is not None:
-        atomic_write_text(json_out, json.dumps(result, indent=2))
-        console.print(f"scores written to {json_out}")
+    try:
+        calib: list[dict] | None = None
+        probabilities = True
+        if grid:  # before the scores are printed: unusable grids are refused first
+            calib, probabilities = calibration(
+                _pair(preds, grids, pair_by, "grid"), block_px, table, pred_kind
+            )
+        result: dict = {}
+        if gt:
+            result = _scores(_pair(preds, _expand_gt(list(gt)), pair_by), band, console, pred_kind)
+        if calib is not None:
+            result["calibration"] = calib
+            result["block_px"] = block_px
+            console.print(_calibration_table(calib, table is not None))
+            if table is not None:
+                result["calibration_check"] = _report_calibration_check(
+                    calib, probabilities, console
+                )
+        if json_out is not None:
+            atomic_write_text(json_out, json.dumps(result, indent=2))
+            console.print(f"scores written to {json_out}")
+    except KeyboardInterrupt:
+        raise interrupted("nothing was written" + (f" to {json_out}" if json_out else "")) from None
 
 
 def _block_px_from_sidecars(
@@ -566,15 +585,21 @@ def _scores(
     from lsr.metrics import pooled_scores
 
     preds, gts, kinds = [], [], []
-    for p, g in pairs:
-        prob, is_probability = read_prediction(p, pred_kind)
-        pm, gm = prob >= 0.5, read_mask(g)
-        kinds.append("probability" if is_probability else "mask")
-        if pm.shape != gm.shape:
-            raise LsrInputError(f"shape {pm.shape} differs from ground truth {g} {gm.shape}", p)
-        preds.append(pm)
-        gts.append(gm)
-    scores = pooled_scores(preds, gts, band=band)
+    with _progress() as bar:
+        task = bar.add_task("reading", total=len(pairs))
+        for p, g in pairs:
+            prob, is_probability = read_prediction(p, pred_kind)
+            pm, gm = prob >= 0.5, read_mask(g)
+            kinds.append("probability" if is_probability else "mask")
+            if pm.shape != gm.shape:
+                raise LsrInputError(f"shape {pm.shape} differs from ground truth {g} {gm.shape}", p)
+            preds.append(pm)
+            gts.append(gm)
+            bar.advance(task)
+        bar.update(task, description="scoring", completed=0)
+        scores = pooled_scores(
+            preds, gts, band=band, progress=lambda done, _n: bar.update(task, completed=done)
+        )
     for row, (p, g), kind in zip(scores["per_patch"], pairs, kinds, strict=True):
         row["pred"], row["gt"], row["pred_kind"] = str(p), str(g), kind
     n_prob = kinds.count("probability")

@@ -9,6 +9,7 @@ from rich.console import Console
 from rich.progress import Progress
 from rich.table import Table
 
+from lsr.cli.console import interrupted
 from lsr.counttable import CountTable
 
 
@@ -55,10 +56,20 @@ def synth(
         def report(stage: str, done: int, total: int) -> None:
             progress.update(task, completed=done, total=total, description=stage)
 
-        manifest = generate_dataset(
-            cfg, seed, out, n_slides=n_slides, n_test_patches=n_test, workers=workers,
-            progress=report, overwrite=overwrite,
-        )  # fmt: skip
+        try:
+            manifest = generate_dataset(
+                cfg, seed, out, n_slides=n_slides, n_test_patches=n_test, workers=workers,
+                progress=report, overwrite=overwrite,
+            )  # fmt: skip
+        except KeyboardInterrupt:
+            from lsr.synthetic import UNFINISHED
+
+            if (out / UNFINISHED).is_file():
+                raise interrupted(
+                    f"{out} holds an unfinished data set ({UNFINISHED}); run the same command "
+                    "with --overwrite to generate it again"
+                ) from None
+            raise interrupted(f"nothing was generated in {out}") from None
     expert = CountTable.from_json(out / "table_expert.json")
     truth = CountTable.from_json(out / "table_true.json")
     tab = Table(title=f"count table: simulated expert vs truth ({cfg.name}, seed {seed})")

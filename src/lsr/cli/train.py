@@ -14,6 +14,7 @@ The first Ctrl-C stops after the current step and writes a checkpoint (exit stat
 
 from __future__ import annotations
 
+import json
 import signal
 import threading
 from pathlib import Path
@@ -30,11 +31,8 @@ from rich.progress import (
     TimeRemainingColumn,
 )
 
-from lsr.cli.console import QuietOnBrokenPipe
+from lsr.cli.console import EXIT_INTERRUPTED, QuietOnBrokenPipe, interrupted
 from lsr.errors import LsrInputError
-
-#: Exit status of a run stopped with Ctrl-C (128 + SIGINT, the shell's convention).
-EXIT_INTERRUPTED = 130
 
 
 class RichProgress:
@@ -151,6 +149,20 @@ def _unused_batch_flags(loss: str, flags: dict[str, Any]) -> str:
         return ""
     takes = "--batch-size" if loss == "intra" else "--groups-per-batch × --group-size"
     return f"{', '.join(unused)} ignored: the {loss} loss's batch is {takes}"
+
+
+def _kept_after_abort(out_dir: Path) -> str:
+    """What a run stopped at once (a second Ctrl-C) keeps, and how to go on."""
+    from lsr.checkpoint import LATEST
+
+    try:
+        step = int(json.loads((out_dir / LATEST).read_text(encoding="utf-8"))["step"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return f"stopped at once; {out_dir} has no checkpoint to resume from"
+    return (
+        f"stopped at once; its last checkpoint (step {step:,}) is kept: "
+        f"lsr train --resume {out_dir} continues from there"
+    )
 
 
 def _batch_text(cfg: Any) -> str:
@@ -407,6 +419,8 @@ def train(
         signal.signal(signal.SIGINT, on_interrupt)
     try:
         result = run_training(cfg, callbacks=[RichProgress()], cancel=cancel)
+    except KeyboardInterrupt:  # the second Ctrl-C: stopped at once, no checkpoint written now
+        raise interrupted(_kept_after_abort(Path(cfg.out_dir or "."))) from None
     finally:
         if threading.current_thread() is threading.main_thread():
             signal.signal(signal.SIGINT, previous)
