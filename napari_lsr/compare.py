@@ -687,10 +687,7 @@ class CompareWidget(QWidget):
         self.status.setText(status + self._calibration_warning(checks))
         t = self.scores_table
         t.setRowCount(len(rows))
-        short = [r["label"].split(" (")[0] for _k, r in rows]
-        if len(set(short)) < len(short):  # two runs of one loss: keep the run names
-            short = [r["label"] for _k, r in rows]
-        t.setVerticalHeaderLabels(short)
+        t.setVerticalHeaderLabels(_short_labels([r["label"] for _k, r in rows]))
         for i, (key, r) in enumerate(rows):
             t.verticalHeaderItem(i).setToolTip(r["label"])
             for j, m in enumerate(lc.METRICS):
@@ -706,14 +703,17 @@ class CompareWidget(QWidget):
         keys = list(calib[0]["models"]) if calib else []
         has_gt = bool(calib) and "ground_truth" in calib[0]
         tkey = next(iter(calib[0]["table"]), None) if calib else None
-        heads = (["table η ± ρ"] if tkey else []) + [comp.boundary(k).label for k in keys]
+        labels = [comp.boundary(k).label for k in keys]
+        heads = (["table η ± ρ"] if tkey else []) + _short_labels(labels)
         heads += ["ground truth"] if has_gt else []
         t = self.calib_table
         t.setColumnCount(len(heads))
         t.setHorizontalHeaderLabels(heads)
-        t.setRowCount(len(calib))
-        t.setVerticalHeaderLabels([f"z={r['z']} ({r['label']})" for r in calib])
-        for i, row in enumerate(calib):
+        for j, label in enumerate(labels, start=1 if tkey else 0):
+            t.horizontalHeaderItem(j).setToolTip(label)  # the run's name, cut from the header
+        t.setRowCount(len(calib) + 1)  # row 0: the check, seen without scrolling
+        t.setVerticalHeaderLabels(["off the table"] + [f"z={r['z']} ({r['label']})" for r in calib])
+        for i, row in enumerate(calib, start=1):
             cells = []
             if tkey:
                 eta, rho = row["table"][tkey]
@@ -747,9 +747,7 @@ class CompareWidget(QWidget):
         from lsr.metrics import CALIBRATION_ERROR_LIMIT, CALIBRATION_MIN_BLOCKS
 
         t = self.calib_table
-        row = t.rowCount()
-        t.setRowCount(row + 1)
-        t.setVerticalHeaderItem(row, QTableWidgetItem("off the table"))
+        row = 0  # the first row: a flag must not hide below the ten bins
         for j, k in enumerate(keys, start=first):
             c = checks.get(k)
             if c is None or c["error"] is None:
@@ -897,6 +895,14 @@ def _band_of(comp: lc.Comparison) -> np.ndarray | None:
     from lsr.metrics import boundary_band
 
     return boundary_band(comp.gt, comp.band_px).astype(np.uint8)
+
+
+def _short_labels(labels: list[str]) -> list[str]:
+    """Row or column names of the models: the loss ("intra-instance") without the run's
+    folder name ("… (intra-gaussian-nll-20261202-103922)"), which pushed the values out of
+    sight; the full labels when two runs share a loss."""
+    short = [label.split(" (")[0] for label in labels]
+    return short if len(set(short)) == len(short) else list(labels)
 
 
 def _fit_rows(table: QTableWidget, max_rows: int = 12) -> None:

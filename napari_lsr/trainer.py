@@ -81,6 +81,8 @@ LOSS_NOTES = {
 }
 DISTANCES = ("gaussian-nll", "lsr-interval", "paper-printed", "kl")  # lsr.losses.DISTANCES
 MODEL_COLUMNS = ("Name", "Loss", "Distance", "Steps", "Date", "Final loss")
+#: Narrowest the model list's name column gets (px): a default run name's loss and time.
+MIN_NAME_PX = 150
 
 _device_cache: dict[str, str] = {}
 
@@ -455,9 +457,12 @@ class TrainerWidget(QWidget):
         self.models_view.setSelectionBehavior(QAbstractItemView.SelectRows)
         header = self.models_view.horizontalHeader()
         header.setSectionResizeMode(QHeaderView.ResizeToContents)
-        # the name takes what the other columns leave (elided, full name as tooltip): no
-        # horizontal scrolling to reach the final loss
-        header.setSectionResizeMode(0, QHeaderView.Stretch)
+        # the name takes what the other columns leave (elided, full name as tooltip), but
+        # never less than MIN_NAME_PX: in a narrow dock a stretched name shrank to "i…2"
+        # for every run; then the table scrolls sideways instead
+        header.setSectionResizeMode(0, QHeaderView.Interactive)
+        self._models_viewport = self.models_view.viewport()
+        self._models_viewport.installEventFilter(self)
         self.models_view.setTextElideMode(Qt.ElideMiddle)
         self.models_view.setWordWrap(False)
         self.models_view.setMinimumHeight(90)
@@ -1137,7 +1142,15 @@ class TrainerWidget(QWidget):
                     item.setTextAlignment(int(Qt.AlignRight | Qt.AlignVCenter))
                 self.models_view.setItem(r, c, item)
         self.models = models
+        self._fit_name_column()
         return models
+
+    def _fit_name_column(self) -> None:
+        """The name column: the width the others leave, at least :data:`MIN_NAME_PX`."""
+        header = self.models_view.horizontalHeader()
+        others = sum(header.sectionSize(c) for c in range(1, len(MODEL_COLUMNS)))
+        free = self.models_view.viewport().width() - others
+        header.resizeSection(0, max(MIN_NAME_PX, free))
 
     # ------------------------------------------------------------------ closing napari
     def ask_close_choice(self) -> str:
@@ -1159,6 +1172,10 @@ class TrainerWidget(QWidget):
         return "stop" if clicked is stop else "detach" if clicked is detach else "cancel"
 
     def eventFilter(self, obj: QObject, event: QEvent) -> bool:
+        if obj is self._models_viewport:
+            if event.type() == QEvent.Resize:
+                self._fit_name_column()
+            return False
         # (the process may have ended since the last poll: then nothing is left to ask about)
         alive = self.running and self.job is not None and self.job.alive
         if obj is self._guarded and event.type() == QEvent.Close and alive:

@@ -131,13 +131,18 @@ def test_compare_draws_scores_and_exports(make_napari_viewer, qtbot, data, tmp_p
         assert (row["iou"], row["dice"]) == pytest.approx(iou_dice(comp.masks[key], gt))
     assert w.scores_table.rowCount() == 2
     assert w.scores_table.item(0, 0).text() == f"{w.scores['low_res']['masked_iou']:.4f}"
-    # ten bins and a last row with each model's distance from its table (lsr.compare's)
+    # a first row with each model's distance from its table (lsr.compare's), seen without
+    # scrolling, then ten bins; columns named by the loss, the run's name in the tooltip
     assert w.calib_table.rowCount() == 11
-    assert w.calib_table.verticalHeaderItem(10).text() == "off the table"
+    assert w.calib_table.verticalHeaderItem(0).text() == "off the table"
+    assert w.calib_table.verticalHeaderItem(1).text().startswith("z=0 ")
+    head = w.calib_table.horizontalHeaderItem(1)
+    label = comp.boundary(next(iter(w.calib[0]["models"]))).label
+    assert head.text() == label.split(" (")[0] and head.toolTip() == label
     checks = calibration_checks(w.calib)
     key = next(iter(checks))
     c = checks[key]
-    cell = w.calib_table.item(10, 1).text()
+    cell = w.calib_table.item(0, 1).text()
     assert cell.startswith(f"{100 * c['error']:.1f} points ({c['blocks']} blocks)")
     assert cell.endswith("⚠") == c["flagged"]
     assert ("points off its count table" in w.status.text()) == any(
@@ -155,7 +160,7 @@ def test_compare_draws_scores_and_exports(make_napari_viewer, qtbot, data, tmp_p
         far_checks = calibration_checks(far)
         assert w._calibration_warning(far_checks) == (warning if flagged else "")
         w._fill_calibration(far, far_checks)
-        item = w.calib_table.item(10, 1)
+        item = w.calib_table.item(0, 1)
         assert item.text() == f"40.0 points ({10 * n} blocks)" + (" ⚠" if flagged else "")
         assert (item.foreground().color().name() == "#e05050") is flagged
     w._fill_calibration(w.calib, checks)

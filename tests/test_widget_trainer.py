@@ -111,6 +111,18 @@ def test_train_queue_from_layers_to_completion_and_model_list(widget, data, qtbo
     assert row[5] == f"{model.final_loss:.4g}"
     summary = json.loads(Path(model.run_dir, "run.json").read_text())
     assert model.final_loss == pytest.approx(summary["losses"][-1])
+    # the name column fills what the others leave, and keeps a readable width in a narrow
+    # dock (stretched, it shrank to "i…2" beside the Annotator)
+    from napari_lsr.trainer import MIN_NAME_PX
+
+    view, header = widget.models_view, widget.models_view.horizontalHeader()
+    for width in (260, 1200):
+        view.setFixedWidth(width)
+        qtbot.waitUntil(lambda w=width: view.width() == w, timeout=2000)
+        others = sum(header.sectionSize(c) for c in range(1, 6))
+        want = max(MIN_NAME_PX, view.viewport().width() - others)
+        qtbot.waitUntil(lambda w=want: header.sectionSize(0) == w, timeout=2000)
+    assert header.sectionSize(0) > MIN_NAME_PX  # wide: the name takes the rest
 
 
 def test_run_that_ends_while_the_display_updates_is_shown_ended(
