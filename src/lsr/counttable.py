@@ -244,7 +244,8 @@ class CountTable:
         if missing and fallback is None:
             raise LsrInputError(
                 f"bins {missing} have no estimate; estimate at least two blocks in each, "
-                "or pass a fallback table (e.g. the paper preset) to fill them"
+                "or pass a fallback table to fill them (lsr table from-estimates --fallback "
+                "paper-table1; Python: fallback=CountTable.paper_table1())"
             )
         for b in range(n_bins):
             vals = pc[zs == b] / 100.0

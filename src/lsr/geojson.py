@@ -230,7 +230,7 @@ def export_geojson(
     features = []
     for key, geom in polygons.items():
         if geom is None or _as_multipolygon(geom).is_empty:
-            warnings.warn(f"{key!r}: empty boundary, not exported", stacklevel=2)
+            warnings.warn(f"{path}: {key!r}: empty boundary, not exported", stacklevel=2)
             continue
         class_name = names.get(key, key)
         features.append(
