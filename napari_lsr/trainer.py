@@ -81,8 +81,8 @@ LOSS_NOTES = {
 }
 DISTANCES = ("gaussian-nll", "lsr-interval", "paper-printed", "kl")  # lsr.losses.DISTANCES
 MODEL_COLUMNS = ("Name", "Loss", "Distance", "Steps", "Date", "Final loss")
-#: Narrowest the model list's name column gets (px): a default run name's loss and time.
-MIN_NAME_PX = 150
+#: Narrowest the model list's name column gets (px): a default run name's start and time.
+MIN_NAME_PX = 120
 
 _device_cache: dict[str, str] = {}
 
