@@ -816,7 +816,9 @@ def test_cli_ctrl_c_keeps_a_checkpoint_and_exits_130(
     assert exc.value.code == 130
     assert json.loads((out / "run.json").read_text())["status"] == "cancelled"
     assert read_checkpoint(out).step == 2
-    assert f"resume with: lsr train --resume {out} --steps 50" in capsys.readouterr().err
+    err = " ".join(capsys.readouterr().err.split())
+    assert f"resume with: lsr train --resume {out} --steps 50" in err
+    assert "Ctrl-C: stopping after the current step, with a checkpoint" in err  # said at once
 
 
 def test_a_worker_error_arrives_as_its_own_one_line_message(

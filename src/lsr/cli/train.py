@@ -410,15 +410,21 @@ def train(
 
     cancel = threading.Event()
     previous = signal.getsignal(signal.SIGINT)
+    shown = RichProgress()
 
     def on_interrupt(signum: int, frame: Any) -> None:
         cancel.set()
         signal.signal(signal.SIGINT, previous)  # a second Ctrl-C aborts at once
+        # at once: while the slides are read, the first step can be many seconds away
+        shown.console.print(
+            "[yellow]Ctrl-C: stopping after the current step, with a checkpoint "
+            "(Ctrl-C again stops at once)[/yellow]"
+        )
 
     if threading.current_thread() is threading.main_thread():
         signal.signal(signal.SIGINT, on_interrupt)
     try:
-        result = run_training(cfg, callbacks=[RichProgress()], cancel=cancel)
+        result = run_training(cfg, callbacks=[shown], cancel=cancel)
     except KeyboardInterrupt:  # the second Ctrl-C: stopped at once, no checkpoint written now
         raise interrupted(_kept_after_abort(Path(cfg.out_dir or "."))) from None
     finally:
