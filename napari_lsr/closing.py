@@ -21,12 +21,17 @@ class CloseWatch(QObject):
 
     The window's close is seen as its non-spontaneous Hide, which comes only once the close
     was accepted (another dock may still refuse it; minimising sends a spontaneous Hide).
+    The window is the widget's outermost parent: a floating dock is a window of its own,
+    hidden when it is docked again, but its parent is still napari's main window.
     """
 
     def __init__(self, widget: QWidget, on_close: Callable[[], None]):
         super().__init__()  # no Qt parent: the widget would keep it, and it the widget
         self._widget = widget
-        self._window = widget.window()
+        root = widget
+        while root.parentWidget() is not None:
+            root = root.parentWidget()
+        self._window = root
         self._on_close = on_close
         self.closed = False
         widget.installEventFilter(self)

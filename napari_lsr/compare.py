@@ -421,13 +421,11 @@ class CompareWidget(QWidget):
         return True
 
     def _closed(self) -> None:
-        """The dock or napari closed during a run: stop it, and draw or score nothing."""
+        """The dock or napari closed during a run: stop it; nothing is drawn, or, when the
+        new layers are already going in (the old ones are gone), they are finished; nothing
+        is scored."""
         self._cancel.set()
         self._evaluate_next = False
-        if self._drawing:
-            self._drawing.clear()
-            if self._worker_done:
-                self._finish_run()
 
     def _is_closed(self) -> bool:
         return self._watch is not None and self._watch.closed
@@ -707,6 +705,7 @@ class CompareWidget(QWidget):
         heads = (["table η ± ρ"] if tkey else []) + _short_labels(labels)
         heads += ["ground truth"] if has_gt else []
         t = self.calib_table
+        t.clearContents()  # (a cell the new comparison does not fill keeps no old value)
         t.setColumnCount(len(heads))
         t.setHorizontalHeaderLabels(heads)
         for j, label in enumerate(labels, start=1 if tkey else 0):
@@ -742,7 +741,7 @@ class CompareWidget(QWidget):
         return "".join(f" · {b}" for b in bad)
 
     def _fill_calibration_check(self, checks: dict[str, Any], keys: list[str], first: int) -> None:
-        """A last row: each model's block-weighted distance from its table, marked when
+        """The first row: each model's block-weighted distance from its table, marked when
         :func:`lsr.metrics.calibration_check` flags it (then the network is suspect)."""
         from lsr.metrics import CALIBRATION_ERROR_LIMIT, CALIBRATION_MIN_BLOCKS
 

@@ -4,8 +4,10 @@ cohort driver: resuming, failures, the CLI and a 2-worker dask cluster."""
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
+import time
 
 import numpy as np
 import pytest
@@ -17,6 +19,7 @@ from lsr.errors import LsrInputError
 from lsr.geojson import import_geojson
 from lsr.model import INPUT_MEAN, INPUT_STD, UNet
 from lsr.predict import (
+    LEFTOVER_S,
     PredictOptions,
     parse_tile,
     predict_cohort,
@@ -482,6 +485,22 @@ def test_a_redone_slide_folder_loses_what_a_killed_run_left(tmp_path, model_dir)
     (left[1] / "level1.npy").write_bytes(b"partial")
     notes = out / "a" / ".notes.tmp-0123456789ab.txt"  # not a temporary of an lsr output
     notes.write_text("mine")
+    live = out / "a" / ".mask.tmp-fedcba987654.tif"  # another lsr predict writing right now
+    live.write_bytes(b"being written")
+    old = time.time() - LEFTOVER_S - 60
+    for p in (*left, notes):
+        os.utime(p, (old, old))
     lower = PredictOptions(**{**OPTS.to_dict(), "threshold": 0.3})
     assert predict_cohort([slide], model_dir, out, lower)[0].status == "done"
     assert not any(p.exists() for p in left) and notes.read_text() == "mine"
+    assert live.exists()
+
+
+def test_a_slide_given_twice_is_predicted_once(tmp_path, model_dir):
+    """Given twice (a glob and its name), one slide had two writers of its folder."""
+    slide = make_slide(tmp_path / "a.tif")
+    other = tmp_path / "sub" / ".." / "a.tif"  # the same file by another path
+    (tmp_path / "sub").mkdir()
+    results = predict_cohort([slide, other, slide], model_dir, tmp_path / "out", OPTS)
+    assert [r.status for r in results] == ["done"]
+    assert results[0].slide == str(slide)

@@ -529,8 +529,8 @@ def test_a_pool_worker_ends_when_its_parent_is_killed(tmp_path):
     import time
 
     child = (
-        "from lsr.synthetic import _exit_with_parent; _exit_with_parent(0.05); "
-        "import time; time.sleep(60)"
+        "import os, time; from lsr.synthetic import _exit_with_parent; "
+        "_exit_with_parent(os.getppid(), 0.05); print('watching', flush=True); time.sleep(60)"
     )
     parent = (
         "import subprocess, sys, time; "
@@ -538,7 +538,9 @@ def test_a_pool_worker_ends_when_its_parent_is_killed(tmp_path):
         "print(p.pid, flush=True); time.sleep(60)"
     )
     proc = subprocess.Popen([sys.executable, "-c", parent], stdout=subprocess.PIPE, text=True)
-    pid = int(proc.stdout.readline())
+    lines = [proc.stdout.readline().strip(), proc.stdout.readline().strip()]  # either order
+    pid = int(next(ln for ln in lines if ln.isdigit()))
+    assert "watching" in lines, lines
 
     def running() -> bool:
         try:
@@ -548,7 +550,6 @@ def test_a_pool_worker_ends_when_its_parent_is_killed(tmp_path):
         return "\nState:\tZ" not in status  # a zombie has exited (nobody reaped it yet)
 
     try:
-        time.sleep(1.0)  # the child has imported lsr and is watching
         assert running()
     finally:
         proc.send_signal(signal.SIGKILL)

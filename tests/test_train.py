@@ -1444,3 +1444,34 @@ def test_cli_second_ctrl_c_says_which_checkpoint_is_kept(
         assert exit_.value.code == 130
         err = " ".join(capsys.readouterr().err.split())
         assert "interrupted: stopped at once" in err and want in err, err
+
+
+def test_cli_second_ctrl_c_during_an_overwrite_names_the_run_put_back(
+    pairs: list[tuple[str, str]], tmp_path: Path, capsys, monkeypatch
+) -> None:
+    """Stopped at once before its first checkpoint, an --overwrite run puts the old run
+    back; the line offered to resume that old run as if it were this one."""
+    import lsr.train as lsr_train
+    from lsr.cli import main
+
+    base = ["train", "--block-px", str(BLOCK), "--working-mpp", str(WORKING_MPP)]
+    for s, g in pairs:
+        base += ["--slide", s, "--grid", g]
+    base += ["--width", "4", "--depth", "2", "--device", "cpu", "--loss", "intra",
+             "--batch-size", "4", "--out-dir", str(tmp_path / "run")]  # fmt: skip
+    with pytest.raises(SystemExit) as exit_:
+        main([*base, "--steps", "3", "--checkpoint-every", "3"])
+    assert exit_.value.code == 0
+    capsys.readouterr()
+
+    def second_ctrl_c(out_dir: Path) -> None:  # right after the old run was set aside
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(lsr_train, "_remove_killed_writes", second_ctrl_c)
+    with pytest.raises(SystemExit) as exit_:
+        main([*base, "--steps", "50", "--overwrite"])
+    assert exit_.value.code == 130
+    err = " ".join(capsys.readouterr().err.split())
+    assert "this run kept no checkpoint, and the run it was to replace (--overwrite) is back" in err
+    assert "(step 3)" in err and "continues from there" not in err
+    assert json.loads((tmp_path / "run" / "latest.json").read_text())["step"] == 3

@@ -163,6 +163,16 @@ def test_compare_draws_scores_and_exports(make_napari_viewer, qtbot, data, tmp_p
         item = w.calib_table.item(0, 1)
         assert item.text() == f"40.0 points ({10 * n} blocks)" + (" ⚠" if flagged else "")
         assert (item.foreground().color().name() == "#e05050") is flagged
+    # a later evaluation with other columns keeps no cell of the earlier one
+    w._fill_calibration(w.calib, checks)
+    no_table = [{**row, "table": {}} for row in w.calib]
+    w._fill_calibration(no_table, checks)
+    first = w.calib_table.horizontalHeaderItem(0).text()
+    assert first != "table η ± ρ"
+    cells = [w.calib_table.item(0, c) for c in range(w.calib_table.columnCount())]
+    assert [c.text() if c else "" for c in cells].count("") == sum(
+        1 for k in ["ground_truth"] if "ground_truth" in w.calib[0]
+    )
     w._fill_calibration(w.calib, checks)
 
     # two runs of one loss keep their run names; an empty boundary is named in the status
@@ -417,6 +427,36 @@ def test_closing_the_dock_during_a_run_stops_it_and_draws_nothing(
     qtbot.wait(50)
 
 
+def test_closing_the_dock_while_the_layers_go_in_finishes_them_unscored(
+    make_napari_viewer, qtbot, data, tmp_path, messages, monkeypatch
+):
+    """Closed after the old layers were removed, the run left half a comparison."""
+    from napari_lsr.compare import _own
+
+    viewer = make_napari_viewer()
+    w = open_widget(viewer, data, tmp_path)
+    w.add_model(str(data / "models" / "a"))
+    assert w.run()
+    wait_idle(qtbot, w)
+    full = sorted(ly.name for ly in viewer.layers if _own(ly))
+    show = w._show
+
+    def close_while_drawing(result):
+        show(result)
+        viewer.window.remove_dock_widget(w)
+
+    monkeypatch.setattr(w, "_show", close_while_drawing)
+    w.scores = None
+    assert w.run()
+    wait_idle(qtbot, w)
+    qtbot.waitUntil(lambda: not w._drawing, timeout=TIMEOUT_MS)
+    assert sorted(ly.name for ly in viewer.layers if _own(ly)) == full
+    assert w.scores is None and w.status.text() == "cancelled: boundaries drawn, not evaluated"
+    monkeypatch.undo()
+    w.deleteLater()  # out of the dock, napari no longer owns it (its viewer check counts it)
+    qtbot.wait(50)
+
+
 def test_close_watch_sees_the_dock_closed_or_the_window_closed_not_a_hidden_tab(qtbot):
     from qtpy.QtCore import Qt
     from qtpy.QtWidgets import QDockWidget, QMainWindow, QWidget
@@ -438,6 +478,14 @@ def test_close_watch_sees_the_dock_closed_or_the_window_closed_not_a_hidden_tab(
     watch = CloseWatch(inner, lambda: calls.append("closed"))
     inner.parent().hide()  # a dock tabbed behind another: still there
     inner.parent().show()
+    assert calls == [] and not watch.closed
+    watch.stop()
+    dock = inner.parent()
+    dock.setFloating(True)  # a run started in a floating dock (a window of its own) ...
+    qtbot.wait(50)
+    watch = CloseWatch(inner, lambda: calls.append("closed"))
+    dock.setFloating(False)  # ... docked back meanwhile: hidden as a window, not closed
+    qtbot.wait(50)
     assert calls == [] and not watch.closed
     inner.setParent(None)  # napari's remove_dock_widget
     assert calls == ["closed"] and watch.closed

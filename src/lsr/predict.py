@@ -63,6 +63,10 @@ BOUNDARIES = "boundaries.geojson"
 SUMMARY = "summary.json"
 ERROR = "error.txt"
 COHORT = "cohort.json"
+#: Seconds a temporary output or pyramid staging folder must be unchanged before a new run
+#: of its slide takes it for a killed run's and deletes it (a live writer changes its
+#: files every few seconds).
+LEFTOVER_S = 600.0
 COHORT_FORMAT = "napari-lsr cohort prediction"
 OUTPUTS: tuple[str, ...] = (PROBABILITY, MASK, BOUNDARIES, SUMMARY)
 _MULTI_SUFFIXES = (".ome.tiff", ".ome.tif")
@@ -295,10 +299,11 @@ def _claim_folder(folder: Path, slide_path: str | os.PathLike[str]) -> None:
     _write_state(folder, "running", str(slide_path))
     for name in (PROBABILITY, MASK, BOUNDARIES, ERROR):
         (folder / name).unlink(missing_ok=True)
-    # and what a killed run's writes left (SIGKILL skips their clean-up): the folder is ours
+    # and what a killed run's writes left (SIGKILL skips their clean-up), once untouched for
+    # LEFTOVER_S: another lsr predict may be writing this slide's folder right now
     remove_leftover_temps(
         folder, {PROBABILITY, MASK, BOUNDARIES, ERROR, SUMMARY}.__contains__,
-        staging_prefixes=(PYRAMID_STAGE_PREFIX,),
+        min_age_s=LEFTOVER_S, staging_prefixes=(PYRAMID_STAGE_PREFIX,),
     )  # fmt: skip
 
 
@@ -725,7 +730,8 @@ def predict_cohort(
     on_result: Callable[[SlideResult], None] | None = None,
     on_start: Callable[[str], Callable[[int, int], None] | None] | None = None,
 ) -> list[SlideResult]:
-    """Predict every slide; never stops at a failure. Returns one result per slide (input order).
+    """Predict every slide; never stops at a failure. Returns one result per slide (input
+    order; a slide given twice is predicted and listed once).
 
     ``scheduler``: None or ``"local"`` (a dask ``LocalCluster`` of ``workers`` workers when
     ``workers`` > 1 and there is more than one slide to do, else in this process) or a dask
@@ -740,6 +746,12 @@ def predict_cohort(
         raise LsrInputError(f"workers must be ≥ 1, got {workers}")
     if not slides:
         raise LsrInputError("no slides given")
+    # a slide given twice (a glob and its name) is predicted once: two writers of one folder
+    # would delete each other's files
+    unique: dict[str, str | os.PathLike[str]] = {}
+    for s in slides:
+        unique.setdefault(str(Path(s).resolve()), s)
+    slides = list(unique.values())
     _check_names(slides)
     model_path = str(resolve(model_path))  # fail early on a missing or foreign model
     metadata = model_metadata(model_path)
@@ -752,6 +764,7 @@ def predict_cohort(
     for s in slides:
         adopt_earlier_run(out / slide_name(s), str(s))
     out.mkdir(parents=True, exist_ok=True)
+    remove_leftover_temps(out, {COHORT}.__contains__, min_age_s=LEFTOVER_S)  # a killed run's
     paths = [str(s) for s in slides]
     results: dict[int, SlideResult] = {}
     todo: list[int] = []

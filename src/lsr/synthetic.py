@@ -417,21 +417,33 @@ def _derive_seed(seed: int, kind: int, i: int) -> int:
     return int(np.random.SeedSequence([seed, kind, i]).generate_state(1)[0])
 
 
-def _exit_with_parent(poll_s: float = 0.25) -> None:
-    """A pool worker's initializer: end the worker when the process that started it dies.
+def _exit_with_parent(parent: int, poll_s: float = 0.25) -> None:
+    """A pool worker's initializer: end the worker when ``parent`` (the pool's process,
+    which passes its id) has died. POSIX only (Windows' ``os.kill`` would end it).
 
     Why: killed by SIGTERM or SIGKILL (``kill``, a scheduler's time limit, the OOM killer),
     the main process leaves its ProcessPoolExecutor workers to init; they went on writing
     slides into the folder, then waited for work forever, holding their memory. A daemon
-    thread notices the new parent within ``poll_s`` seconds.
+    thread looks every ``poll_s`` seconds (by the id: under the forkserver start method the
+    worker's parent is the fork server, not the pool's process).
     """
     import threading
     import time
 
-    parent = os.getppid()
+    if os.name != "posix":
+        return
+
+    def alive() -> bool:
+        try:
+            os.kill(parent, 0)
+        except ProcessLookupError:
+            return False
+        except PermissionError:  # (alive, someone else's: the id was reused)
+            return True
+        return True
 
     def watch() -> None:
-        while os.getppid() == parent:
+        while alive():
             time.sleep(poll_s)
         os._exit(1)
 
@@ -502,7 +514,9 @@ def generate_dataset(
             if progress:
                 progress("slides", i + 1, len(jobs))
     else:
-        with ProcessPoolExecutor(max_workers=workers, initializer=_exit_with_parent) as pool:
+        with ProcessPoolExecutor(
+            max_workers=workers, initializer=_exit_with_parent, initargs=(os.getpid(),)
+        ) as pool:
             for i, res in enumerate(pool.map(_write_job, jobs)):
                 results.append(res)
                 if progress:

@@ -28,7 +28,6 @@ import dataclasses
 import json
 import math
 import os
-import re
 import shutil
 import tempfile
 import threading
@@ -1084,11 +1083,12 @@ def _network_difference(was: dict[str, Any], now: dict[str, Any]) -> str:
 def _remove_killed_writes(out_dir: Path) -> None:
     """Delete the temporary checkpoint folders and run files a killed run left (SIGKILL or
     the OOM killer mid-write skip the clean-up; a checkpoint's is as large as the model and
-    its optimizer state). Only those unchanged for a minute: not a live run's."""
+    its optimizer state): ``checkpoints/.step-N.tmp-…`` being written, ``.step-N.old-…``
+    being replaced. Only those unchanged for a minute: not a live run's."""
     from lsr.atomic import remove_leftover_temps
 
     remove_leftover_temps(
-        out_dir / CHECKPOINTS, lambda t: re.fullmatch(r"step-\d+", t) is not None, min_age_s=60
+        out_dir / CHECKPOINTS, lambda t: False, min_age_s=60, staging_prefixes=(".step-",)
     )
     remove_leftover_temps(out_dir, {LATEST, RUN_JSON}.__contains__, min_age_s=60)
 

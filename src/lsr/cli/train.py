@@ -151,16 +151,31 @@ def _unused_batch_flags(loss: str, flags: dict[str, Any]) -> str:
     return f"{', '.join(unused)} ignored: the {loss} loss's batch is {takes}"
 
 
-def _kept_after_abort(out_dir: Path) -> str:
-    """What a run stopped at once (a second Ctrl-C) keeps, and how to go on."""
+def _latest(out_dir: Path) -> dict | None:
+    """``OUT/latest.json`` (the newest checkpoint's step and folder), or None."""
     from lsr.checkpoint import LATEST
 
     try:
-        step = int(json.loads((out_dir / LATEST).read_text(encoding="utf-8"))["step"])
+        data = json.loads((out_dir / LATEST).read_text(encoding="utf-8"))
+        return {"checkpoint": str(data["checkpoint"]), "step": int(data["step"])}
     except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+def _kept_after_abort(out_dir: Path, replaced: dict | None) -> str:
+    """What a run stopped at once (a second Ctrl-C) keeps, and how to go on. ``replaced``:
+    the newest checkpoint of the run ``--overwrite`` was replacing; when it is the newest
+    again, this run kept nothing and that run was put back."""
+    latest = _latest(out_dir)
+    if latest is not None and latest == replaced:
+        return (
+            f"stopped at once; this run kept no checkpoint, and the run it was to replace "
+            f"(--overwrite) is back in {out_dir} (step {latest['step']:,})"
+        )
+    if latest is None:
         return f"stopped at once; {out_dir} has no checkpoint to resume from"
     return (
-        f"stopped at once; its last checkpoint (step {step:,}) is kept: "
+        f"stopped at once; its last checkpoint (step {latest['step']:,}) is kept: "
         f"lsr train --resume {out_dir} continues from there"
     )
 
@@ -423,10 +438,12 @@ def train(
 
     if threading.current_thread() is threading.main_thread():
         signal.signal(signal.SIGINT, on_interrupt)
+    out_dir = Path(cfg.out_dir)
+    replaced = _latest(out_dir) if cfg.overwrite else None
     try:
         result = run_training(cfg, callbacks=[shown], cancel=cancel)
     except KeyboardInterrupt:  # the second Ctrl-C: stopped at once, no checkpoint written now
-        raise interrupted(_kept_after_abort(Path(cfg.out_dir or "."))) from None
+        raise interrupted(_kept_after_abort(out_dir, replaced)) from None
     finally:
         if threading.current_thread() is threading.main_thread():
             signal.signal(signal.SIGINT, previous)
