@@ -108,13 +108,16 @@ def test_leftovers_of_killed_writes_are_recognised_and_removed(tmp_path: Path) -
     (stage / "level1.npy").write_bytes(b"x")
     fresh = tmp_path / ".mask.tmp-fedcba987654.tif"
     fresh.write_bytes(b"x")  # being written by someone else right now
+    live_stage = tmp_path / ".lsr-pyramid-live"  # an old folder, a level file written now
+    live_stage.mkdir()
+    (live_stage / "level1.npy").write_bytes(b"x")
     old = os.stat(ours[0]).st_mtime - 3600
-    for p in (*ours, *kept, stage):
+    for p in (*ours, *kept, stage, stage / "level1.npy", live_stage):
         os.utime(p, (old, old))
     removed = remove_leftover_temps(
         tmp_path, {"probability.tif", "mask.tif"}.__contains__, min_age_s=60,
         staging_prefixes=(".lsr-pyramid-",),
     )  # fmt: skip
     assert sorted(removed) == sorted([*ours, stage])
-    assert all(p.exists() for p in (*kept, fresh))
+    assert all(p.exists() for p in (*kept, fresh, live_stage))
     assert remove_leftover_temps(tmp_path / "missing", lambda t: True) == []

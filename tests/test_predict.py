@@ -488,7 +488,7 @@ def test_a_redone_slide_folder_loses_what_a_killed_run_left(tmp_path, model_dir)
     live = out / "a" / ".mask.tmp-fedcba987654.tif"  # another lsr predict writing right now
     live.write_bytes(b"being written")
     old = time.time() - LEFTOVER_S - 60
-    for p in (*left, notes):
+    for p in (*left, left[1] / "level1.npy", notes):
         os.utime(p, (old, old))
     lower = PredictOptions(**{**OPTS.to_dict(), "threshold": 0.3})
     assert predict_cohort([slide], model_dir, out, lower)[0].status == "done"

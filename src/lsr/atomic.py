@@ -82,7 +82,7 @@ def remove_leftover_temps(
         if not (staging or (target is not None and targets(target))):
             continue
         try:
-            if now - entry.lstat().st_mtime < min_age_s:
+            if min_age_s > 0 and now - _last_change(entry) < min_age_s:
                 continue
             if entry.is_dir() and not entry.is_symlink():
                 shutil.rmtree(entry)
@@ -92,6 +92,18 @@ def remove_leftover_temps(
             continue
         removed.append(entry)
     return removed
+
+
+def _last_change(path: Path) -> float:
+    """Newest modification time (s) of ``path`` and, for a folder, of everything in it: a
+    folder's own time does not change while a file in it is written."""
+    newest = path.lstat().st_mtime
+    if path.is_dir() and not path.is_symlink():
+        for root, dirs, files in os.walk(path):
+            for name in (*dirs, *files):
+                with contextlib.suppress(OSError):
+                    newest = max(newest, os.lstat(os.path.join(root, name)).st_mtime)
+    return newest
 
 
 @contextlib.contextmanager
