@@ -1405,7 +1405,7 @@ def test_a_resumed_run_removes_what_a_killed_checkpoint_write_left(
     mine = out / "checkpoints" / "notes.txt"
     mine.write_text("mine")
     old = stale.stat().st_mtime - 3600
-    for p in (stale, run_tmp, mine):
+    for p in (stale, stale / "model.safetensors", run_tmp, mine):
         os.utime(p, (old, old))
     assert train(tiny_config(tmp_path, pairs, steps=6, checkpoint_every=3, resume=str(out))).ok
     assert not stale.exists() and not run_tmp.exists()
