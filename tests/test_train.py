@@ -1400,15 +1400,18 @@ def test_a_resumed_run_removes_what_a_killed_checkpoint_write_left(
     for d in (stale, fresh):
         d.mkdir()
         (d / "model.safetensors").write_bytes(b"partial")
+    replaced = out / "checkpoints" / ".step-000003.old-k2j3x9_q"  # a killed replacement's
+    (replaced / "step-000003").mkdir(parents=True)
     run_tmp = out / ".run.tmp-0123456789ab.json"
     run_tmp.write_text("{")
     mine = out / "checkpoints" / "notes.txt"
     mine.write_text("mine")
     old = stale.stat().st_mtime - 3600
-    for p in (stale, stale / "model.safetensors", run_tmp, mine):
+    for p in (stale, stale / "model.safetensors", replaced, replaced / "step-000003", run_tmp,
+              mine):  # fmt: skip
         os.utime(p, (old, old))
     assert train(tiny_config(tmp_path, pairs, steps=6, checkpoint_every=3, resume=str(out))).ok
-    assert not stale.exists() and not run_tmp.exists()
+    assert not stale.exists() and not run_tmp.exists() and not replaced.exists()
     assert fresh.is_dir() and mine.read_text() == "mine"
 
 
