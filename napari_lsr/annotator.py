@@ -136,9 +136,8 @@ class AnnotatorWidget(QWidget):
         self.autosave: Path | None = None
         self._geo: dict = {}
         self._worker = None
-        self._starting: tuple[str, CloseWatch] | None = (
-            None  # (expert, watch) while tissue is found
-        )
+        # (expert, its CloseWatch) while tissue blocks are being found
+        self._starting: tuple[str, CloseWatch] | None = None
         self._hidden_grids: list = []  # grid layers hidden while the bin is hidden
 
         # -- setup
