@@ -466,7 +466,9 @@ class AnnotatorWidget(QWidget):
         if len(short):
             self._info(
                 f"Bins {', '.join(map(str, short))} have fewer than {session.per_bin} blocks "
-                "on this slide: annotate another slide to complete them."
+                "on this slide: annotate another slide of the set and pool the sessions "
+                "(Merge experts…) to complete them; with this slide alone those bins rest on "
+                "fewer estimates."
             )
         self._set_annotating(True)
         self.session_button.setText(f"{session.expert} on {session.slide} · change setup…")
