@@ -393,6 +393,38 @@ def test_cancel_stops_at_the_next_batch():
     assert len(slide.calls) <= 2 * 2 * 2  # at most the batch being read and one ahead
 
 
+@pytest.mark.parametrize("core_only", [True, False])
+def test_cancel_stops_within_a_tile_and_leaves_the_model_as_it_was(core_only):
+    """A small slide is one tile of seconds on a CPU; Cancel waited for it to end (the
+    Compare widget's Cancel did nothing on a one-tile slide)."""
+    model = eval_unet(depth=2)
+    slide = RecordingSlide(tissue_image(96, 96), mpp=1.0)
+    cancel = threading.Event()
+    want = predict_slide(model, slide, working_mpp=1.0, tile=96, core_only=core_only)
+    same = predict_slide(model, slide, working_mpp=1.0, tile=96, core_only=core_only,
+                         cancel=cancel)  # fmt: skip
+    np.testing.assert_array_equal(np.asarray(same), np.asarray(want))  # hooks change nothing
+    reached = []
+
+    def click_cancel(module, inputs):  # the user clicks Cancel while the tile is computed
+        reached.append(module)
+        cancel.set()
+
+    first = model.encoder[0]
+    handle = first.register_forward_pre_hook(click_cancel)
+    later = [m for m in model.modules() if m is not model and m is not first]
+    calls = []
+    probes = [m.register_forward_hook(lambda m, i, o: calls.append(m)) for m in later]
+    with pytest.raises(InferenceCancelled, match="during tile 1 of 1"):
+        predict_slide(model, slide, working_mpp=1.0, tile=96, core_only=core_only,
+                      cancel=cancel)  # fmt: skip
+    assert reached and len(calls) < len(later) // 2  # stopped early in the forward pass
+    handle.remove()
+    for p in probes:
+        p.remove()
+    assert all(not m._forward_pre_hooks for m in model.modules())  # lsr's hooks are gone
+
+
 def test_read_errors_in_the_background_thread_reach_the_caller():
     slide = RecordingSlide(tissue_image(128, 128), mpp=1.0, fail_at=3)
     with pytest.raises(LsrInputError, match="simulated corrupt tile"):

@@ -18,10 +18,11 @@ memory-mapped array, so memory is bounded by the tile size, never by the slide s
 from __future__ import annotations
 
 import collections
+import contextlib
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from os import PathLike
 from typing import Any
@@ -456,8 +457,8 @@ def predict_slide(
     model's ``halo_px``); both rounded up to the model's ``multiple``. ``tissue_mask``: None, "auto"
     or a 2-D bool mask of the whole slide; tiles without tissue are skipped and stay 0.
     ``normalise``: uint8 (B, h, w, 3) tensor → float (B, 3, h, w); default the model's.
-    ``progress(done, total)`` is called per batch; setting ``cancel`` stops at the next batch
-    with :class:`InferenceCancelled`. ``prefetch`` batches are read ahead by ``read_threads``
+    ``progress(done, total)`` is called per batch; setting ``cancel`` stops at the next batch,
+    or at the next layer of the one being computed, with :class:`InferenceCancelled`. ``prefetch`` batches are read ahead by ``read_threads``
     background threads. ``core_only``: for an :class:`lsr.model.UNet`, run its decoder on
     the tiles' cores only (:func:`core_forward`: same values, the halo then costs encoder
     time only); False always runs the plain forward. ``timings`` (if given) receives
@@ -500,7 +501,10 @@ def predict_slide(
         return (slice(0, t.h), slice(0, t.w)) if fast is not None else t.core_in_output
 
     pending: collections.deque[tuple[list[Tile], Future[Tensor]]] = collections.deque()
-    with ThreadPoolExecutor(read_threads, thread_name_prefix="lsr-read") as pool:
+    with (
+        ThreadPoolExecutor(read_threads, thread_name_prefix="lsr-read") as pool,
+        _cancel_within(model, cancel, lambda: f"cancelled during tile {done + 1} of {total}"),
+    ):
         try:
             queue = iter(batches)
 
@@ -553,6 +557,32 @@ def predict_slide(
             core_only=float(fast is not None),
         )
     return result
+
+
+@contextlib.contextmanager
+def _cancel_within(
+    model: nn.Module, cancel: threading.Event | None, message: Callable[[], str]
+) -> Iterator[None]:
+    """While inside, ``cancel`` also stops a tile's forward pass, at its next layer.
+
+    Why: a tile of the automatic size takes seconds on a CPU (a small slide is one tile),
+    and Cancel waited for it to end. A pre-hook on every sub-module costs microseconds per
+    tile; the hooks are removed on the way out.
+    """
+    if cancel is None:
+        yield
+        return
+
+    def check(_module: nn.Module, _inputs: Any) -> None:
+        if cancel.is_set():
+            raise InferenceCancelled(message())
+
+    handles = [m.register_forward_pre_hook(check) for m in model.modules() if m is not model]
+    try:
+        yield
+    finally:
+        for h in handles:
+            h.remove()
 
 
 def cancer_class_index(metadata: dict[str, Any] | None) -> int:
