@@ -458,8 +458,8 @@ def predict_slide(
     or a 2-D bool mask of the whole slide; tiles without tissue are skipped and stay 0.
     ``normalise``: uint8 (B, h, w, 3) tensor → float (B, 3, h, w); default the model's.
     ``progress(done, total)`` is called per batch; setting ``cancel`` stops at the next batch,
-    or at the next layer of the one being computed, with :class:`InferenceCancelled`. ``prefetch`` batches are read ahead by ``read_threads``
-    background threads. ``core_only``: for an :class:`lsr.model.UNet`, run its decoder on
+    or at the next layer of the one being computed, with :class:`InferenceCancelled`.
+    ``prefetch`` batches are read ahead by ``read_threads`` background threads. ``core_only``: for an :class:`lsr.model.UNet`, run its decoder on
     the tiles' cores only (:func:`core_forward`: same values, the halo then costs encoder
     time only); False always runs the plain forward. ``timings`` (if given) receives
     ``read_wait_s``, ``forward_s``, ``write_s``, ``total_s``, ``tiles``, ``tiles_total``,
