@@ -459,8 +459,9 @@ def predict_slide(
     ``normalise``: uint8 (B, h, w, 3) tensor → float (B, 3, h, w); default the model's.
     ``progress(done, total)`` is called per batch; setting ``cancel`` stops at the next batch,
     or at the next layer of the one being computed, with :class:`InferenceCancelled`.
-    ``prefetch`` batches are read ahead by ``read_threads`` background threads. ``core_only``: for an :class:`lsr.model.UNet`, run its decoder on
-    the tiles' cores only (:func:`core_forward`: same values, the halo then costs encoder
+    ``prefetch`` batches are read ahead by ``read_threads`` background threads. ``core_only``:
+    for an :class:`lsr.model.UNet`, run its decoder on the tiles' cores only
+    (:func:`core_forward`: same values, the halo then costs encoder
     time only); False always runs the plain forward. ``timings`` (if given) receives
     ``read_wait_s``, ``forward_s``, ``write_s``, ``total_s``, ``tiles``, ``tiles_total``,
     ``overhead`` (input px per output px), ``tile_px`` (the tile used, e.g. chosen by
