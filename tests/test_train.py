@@ -1471,7 +1471,7 @@ def test_cli_second_ctrl_c_during_an_overwrite_names_the_run_put_back(
         raise KeyboardInterrupt
 
     monkeypatch.setattr(lsr_train, "_remove_killed_writes", second_ctrl_c)
-    with pytest.raises(SystemExit) as exit_:
+    with pytest.raises(SystemExit) as exit_, pytest.warns(UserWarning, match="is back in"):
         main([*base, "--steps", "50", "--overwrite"])
     assert exit_.value.code == 130
     err = " ".join(capsys.readouterr().err.split())
