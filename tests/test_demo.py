@@ -24,11 +24,11 @@ def demo_out(tmp_path_factory):
         capture_output=True, text=True, timeout=900,
     )  # fmt: skip
     assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
-    return out, res.stdout
+    return out, res.stdout, res.stderr
 
 
 def test_demo_writes_every_file(demo_out):
-    out, stdout = demo_out
+    out, stdout, _ = demo_out
     for name in ("results.json", "results.md", "fig4.png", "fig3.png", "table1.md",
                  "calibration.md"):  # fmt: skip
         assert (out / name).stat().st_size > 0, name
@@ -50,7 +50,7 @@ def test_demo_low_res_row_matches_metrics_on_its_data(demo_out):
     from lsr.grid import load_grid
     from lsr.slide import open_slide
 
-    out, _ = demo_out
+    out, _, _ = demo_out
     res = json.loads((out / "results.json").read_text())
     man = json.loads((out / "data" / "seed0" / "manifest.json").read_text())
     preds, gts = [], []
@@ -67,7 +67,7 @@ def test_demo_low_res_row_matches_metrics_on_its_data(demo_out):
 
 
 def test_demo_geojson_opens_in_shapely(demo_out):
-    out, _ = demo_out
+    out, _, _ = demo_out
     files = sorted((out / "geojson").glob("*.geojson"))
     res = json.loads((out / "results.json").read_text())
     assert len(files) == res["n_test_patches"]
@@ -81,8 +81,34 @@ def test_demo_geojson_opens_in_shapely(demo_out):
     assert {"Tumor", "Low-resolution model"} <= names
 
 
+def test_demo_names_its_empty_boundaries_once(demo_out):
+    """An empty boundary is left out of a patch's GeoJSON; the demo said so once per model,
+    naming no patch (Python shows a message once), or, naming them, once per patch."""
+    import re
+
+    from lsr.geojson import DEFAULT_NAMES
+
+    out, _, stderr = demo_out
+    files = sorted((out / "geojson").glob("*.geojson"))
+    classes = [
+        {f["properties"]["classification"]["name"] for f in json.loads(p.read_text())["features"]}
+        for p in files
+    ]
+    missing = {k: sum(name not in c for c in classes) for k, name in DEFAULT_NAMES.items()}
+    lines = [ln for ln in stderr.splitlines() if "empty boundar" in ln]
+    said = dict.fromkeys(missing, 0)
+    if lines:
+        assert len(lines) == 1 and lines[0].startswith(f"warning: {out / 'geojson'}: ")
+        for k, n, total in re.findall(r"(\w+) in (\d+) of (\d+) patches", lines[0]):
+            assert int(total) == len(files)
+            said[k] = int(n)
+    res = json.loads((out / "results.json").read_text())
+    for k in [*res["rows"], "ground_truth"]:
+        assert said[k] == missing[k], (k, lines)
+
+
 def test_demo_rerun_reuses_finished_work(demo_out):
-    out, _ = demo_out
+    out, _, _ = demo_out
     res = subprocess.run(
         [sys.executable, "-m", "lsr", "demo", "--quick", "--out", str(out)],
         capture_output=True, text=True, timeout=600,
@@ -126,7 +152,7 @@ def test_demo_rerun_restarts_a_run_that_stopped_before_its_first_checkpoint(demo
     again, not refused as 'another run' (lsr train refuses to mix two runs in a folder)."""
     import shutil
 
-    out, _ = demo_out
+    out, _, _ = demo_out
     run = out / "runs" / "seed0" / "intra"
     shutil.rmtree(run / "checkpoints")
     (run / "latest.json").unlink()

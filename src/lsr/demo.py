@@ -20,6 +20,7 @@ import json
 import platform
 import sys
 import time
+import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from os import PathLike
@@ -480,11 +481,23 @@ def write_outputs(
     figures.fig3(out / "fig3.png", patches[order[0]]["rgb"], patches[order[0]]["gt"],
                  band=band, px_per_mm=px_per_mm)  # fmt: skip
     geo_dir = out / "geojson"
+    empty: dict[str, list[str]] = {}  # boundary → patches where it is empty (one line, not N)
     for i, p in enumerate(patches):
         # Test patches are stored at working resolution: level-0 pixels = working pixels.
         geoms = {k: mask_to_polygons(masks[k][i]) for k in masks}
         geoms["ground_truth"] = mask_to_polygons(p["gt"])
-        export_geojson(geo_dir / f"{p['name']}.geojson", geoms)
+        for k, g in geoms.items():
+            if g is None or g.is_empty:
+                empty.setdefault(k, []).append(p["name"])
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)  # said once below
+            export_geojson(geo_dir / f"{p['name']}.geojson", geoms)
+    if empty:
+        warnings.warn(
+            f"{geo_dir}: empty boundaries, not exported: "
+            + "; ".join(f"{k} in {len(v)} of {len(patches)} patches" for k, v in empty.items()),
+            stacklevel=2,
+        )
     return result
 
 
