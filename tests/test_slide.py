@@ -571,3 +571,27 @@ def test_coarse_pixel_sizes_made_inside_the_tool_are_accepted(tmp_path):
         assert s.mpp == 1000.8
     with pytest.raises(LsrInputError, match=r"in \(0, 100\]"):
         check_mpp(1000.8, name="--mpp")
+
+
+@pytest.mark.parametrize(("h", "w"), [(601, 403), (600, 400), (599, 1001)])
+def test_a_level_of_rounded_size_is_read_at_its_integer_downsample(tmp_path, h, w):
+    """A 2× level of a 601-px side has 301 px, each the mean of level-0 px [2j, 2j + 2):
+    taken as 601 / 301 = 1.997 px per pixel, reads squeezed the content towards the origin
+    (one working px at the far edge of a 40X slide)."""
+    rng = np.random.default_rng(2)
+    img = rng.integers(0, 256, (h, w, 3), dtype=np.uint8)
+    path = tmp_path / "odd.tif"
+    write_pyramidal_tiff(path, img, mpp=0.5, tile=128, compression="zlib", min_size=64)
+    with open_slide(path) as s:
+        assert s.level_count >= 3
+        for level in (1, 2):
+            d = 2**level
+            hl, wl = s.level_dimensions[level][1], s.level_dimensions[level][0]
+            assert s._level_scale(level) == (d, d)
+            got = s.read_working(0, 0, hl, wl, working_mpp=0.5 * d)  # exactly that level
+            np.testing.assert_array_equal(got, s.read_level(level, 0, 0, hl, wl))
+        # a level-0 region read at 2×: the exact 2 × 2 means, up to the level's rounding
+        h2, w2 = h // 2, w // 2
+        want = img[: 2 * h2, : 2 * w2].reshape(h2, 2, w2, 2, 3).mean(axis=(1, 3))
+        got = s.read_working(0, 0, h2, w2, working_mpp=1.0).astype(float)
+        assert np.abs(got - want).max() <= 1.0

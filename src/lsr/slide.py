@@ -215,9 +215,19 @@ class Slide:
         return best
 
     def _level_scale(self, level: int) -> tuple[float, float]:
-        """(dy, dx): level-0 px per level px along each axis (exact from the dimensions)."""
+        """(dy, dx): level-0 px per level px along each axis.
+
+        A level made by an integer downsample ``d`` has ``ceil(n / d)`` or ``floor(n / d)``
+        pixels per side, and its pixel ``j`` covers level-0 pixels ``[d j, d (j + 1))``: the
+        scale is ``d``, not ``n / ceil(n / d)`` (3001 / 376 = 7.98 for d = 8), which
+        squeezed the content towards the origin, by one working pixel at the far edge.
+        Other levels keep the ratio of the sides.
+        """
         w0, h0 = self.level_dimensions[0]
         wl, hl = self.level_dimensions[level]
+        d = round((h0 / hl + w0 / wl) / 2)
+        if d >= 1 and all(m in (n // d, -(-n // d)) for n, m in ((h0, hl), (w0, wl))):
+            return (float(d), float(d))
         return (h0 / hl, w0 / wl)
 
     # -- reading
