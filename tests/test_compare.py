@@ -439,3 +439,21 @@ def test_the_prediction_cache_removes_day_old_maps_of_killed_predictions(tmp_pat
         os.utime(p, (old, old))
     assert cache.remove_killed_writes() == [stale]
     assert all(p.exists() for p in (fresh, other, done))
+
+
+def test_exported_boundaries_stay_on_the_slide(comp, tmp_path) -> None:
+    """The evaluation grid may overhang the slide by part of a pixel (its size is rounded);
+    the export then reached past the slide, and the import against the slide (as QuPath)
+    refused lsr's own file."""
+    assert comp.level0_shape is not None
+    s = comp.scale_to_level0
+    low = comp.polygons["low_res"]
+    x1, y1 = low.bounds[2] * s, low.bounds[3] * s
+    small = copy.copy(comp)
+    small.level0_shape = (int(y1) - 3, int(x1) - 5)  # a slide 3 and 5 px short of the grid
+    compare.export_geojson(small, tmp_path, "s")
+    geom = import_geojson(tmp_path / "s_low_res.geojson", slide_shape_level0=small.level0_shape)
+    assert geom.bounds[2] == small.level0_shape[1] and geom.bounds[3] == small.level0_shape[0]
+    full = shapely.affinity.scale(low, s, s, origin=(0, 0))
+    clipped = full.intersection(shapely.box(0, 0, small.level0_shape[1], small.level0_shape[0]))
+    assert geom.symmetric_difference(clipped).area < 1e-6

@@ -504,3 +504,21 @@ def test_a_slide_given_twice_is_predicted_once(tmp_path, model_dir):
     results = predict_cohort([slide, other, slide], model_dir, tmp_path / "out", OPTS)
     assert [r.status for r in results] == ["done"]
     assert results[0].slide == str(slide)
+
+
+def test_boundaries_stay_on_the_slide_and_import_against_it(tmp_path, model_dir):
+    """The working grid of a slide whose side is no multiple of the factor overhangs it by
+    up to half a working px; a boundary touching that edge left the slide, and
+    import_geojson (as QuPath) refused lsr's own file for this slide."""
+    h0, w0 = 4 * 64 + 3, 4 * 80 + 3  # level-0 px: 64.75 × 80.75 working px, rounded up
+    img = np.full((h0, w0, 3), 255, np.uint8)
+    img[4 * 40 :, 4 * 56 :] = (60, 40, 120)  # dark to the far corner
+    path = tmp_path / "edge.tif"
+    write_pyramidal_tiff(path, img, mpp=MPP0, compression="zlib", min_size=64, tile=64)
+    res = predict_one(str(path), str(model_dir), str(tmp_path / "out"), OPTS)
+    assert res.status == "done", res.error
+    geojson = tmp_path / "out" / "edge" / "boundaries.geojson"
+    geom = import_geojson(geojson, slide_shape_level0=(h0, w0))
+    x0, y0, x1, y1 = geom.bounds
+    assert (x1, y1) == (w0, h0)  # to the slide's edge, not past it
+    assert x0 == pytest.approx(4 * 56, abs=4) and y0 == pytest.approx(4 * 40, abs=4)

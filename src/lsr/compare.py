@@ -445,6 +445,7 @@ class Comparison:
     tables: dict[str, dict]
     cached: dict[str, bool]
     models: dict[str, ModelRef]
+    level0_shape: tuple[int, int] | None = None  # (H, W) of the slide in level-0 px
 
     @property
     def band_px(self) -> float:
@@ -540,6 +541,7 @@ def run_comparison(
         return Comparison(
             slide_path=str(slide_path),
             level0_mpp=float(slide.mpp),
+            level0_shape=(int(slide.shape[0]), int(slide.shape[1])),
             working_mpp=float(working_mpp),
             shape=shape,
             block_px=int(block_grid.block_px),
@@ -734,6 +736,7 @@ def export_geojson(comp: Comparison, folder: PathType, stem: str) -> list[Path]:
     user's own annotations, e.g. a QuPath ground truth named after the slide) is refused
     with LsrInputError before anything is written.
     """
+    from lsr.geojson import clip_to_slide
     from lsr.geojson import export_geojson as write
 
     folder = Path(folder)
@@ -744,6 +747,8 @@ def export_geojson(comp: Comparison, folder: PathType, stem: str) -> list[Path]:
         if poly is None or poly.is_empty:
             continue
         geoms[b.key] = _scaled(poly, s)
+        if comp.level0_shape is not None:  # the last evaluation px may overhang the slide
+            geoms[b.key] = clip_to_slide(geoms[b.key], comp.level0_shape)
         colours[b.key], names[b.key] = b.colour, b.name
     if not geoms:
         return []

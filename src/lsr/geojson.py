@@ -24,7 +24,7 @@ from typing import Any
 
 import numpy as np
 import shapely
-from shapely.geometry import MultiPolygon, Polygon, mapping
+from shapely.geometry import MultiPolygon, Polygon, box, mapping
 from shapely.geometry.base import BaseGeometry
 from shapely.geometry.polygon import orient
 
@@ -80,6 +80,17 @@ def _mask_rectangles(mask: np.ndarray) -> list[tuple[int, int, int, int]]:
         for run in runs:
             open_runs.setdefault(run, y)
     return rects
+
+
+def clip_to_slide(geom: BaseGeometry | None, shape_level0: tuple[int, int]) -> MultiPolygon:
+    """``geom`` (level-0 px, x right, y down) cut to the slide's ``(H, W)`` rectangle.
+
+    Why: the working grid's last row or column reaches up to half a working pixel past the
+    slide (its size is rounded), and :func:`import_geojson` with the slide's shape, like
+    QuPath, takes coordinates outside the image for another slide's.
+    """
+    h, w = shape_level0
+    return _as_multipolygon(_as_multipolygon(geom).intersection(box(0, 0, w, h)))
 
 
 def _as_multipolygon(geom: BaseGeometry | None) -> MultiPolygon:

@@ -477,7 +477,7 @@ def write_outputs(
 
     Returns (cancer area in mm², timings). Boundaries are in level-0 px of ``slide``.
     """
-    from lsr.geojson import export_geojson, mask_to_polygons
+    from lsr.geojson import clip_to_slide, export_geojson, mask_to_polygons
 
     times: dict[str, float] = {}
     t0 = time.perf_counter()
@@ -498,6 +498,7 @@ def write_outputs(
         min_area=options.min_area_mm2 / px_mm2,
         scale=options.working_mpp / slide.mpp,
     )
+    polygons = clip_to_slide(polygons, slide.shape)  # the last working px overhangs it
     del mask
     key, names = _boundary_class(metadata)
     with warnings.catch_warnings():  # the Fig. 4 colour of the model's loss
