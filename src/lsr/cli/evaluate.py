@@ -487,11 +487,11 @@ def evaluate(
                 result["calibration_check"] = _report_calibration_check(
                     calib, probabilities, console
                 )
-        if json_out is not None:
-            atomic_write_text(json_out, json.dumps(result, indent=2))
-            console.print(f"scores written to {json_out}")
     except KeyboardInterrupt:
         raise interrupted("nothing was written" + (f" to {json_out}" if json_out else "")) from None
+    if json_out is not None:  # (after the work: a Ctrl-C above leaves no file)
+        atomic_write_text(json_out, json.dumps(result, indent=2))
+        console.print(f"scores written to {json_out}")
 
 
 def _block_px_from_sidecars(
