@@ -150,3 +150,16 @@ def test_ctrl_c_says_what_is_left_and_how_to_go_on(tmp_path, monkeypatch, capsys
     err = _ctrl_c(monkeypatch, capsys, "lsr.demo:run_demo",
                   ["demo", "--quick", "--out", str(tmp_path / "demo")])  # fmt: skip
     assert "interrupted: the finished stages are kept in" in err and "run the same command" in err
+
+
+def test_ctrl_c_in_lsr_predict_says_the_run_resumes(tmp_path, monkeypatch, capsys):
+    import numpy as np
+
+    from lsr.slide import write_pyramidal_tiff
+
+    slide = tmp_path / "a.tif"
+    write_pyramidal_tiff(slide, np.full((64, 64, 3), 200, np.uint8), mpp=1.0)
+    err = _ctrl_c(monkeypatch, capsys, "lsr.predict:predict_cohort",
+                  ["predict", str(slide), "--model", str(tmp_path / "model"), "--out",
+                   str(tmp_path / "out")])  # fmt: skip
+    assert "interrupted: after 0 slide(s); finished slides are kept" in err

@@ -31,7 +31,7 @@ from rich.progress import (
     TimeElapsedColumn,
 )
 
-from lsr.cli.console import QuietOnBrokenPipe
+from lsr.cli.console import QuietOnBrokenPipe, interrupted
 from lsr.slide import WORKING_MPP
 
 
@@ -159,12 +159,10 @@ def predict(
             )
     except KeyboardInterrupt:
         done = sum(r.status == "done" for r in finished)
-        console.print(
-            f"[yellow]interrupted[/yellow] after {done} slide(s); finished slides are kept and "
-            "the one in progress is marked unfinished, so the same command resumes where it "
-            "stopped"
-        )
-        raise typer.Exit(130) from None
+        raise interrupted(
+            f"after {done} slide(s); finished slides are kept and the one in progress is "
+            "marked unfinished, so the same command resumes where it stopped"
+        ) from None
     failed = [r for r in results if r.status == "failed"]
     done = sum(r.status == "done" for r in results)
     skipped = sum(r.status == "skipped" for r in results)
