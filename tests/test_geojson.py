@@ -140,7 +140,7 @@ def test_export_is_qupath_feature_collection_and_round_trips_through_shapely(tmp
 def test_export_custom_names_colours_and_skips_empty(tmp_path):
     path = tmp_path / "b.geojson"
     with pytest.warns(UserWarning, match="empty") as caught:
-        export_geojson(
+        left_out = export_geojson(
             path,
             {"a": box(0, 0, 1, 1), "b": MultiPolygon()},
             colours={"a": (1, 2, 3)},
@@ -148,6 +148,7 @@ def test_export_custom_names_colours_and_skips_empty(tmp_path):
         )
     # the file is named: the demo exports one per patch, and Python shows a message once
     assert str(caught[0].message) == f"{path}: 'b': empty boundary, not exported"
+    assert left_out == ["b"]
     feats = json.loads(path.read_text())["features"]
     assert len(feats) == 1
     assert feats[0]["properties"]["classification"] == {"name": "Region A", "color": [1, 2, 3]}

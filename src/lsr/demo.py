@@ -486,12 +486,11 @@ def write_outputs(
         # Test patches are stored at working resolution: level-0 pixels = working pixels.
         geoms = {k: mask_to_polygons(masks[k][i]) for k in masks}
         geoms["ground_truth"] = mask_to_polygons(p["gt"])
-        for k, g in geoms.items():
-            if g is None or g.is_empty:
-                empty.setdefault(k, []).append(p["name"])
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", UserWarning)  # said once below
-            export_geojson(geo_dir / f"{p['name']}.geojson", geoms)
+            left_out = export_geojson(geo_dir / f"{p['name']}.geojson", geoms)
+        for k in left_out:
+            empty.setdefault(k, []).append(p["name"])
     if empty:
         warnings.warn(
             f"{geo_dir}: empty boundaries, not exported: "

@@ -225,8 +225,9 @@ def export_geojson(
     colours: dict[str, tuple[int, int, int]] | None = None,
     names: dict[str, str] | None = None,
     members: dict[str, Any] | None = None,
-) -> None:
-    """Write boundaries as a QuPath FeatureCollection, one annotation per key, atomically.
+) -> list[str]:
+    """Write boundaries as a QuPath FeatureCollection, one annotation per key, atomically;
+    return the keys left out because their geometry is empty.
 
     ``polygons``: name -> Polygon/MultiPolygon in level-0 px. ``colours``: name -> (r, g, b)
     (default :data:`FIG4_COLOURS`, else orange). ``names``: name -> QuPath classification
@@ -238,10 +239,11 @@ def export_geojson(
     """
     colours = {**FIG4_COLOURS, **(colours or {})}
     names = {**DEFAULT_NAMES, **(names or {})}
-    features = []
+    features, empty = [], []
     for key, geom in polygons.items():
         if geom is None or _as_multipolygon(geom).is_empty:
             warnings.warn(f"{path}: {key!r}: empty boundary, not exported", stacklevel=2)
+            empty.append(key)
             continue
         class_name = names.get(key, key)
         features.append(
@@ -263,6 +265,7 @@ def export_geojson(
     doc = {"type": "FeatureCollection", **(members or {})}
     doc.update(type="FeatureCollection", features=features)  # (members cannot replace them)
     atomic_write_text(path, json.dumps(doc))
+    return empty
 
 
 # --- import ------------------------------------------------------------------------------
