@@ -707,6 +707,44 @@ def test_overwrite_deletes_the_old_run_only_at_the_new_runs_first_checkpoint(
     assert read_checkpoint(out).metadata["loss"] == "inter"
 
 
+def test_a_stop_asked_while_the_slides_are_read_trains_nothing_and_writes_nothing(
+    pairs: list[tuple[str, str]], tmp_path: Path
+) -> None:
+    """Ctrl-C (or the GUI's Cancel) during data setup: no step, no file, the old run intact."""
+    out, before = _first_run(tmp_path, pairs)
+    ended: list[TrainResult] = []
+
+    class Asked:  # the GUI's STOP file, written while the slides were read
+        def stop_requested(self) -> bool:
+            return True
+
+        def on_step(self, event: StepEvent) -> None:
+            raise AssertionError("no step may run")
+
+        def on_end(self, result: TrainResult) -> None:
+            ended.append(result)
+
+    cfg = tiny_config(tmp_path, pairs, steps=9, loss="inter", overwrite=True)
+    result = train(cfg, [Asked()])
+    assert result.status == "cancelled" and result.step == 0 and result.checkpoint == ""
+    assert ended == [result]
+    assert _fingerprint(out) == before and not replaced_runs(out)  # not even set aside
+
+    cancel = threading.Event()
+    cancel.set()  # the CLI's first Ctrl-C
+    fresh = tiny_config(tmp_path / "fresh", pairs, steps=9)
+    result = train(fresh, [], cancel)
+    assert result.status == "cancelled" and result.step == 0
+    assert not any(Path(fresh.out_dir).rglob("*"))  # a later run needs no --overwrite
+    assert train(tiny_config(tmp_path / "fresh", pairs, steps=2)).ok
+
+    resumed = tiny_config(tmp_path, pairs, steps=9, loss="intra", resume=str(out))
+    result = train(resumed, [], cancel)  # a resume stopped at once keeps its checkpoint
+    assert result.status == "cancelled" and result.step == 4
+    assert result.checkpoint == str(read_checkpoint(out).path)
+    assert _fingerprint(out) == before
+
+
 def test_a_cancel_before_the_first_periodic_checkpoint_keeps_the_replaced_run(
     pairs: list[tuple[str, str]], tmp_path: Path
 ) -> None:
@@ -819,6 +857,48 @@ def test_cli_ctrl_c_keeps_a_checkpoint_and_exits_130(
     err = " ".join(capsys.readouterr().err.split())
     assert f"resume with: lsr train --resume {out} --steps 50" in err
     assert "Ctrl-C: stopping after the current step, with a checkpoint" in err  # said at once
+
+
+def test_cli_ctrl_c_while_the_slides_are_read_stops_before_a_step_and_writes_nothing(
+    pairs: list[tuple[str, str]], tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys
+) -> None:
+    import signal
+
+    import lsr.train
+    from lsr.cli import main
+
+    real_build = lsr.train.build_dataset
+
+    def ctrl_c_while_reading(*args: object, **kw: object) -> object:
+        signal.raise_signal(signal.SIGINT)
+        return real_build(*args, **kw)
+
+    monkeypatch.setattr(lsr.train, "build_dataset", ctrl_c_while_reading)
+    out = tmp_path / "out"
+    args = ["train", "--loss", "intra", "--block-px", str(BLOCK), "--working-mpp", str(WORKING_MPP)]
+    for s, g in pairs:
+        args += ["--slide", s, "--grid", g]
+    args += ["--width", "4", "--depth", "2", "--steps", "50", "--device", "cpu"]
+    args += ["--out-dir", str(out), "--batch-size", "8"]
+    with pytest.raises(SystemExit) as exc:
+        main(args)
+    assert exc.value.code == 130
+    assert not out.exists() or not any(out.iterdir())
+    err = " ".join(capsys.readouterr().err.split())
+    assert "Ctrl-C: stopping once the slides are read, before the first step" in err
+    assert "cancelled at step 0" in err and "resume with" not in err
+
+    monkeypatch.setattr(lsr.train, "build_dataset", real_build)
+    with pytest.raises(SystemExit) as exc:  # a finished run, then resumed for more steps
+        main([*args, "--steps", "2"])
+    assert exc.value.code == 0
+    monkeypatch.setattr(lsr.train, "build_dataset", ctrl_c_while_reading)
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as exc:
+        main(["train", "--resume", str(out), "--steps", "9", "--device", "cpu"])
+    assert exc.value.code == 130 and read_checkpoint(out).step == 2
+    err = " ".join(capsys.readouterr().err.split())
+    assert f"resume with: lsr train --resume {out}" in err and "--steps 0" not in err
 
 
 def test_a_worker_error_arrives_as_its_own_one_line_message(

@@ -181,6 +181,31 @@ def test_cancel_stops_within_a_step_and_resume_continues(pairs, tmp_path: Path) 
     assert summary["losses"] == pytest.approx(s2.losses)
 
 
+def test_cancel_while_the_slides_are_read_stops_before_the_first_step(
+    pairs, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Cancel pressed after launch but before step 1: the run ends at step 0, resumable."""
+    run = tp.prepare_run(tiny(pairs, loss="intra", steps=5000), tmp_path, name="r")
+    checked = tp.check_data
+
+    def check_then_cancel(*args: object) -> None:
+        checked(*args)
+        tp.request_stop([run])  # what the Trainer's Cancel does
+
+    monkeypatch.setattr(tp, "check_data", check_then_cancel)
+    assert tp.run_one(run) == "cancelled"
+    mon = tp.RunMonitor(run)
+    mon.poll()
+    assert (mon.state.status, mon.state.step) == ("cancelled", 0)
+    assert not (run / "checkpoints").exists() and not (run / "run.json").exists()
+
+    monkeypatch.setattr(tp, "check_data", checked)
+    cfg = tiny(pairs, loss="intra", steps=2)
+    tp.prepare_resume(run, steps=cfg.steps)
+    assert tp.run_one(run) == "completed"
+    assert json.loads((run / "run.json").read_text())["step"] == 2
+
+
 def test_resume_of_a_run_that_failed_before_any_checkpoint_starts_over(
     pairs, tmp_path: Path
 ) -> None:

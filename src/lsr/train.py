@@ -3,8 +3,8 @@
 :class:`TrainConfig` holds every choice (per-loss :data:`DEFAULTS`, the paper's except intra's
 learning rate and variance and the inter-type groups, are filled in by
 :meth:`TrainConfig.resolved` for whatever the user left unset); :func:`train` runs it and
-reports through callbacks (:class:`TrainCallback`: ``on_start``, ``on_step``,
-``on_checkpoint``, ``on_end``) that the CLI and the napari widget both implement.
+reports through callbacks (:class:`TrainCallback`: ``stop_requested``, ``on_start``,
+``on_step``, ``on_checkpoint``, ``on_end``) that the CLI and the napari widget both implement.
 
 One step, and why it is split this way::
 
@@ -512,7 +512,11 @@ class StepEvent:
 
 @runtime_checkable
 class TrainCallback(Protocol):
-    """Progress interface; every method is optional. ``on_step`` may return ``"stop"``."""
+    """Progress interface; every method is optional. ``on_step`` may return ``"stop"``;
+    ``stop_requested`` is asked once before the first step, since reading the slides can
+    take long and a stop asked meanwhile should not wait for a step."""
+
+    def stop_requested(self) -> bool: ...
 
     def on_start(self, event: StartEvent) -> None: ...
 
@@ -837,6 +841,15 @@ def _prior(cfg: TrainConfig, table: CountTable) -> np.ndarray | None:
     if prior.shape != (len(table.class_names),) or (prior < 0).any() or prior.sum() <= 0:
         raise LsrInputError(f"prior must be {len(table.class_names)} fractions, got {cfg.prior}")
     return prior
+
+
+def _agreed(stop: bool, world: int, device: torch.device) -> bool:
+    """Whether any rank was asked to stop: every rank must leave the loop at the same step."""
+    if world <= 1:
+        return stop
+    flag = torch.tensor([1.0 if stop else 0.0], device=device)
+    dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+    return bool(flag.item() > 0)
 
 
 def _emit(callbacks: Sequence[Any], name: str, *args: Any) -> list[Any]:
@@ -1308,6 +1321,21 @@ def _train(
                 f"nothing to train (give more steps to continue)"
             )
 
+    asked = (cancel is not None and cancel.is_set()) or any(
+        _emit(callbacks, "stop_requested") if is_main else ()
+    )
+    if _agreed(asked, world, device) and start < cfg.steps:
+        # stopped while the slides were read: nothing trained, so nothing is written (a
+        # run.json here would make the next `lsr train` into this folder need --overwrite)
+        result = TrainResult(
+            "cancelled", "", start, loss_history, str(out_dir),
+            "" if ckpt is None else str(ckpt.path), describe_device(device), run_warnings,
+            0.0, {}, model,
+        )  # fmt: skip
+        if is_main:
+            _emit(callbacks, "on_end", result)
+        return result
+
     net: torch.nn.Module = model
     if world > 1:
         net = torch.nn.parallel.DistributedDataParallel(
@@ -1522,11 +1550,7 @@ def _train(
                 timings,
             )
             stop = any(r == "stop" for r in _emit(callbacks, "on_step", event))
-        stop = stop or (cancel is not None and cancel.is_set())
-        if world > 1:
-            flag = torch.tensor([1.0 if stop else 0.0], device=device)
-            dist.all_reduce(flag, op=dist.ReduceOp.MAX)
-            stop = bool(flag.item() > 0)
+        stop = _agreed(stop or (cancel is not None and cancel.is_set()), world, device)
         if stop and step < cfg.steps:
             status = "cancelled"
             save(step, cancelled=True)

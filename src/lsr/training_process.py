@@ -737,6 +737,9 @@ class _ProgressCallback:
         self.log = log
         self.stop_path = stop_path
 
+    def stop_requested(self) -> bool:
+        return self.stop_path.exists()
+
     def on_start(self, event: Any) -> None:
         self.log.write(
             "start",

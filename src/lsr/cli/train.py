@@ -9,7 +9,8 @@ Examples::
 
 Flags override the file (or, with --resume and no file, the run's own settings and folder);
 unset flags keep the file's value or the default of the chosen loss (lsr.train.DEFAULTS).
-The first Ctrl-C stops after the current step and writes a checkpoint (exit status 130).
+The first Ctrl-C stops after the current step and writes a checkpoint (exit status 130);
+before the first step (while the slides are read) it stops once they are read, writing nothing.
 """
 
 from __future__ import annotations
@@ -106,7 +107,8 @@ class RichProgress:
             self.console.print(f"latest checkpoint: {result.checkpoint}")
         if result.status == "cancelled" and result.checkpoint:
             self.console.print(
-                f"resume with: lsr train --resume {result.out_dir} --steps {self.total_steps}",
+                f"resume with: lsr train --resume {result.out_dir}"
+                + (f" --steps {self.total_steps}" if self.total_steps else ""),  # 0: not begun
                 markup=False,
                 soft_wrap=True,  # one line, so the command can be copied
             )
@@ -430,11 +432,13 @@ def train(
     def on_interrupt(signum: int, frame: Any) -> None:
         cancel.set()
         signal.signal(signal.SIGINT, previous)  # a second Ctrl-C aborts at once
-        # at once: while the slides are read, the first step can be many seconds away
-        shown.console.print(
-            "[yellow]Ctrl-C: stopping after the current step, with a checkpoint "
-            "(Ctrl-C again stops at once)[/yellow]"
+        # said at once: while the slides are read, the first step can be many seconds away
+        how = (
+            "after the current step, with a checkpoint"
+            if shown.total_steps
+            else "once the slides are read, before the first step (nothing is written)"
         )
+        shown.console.print(f"[yellow]Ctrl-C: stopping {how} (Ctrl-C again stops at once)[/yellow]")
 
     if threading.current_thread() is threading.main_thread():
         signal.signal(signal.SIGINT, on_interrupt)
