@@ -74,24 +74,58 @@ def _levels(path) -> list[np.ndarray]:
         return [lv.asarray() for lv in tf.series[0].levels]
 
 
-@pytest.mark.parametrize("dtype", [np.uint8, np.uint16, np.bool_])
-def test_mask_and_label_pyramids_take_the_nearest_pixel(tmp_path, dtype):
-    """A mean would invent values: label 2 between labels 1 and 3, grey between a mask's
-    0 and 255. Levels are every other pixel of the level above (odd sizes included)."""
+@pytest.mark.parametrize("dtype", [np.uint8, np.uint16])
+def test_label_pyramids_take_the_nearest_pixel(tmp_path, dtype):
+    """A mean would invent values: label 2 between labels 1 and 3. Levels are every other
+    pixel of the level above (odd sizes included)."""
     rng = np.random.default_rng(3)
-    values = [False, True] if dtype == np.bool_ else [0, 1, 3, 300 if dtype == np.uint16 else 9]
-    labels = rng.choice(values, (1301, 1077)).astype(dtype)
+    labels = rng.choice([0, 1, 3, 300 if dtype == np.uint16 else 9], (1301, 1077)).astype(dtype)
     path = tmp_path / "labels.tif"
     write_pyramidal_tiff(path, labels, mpp=1.0, compression="zlib", min_size=200,
-                         downsample=None if dtype == np.bool_ else "nearest")  # fmt: skip
+                         downsample="nearest")  # fmt: skip
     levels = _levels(path)
     assert len(levels) >= 3
-    stored = labels.astype(np.uint8) * 255 if dtype == np.bool_ else labels
-    expected = stored
+    expected = labels
     for level in levels:
         np.testing.assert_array_equal(level, expected)
-        assert set(np.unique(level)) <= set(np.unique(stored))
         expected = expected[::2, ::2]
+
+
+def _fraction_set(mask: np.ndarray, k: int) -> np.ndarray:
+    """Fraction of the 2^k × 2^k level-0 pixels under each level-k pixel that are set, the
+    sides padded by repeating the last row/column at every halving (the writer's rule)."""
+    a = mask.astype(np.float64)
+    for _ in range(k):
+        a = np.pad(a, [(0, a.shape[0] % 2), (0, a.shape[1] % 2)], mode="edge")
+        a = a.reshape(a.shape[0] // 2, 2, a.shape[1] // 2, 2).mean(axis=(1, 3))
+    return a
+
+
+def test_bool_mask_pyramids_keep_the_outline_in_place(tmp_path):
+    """Level k of a bool mask is 255 where at least half of the level-0 pixels under it are
+    set: a mean would invent grey, and the top-left pixel of each 2×2 moved a disc's outline
+    (2^k − 1)/2 level-0 px towards the origin (7.5 px at level 4: a QuPath overlay or a
+    ground truth read at a coarse level sat off its slide)."""
+    rng = np.random.default_rng(3)
+    yy, xx = np.mgrid[:1301, :1077]
+    disc = (yy - 650.3) ** 2 + (xx - 530.7) ** 2 < 400.0**2
+    noisy = disc ^ (rng.random(disc.shape) < 0.05)
+    for name, mask in (("disc", disc), ("noisy", noisy)):
+        path = tmp_path / f"{name}.tif"
+        write_pyramidal_tiff(path, mask, mpp=1.0, compression="zlib", min_size=60)
+        levels = _levels(path)
+        assert len(levels) >= 5
+        np.testing.assert_array_equal(levels[0], mask.astype(np.uint8) * 255)
+        for k, level in enumerate(levels[1:], 1):
+            assert set(np.unique(level)) <= {0, 255}
+            np.testing.assert_array_equal(level, (_fraction_set(mask, k) >= 0.5) * 255)
+    # the disc's centre of mass stays put at level 4 (top-left sampling: 7.5 px off)
+    level4 = _levels(tmp_path / "disc.tif")[4] > 0
+    cy, cx = (np.argwhere(level4).mean(axis=0) + 0.5) * 16
+    assert abs(cy - 650.8) < 1.0 and abs(cx - 531.2) < 1.0
+    with pytest.raises(LsrInputError, match=r"l\.tif: downsample 'majority' is for bool masks"):
+        write_pyramidal_tiff(tmp_path / "l.tif", disc.astype(np.uint8), mpp=1.0,
+                             downsample="majority")  # fmt: skip
 
 
 def test_downsample_mean_stays_the_default_and_a_bad_choice_is_named(tmp_path):
@@ -99,7 +133,7 @@ def test_downsample_mean_stays_the_default_and_a_bad_choice_is_named(tmp_path):
     grey[1::2, 1::2] = 200  # a 2×2 mean of 50 everywhere; nearest would keep 0
     write_pyramidal_tiff(tmp_path / "g.tif", grey, mpp=1.0, compression="zlib", min_size=200)
     assert (_levels(tmp_path / "g.tif")[1] == 50).all()
-    with pytest.raises(LsrInputError, match=r"g2\.tif: downsample must be 'mean' or 'nearest'"):
+    with pytest.raises(LsrInputError, match=r"g2\.tif: downsample must be 'mean', 'nearest' or 'majority'"):
         write_pyramidal_tiff(tmp_path / "g2.tif", grey, mpp=1.0, downsample="mode")
     assert not (tmp_path / "g2.tif").exists()
 

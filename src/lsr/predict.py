@@ -484,9 +484,9 @@ def write_outputs(
     image = _Quantised(prob) if options.probability_dtype == "uint8" else prob
     write_pyramidal_tiff(folder / PROBABILITY, image, mpp=options.working_mpp, compression="zlib")
     t1 = time.perf_counter()
-    write_pyramidal_tiff(
+    write_pyramidal_tiff(  # bool: coarse levels by majority, so outlines stay in place
         folder / MASK, _Thresholded(prob, options.threshold), mpp=options.working_mpp,
-        compression="zlib", downsample="nearest",
+        compression="zlib",
     )  # fmt: skip
     t2 = time.perf_counter()
     mask = _mask_of(prob, options.threshold)

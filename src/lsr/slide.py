@@ -865,8 +865,11 @@ def write_pyramidal_tiff(
     ``mpp``: µm per pixel of ``image``; written as resolution tags (CENTIMETER,
     1e4/mpp px/cm, scaled per level) and as OME PhysicalSizeX (subifd layout) or the Aperio
     ``MPP`` field (svs layout). Levels halve while the longer side > ``min_size``, by
-    ``downsample``: ``"mean"`` (2×2 mean: images, probability maps) or ``"nearest"`` (masks,
-    labels: no value that is not in the image); default ``"nearest"`` for bool, else mean.
+    ``downsample``: ``"mean"`` (2×2 mean: images, probability maps), ``"majority"`` (bool
+    masks: a coarse pixel is set where at least half of the level-0 pixels under it are, so
+    its outline stays in place; the default for bool) or ``"nearest"`` (labels: the top-left
+    pixel of each 2×2, no value that is not in the image, but level k sits (2^k − 1)/2 level-0
+    px towards the origin); default ``"mean"`` for the others.
     ``layout``: ``"subifd"`` (OME-TIFF-style SubIFD pyramid, read by tiffslide, QuPath and
     Bio-Formats) or ``"svs"`` (Aperio-style: level pages in the main chain plus a thumbnail
     page, read by tiffslide and OpenSlide); default ``"svs"`` when ``description`` starts with
@@ -897,10 +900,17 @@ def write_pyramidal_tiff(
     }.get(dtype, dtype)
     if tile % 16 or tile <= 0:
         raise LsrInputError(f"tile must be a positive multiple of 16, got {tile}", path)
-    downsample = downsample or ("nearest" if dtype == np.bool_ else "mean")
-    if downsample not in ("mean", "nearest"):
-        raise LsrInputError(f"downsample must be 'mean' or 'nearest', got {downsample!r}", path)
+    downsample = downsample or ("majority" if dtype == np.bool_ else "mean")
+    if downsample not in ("mean", "nearest", "majority"):
+        raise LsrInputError(
+            f"downsample must be 'mean', 'nearest' or 'majority', got {downsample!r}", path
+        )
+    if downsample == "majority" and dtype != np.bool_:
+        raise LsrInputError(f"downsample 'majority' is for bool masks, got {dtype}", path)
     nearest = downsample == "nearest"
+    # majority: levels ≥ 1 are staged as the exact fraction of level-0 pixels set (float32
+    # holds 4^-k exactly far past any pyramid's depth) and thresholded only when written
+    stage_dtype = np.dtype(np.float32) if downsample == "majority" else store_dtype
     compression = "none" if compression is None else str(compression).lower()
     if compression not in _COMPRESSIONS:
         raise LsrInputError(f"compression must be one of {sorted(_COMPRESSIONS)}", path)
@@ -956,7 +966,7 @@ def write_pyramidal_tiff(
         for i in range(1, len(shapes)):
             maps.append(
                 np.lib.format.open_memmap(
-                    stage / f"{i}.npy", mode="w+", dtype=store_dtype, shape=lshape(i)
+                    stage / f"{i}.npy", mode="w+", dtype=stage_dtype, shape=lshape(i)
                 )
             )
 
@@ -966,7 +976,9 @@ def write_pyramidal_tiff(
             for y in range(0, h, band_rows):
                 band = convert(image[y : min(y + band_rows, h)])
                 if maps:
-                    half = _halve(band, nearest)
+                    staged = band if stage_dtype == store_dtype else (band > 0).astype(stage_dtype)
+                    half = _halve(staged, nearest)
+                    del staged
                     maps[0][y // 2 : y // 2 + half.shape[0]] = half
                 yield from _tiles_of_band(band, tile)
                 del band
@@ -974,7 +986,10 @@ def write_pyramidal_tiff(
         def level_tiles(level: int) -> Iterator[np.ndarray]:
             src = maps[level - 1]
             for y in range(0, src.shape[0], tile):
-                yield from _tiles_of_band(np.asarray(src[y : y + tile]), tile)
+                band = np.asarray(src[y : y + tile])
+                if stage_dtype != store_dtype:  # majority: the fraction set -> 0/255
+                    band = np.where(band >= 0.5, np.uint8(255), np.uint8(0))
+                yield from _tiles_of_band(band, tile)
 
         def build_lower_levels() -> None:
             for i in range(1, len(maps)):
