@@ -133,7 +133,8 @@ def test_downsample_mean_stays_the_default_and_a_bad_choice_is_named(tmp_path):
     grey[1::2, 1::2] = 200  # a 2×2 mean of 50 everywhere; nearest would keep 0
     write_pyramidal_tiff(tmp_path / "g.tif", grey, mpp=1.0, compression="zlib", min_size=200)
     assert (_levels(tmp_path / "g.tif")[1] == 50).all()
-    with pytest.raises(LsrInputError, match=r"g2\.tif: downsample must be 'mean', 'nearest' or 'majority'"):
+    named = r"g2\.tif: downsample must be 'mean', 'nearest' or 'majority'"
+    with pytest.raises(LsrInputError, match=named):
         write_pyramidal_tiff(tmp_path / "g2.tif", grey, mpp=1.0, downsample="mode")
     assert not (tmp_path / "g2.tif").exists()
 
