@@ -207,3 +207,30 @@ def test_pooled_scores_reports_progress_per_patch() -> None:
     with_progress = pooled_scores(preds, gts, band=4, progress=lambda d, n: seen.append((d, n)))
     assert seen == [(1, 3), (2, 3), (3, 3)]
     assert with_progress == pooled_scores(preds, gts, band=4)
+
+
+def test_float_maps_are_cut_at_one_half_integers_at_nonzero_everywhere(tmp_path):
+    """One rule for the library, `lsr evaluate` and Compare: a probability map handed to the
+    scores directly is the network's mask (p ≥ 0.5), not everything above 0."""
+    from lsr.cli.evaluate import read_mask
+    from lsr.compare import mask_from_array
+    from lsr.metrics import cancer_mask
+
+    rng = np.random.default_rng(4)
+    prob = rng.random((40, 40))
+    prob[5, 5], prob[6, 6] = 0.5, np.nextafter(0.5, 0)
+    labels = rng.integers(0, 3, (40, 40)).astype(np.uint8)
+    p32 = prob.astype(np.float32)  # 0.5 - 2^-54 rounds to 0.5 here
+    for a, want in ((prob, prob >= 0.5), (p32, p32 >= 0.5),
+                    (labels, labels != 0), (labels == 1, labels == 1)):  # fmt: skip
+        np.testing.assert_array_equal(cancer_mask(a), want)
+        np.testing.assert_array_equal(mask_from_array(a, 1.0, (40, 40), 1.0), want)
+    gt = rng.random((40, 40)) < 0.3
+    scores = pooled_scores([prob], [gt], band=3)
+    direct = pooled_scores([prob >= 0.5], [gt], band=3)
+    assert scores == direct
+    assert masked_iou_dice(prob, gt, band=3) == masked_iou_dice(prob >= 0.5, gt, band=3)
+    soft_gt = np.where(gt, 0.9, 0.1)
+    assert iou_dice(prob >= 0.5, soft_gt) == iou_dice(prob >= 0.5, gt)
+    np.save(path := tmp_path / "gt.npy", soft_gt)
+    np.testing.assert_array_equal(read_mask(path), gt)

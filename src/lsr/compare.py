@@ -41,7 +41,7 @@ from shapely.geometry import MultiPolygon
 from lsr.atomic import atomic_path, atomic_write_text
 from lsr.errors import LsrInputError
 from lsr.geojson import DEFAULT_NAMES, FIG4_COLOURS
-from lsr.metrics import METRICS
+from lsr.metrics import METRICS, cancer_mask
 from lsr.metrics import TABLE2_ROWS as ROW_ORDER
 
 PathType = str | PathLike[str]
@@ -289,7 +289,8 @@ def nearest_resample(mask: Any, pixel_um: float, shape: tuple[int, int], working
 def mask_from_array(
     data: Any, pixel_um: float, shape: tuple[int, int], working_mpp: float, what: str = ""
 ) -> np.ndarray:
-    """Ground truth from a (h, w) label array of ``pixel_um`` µm/px: bool (H, W), > 0 = cancer.
+    """Ground truth from a (h, w) label array of ``pixel_um`` µm/px: bool (H, W), cancer where
+    nonzero, or ≥ 0.5 in a float map (:func:`lsr.metrics.cancer_mask`).
 
     Raises LsrInputError when its physical extent differs from the slide's (a mask of
     another slide or at another resolution) by more than one working pixel and 1 %.
@@ -308,7 +309,7 @@ def mask_from_array(
             f"{want[0]:.0f}x{want[1]:.0f} µm (is it the mask of another slide?)",
             what or None,
         )
-    return nearest_resample(data, pixel_um, shape, working_mpp) > 0
+    return cancer_mask(nearest_resample(data, pixel_um, shape, working_mpp))
 
 
 def ground_truth_level(
@@ -330,8 +331,9 @@ def load_ground_truth(path: PathType, slide: Any, working_mpp: float) -> np.ndar
     """Ground-truth cancer mask (bool (H, W) at ``working_mpp``) from a file.
 
     ``.geojson``/``.json``: QuPath annotations in level-0 px (all classes: the areas drawn are
-    cancer); anything else: a mask image (> 0 = cancer) covering the slide, whose pixel size
-    comes from the file or, when it has none, from the slide's width.
+    cancer); anything else: a mask image (cancer where nonzero, or ≥ 0.5 if float) covering
+    the slide, whose pixel size comes from the file or, when it has none, from the slide's
+    width.
     """
     from lsr.geojson import import_geojson, polygons_to_mask
     from lsr.slide import open_slide

@@ -46,15 +46,26 @@ PAPER_TABLE2: dict[str, tuple[float, float]] = {
 }
 
 
+def cancer_mask(a: Any) -> np.ndarray:
+    """The bool mask an array stands for, one rule for every reader of masks: bool as is;
+    float (a probability map, a soft label) where ≥ 0.5, the paper's threshold; integers
+    (0/255 masks, label images) where nonzero. A float map cut at > 0 would call every
+    pixel of a confident network's p = 0.01 background cancer."""
+    arr = np.asarray(a)
+    if arr.dtype == bool:
+        return arr
+    if np.issubdtype(arr.dtype, np.floating):
+        return arr >= 0.5
+    return arr > 0
+
+
 def _as_mask(a: np.ndarray, name: str) -> np.ndarray:
     arr = np.asarray(a)
     if arr.ndim != 2:
         raise LsrInputError(f"{name} must be a 2-D mask, got shape {arr.shape}")
-    if arr.dtype == bool:
-        return arr
     if np.issubdtype(arr.dtype, np.floating) and np.isnan(arr).any():
         raise LsrInputError(f"{name} contains NaN")
-    return arr > 0
+    return cancer_mask(arr)
 
 
 def _check_pair(pred: np.ndarray, gt: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

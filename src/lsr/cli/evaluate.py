@@ -200,9 +200,10 @@ def read_map(path: Path, what: str = "mask") -> np.ndarray:
 
 def read_mask(path: Path) -> np.ndarray:
     """A 2-D boolean ground-truth mask (see :func:`read_map`): float maps are cancer where
-    >= 0.5, integer maps (masks, label images) where nonzero."""
-    a = read_map(path, "ground-truth mask")
-    return a >= 0.5 if np.issubdtype(a.dtype, np.floating) else a > 0
+    >= 0.5, integer maps (masks, label images) where nonzero (:func:`lsr.metrics.cancer_mask`)."""
+    from lsr.metrics import cancer_mask
+
+    return cancer_mask(read_map(path, "ground-truth mask"))
 
 
 #: How ``lsr evaluate`` reads a prediction (``--pred-kind``).
