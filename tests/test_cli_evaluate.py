@@ -29,7 +29,8 @@ def _patch(tmp_path, name, rng, rows=3, cols=4):
     return prob, z
 
 
-def test_calibration_matches_numpy_per_bin(tmp_path, runner):
+@pytest.mark.parametrize("non_cancer_first", [False, True])
+def test_calibration_matches_numpy_per_bin(tmp_path, runner, non_cancer_first):
     rng = np.random.default_rng(3)
     preds, grids = tmp_path / "pred", tmp_path / "grid"
     preds.mkdir()
@@ -39,7 +40,11 @@ def test_calibration_matches_numpy_per_bin(tmp_path, runner):
         (tmp_path / f"p{i}_prob.npy").rename(preds / f"p{i}_prob.npy")
         (tmp_path / f"p{i}_grid.npy").rename(grids / f"p{i}_grid.npy")
     table = CountTable.paper_table1()
-    table.to_json(tmp_path / "table.json")
+    saved = table  # a JSON table may list non-cancer first: still compared with cancer
+    if non_cancer_first:
+        saved = CountTable(table.eta[:, ::-1], table.rho[:, ::-1], table.edges,
+                           table.class_names[::-1])  # fmt: skip
+    saved.to_json(tmp_path / "table.json")
     res = runner.invoke(app, ["evaluate", "-p", str(preds), "--grid", str(grids), "--block-px",
                               str(B), "-t", str(tmp_path / "table.json"), "--json",
                               str(tmp_path / "out.json")])  # fmt: skip

@@ -202,6 +202,35 @@ def test_calibration_bins_with_the_tables_own_edges(comp, setup) -> None:
     assert checks[second] is None and checks[first]["blocks"] == int((z >= 0).sum())
 
 
+def test_calibration_of_a_region_without_a_whole_block_on_one_axis_is_empty(comp) -> None:
+    """A wide view less than a block tall (or a tall narrow one) has no whole block: an empty
+    table, as for a region smaller than a block both ways, not an error that also lost the
+    scores computed beside it."""
+    for region in ((12, 0, 25, 600), (0, 12, 480, 25), (12, 12, 25, 25)):
+        rows = compare.calibration(comp, region)
+        assert len(rows) == 10
+        assert all(r["models"][k]["n"] == 0 for r in rows for k in comp.probs)
+
+
+def test_calibration_compares_with_the_tables_cancer_column(comp) -> None:
+    """A table listing non-cancer first (JSON may): the predicted cancer fraction is shown
+    beside the table's cancer mean, not its non-cancer one."""
+    from lsr.counttable import CountTable
+
+    first = next(iter(comp.tables))
+    table = CountTable.from_dict(comp.tables[first])
+    flipped = CountTable(table.eta[:, ::-1], table.rho[:, ::-1], table.edges,
+                         ("non-cancer", "cancer"))  # fmt: skip
+    assert flipped.cancer == 1 and table.cancer == 0
+    c = copy.copy(comp)
+    c.tables = {k: flipped.to_dict() for k in comp.tables}
+    same, turned = compare.calibration(comp), compare.calibration(c)
+    assert [r["table"][first] for r in turned] == [r["table"][first] for r in same]
+    assert [r["table"][first][0] for r in turned] == pytest.approx(table.eta[:, 0].tolist())
+    assert compare.calibration_checks(turned) == compare.calibration_checks(same)
+    assert flipped.top_bin_problem() == table.top_bin_problem()
+
+
 def test_exports(comp, tmp_path) -> None:
     paths = compare.export_geojson(comp, tmp_path, "s")
     assert tmp_path / "s_boundaries.geojson" in paths

@@ -452,3 +452,22 @@ def test_a_table_its_reader_would_refuse_never_replaces_a_saved_one(tmp_path, su
     assert path.read_bytes() == before  # the good table is still there, whole
     assert [p.name for p in tmp_path.iterdir()] == [path.name]  # no temporary file left
     np.testing.assert_allclose(CountTable.load(path).eta, good.eta)
+
+
+def test_the_cancer_column_is_found_by_name_whatever_the_order():
+    """A JSON table may list non-cancer first; the top-bin check reads its cancer column."""
+    from lsr.counttable import cancer_index
+
+    assert [cancer_index(n) for n in (["cancer", "x"], ["stroma", "Tumor"], ["a", "b"])] == [
+        0, 1, 0,
+    ]  # fmt: skip
+    cancer = np.linspace(0.05, 0.9, 10)
+    cancer[-1] = 0.3  # the top bin holds less cancer than bin 8: its sample is suspect
+    eta = np.stack([cancer, 1 - cancer], axis=1)
+    rho = np.full_like(eta, 0.1)
+    table = CountTable(eta, rho)
+    flipped = CountTable.from_dict(
+        CountTable(eta[:, ::-1], rho[:, ::-1], class_names=("non-cancer", "cancer")).to_dict()
+    )
+    assert table.top_bin_problem() is not None
+    assert flipped.cancer == 1 and flipped.top_bin_problem() == table.top_bin_problem()

@@ -650,8 +650,9 @@ def calibration(comp: Comparison, region: tuple[int, int, int, int] | None = Non
         r0, c0 = max(0, -(-(y0 - oy) // b)), max(0, -(-(x0 - ox) // b))
         r1, c1 = min(rows_n, (y1 - oy) // b), min(cols_n, (x1 - ox) // b)
     bins = g.bins(edges)
-    z = bins[r0:r1, c0:c1] if r1 > r0 and c1 > c0 else np.full((0, 0), -1)
-    box = (oy + r0 * b, ox + c0 * b, oy + max(r1, r0) * b, ox + max(c1, c0) * b)
+    r1, c1 = max(r1, r0), max(c1, c0)  # a region holding no whole block on an axis: 0 there
+    z = bins[r0:r1, c0:c1]
+    box = (oy + r0 * b, ox + c0 * b, oy + r1 * b, ox + c1 * b)
     maps = {k: crop(p, box) for k, p in comp.probs.items()}
     if comp.gt is not None:
         maps["ground_truth"] = crop(comp.gt, box).astype(np.float32)
@@ -660,7 +661,9 @@ def calibration(comp: Comparison, region: tuple[int, int, int, int] | None = Non
     out = []
     for zb in range(n_bins):
         row: dict[str, Any] = {"z": zb, "label": labels[zb] if labels else str(zb)}
-        row["table"] = {k: (float(t.eta[zb, 0]), float(t.rho[zb, 0])) for k, t in tables.items()}
+        row["table"] = {
+            k: (float(t.eta[zb, t.cancer]), float(t.rho[zb, t.cancer])) for k, t in tables.items()
+        }
         row["models"] = {k: results[k][zb] for k in comp.probs}
         if "ground_truth" in results:
             row["ground_truth"] = results["ground_truth"][zb]

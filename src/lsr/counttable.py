@@ -99,6 +99,19 @@ def _edge_label(lo: float, hi: float) -> str:
     return f"{100 * lo:g}–{100 * hi:g}"
 
 
+#: Class names taken for cancer, in any case (QuPath's class is "Tumor").
+CANCER_NAMES = ("cancer", "tumor", "tumour")
+
+
+def cancer_index(class_names: Sequence[str]) -> int:
+    """Index of the cancer class among ``class_names`` (0 when none is named so): a table
+    (JSON) or a network may list non-cancer first, and its cancer column is then not 0."""
+    for i, name in enumerate(class_names):
+        if str(name).strip().lower() in CANCER_NAMES:
+            return i
+    return 0
+
+
 @dataclass
 class CountTable:
     """Count table p(c_l | z) with ``eta`` and ``rho`` of shape (Z, L), as fractions.
@@ -339,17 +352,22 @@ class CountTable:
             raise LsrInputError(f"labels z must lie in 0..{self.n_bins - 1}")
         return self.eta[zs], self.rho[zs]
 
+    @property
+    def cancer(self) -> int:
+        """Column of the cancer class in ``eta``/``rho`` (:func:`cancer_index`)."""
+        return cancer_index(self.class_names)
+
     def top_bin_problem(self, max_drop: float = TOP_BIN_MAX_DROP) -> str | None:
         """Why the top bin contradicts the classifier's order, or None.
 
         The bins are ordered by the classifier's cancer probability, so its most confident
-        bin should hold the most cancer. When the top bin's cancer mean (column 0) is more
+        bin should hold the most cancer. When the top bin's cancer mean is more
         than ``max_drop`` (fraction) below a lower bin's, the expert's sample of it is most
         likely unrepresentative, and intra-instance learns to under-call cancer. For a table
         with estimate counts ``n``, only bins with two estimates or more take part (a bin
         filled from a fallback table has none).
         """
-        cancer = self.eta[:, 0]
+        cancer = self.eta[:, self.cancer]
         known = np.ones(self.n_bins, bool) if self.n is None else np.asarray(self.n) >= 2
         lower = np.flatnonzero(known[:-1])
         if self.n_bins < 2 or not known[-1] or lower.size == 0:

@@ -588,8 +588,6 @@ def _cancel_within(
 
 def cancer_class_index(metadata: dict[str, Any] | None) -> int:
     """Index of the "cancer" class in the model's ``class_names`` (0 when not named)."""
-    names = (metadata or {}).get("class_names") or []
-    for i, name in enumerate(names):
-        if str(name).strip().lower() in ("cancer", "tumor", "tumour"):
-            return i
-    return 0
+    from lsr.counttable import cancer_index
+
+    return cancer_index((metadata or {}).get("class_names") or [])

@@ -373,8 +373,8 @@ def calibration(
     rows_out = calibration_table(maps, zs, block_px, n_bins=n_bins)
     for row in rows_out:
         if ct is not None:
-            row["table_mean"] = float(ct.eta[row["z"], 0])
-            row["table_std"] = float(ct.rho[row["z"], 0])
+            row["table_mean"] = float(ct.eta[row["z"], ct.cancer])
+            row["table_std"] = float(ct.rho[row["z"], ct.cancer])
     return rows_out, probabilities
 
 
