@@ -101,6 +101,36 @@ def test_grid_of_the_wrong_size_names_the_grid(tmp_path, runner):
     assert "does not match" in str(res.exception) and "a_grid.npy" in str(res.exception)
 
 
+def test_a_grid_holding_the_last_partial_block_is_taken_as_training_takes_it(tmp_path, runner):
+    """A slide of 2.5 x 3.25 blocks: grids of 2 x 3 and of 3 x 4 blocks both fit it (as
+    `BlockGrid.check_fits` and training allow); partial blocks are not scored."""
+    rng = np.random.default_rng(5)
+    prob = rng.random((int(2.5 * B), int(3.25 * B))).astype(np.float32)
+    np.save(tmp_path / "a_prob.npy", prob)
+    z = rng.integers(0, 10, (3, 4)).astype(np.int16)
+    results = []
+    for name, grid in (("whole", z[:2, :3]), ("partial", z), ("big", np.zeros((4, 4)))):
+        (tmp_path / name).mkdir()
+        np.save(tmp_path / name / "a_grid.npy", grid.astype(np.int16))
+        out = tmp_path / f"{name}.json"
+        res = runner.invoke(app, ["evaluate", "-p", str(tmp_path / "a_prob.npy"), "--grid",
+                                  str(tmp_path / name / "a_grid.npy"), "--block-px", str(B),
+                                  "--json", str(out)])  # fmt: skip
+        if name == "big":  # one block too many: refused, naming the grid and what fits
+            assert isinstance(res.exception, LsrInputError)
+            assert "big/a_grid.npy" in str(res.exception)
+            assert "2 or 3 x 3 or 4 blocks" in str(res.exception)
+            break
+        assert res.exit_code == 0, res.output
+        results.append(json.loads(out.read_text())["calibration"])
+    assert results[0] == results[1]
+    means = prob[: 2 * B, : 3 * B].reshape(2, B, 3, B).mean(axis=(1, 3))
+    assert sum(r["n"] for r in results[1]) == 6
+    for r in results[1]:
+        if r["n"]:
+            assert r["mean"] == pytest.approx(means[z[:2, :3] == r["z"]].mean())
+
+
 def test_nothing_to_compare_with_is_an_error(tmp_path, runner):
     np.save(tmp_path / "a_prob.npy", np.zeros((B, B), np.float32))
     res = runner.invoke(app, ["evaluate", "-p", str(tmp_path / "a_prob.npy")])

@@ -335,7 +335,7 @@ def calibration(
     table's eta ± rho (``table_mean``/``table_std``) when a table is given; and whether every
     prediction was a probability map (not a mask)."""
     from lsr.counttable import PAPER_EDGES
-    from lsr.grid import grid_geometry, load_grid
+    from lsr.grid import grid_fits, grid_geometry, load_grid
     from lsr.metrics import calibration_table
 
     ct = None
@@ -354,15 +354,16 @@ def calibration(
             grid = load_grid(g, block_px=block_px, origin=(oy, ox))
             m = m[oy:, ox:]  # block (0, 0) starts at the origin, as in training and Compare
             rows, cols = m.shape[0] // block_px, m.shape[1] // block_px
-            if grid.shape != (rows, cols):
+            fits, expected = grid_fits(grid.shape, block_px, (0, 0), m.shape)
+            if not fits:  # the last partial block may be in the grid, as training allows
                 at = f" from the grid's origin (y, x) = ({oy}, {ox}) px" if oy or ox else ""
                 raise LsrInputError(
                     f"grid of {grid.shape} blocks does not match the prediction's {m.shape} px"
-                    f"{at} = {(rows, cols)} blocks of {block_px} px",
+                    f"{at} = {' x '.join(expected)} blocks of {block_px} px",
                     g,
                 )
             try:  # probabilities are binned with the table's edges, not always the paper's
-                zs.append(grid.bins(edges))
+                zs.append(grid.bins(edges)[:rows, :cols])  # partial blocks are not scored
             except LsrInputError as err:
                 raise LsrInputError(err.problem, g) from None
             maps.append(m)
