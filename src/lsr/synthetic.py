@@ -42,7 +42,7 @@ from lsr.synthetic_classifier import (
     classify,
     fit_weights,
 )
-from lsr.synthetic_config import SyntheticConfig, load_config
+from lsr.synthetic_config import MANIFEST, MANIFEST_FORMAT, SyntheticConfig, load_config
 from lsr.synthetic_expert import expert_table, table_error, true_table
 from lsr.synthetic_tissue import TissuePlan, make_plan, render
 
@@ -61,10 +61,6 @@ __all__ = [
 #: A block with less tissue than this gets no classifier label (NaN, like background).
 MIN_LABEL_TISSUE = 0.2
 
-#: ``format`` of the manifest (and of the unfinished marker) that :func:`generate_dataset`
-#: writes; ``lsr evaluate`` looks for it too.
-MANIFEST_FORMAT = "napari-lsr synthetic benchmark"
-MANIFEST = "manifest.json"
 #: Written first and removed after the manifest: a folder holding it is a data set whose
 #: writing was interrupted (or is still going on).
 UNFINISHED = "synth_unfinished.json"

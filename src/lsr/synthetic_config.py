@@ -23,6 +23,12 @@ import tomllib
 
 from lsr.errors import LsrInputError
 
+#: ``format`` of the manifest (and of the unfinished marker) that
+#: :func:`lsr.synthetic.generate_dataset` writes; ``lsr evaluate`` looks for it too (here, in
+#: a module without NumPy or dask, so the CLI can read it cheaply).
+MANIFEST_FORMAT = "napari-lsr synthetic benchmark"
+MANIFEST = "manifest.json"
+
 
 @dataclass
 class ScaleConfig:

@@ -16,6 +16,7 @@ from lsr.arrays import read_npy
 from lsr.atomic import atomic_write_text, check_replaceable
 from lsr.cli.console import interrupted
 from lsr.errors import LsrInputError
+from lsr.synthetic_config import MANIFEST, MANIFEST_FORMAT
 
 _SUFFIXES = (".tif", ".tiff", ".png", ".npy")
 #: Ground truth is named ``<patch>_gt.*`` or ``<patch>_mask.*`` (as ``lsr synth`` writes it and
@@ -527,8 +528,6 @@ def _is_scores_json(path: Path) -> bool:
 #: What ``lsr evaluate`` assumes without --band/--block-px and without a manifest: one block
 #: of the paper's scale (240 px at 4.17 µm/px).
 DEFAULT_BAND_PX = DEFAULT_BLOCK_PX = 240
-MANIFEST = "manifest.json"
-_MANIFEST_FORMAT = "napari-lsr synthetic benchmark"
 
 
 def find_manifest(paths: list[Path]) -> Path | None:
@@ -542,7 +541,7 @@ def find_manifest(paths: list[Path]) -> Path | None:
                     data = json.loads(candidate.read_text(encoding="utf-8"))
                 except (OSError, ValueError):
                     continue
-                if isinstance(data, dict) and data.get("format") == _MANIFEST_FORMAT:
+                if isinstance(data, dict) and data.get("format") == MANIFEST_FORMAT:
                     return candidate
     return None
 
