@@ -5,7 +5,9 @@ slide pixels, so a shapes layer's vertices go data → world (µm, the layer's s
 translate) → level-0 px (÷ the slide's µm/px). The slide's pixel size is taken from the
 layer's ``metadata["lsr_boundary"]["level0_mpp"]`` (the Compare widget's boundary layers),
 else from a slide layer in the current viewer; without either, world units are written as
-they are (with a warning).
+they are (with a warning). Shapes are cut to the slide (``level0_shape`` of the same
+metadata, else the viewer's slide layer): QuPath, like :func:`lsr.geojson.import_geojson`,
+takes coordinates past the image for another slide's; the part cut off is named.
 
 Closed paths (the Compare widget draws each ring of a boundary as one) are combined by
 even-odd nesting, so holes stay holes; polygons, rectangles and ellipses are united.
@@ -37,7 +39,9 @@ def _problem(err: Exception, path: str) -> str:
     return os_problem(err, path) if isinstance(err, OSError) else str(err)
 
 
-def _viewer_slide_mpp() -> float | None:
+def _viewer_slide() -> dict[str, Any] | None:
+    """The ``metadata["lsr_slide"]`` (``mpp``, ``shape`` (H, W) level-0 px, ``path``) of the
+    first slide layer in the current viewer, or None."""
     try:
         import napari
 
@@ -49,8 +53,23 @@ def _viewer_slide_mpp() -> float | None:
     for layer in viewer.layers:
         meta = getattr(layer, "metadata", {}) or {}
         if "lsr_slide" in meta:
-            return float(meta["lsr_slide"]["mpp"])
+            return dict(meta["lsr_slide"])
     return None
+
+
+def _viewer_slide_mpp() -> float | None:
+    slide = _viewer_slide()
+    return None if slide is None else float(slide["mpp"])
+
+
+def _slide_shape(meta: dict[str, Any]) -> tuple[int, int] | None:
+    """(H, W) level-0 px of the slide the shapes lie on: the boundary layer's own record,
+    else the viewer's slide layer; None when neither says."""
+    shape = meta.get("level0_shape")
+    if shape is None:
+        slide = _viewer_slide()
+        shape = None if slide is None else slide.get("shape")
+    return None if shape is None else (int(shape[0]), int(shape[1]))
 
 
 def _ellipse(corners: np.ndarray) -> np.ndarray:
@@ -110,7 +129,7 @@ def shapes_to_geometry(data: list[np.ndarray], attributes: dict[str, Any]) -> An
 def write_shapes_geojson(path: str, data: Any, attributes: dict) -> list[str]:
     """npe2 single-layer writer: a shapes layer → one QuPath annotation in a GeoJSON file."""
     from lsr.errors import LsrInputError
-    from lsr.geojson import export_geojson
+    from lsr.geojson import clip_to_slide, export_geojson
 
     meta = (attributes.get("metadata") or {}).get("lsr_boundary") or {}
     name = meta.get("name") or attributes.get("name") or "annotation"
@@ -122,6 +141,20 @@ def write_shapes_geojson(path: str, data: Any, attributes: dict) -> list[str]:
         geom = shapes_to_geometry(list(data), attributes)
         if geom.is_empty:
             raise LsrInputError("the shapes layer holds no area to export", path)
+        if (shape := _slide_shape(meta)) is not None:
+            area = geom.area
+            geom = clip_to_slide(geom, shape)
+            if geom.is_empty:
+                raise LsrInputError(
+                    f"the shapes lie off the slide ({shape[1]} x {shape[0]} level-0 px)", path
+                )
+            cut = 1 - geom.area / area
+            if cut > 1e-6 and "key" not in meta:  # Compare's: the rounded grid's overhang
+                warnings.warn(
+                    f"{path}: {100 * cut:.2g} % of the shapes' area lay off the slide and was "
+                    "cut (QuPath would take such coordinates for another slide's)",
+                    stacklevel=2,
+                )
         export_geojson(path, {name: geom}, colours={name: tuple(colour)}, names={name: name})
     except (LsrInputError, OSError) as err:  # OSError: a folder or no permission there
         _notify(f"Cannot write the GeoJSON: {_problem(err, path)}")

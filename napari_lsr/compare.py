@@ -872,6 +872,7 @@ def _layers_of(comp: lc.Comparison, edge_width: float = 1.0) -> list[Any]:
             "lsr_boundary": {
                 "key": b.key, "name": b.name, "label": b.label, "colour": list(b.colour),
                 "level0_mpp": comp.level0_mpp, "working_mpp": mpp,
+                "level0_shape": None if comp.level0_shape is None else list(comp.level0_shape),
             }
         }  # fmt: skip
         layer = Shapes(

@@ -133,3 +133,37 @@ def test_a_folder_at_the_target_notifies_instead_of_raising(tmp_path, monkeypatc
     attrs = {"name": "x", "metadata": {"lsr_boundary": {"level0_mpp": 1.0}}}
     assert _writer.write_shapes_geojson(str(tmp_path / "d.geojson"), square, attrs) == []
     assert "Cannot write the GeoJSON" in got[-1] and "d.geojson" in got[-1]
+
+
+def test_shapes_are_cut_to_the_slide(tmp_path, monkeypatch) -> None:
+    """A drawn square half off a 20 x 30 px slide keeps its on-slide half (named in a
+    warning); shapes wholly off it are refused; a Compare boundary layer's overhang (its
+    rounded working grid) is cut silently by its own record of the slide's size."""
+    monkeypatch.setattr(_writer, "_viewer_slide", lambda: {"mpp": 1.0, "shape": [20, 30]})
+    square = np.array([[10, 20], [10, 40], [30, 40], [30, 20]], float)  # (row, col)
+    attrs = {"name": "drawn", "scale": (1.0, 1.0), "translate": (0.0, 0.0),
+             "shape_type": ["polygon"]}  # fmt: skip
+    out = tmp_path / "d.geojson"
+    with pytest.warns(UserWarning, match=r"d\.geojson: 75 % of the shapes' area lay off"):
+        assert _writer.write_shapes_geojson(str(out), [square], attrs) == [str(out)]
+    geom = import_geojson(out, slide_shape_level0=(20, 30))
+    assert geom.equals(shapely.geometry.box(20, 10, 30, 20))
+    got: list[str] = []
+    monkeypatch.setattr(_writer, "_notify", got.append)
+    off = tmp_path / "off.geojson"
+    assert _writer.write_shapes_geojson(str(off), [square + 100], attrs) == []
+    assert "off the slide (30 x 20 level-0 px)" in got[-1] and not off.exists()
+
+    monkeypatch.setattr(_writer, "_viewer_slide", lambda: None)
+    ring = np.array([[0, 0], [0, 10.25], [5.25, 10.25], [5.25, 0], [0, 0]], float)
+    meta = {"key": "intra", "level0_mpp": 2.0, "level0_shape": [10, 20]}  # 4 µm per px
+    attrs = {"name": "b", "scale": (4.0, 4.0), "shape_type": ["path"],
+             "metadata": {"lsr_boundary": meta}}  # fmt: skip
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert _writer.write_shapes_geojson(str(out), [ring], attrs) == [str(out)]
+    assert import_geojson(out, slide_shape_level0=(10, 20)).equals(
+        shapely.geometry.box(0, 0, 20, 10)
+    )
