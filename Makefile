@@ -9,11 +9,14 @@ STAMP := $(VENV)/.installed
 
 setup: $(STAMP)
 
-# torch is pinned exactly: any other spec pulls gigabytes of CUDA wheels.
+# torch is pinned exactly: on the CI machine pip's configuration holds its CPU wheel, and any
+# other spec pulls gigabytes of CUDA wheels. Elsewhere on Linux, PyPI's torch is the CUDA
+# build; for the CPU one: make setup TORCH_PIP_ARGS="--index-url https://download.pytorch.org/whl/cpu"
+TORCH_PIP_ARGS ?=
 $(STAMP): setup.cfg pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
 	$(BIN)/python -m pip install --upgrade pip
-	$(BIN)/python -m pip install torch==2.13.0
+	$(BIN)/python -m pip install $(TORCH_PIP_ARGS) torch==2.13.0
 	$(BIN)/python -m pip install -e ".[testing]"
 	touch $(STAMP)
 

@@ -40,6 +40,7 @@ from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
+import tomllib
 import torch
 from torch import Tensor
 from torch import distributed as dist
@@ -70,11 +71,6 @@ from lsr.device import describe_device, select_device
 from lsr.errors import LsrInputError
 from lsr.model import NORMS, UNet, normalise_rgb
 from lsr.sampler import GroupBatchSampler, SamplerWarning, ShuffledBatchSampler
-
-try:  # Python ≥ 3.11
-    import tomllib
-except ModuleNotFoundError:  # pragma: no cover - Python 3.10: JSON configs only
-    tomllib = None  # type: ignore[assignment]
 
 LOSSES: tuple[str, ...] = ("intra", "inter", "intra_inter", "intra_plus_inter")
 """The paper's three losses, then ``intra_plus_inter``: intra's per-block term plus the
@@ -375,15 +371,8 @@ class TrainConfig:
             raise LsrInputError("config file not found", p)
         try:
             text = p.read_text(encoding="utf-8")
-            if p.suffix.lower() == ".json":
-                data = json.loads(text)
-            elif tomllib is None:
-                raise LsrInputError("TOML configs need Python ≥ 3.11; use JSON", p)
-            else:
-                data = tomllib.loads(text)
+            data = json.loads(text) if p.suffix.lower() == ".json" else tomllib.loads(text)
         except (json.JSONDecodeError, UnicodeDecodeError, ValueError) as err:
-            if isinstance(err, LsrInputError):
-                raise
             raise LsrInputError(f"cannot parse config ({err})", p) from None
         cfg = cls.from_dict(data, base_dir=p.parent, path=p)
         cfg._from_file = (p, {k: getattr(cfg, k) for k in data if k != "data" and hasattr(cfg, k)})
