@@ -115,3 +115,31 @@ def test_inference_uses_the_normalisation_recorded_with_the_network(tmp_path) ->
     for bad in ((0.2, 0.0, 0.3), (1.0, 2.0), ("a", 1, 1), (1.0, float("nan"), 1.0)):
         with pytest.raises(LsrInputError, match="input_std"):
             build({**net.config(), "input_std": list(bad)})
+
+
+def test_a_loaded_network_is_run_at_its_training_scale_and_for_its_cancer_class(tmp_path) -> None:
+    """The docs' `model, meta = load(run); predict_slide(model, slide)` ran a network trained
+    at 8.33 µm/px at 4.17 (tissue at twice its size) and took class 0 whatever it was."""
+    from lsr.checkpoint import write_checkpoint
+    from lsr.infer import predict_array, predict_slide
+    from lsr.model import load
+    from lsr.slide import ArraySlide
+
+    torch.manual_seed(0)
+    net = UNet(2, width=4, depth=1).eval()
+    opt = torch.optim.SGD(net.parameters(), lr=0.1).state_dict()
+    meta = {"model": net.config(), "working_mpp": 2.0, "class_names": ["non-cancer", "Tumor"]}
+    write_checkpoint(tmp_path / "run", 1, model_state=net.state_dict(), metadata=meta,
+                     optimizer_state=opt, trainer_state={})  # fmt: skip
+    loaded, _ = load(tmp_path / "run")
+    assert loaded.working_mpp == 2.0 and loaded.class_names == ("non-cancer", "Tumor")
+    rgb = np.random.default_rng(0).integers(0, 256, (40, 48, 3), dtype=np.uint8)
+    slide = ArraySlide(rgb, mpp=1.0)
+    prob = predict_slide(loaded, slide, tile=16)
+    assert prob.shape == slide.working_shape(2.0) == (20, 24)
+    want = predict_slide(net, slide, working_mpp=2.0, tile=16, class_index=1)
+    np.testing.assert_allclose(prob, want, atol=1e-6)
+    assert np.abs(prob - predict_slide(net, slide, working_mpp=2.0, tile=16)).max() > 1e-3
+    small = rgb[:16, :16]
+    np.testing.assert_allclose(predict_array(loaded, small), predict_array(net, small, class_index=1))
+    assert predict_slide(net, slide, tile=16).shape == slide.working_shape(4.17)  # unrecorded

@@ -239,6 +239,14 @@ def resolve_tile(
     return int(tile)
 
 
+def _model_class(model: nn.Module, class_index: int | None) -> int:
+    """``class_index``, or by default the network's cancer class (its class names, set by
+    :func:`lsr.model.load`), else 0."""
+    if class_index is not None:
+        return int(class_index)
+    return cancer_class_index({"class_names": list(getattr(model, "class_names", ()))})
+
+
 def _class_probability(logits: Tensor, class_index: int) -> Tensor:
     """(B, L, H, W) logits → (B, H, W) probability of one class (sigmoid when L = 1)."""
     if logits.shape[1] == 1:
@@ -347,7 +355,7 @@ def predict_array(
     image: np.ndarray,
     *,
     halo: int | None = None,
-    class_index: int = 0,
+    class_index: int | None = None,
     normalise: Normalise | Callable[[Tensor], Tensor] | None = None,
     device: str | torch.device = "cpu",
 ) -> np.ndarray:
@@ -363,6 +371,7 @@ def predict_array(
         raise LsrInputError(f"expected an (H, W, 3) uint8 image, got {image.shape} {image.dtype}")
     dev = resolve_device(device)
     model.eval().to(dev)
+    class_index = _model_class(model, class_index)
     norm = normalise if normalise is not None else model_normalise(model)
     m = model_multiple(model)
     pad = round_up(model_halo(model) if halo is None else halo, m)
@@ -427,7 +436,7 @@ def predict_slide(
     model: nn.Module,
     slide: Slide,
     *,
-    working_mpp: float = WORKING_MPP,
+    working_mpp: float | None = None,
     tile: int | str = "auto",
     halo: int | None = None,
     batch_size: int = 1,
@@ -435,7 +444,7 @@ def predict_slide(
     tile_memory_mib: float | None = None,
     tissue_mask: Any = None,
     normalise: Normalise | Callable[[Tensor], Tensor] | None = None,
-    class_index: int = 0,
+    class_index: int | None = None,
     out: Any = None,
     progress: ProgressCallback | None = None,
     cancel: threading.Event | None = None,
@@ -445,6 +454,11 @@ def predict_slide(
     timings: dict[str, float] | None = None,
 ) -> Any:
     """Probability of class ``class_index`` over the whole slide at ``working_mpp``.
+
+    ``working_mpp`` (µm/px) defaults to the one the network was trained at (recorded by
+    :func:`lsr.model.load`), else :data:`WORKING_MPP`: a network run at another scale sees
+    tissue at another size. ``class_index`` defaults to the network's cancer class
+    (:func:`cancer_class_index` of its class names), else 0.
 
     Returns an (H, W) float32 array in [0, 1] of shape ``slide.working_shape(working_mpp)``
     (a memory map: a temporary file, or ``out`` when it is a path to a ``.npy``; ``out`` may
@@ -473,6 +487,9 @@ def predict_slide(
         raise LsrInputError("batch_size, prefetch and read_threads must be ≥ 1")
     dev = resolve_device(device)
     model.eval().to(dev)
+    if working_mpp is None:
+        working_mpp = getattr(model, "working_mpp", None) or WORKING_MPP
+    class_index = _model_class(model, class_index)
     norm = normalise if normalise is not None else model_normalise(model)
     halo = model_halo(model) if halo is None else int(halo)
     shape = slide.working_shape(working_mpp)

@@ -145,6 +145,10 @@ class UNet(nn.Module):
         # inference takes it from here, training uses normalise_rgb's INPUT_MEAN/INPUT_STD)
         self.input_mean = _channel_values(input_mean, "input_mean", positive=False)
         self.input_std = _channel_values(input_std, "input_std", positive=True)
+        # what the run trained at, set by load() from the checkpoint (None/() when unknown):
+        # predict_slide's defaults, so a loaded network is run as it was trained
+        self.working_mpp: float | None = None
+        self.class_names: tuple[str, ...] = ()
         chans = [width * 2**i for i in range(depth + 1)]
         self.encoder = nn.ModuleList(
             [_DoubleConv(in_channels, chans[0], norm)]
@@ -274,7 +278,9 @@ def load(
     """Load a trained network for inference in one call: ``(model in eval mode, metadata)``.
 
     ``path`` is a training output folder (its latest checkpoint is used), a checkpoint
-    folder, or the ``model.safetensors`` inside one. ``metadata`` holds the training config,
+    folder, or the ``model.safetensors`` inside one. The model carries the run's
+    ``working_mpp`` and ``class_names``, which :func:`lsr.infer.predict_slide` defaults to.
+    ``metadata`` holds the training config,
     the count table (dict), loss, distance, seed, step, versions and ``model`` (see
     :meth:`UNet.config`). Weights are read with safetensors: nothing is unpickled.
     """
@@ -294,5 +300,11 @@ def load(
             f"({_first_mismatch(str(err))})",
             folder / MODEL,
         ) from None
+    trained = meta.get("working_mpp")
+    if isinstance(trained, (int, float)) and not isinstance(trained, bool) and trained > 0:
+        model.working_mpp = float(trained)
+    names = meta.get("class_names")
+    if isinstance(names, list) and len(names) == model.num_classes:
+        model.class_names = tuple(str(n) for n in names)
     model.to(device).eval()
     return model, meta
