@@ -141,5 +141,6 @@ def test_a_loaded_network_is_run_at_its_training_scale_and_for_its_cancer_class(
     np.testing.assert_allclose(prob, want, atol=1e-6)
     assert np.abs(prob - predict_slide(net, slide, working_mpp=2.0, tile=16)).max() > 1e-3
     small = rgb[:16, :16]
-    np.testing.assert_allclose(predict_array(loaded, small), predict_array(net, small, class_index=1))
+    cancer = predict_array(net, small, class_index=1)
+    np.testing.assert_allclose(predict_array(loaded, small), cancer)
     assert predict_slide(net, slide, tile=16).shape == slide.working_shape(4.17)  # unrecorded
