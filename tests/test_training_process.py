@@ -105,7 +105,9 @@ def test_check_data_rejects_grid_that_does_not_fit(pairs, tmp_path: Path) -> Non
     assert "big.npy" in str(err.value)
 
 
-def test_queue_runs_in_order_to_completion_and_lists_models(pairs, tmp_path: Path) -> None:
+def test_queue_runs_in_order_to_completion_and_lists_models(
+    pairs, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     out = tmp_path / "models"
     runs = [
         tp.prepare_run(tiny(pairs, loss="intra", steps=5), out, name="a-intra"),
@@ -137,6 +139,8 @@ def test_queue_runs_in_order_to_completion_and_lists_models(pairs, tmp_path: Pat
     assert (again.status, again.losses) == ("completed", b.losses)
     assert not tp.attach(runs[0]).alive
     models = tp.list_models(out)
+    monkeypatch.setenv("HOME", str(out.parent))  # "~/models", as the docs write it, found none
+    assert tp.list_models("~/" + out.name) == models and models
     assert {m.name for m in models} == {"a-intra", "b-inter"}
     by = {m.name: m for m in models}
     assert (by["a-intra"].loss, by["a-intra"].distance, by["a-intra"].steps) == (
@@ -291,3 +295,4 @@ def test_an_output_folder_that_is_a_file_is_named_and_unreadable_runs_are_report
     problems: list[str] = []
     assert tp.list_models(tmp_path / "out", problems=problems) == []
     assert len(problems) == 1 and "latest.json" in problems[0] and "malformed" in problems[0]
+

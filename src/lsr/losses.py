@@ -66,8 +66,8 @@ KL_S2_EPS = 1e-12
 
 Far below any spread that matters (ρ ≥ 1e-3 means ρ² ≥ 1e-6). Per-block sampling variances
 are small but well above it: with ``n2`` a block of n = 240² px has v = Σ p(1−p) / n² ≤
-0.25/n ≈ 4.3e-6 (about 4 × 10⁶ times the floor), yet next to a bin's ρ² (≈ 0.04) so
-small that ``log(ρ/s)`` is large for single blocks, one reason ``kl`` is meant for the
+0.25/n ≈ 4.3e-6 (about 4 × 10⁶ times the floor), yet below most of Table 1's ρ² (up to
+2.5e-3), so ``log(ρ/s)`` is large for single blocks, one reason ``kl`` is meant for the
 inter losses.
 """
 

@@ -670,8 +670,8 @@ def list_models(
     skipped; ``problems``, when given, receives one line per skipped run ("<file>: <what is
     wrong>"), so a list can say why a model the user expects is not in it.
     """
-    root = Path(folder)
-    if not root.is_dir():
+    root = Path(folder).expanduser()
+    if not root.is_dir():  # not yet made (the Trainer's output folder before a run): no models
         return []
     candidates = [root, *sorted(p for p in root.iterdir() if p.is_dir())]
     models = [m for p in candidates if (m := _model_of(p, finished_only, problems)) is not None]
