@@ -295,4 +295,3 @@ def test_an_output_folder_that_is_a_file_is_named_and_unreadable_runs_are_report
     problems: list[str] = []
     assert tp.list_models(tmp_path / "out", problems=problems) == []
     assert len(problems) == 1 and "latest.json" in problems[0] and "malformed" in problems[0]
-
