@@ -148,13 +148,13 @@ def run_job(out: str, arm_name: str, seed: int, threads: int) -> tuple[str, int,
     """One (arm, seed): ``lsr.demo.run_demo`` in its folder; logs to ``job.log``."""
     import torch
 
-    from lsr.demo import make_data, run_demo
+    from lsr.demo import claim_out_dir, make_data, run_demo
 
     torch.set_num_threads(threads)
     arm = load_arms()[arm_name]
     cfg = demo_config(arm)
     job = _job_dir(Path(out), arm_name, seed)
-    job.mkdir(parents=True, exist_ok=True)
+    claim_out_dir(job, also=("arm.json", "job.log"))
     _link_data(Path(out), cfg.synthetic, seed, job)
     stamp = json.dumps(dataclasses.asdict(cfg), sort_keys=True)
     (job / "arm.json").write_text(stamp + "\n")

@@ -251,3 +251,68 @@ def test_a_data_folder_of_other_files_names_the_way_out_for_lsr_demo(tmp_path):
         make_data(DemoConfig.load(None, quick=True), 0, tmp_path, print)
     assert "--overwrite" not in str(err.value) and str(data) in str(err.value)
     assert (data / "train" / "slide_000.tif").read_bytes() == b"half a slide"
+
+
+def test_demo_refuses_a_folder_of_the_users_files_and_adopts_an_earlier_demos(tmp_path):
+    """`lsr demo --out FOLDER` replaced the user's results.md and table1.md by name."""
+    from lsr.demo import MARKER, DemoConfig, claim_out_dir, run_demo
+    from lsr.errors import LsrInputError
+
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "results.md").write_text("MY RESULTS")
+    (mine / "table1.md").write_text("precious")
+    with pytest.raises(LsrInputError, match=r"holds files lsr demo did not write \(results\.md"):
+        run_demo(mine, config=DemoConfig.load(None, quick=True))
+    assert (mine / "results.md").read_text() == "MY RESULTS"
+    assert sorted(p.name for p in mine.iterdir()) == ["results.md", "table1.md"]
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(LsrInputError, match="is a file"):
+        claim_out_dir(tmp_path / "file")
+
+    old = tmp_path / "old"  # an earlier version's demo: no marker, its own results.json
+    (old / "data" / "seed0").mkdir(parents=True)
+    (old / "results.json").write_text(json.dumps({"rows": {}, "seeds": [0], "config": {}}))
+    (old / "results.md").write_text("an earlier demo's table")
+    claim_out_dir(old)
+    interrupted = tmp_path / "interrupted"  # stopped while generating its data
+    (interrupted / "data" / "seed0").mkdir(parents=True)
+    claim_out_dir(interrupted)
+    study = tmp_path / "study"  # the study's job folder: its own log beside the demo's files
+    study.mkdir()
+    (study / "job.log").write_text("")
+    with pytest.raises(LsrInputError, match=r"job\.log"):
+        claim_out_dir(study)
+    claim_out_dir(study, also=("job.log",))
+    claim_out_dir(tmp_path / "new")  # made
+    for folder in (old, interrupted, study, tmp_path / "new"):
+        assert json.loads((folder / MARKER).read_text())["format"] == "napari-lsr demo"
+        claim_out_dir(folder)  # marked: taken as it is
+    (mine / MARKER).write_text("{")  # a damaged marker does not make the folder the demo's
+    with pytest.raises(LsrInputError, match="did not write"):
+        claim_out_dir(mine)
+
+
+def test_a_damaged_data_manifest_names_the_file_and_the_way_out(tmp_path):
+    from lsr.demo import DemoConfig, make_data
+    from lsr.errors import LsrInputError
+
+    manifest = tmp_path / "data" / "seed0" / "manifest.json"
+    manifest.parent.mkdir(parents=True)
+    manifest.write_text('{"format": "napari-lsr synthetic benchmark", "tra')
+    with pytest.raises(LsrInputError, match="cannot be read") as err:
+        make_data(DemoConfig.load(None, quick=True), 0, tmp_path, print)
+    assert str(manifest) in str(err.value) and f"delete {manifest.parent}" in str(err.value)
+
+
+def test_demo_rerun_resumes_a_run_whose_run_json_is_damaged(demo_out):
+    out, _, _ = demo_out
+    run_json = out / "runs" / "seed0" / "inter" / "run.json"
+    run_json.write_text(run_json.read_text()[:20])
+    res = subprocess.run(
+        [sys.executable, "-m", "lsr", "demo", "--quick", "--out", str(out)],
+        capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert res.returncode == 0, res.stderr[-2000:]
+    assert "inter: training on" in res.stdout
+    assert json.loads(run_json.read_text())["status"] == "completed"

@@ -137,6 +137,61 @@ def _print(msg: str) -> None:
         silence_stream(sys.stdout)
 
 
+# ---------------------------------------------------------------------------- out folder
+#: Marks a folder as lsr demo's own: a rerun continues there and replaces its results.
+MARKER = "lsr-demo.json"
+MARK = {"format": "napari-lsr demo", "version": 1}
+#: What lsr demo writes at the top of its folder.
+OUTPUTS = ("data", "runs", "results.json", "results.md", "table1.md", "calibration.md",
+           "fig4.png", "fig3.png", "geojson")  # fmt: skip
+
+
+def _read_json(path: Path) -> Any:
+    """The JSON in ``path``, or None when it is missing, unreadable or not JSON."""
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+
+
+def _earlier_demo(out: Path, also: Sequence[str]) -> bool:
+    """Whether ``out`` is the folder of a demo that predates :data:`MARKER`: only names lsr
+    demo writes (and ``also``), with a demo's results.json or, interrupted before results,
+    its data folder."""
+    names = {p.name for p in out.iterdir()}
+    if not names <= {*OUTPUTS, *also}:
+        return False
+    if "results.json" in names:
+        done = _read_json(out / "results.json")
+        return isinstance(done, dict) and {"rows", "seeds", "config"} <= done.keys()
+    return (out / "data").is_dir() or names <= set(also)
+
+
+def claim_out_dir(out: Path, also: Sequence[str] = ()) -> None:
+    """Make ``out`` the demo's folder, or refuse one holding what lsr demo did not write.
+
+    Why: a rerun continues in its folder and replaces results.md, table1.md, fig4.png … by
+    name; a folder chosen by mistake must not lose the user's files of those names. A new or
+    empty folder, or one an earlier demo wrote, is marked with :data:`MARKER`. ``also``:
+    names a caller (the study) writes there itself.
+    """
+    if out.exists() and not out.is_dir():
+        raise LsrInputError("--out is a file, not a folder", out)
+    marker = _read_json(out / MARKER)
+    if isinstance(marker, dict) and marker.get("format") == MARK["format"]:
+        return
+    held = sorted(p.name for p in out.iterdir()) if out.is_dir() else []
+    if held and not _earlier_demo(out, also):
+        shown = ", ".join(held[:4]) + (", …" if len(held) > 4 else "")
+        raise LsrInputError(
+            f"holds files lsr demo did not write ({shown}); lsr demo replaces its results "
+            "there by name, so choose a new or empty --out",
+            out,
+        )
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(out / MARKER, json.dumps(MARK) + "\n")
+
+
 # ---------------------------------------------------------------------------- stages
 def make_data(cfg: DemoConfig, seed: int, out: Path, say: Progress) -> dict:
     """Generate (or reuse) the training and test sets of one seed; returns the manifest."""
@@ -145,8 +200,15 @@ def make_data(cfg: DemoConfig, seed: int, out: Path, say: Progress) -> dict:
     data_dir = out / "data" / f"seed{seed}"
     manifest_path = data_dir / "manifest.json"
     if manifest_path.exists():
+        manifest = _read_json(manifest_path)
+        if not isinstance(manifest, dict) or not {"train", "test", "tables"} <= manifest.keys():
+            raise LsrInputError(
+                f"seed {seed}'s data set cannot be read (damaged?): delete {data_dir} and run "
+                "lsr demo again to generate it anew",
+                manifest_path,
+            )
         say(f"[seed {seed}] data: reusing {data_dir}")
-        return json.loads(manifest_path.read_text())
+        return manifest
     say(f"[seed {seed}] data: generating synthetic slides in {data_dir}")
     scfg = synthetic.load_config(_synthetic_path(cfg.synthetic))
     if cfg.n_train_slides is not None:
@@ -200,7 +262,8 @@ def train_loss(
 
     run_dir = out / "runs" / f"seed{seed}" / loss
     run_json = run_dir / "run.json"
-    if run_json.exists() and json.loads(run_json.read_text()).get("status") == "completed":
+    done = _read_json(run_json)  # a damaged run.json: the run is resumed from its checkpoint
+    if isinstance(done, dict) and done.get("status") == "completed":
         say(f"[seed {seed}] {loss}: reusing {run_dir}")
         return run_dir
     data_dir = _root(out, seed) / "train"
@@ -515,7 +578,7 @@ def run_demo(
         raise LsrInputError("no seeds to run (--seeds must be ≥ 1)")
     cfg.check()
     out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
+    claim_out_dir(out)
     t0 = time.perf_counter()
     per_seed, manifests = {}, {}
     for seed in seeds:
