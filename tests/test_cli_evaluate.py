@@ -738,3 +738,52 @@ def test_the_grids_origin_from_its_sidecar_places_the_blocks(tmp_path, runner):
                               str(tmp_path / "a_grid.npy")])  # fmt: skip
     assert isinstance(res.exception, LsrInputError)
     assert f"origin (y, x) = ({oy + B}, {ox}) px" in str(res.exception)
+
+
+def test_a_grid_folder_supplies_its_csv_grids_as_it_does_npy(tmp_path, runner):
+    """``--grid FOLDER`` saw only .tif/.png/.npy: a folder of ``patch_000_grid.csv`` (which
+    ``--grid FILE`` reads) said 'no grid file for patch ...'."""
+    from lsr.grid import BlockGrid, save_grid
+
+    rng = np.random.default_rng(7)
+    _, z = _patch(tmp_path, "a", rng)
+    results = {}
+    for suffix in (".npy", ".csv"):
+        folder = tmp_path / suffix[1:]
+        folder.mkdir()
+        save_grid(BlockGrid.from_z(z, B), folder / f"a_grid{suffix}")
+        res = runner.invoke(app, ["evaluate", "-p", str(tmp_path / "a_prob.npy"), "--grid",
+                                  str(folder), "--block-px", str(B), "--json",
+                                  str(tmp_path / f"{suffix[1:]}.json")])  # fmt: skip
+        assert res.exit_code == 0, res.output
+        results[suffix] = json.loads((tmp_path / f"{suffix[1:]}.json").read_text())
+    assert results[".csv"]["calibration"] == results[".npy"]["calibration"]
+    assert sum(r["n"] for r in results[".csv"]["calibration"]) == int((z >= 0).sum())
+
+
+@pytest.mark.parametrize(
+    ("manifest", "why"),
+    [
+        ('{"format": "napari-lsr synthetic benchmark", "block_px": 1', "cannot read it"),
+        ('{"format": "napari-lsr synthetic benchmark", "band_px": "3"}', "band_px '3'"),
+    ],
+)
+def test_an_unusable_synth_manifest_is_named_not_silently_replaced_by_defaults(
+    tmp_path, runner, manifest, why
+):
+    """A truncated manifest.json was passed over without a word: the band silently became
+    240 px instead of the manifest's."""
+    from lsr.cli.evaluate import DEFAULT_BAND_PX
+
+    test = tmp_path / "synth" / "test"
+    test.mkdir(parents=True)
+    (test.parent / "manifest.json").write_text(manifest)
+    np.save(test / "p_gt.npy", np.ones((B, B), np.uint8))
+    np.save(tmp_path / "p_pred.npy", np.ones((B, B), np.float32))
+    res = runner.invoke(app, ["evaluate", "-p", str(tmp_path / "p_pred.npy"), "--gt", str(test),
+                              "--json", str(tmp_path / "o.json")])  # fmt: skip
+    assert res.exit_code == 0, res.output
+    text = " ".join(res.output.split())
+    assert str(test.parent / "manifest.json") in "".join(res.output.split())
+    assert why in text and f"using the default --band {DEFAULT_BAND_PX}" in text
+    assert json.loads((tmp_path / "o.json").read_text())["band"] == DEFAULT_BAND_PX

@@ -286,3 +286,41 @@ def test_grid_csvs_from_spreadsheets_get_the_count_tables_errors(tmp_path):
         with pytest.raises(LsrInputError, match=want) as err:
             load_grid(tmp_path / name, block_px=8)
         assert str(tmp_path / name) in str(err.value)
+
+
+def test_a_csv_row_with_more_or_fewer_fields_than_the_header_names_the_line(tmp_path):
+    """``0,0,0,7`` (a decimal comma) under ``row,col,prob`` loaded prob 0 without a word."""
+    cases = {
+        "comma.csv": ("row,col,prob\n0,1,0.5\n0,0,0,7\n", "line 3.*4 values.*decimal comma"),
+        "short.csv": ("row,col,prob\n0,0,0.5\n0,1\n", "line 3.*2 values.*3 columns.*missing"),
+    }
+    for name, (text, want) in cases.items():
+        (tmp_path / name).write_text(text)
+        with pytest.raises(LsrInputError, match=want) as err:
+            load_grid(tmp_path / name, block_px=240)
+        assert str(err.value).startswith(str(tmp_path / name))
+    # a spreadsheet's empty padding fields (in the header or the rows) are not values
+    padded = tmp_path / "padded.csv"
+    padded.write_text("row,col,prob,,\n0,0,0.5,,\n0,1,,\n")
+    g = load_grid(padded, block_px=240)
+    assert g.probs[0, 0] == pytest.approx(0.5) and np.isnan(g.probs[0, 1])
+
+
+def test_a_huge_block_index_is_refused_naming_file_and_line(tmp_path):
+    """Row 100000 asked NumPy for a 100001 × 100001 array (37 GiB) and named no file."""
+    path = tmp_path / "big.csv"
+    path.write_text("row,col,prob\n0,0,0.3\n1000000,1000000,0.5\n1,1,0.2\n")
+    with pytest.raises(LsrInputError, match="line 3") as err:
+        load_grid(path, block_px=8)
+    assert str(err.value).startswith(str(path))
+    from lsr.grid import MAX_GRID_BLOCKS
+
+    assert f"{MAX_GRID_BLOCKS:,}" in str(err.value)  # the message says the bound
+    side = int(MAX_GRID_BLOCKS**0.5)
+    ok = tmp_path / "long.csv"  # a row of blocks as long as the bound allows loads
+    ok.write_text(f"row,col,z\n0,0,3\n0,{side - 1},5\n")
+    assert load_grid(ok, block_px=8).shape == (1, side)
+    wide = tmp_path / "wide.csv"  # one block more in either direction does not
+    wide.write_text(f"row,col,z\n0,{side - 1},5\n{MAX_GRID_BLOCKS // side},0,3\n")
+    with pytest.raises(LsrInputError, match="line 3"):
+        load_grid(wide, block_px=8)

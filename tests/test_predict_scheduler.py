@@ -13,6 +13,7 @@ from typer.testing import CliRunner
 
 from lsr.checkpoint import write_checkpoint
 from lsr.cli import _register, app
+from lsr.errors import LsrInputError
 from lsr.predict import PredictOptions, predict_cohort, read_summary
 
 distributed = pytest.importorskip("distributed")
@@ -88,3 +89,24 @@ def test_cli_predicts_on_a_tcp_scheduler(tmp_path):
         m = tifffile.imread(out / r.name / "mask.tif")
         assert m.any() and not m.all()
     assert local[0].cancer_area_mm2 != local[1].cancer_area_mm2
+
+
+@pytest.mark.parametrize(
+    ("address", "checked_first"),
+    [("foo", True), ("tcp://head:port", True), ("xyz://head:8786", True), ("inproc://x", False)],
+)
+def test_a_malformed_scheduler_address_is_the_options_error(tmp_path, address, checked_first):
+    """``--scheduler foo`` ended in dask's traceback ``ValueError: missing port number in
+    address 'foo'``. A TCP-like address is checked before any work, others as dask reads it."""
+    from test_predict import make_slide
+
+    model = model_dir(tmp_path)
+    slide = make_slide(tmp_path / "s1.tif")
+    _register()
+    out = tmp_path / "out"
+    args = [str(slide), "--model", str(model), "--out", str(out), "--device", "cpu"]
+    res = CliRunner().invoke(app, ["predict", *args, "--scheduler", address])
+    assert isinstance(res.exception, LsrInputError), res.output
+    assert f"--scheduler {address!r}" in str(res.exception)
+    if checked_first:
+        assert not out.exists()

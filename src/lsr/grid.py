@@ -27,6 +27,12 @@ from lsr.errors import LsrInputError
 
 N_BINS = len(PAPER_EDGES) - 1
 PathType = str | PathLike[str]
+#: Files :func:`load_grid` reads.
+GRID_SUFFIXES = (".npy", ".csv", ".tif", ".tiff")
+#: Most blocks a CSV grid may span (10,000 × 10,000): a whole slide has a few thousand blocks
+#: per side at most; a larger index is a typo or a px coordinate, and its (rows, cols) array
+#: would not fit in memory (row 100000 asked NumPy for 37 GiB).
+MAX_GRID_BLOCKS = 10_000 * 10_000
 
 
 @dataclass
@@ -251,18 +257,31 @@ def _load_csv(p: Path, block_px: int, origin: tuple[int, int]) -> BlockGrid:
         )
     ir, ic, iv = names.index("row"), names.index("col"), names.index(value_col)
     is_z = value_col == "z"
+    # empty names at the end are a spreadsheet's padding: a row may leave them out
+    n_named = max(i for i, n in enumerate(names) if n) + 1
     cells: dict[tuple[int, int], float] = {}
+    rows = cols = 0
     for line_no, row in enumerate(reader, start=2):
         if not row or all(not v.strip() for v in row):
             continue
         where = f"line {line_no}"
+        _check_field_count(row, header, n_named, p, where)
         try:
             r, c = int(row[ir]), int(row[ic])
-            raw = row[iv].strip() if iv < len(row) else ""
-        except (ValueError, IndexError):
+            raw = row[iv].strip()
+        except ValueError:
             raise LsrInputError(f"row and col must be integers, got {row}", p, where) from None
         if r < 0 or c < 0:
             raise LsrInputError(f"negative block index ({r}, {c})", p, where)
+        rows, cols = max(rows, r + 1), max(cols, c + 1)
+        if rows * cols > MAX_GRID_BLOCKS:
+            raise LsrInputError(
+                f"block ({r}, {c}) makes a grid of {rows:,} × {cols:,} blocks, more than the "
+                f"{MAX_GRID_BLOCKS:,} (10,000 × 10,000) a slide can have: row and col are "
+                "block indices (0, 1, 2, ...), not pixel coordinates",
+                p,
+                where,
+            )
         if (r, c) in cells:
             raise LsrInputError(f"block ({r}, {c}) appears twice", p, where)
         if is_z:
@@ -284,8 +303,6 @@ def _load_csv(p: Path, block_px: int, origin: tuple[int, int]) -> BlockGrid:
         cells[(r, c)] = v
     if not cells:
         raise LsrInputError("no blocks in the file", p)
-    rows = max(r for r, _ in cells) + 1
-    cols = max(c for _, c in cells) + 1
     if is_z:
         z = np.full((rows, cols), -1, dtype=np.int16)
         for (r, c), v in cells.items():
@@ -295,6 +312,26 @@ def _load_csv(p: Path, block_px: int, origin: tuple[int, int]) -> BlockGrid:
     for (r, c), v in cells.items():
         probs[r, c] = v
     return BlockGrid(probs, block_px, origin)
+
+
+def _check_field_count(
+    row: list[str], header: list[str], n_named: int, p: Path, where: str
+) -> None:
+    """Refuse a row whose values do not line up with the header's ``n_named`` columns:
+    ``0,0,0,7`` (a decimal comma) loaded prob 0 without a word. Empty fields beyond them
+    (a spreadsheet's padding, ``0,0,0.5,,``) are fine."""
+    surplus = any(v.strip() for v in row[len(header) :])
+    if len(row) >= n_named and not surplus:
+        return
+    why = (
+        "a decimal comma? lsr reads 0.7, not 0,7"
+        if surplus
+        else "a value is missing (leave it empty for no label: 0,1,)"
+    )
+    columns = ",".join(h.strip() for h in header[:n_named])
+    raise LsrInputError(
+        f"{len(row)} values ({','.join(row)}) for {n_named} columns ({columns}): {why}", p, where
+    )
 
 
 def save_grid(grid: BlockGrid, path: PathType) -> None:

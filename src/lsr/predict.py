@@ -745,6 +745,7 @@ def predict_cohort(
     options = options or PredictOptions()
     if workers < 1:
         raise LsrInputError(f"workers must be ≥ 1, got {workers}")
+    check_scheduler(scheduler)
     if not slides:
         raise LsrInputError("no slides given")
     # a slide given twice (a glob and its name) is predicted once: two writers of one folder
@@ -797,6 +798,31 @@ def predict_cohort(
     return ordered
 
 
+def _bad_scheduler(scheduler: str, why: object) -> LsrInputError:
+    return LsrInputError(
+        f"--scheduler {scheduler!r} is not a dask scheduler address ({why}); give 'local' or "
+        "one like tcp://host:8786"
+    )
+
+
+def check_scheduler(scheduler: str | None) -> None:
+    """Refuse a malformed ``--scheduler`` address before any work: dask's own ValueError
+    (``missing port number in address 'foo'``) came as a traceback once the run had started.
+    Only the scheme and, for TCP-like schemes, host:port are checked; reaching it is not."""
+    if scheduler in (None, "local"):
+        return
+    from distributed.comm.addressing import get_address_host_port, parse_address
+    from distributed.comm.registry import get_backend
+
+    try:
+        scheme, _ = parse_address(scheduler)
+        get_backend(scheme)  # unknown scheme
+        if scheme in ("tcp", "tls", "ws", "wss"):
+            get_address_host_port(scheduler)
+    except ValueError as exc:
+        raise _bad_scheduler(scheduler, exc) from None
+
+
 def _run_distributed(
     paths: list[str],
     todo: list[int],
@@ -833,6 +859,8 @@ def _run_distributed(
                 client = stack.enter_context(Client(scheduler, timeout="30s"))
             except OSError as exc:
                 raise LsrInputError(f"cannot reach the dask scheduler {scheduler}: {exc}") from exc
+            except ValueError as exc:  # an address check_scheduler could not parse
+                raise _bad_scheduler(scheduler, exc) from None
         futures = {
             client.submit(
                 predict_one, paths[i], model_path, str(out), options, overwrite=overwrite,

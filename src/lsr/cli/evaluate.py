@@ -10,6 +10,7 @@ from typing import Any
 import numpy as np
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from lsr.arrays import read_npy
@@ -25,12 +26,13 @@ _SUFFIXES = (".tif", ".tiff", ".png", ".npy")
 _GT_STEM = re.compile(r"_(gt|mask)$", re.IGNORECASE)
 
 
-def _expand(paths: list[Path]) -> list[Path]:
-    """Files as given; a folder stands for its mask files (sorted by name)."""
+def _expand(paths: list[Path], suffixes: tuple[str, ...] = _SUFFIXES) -> list[Path]:
+    """Files as given; a folder stands for its files with ``suffixes`` (masks by default;
+    grids may also be .csv), sorted by name."""
     out: list[Path] = []
     for p in paths:
         if p.is_dir():
-            out += sorted(q for q in p.iterdir() if q.suffix.lower() in _SUFFIXES)
+            out += sorted(q for q in p.iterdir() if q.suffix.lower() in suffixes)
         elif not p.exists():
             raise LsrInputError("file not found", p)
         else:
@@ -465,7 +467,9 @@ def evaluate(
         console.print(f"[yellow]--block-px {block_px} is used only with --grid: ignored[/yellow]")
     if band is not None and not gt:
         console.print(f"[yellow]--band {band} is used only with --gt: ignored[/yellow]")
-    grids = _expand(list(grid))
+    from lsr.grid import GRID_SUFFIXES
+
+    grids = _expand(list(grid), GRID_SUFFIXES)  # grid folders may hold .csv grids
     # a folder of test patches also holds images and ground truth: keep its *_grid files
     grids = [g for g in grids if "_grid" in g.name] or grids
     block_px = _block_px_from_sidecars(grids, block_px, console)
@@ -530,16 +534,20 @@ def _is_scores_json(path: Path) -> bool:
 DEFAULT_BAND_PX = DEFAULT_BLOCK_PX = 240
 
 
-def find_manifest(paths: list[Path]) -> Path | None:
+def find_manifest(paths: list[Path], unreadable: list[str] | None = None) -> Path | None:
     """The ``lsr synth`` manifest.json of the first path inside a synth output: beside a file,
-    in a folder, or one folder up (``OUT/test/`` -> ``OUT/manifest.json``)."""
+    in a folder, or one folder up (``OUT/test/`` -> ``OUT/manifest.json``). A manifest.json
+    that cannot be read (truncated, not JSON) is passed over, with a line saying why added to
+    ``unreadable``: the caller must say so, as its band and blocks are then not used."""
     for p in paths:
         folder = p if p.is_dir() else p.parent
         for candidate in (folder / MANIFEST, folder.parent / MANIFEST):
             if candidate.is_file():
                 try:
                     data = json.loads(candidate.read_text(encoding="utf-8"))
-                except (OSError, ValueError):
+                except (OSError, ValueError) as err:
+                    if unreadable is not None:
+                        unreadable.append(f"{candidate}: cannot read it ({err})")
                     continue
                 if isinstance(data, dict) and data.get("format") == MANIFEST_FORMAT:
                     return candidate
@@ -557,11 +565,12 @@ def _scale_from_manifest(
     beside the data (its default blocks are 120 px, not the paper's 240), else 240. Says which
     values it took from where, and notes a given value that differs from the manifest's;
     ``used`` (band, block_px) keeps an option the run does not use out of the output."""
-    manifest = find_manifest(paths)
+    problems: list[str] = []
+    manifest = find_manifest(paths, problems)
     data: dict[str, Any] = {}
     if manifest is not None:
         data = json.loads(manifest.read_text(encoding="utf-8"))
-    out = []
+    out, defaults = [], []
     options = (
         ("--band", band, "band_px", DEFAULT_BAND_PX),
         ("--block-px", block_px, "block_px", DEFAULT_BLOCK_PX),
@@ -569,12 +578,19 @@ def _scale_from_manifest(
     for (name, value, key, default), use in zip(options, used, strict=True):
         known = data.get(key)
         known = int(known) if isinstance(known, int | float) and known > 0 else None
+        if use and value is None and known is None and key in data:
+            problems.append(f"{manifest}: its {key} {data[key]!r} is not a positive number")
         if use and value is None and known is not None:
             console.print(f"{name} {known} (from {manifest}; pass {name} to override)")
             value = known
         elif use and value is not None and known is not None and value != known:
             console.print(f"[yellow]{name} {value}: the data's {manifest} says {known}[/yellow]")
+        if use and value is None:
+            defaults.append(f"{name} {default}")
         out.append(default if value is None else value)
+    for line in problems:  # its band and blocks would silently become the defaults
+        used_instead = f"; using the default {' and '.join(defaults)}" if defaults else ""
+        console.print(f"[yellow]{escape(line)}: ignored{used_instead}[/yellow]", highlight=False)
     return out[0], out[1]
 
 
