@@ -293,7 +293,9 @@ def get_table_reader(path: str | list[str]):
     head = _head(pp)
     if pp.suffix.lower() == ".csv":
         first = head.splitlines()[0].lower() if head else ""
-        cols = [c.strip() for c in first.split(",")]
+        # ';' and tabs too: such a table is claimed so that its loader says what is wrong
+        # (lsr reads commas), instead of napari's "no reader"
+        cols = [c.strip() for c in re.split(r"[,;\t]", first)]
         return read_count_table if "bin" in cols and "cancer_mean" in cols else None
     if pp.suffix.lower() == ".json" and (JSON_FORMAT in head or SESSION_FORMAT in head):
         return read_count_table
@@ -315,10 +317,12 @@ def read_count_table(path: str | list[str]) -> LayerData:
     if SESSION_FORMAT in _head(p):
         try:
             session = AnnotationSession.load(p)
+            table = session.table()  # can fail too: e.g. bins that paper Table 1 cannot fill
         except LsrInputError as err:
-            _notify(f"Cannot open the annotation session: {err}")
+            named = err if err.path is not None else LsrInputError(err.problem, p, err.where)
+            _notify(f"Cannot open the annotation session: {named}")
             return [(None,)]
-        widget.set_table(session.table(), f"{p.name} ({session.expert})")
+        widget.set_table(table, f"{p.name} ({session.expert})")
     else:
         widget.load(p)
     return [(None,)]

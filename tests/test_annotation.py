@@ -235,3 +235,54 @@ def test_merge_two_experts_keeps_each_expert():
     assert t.provenance["merged_experts"] == ["ann", "bob"]
     with pytest.raises(LsrInputError):
         merge_sessions([])
+
+
+def test_an_autosave_of_an_unknown_version_is_refused_and_left_as_it_is(tmp_path):
+    """A newer napari-lsr's autosave is not corrupt: never resumed, never moved aside."""
+    path = tmp_path / "s1.ann.lsr-estimates.json"
+    s = make_session()
+    s.record(30)
+    d = s.to_dict()
+    for version in (9, "1", True):
+        d["version"] = version
+        path.write_text(json.dumps(d))
+        with pytest.raises(LsrInputError, match=f"version {version!r} is not one") as err:
+            AnnotationSession.load(path)
+        assert str(path) in str(err.value)
+    before = path.read_bytes()
+    with pytest.raises(LsrInputError, match="left as it is"):
+        open_session(path, lambda: pytest.fail("no new session"))
+    assert path.read_bytes() == before and list(tmp_path.iterdir()) == [path]
+    d.pop("version")  # an autosave without a version is version 1
+    path.write_text(json.dumps(d))
+    assert AnnotationSession.load(path).results == s.results
+
+
+def test_session_edges_must_be_fractions_from_0_to_1(tmp_path):
+    path = tmp_path / "s.json"
+    d = make_session().to_dict()
+    d["edges"] = [100 * e for e in d["edges"]]
+    path.write_text(json.dumps(d))
+    with pytest.raises(LsrInputError, match="fractions, not percent") as err:
+        AnnotationSession.load(path)
+    assert str(err.value).startswith(f"{path}: ")
+
+
+def test_a_session_with_its_own_bins_makes_its_table_or_says_why_not():
+    """Paper Table 1 fills unestimated bins only when the bins are the paper's; a session
+    with its own bins got "the fallback table has different bin edges" whatever it held."""
+    z = np.repeat([0, 1], 4).reshape(2, 4)
+    s = AnnotationSession(
+        expert="ann", slide="s", blocks=sample_blocks(z, per_bin=4, n_bins=2), edges=(0, 0.5, 1)
+    )
+    percent = {0: 10.0, 1: 60.0}
+    for b in (0, 1):
+        if b == 1:  # bin 1 without an estimate yet
+            with pytest.raises(LsrInputError, match=r"bins \[1\] have no estimate yet.*Table 1"):
+                s.table()
+        for i in (i for i, blk in enumerate(s.blocks) if blk.z == b):
+            s.go(i)
+            s.record(percent[b])
+    t = s.table()
+    assert t.edges == (0.0, 0.5, 1.0)
+    np.testing.assert_allclose(t.eta[:, 0], [0.1, 0.6])

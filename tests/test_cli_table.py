@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 
@@ -163,3 +164,52 @@ def test_trailing_empty_columns_of_a_spreadsheet_are_not_a_column_twice(tmp_path
     res = run("table", "from-estimates", str(est), "-o", str(tmp_path / "t.json"))
     assert res.returncode == 0, res.stderr
     assert CountTable.from_json(tmp_path / "t.json").n.sum() == 10
+
+
+def test_a_fallback_with_other_bins_is_named_not_the_estimates(tmp_path):
+    est = tmp_path / "est.csv"
+    est.write_text("z,percent_cancer\n0,10\n1,20\n")
+    fb = tmp_path / "fb.json"
+    CountTable(np.array([[0.1, 0.9], [0.6, 0.4]]), np.full((2, 2), 0.1), edges=(0, 0.5, 1)).to_json(
+        fb
+    )
+    res = run("table", "from-estimates", str(est), "-o", str(tmp_path / "t.json"),
+              "--fallback", str(fb))  # fmt: skip
+    assert res.returncode == 2 and res.stderr.startswith(f"error: {fb}: "), res.stderr
+    assert "bin edges" in res.stderr and not (tmp_path / "t.json").exists()
+
+
+def test_an_estimates_row_with_more_values_than_columns_is_an_error(tmp_path):
+    """'0,10,5' (10.5 with a decimal comma) under 'z,percent_cancer' was read as 10."""
+    est = tmp_path / "est.csv"
+    rows = [f"{z},{5 * z}" for z in range(10)]
+    est.write_text("z,percent_cancer\n" + "".join(r + ",\n" for r in rows))  # empty padding
+    res = run("table", "from-estimates", str(est), "-o", str(tmp_path / "t.json"))
+    assert res.returncode == 0, res.stderr
+    rows[2] = "2,10,5"
+    est.write_text("z,percent_cancer\n" + "".join(r + "\n" for r in rows))
+    res = run("table", "from-estimates", str(est), "-o", str(tmp_path / "u.json"))
+    assert res.returncode == 2 and f"{est}, row 4: 3 values" in res.stderr, res.stderr
+    assert not (tmp_path / "u.json").exists()
+
+
+def test_estimates_without_an_estimate_are_an_error_even_with_a_fallback(tmp_path):
+    """A header alone (or only skips) with --fallback wrote a copy of the fallback, exit 0."""
+    out = tmp_path / "t.json"
+    for body, why in (("", "only a header"), ("3,,artefact\n", "every row is skipped")):
+        est = tmp_path / "est.csv"
+        est.write_text("z,percent_cancer,skipped\n" + body)
+        res = run("table", "from-estimates", str(est), "-o", str(out), "--fallback",
+                  "paper-table1")  # fmt: skip
+        assert res.returncode == 2 and f"{est}: no estimates" in res.stderr, res.stderr
+        assert why in res.stderr and not out.exists()
+
+
+def test_show_refuses_a_json_table_with_percent_edges(tmp_path):
+    d = CountTable.paper_table1().to_dict()
+    d["edges"] = [100 * e for e in d["edges"]]
+    p = tmp_path / "t.json"
+    p.write_text(json.dumps(d))
+    res = run("table", "show", str(p))
+    assert res.returncode == 2 and f"{p}: " in res.stderr, res.stdout
+    assert "fractions, not percent" in res.stderr and "%" not in res.stdout

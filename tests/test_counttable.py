@@ -471,3 +471,64 @@ def test_the_cancer_column_is_found_by_name_whatever_the_order():
     )
     assert table.top_bin_problem() is not None
     assert flipped.cancer == 1 and flipped.top_bin_problem() == table.top_bin_problem()
+
+
+@pytest.mark.parametrize(
+    ("edges", "match"),
+    [
+        ([100 * e for e in PAPER_EDGES], "fractions, not percent"),
+        ([0.05, *PAPER_EDGES[1:]], "start at 0 and end at 1"),
+        ([*PAPER_EDGES[:-1], 0.99], "start at 0 and end at 1"),
+        (PAPER_EDGES[::-1], "increase strictly"),
+    ],
+    ids=["percent", "from-5", "to-99", "decreasing"],
+)
+def test_every_table_needs_edges_from_0_to_1_as_fractions(tmp_path, edges, match):
+    """The CSV reader demands bins covering 0-100 %; the constructor, JSON files and
+    from_estimates let percent edges (every block in bin 0) or edges from 0.05 through."""
+    paper = CountTable.paper_table1()
+    with pytest.raises(LsrInputError, match=match):
+        CountTable(paper.eta, paper.rho, edges=edges)
+    with pytest.raises(LsrInputError, match=match):
+        CountTable.from_estimates(np.repeat(np.arange(10), 2), np.full(20, 5.0), edges=edges)
+    d = paper.to_dict()
+    d["edges"] = list(edges)
+    p = tmp_path / "t.json"
+    p.write_text(json.dumps(d))
+    with pytest.raises(LsrInputError, match=match) as err:
+        CountTable.from_json(p)
+    assert str(err.value).startswith(f"{p}: ")
+
+
+def test_edges_a_rounding_error_off_0_and_1_are_0_and_1():
+    paper = CountTable.paper_table1()
+    t = CountTable(paper.eta, paper.rho, edges=[1e-9, *PAPER_EDGES[1:-1], 1 - 1e-9])
+    assert t.edges == CountTable(paper.eta, paper.rho).edges
+    assert bin_probabilities(np.array([0.0, 1.0]), t.edges).tolist() == [0, t.n_bins - 1]
+
+
+def test_json_estimate_counts_must_be_whole_numbers(tmp_path):
+    d = CountTable.paper_table1().to_dict()
+    p = tmp_path / "t.json"
+    d["n"] = [3.0] * 10  # a whole number written with a decimal point is a count
+    p.write_text(json.dumps(d))
+    assert CountTable.from_json(p).n.tolist() == [3] * 10
+    d["n"] = [2.7] * 10  # was cut to 2 without a word
+    p.write_text(json.dumps(d))
+    with pytest.raises(LsrInputError, match="whole counts") as err:
+        CountTable.from_json(p)
+    assert str(p) in str(err.value)
+
+
+def test_csv_row_with_more_values_than_columns_names_file_and_row(tmp_path):
+    """A decimal comma (cancer_std '2,5') shifted the row's values: 2 was read, 5 became n."""
+    lines = GOOD_CSV.strip().split("\n")
+    good, p = tmp_path / "good.csv", tmp_path / "t.csv"
+    good.write_text(GOOD_CSV)
+    padded = [lines[0], *(ln + ",," for ln in lines[1:])]  # a spreadsheet's empty padding
+    p.write_text("\n".join(padded) + "\n")
+    np.testing.assert_array_equal(CountTable.from_csv(p).rho, CountTable.from_csv(good).rho)
+    p.write_text(_mutate(lines, 3, lines[0].split(",").index("cancer_std"), "2,5"))
+    with pytest.raises(LsrInputError, match=r"row 4: 7 values .* for 6 columns") as err:
+        CountTable.from_csv(p)
+    assert str(p) in str(err.value)

@@ -296,3 +296,41 @@ def test_an_empty_grid_notifies_instead_of_breaking_napari(tmp_path, errors):
     np.save(empty, np.zeros((0, 5), np.float32))
     assert _reader.read_grid(str(empty)) == [(None,)]
     assert "no blocks in the file" in errors[-1] and "empty_grid.npy" in errors[-1]
+
+
+def test_a_semicolon_separated_table_is_claimed_and_says_why_it_cannot_open(
+    make_napari_viewer, files, monkeypatch
+):
+    """napari said "no reader" for a European Excel's table; the loader names the ';'."""
+    semi = files["table"].with_name("semi.csv")
+    semi.write_text(files["table"].read_text().replace(",", ";"))
+    assert _reader.get_table_reader(str(semi)) is _reader.read_count_table
+    viewer = make_napari_viewer()
+    from napari_lsr.counttable_widget import CountTableWidget
+
+    shown: list[str] = []
+    monkeypatch.setattr(CountTableWidget, "_notify", lambda self, msg: shown.append(msg))
+    _reader.read_count_table(str(semi))
+    assert len(shown) == 1 and str(semi) in shown[0] and "separated by semicolons" in shown[0]
+    assert viewer.window.dock_widgets["Count table (napari-lsr)"] is not None
+
+
+def test_a_session_whose_table_cannot_be_made_notifies_naming_the_file(
+    make_napari_viewer, tmp_path, errors
+):
+    """Bins that paper Table 1 cannot fill raised an uncaught error naming no file."""
+    from lsr.annotation import AnnotationSession, sample_blocks
+
+    s = AnnotationSession(
+        expert="ann", slide="s", edges=(0, 0.5, 1),
+        blocks=sample_blocks(np.repeat([0, 1], 2).reshape(2, 2), per_bin=2, n_bins=2),
+    )  # fmt: skip
+    s.go(next(i for i, b in enumerate(s.blocks) if b.z == 0))
+    s.record(10.0)  # bin 1 has no estimate
+    path = tmp_path / "s.ann.lsr-estimates.json"
+    s.save(path)
+    make_napari_viewer()
+    assert _reader.get_table_reader(str(path)) is _reader.read_count_table
+    assert _reader.read_count_table(str(path)) == [(None,)]
+    assert len(errors) == 1 and errors[0].startswith(f"Cannot open the annotation session: {path}")
+    assert "no estimate yet" in errors[0]

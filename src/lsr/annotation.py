@@ -36,7 +36,7 @@ from pathlib import Path
 import numpy as np
 
 from lsr.atomic import atomic_write_text
-from lsr.counttable import PAPER_EDGES, CountTable, Estimate
+from lsr.counttable import PAPER_EDGES, CountTable, Estimate, check_edges, same_edges
 from lsr.errors import LsrInputError
 from lsr.grid import grid_fits
 
@@ -54,6 +54,14 @@ MAX_STD_PERCENT = 10.0
 AUTOSAVE_SUFFIX = ".lsr-estimates.json"
 
 PathType = str | PathLike[str]
+
+
+class SessionVersionError(LsrInputError):
+    """An autosave of a session version this code does not read (a newer napari-lsr's).
+
+    Its own type because such a file is not corrupt: :func:`open_session` must leave it
+    where it is (the newer napari-lsr resumes it), not move it aside as it does corrupt ones.
+    """
 
 
 def _now() -> str:
@@ -198,6 +206,7 @@ class AnnotationSession:
     modified: str = ""
 
     def __post_init__(self) -> None:
+        self.edges = check_edges(self.edges)  # fractions from 0 to 1, as count tables have
         if not self.expert.strip():
             raise LsrInputError("the expert's name is empty")
         if not self.blocks:
@@ -351,8 +360,15 @@ class AnnotationSession:
             raise LsrInputError(
                 f'not an annotation session (no "format": "{SESSION_FORMAT}")', path
             )
+        version = data.get("version", SESSION_VERSION)
+        if type(version) is not int or version != SESSION_VERSION:
+            raise SessionVersionError(
+                f"annotation session version {version!r} is not one this napari-lsr reads "
+                f"(version {SESSION_VERSION}); a newer napari-lsr wrote it?",
+                path,
+            )
         try:
-            edges = tuple(float(e) for e in data["edges"])
+            edges = check_edges(data["edges"])
             blocks = [SampledBlock(int(r), int(c), int(z)) for r, c, z in data["blocks"]]
             n_bins = len(edges) - 1
             if any(not 0 <= b.z < n_bins for b in blocks):
@@ -415,8 +431,21 @@ def table_from_estimates(
     edges: Sequence[float] = PAPER_EDGES,
     fallback: CountTable | None = None,
 ) -> CountTable:
-    """A (possibly partial) table from estimates, flagged by :func:`flag_bins`."""
-    fb = CountTable.paper_table1() if fallback is None else fallback
+    """A (possibly partial) table from estimates, flagged by :func:`flag_bins`.
+
+    Without ``fallback``, paper Table 1 fills the bins without an estimate, when the edges
+    are the paper's; with other edges such bins are an error (LsrInputError) saying so.
+    """
+    fb = fallback
+    if fb is None and same_edges(edges, PAPER_EDGES):
+        fb = CountTable.paper_table1()
+    elif fb is None:
+        counted = {e.z for e in estimates if e.percent_cancer is not None and not e.skipped}
+        if missing := [b for b in range(len(edges) - 1) if b not in counted]:
+            raise LsrInputError(
+                f"bins {missing} have no estimate yet, and paper Table 1 cannot stand in for "
+                f"them: its bins are not these ({', '.join(f'{e:g}' for e in edges)})"
+            )
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # the flags are shown in the table instead
         table = CountTable.from_estimate_list(list(estimates), edges=tuple(edges), fallback=fb)
@@ -460,6 +489,12 @@ def open_session(
         return start(), ""
     try:
         session = AnnotationSession.load(p)
+    except SessionVersionError as err:
+        raise LsrInputError(
+            f"{err.problem}; not resumed and left as it is: open it with that napari-lsr, "
+            "or choose another autosave folder",
+            p,
+        ) from None
     except LsrInputError as err:
         moved = quarantine(p)
         return start(), f"{err}. The file was kept as {moved.name}; starting a new session."

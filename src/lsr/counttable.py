@@ -53,6 +53,9 @@ JSON_VERSION = 1
 #: each block, so their fractions add up to 100 %; 0.5 points allows hand-rounded CSVs
 #: (33.3 + 66.6) and catches a row like cancer 50 %, non-cancer 20 %.
 CLASS_SUM_TOLERANCE = 0.005
+#: How far (fraction) the first and last bin edges may lie from 0 and 1: float rounding in
+#: a hand-written or converted table, never a real bin.
+EDGE_TOLERANCE = 1e-6
 
 PathType = str | PathLike[str]
 
@@ -89,6 +92,45 @@ def bin_probabilities(p: np.ndarray | float, edges: Sequence[float] = PAPER_EDGE
         )
     z = np.searchsorted(np.asarray(edges, dtype=np.float64), arr, side="right") - 1
     return np.minimum(z, len(edges) - 2).astype(np.int64)
+
+
+def _edge_list(edges: Sequence[float]) -> str:
+    return "[" + ", ".join(f"{e:g}" for e in edges) + "]"
+
+
+def check_edges(edges: Sequence[float]) -> tuple[float, ...]:
+    """``edges`` as floats, the ends set to exactly 0 and 1; LsrInputError unless they are
+    fractions increasing strictly from 0 to 1.
+
+    Why: the bins must cover every classifier probability. Edges in percent put every block
+    in bin 0, and edges from 0.05 leave blocks below it without a label, which a later
+    step then blames on the grid file.
+    """
+    try:
+        out = [float(e) for e in edges]
+    except (TypeError, ValueError):
+        raise LsrInputError(f"bin edges must be numbers, got {list(edges)!r}") from None
+    if len(out) < 2 or not all(math.isfinite(e) for e in out):
+        raise LsrInputError(f"bin edges must be at least two finite numbers, got {out}")
+    if max(out) > 1 + EDGE_TOLERANCE and max(out) <= 100 + EDGE_TOLERANCE:
+        raise LsrInputError(
+            f"bin edges must be fractions, not percent (0 to 1, not 0 to 100), got "
+            f"{_edge_list(out)}; divide them by 100"
+        )
+    if not np.all(np.diff(out) > 0):
+        raise LsrInputError(f"bin edges must increase strictly, got {_edge_list(out)}")
+    if abs(out[0]) > EDGE_TOLERANCE or abs(out[-1] - 1) > EDGE_TOLERANCE:
+        raise LsrInputError(
+            f"bin edges must start at 0 and end at 1 (fractions), got {_edge_list(out)}: "
+            "the bins must cover every probability"
+        )
+    out[0], out[-1] = 0.0, 1.0
+    return tuple(out)
+
+
+def same_edges(a: Sequence[float], b: Sequence[float]) -> bool:
+    """Whether two edge lists are the same bins (within :data:`EDGE_TOLERANCE`)."""
+    return len(a) == len(b) and bool(np.allclose(a, b, rtol=0, atol=EDGE_TOLERANCE))
 
 
 def _percent(x: float) -> str:
@@ -134,7 +176,7 @@ class CountTable:
     def __post_init__(self) -> None:
         self.eta = np.asarray(self.eta, dtype=np.float64)
         self.rho = np.asarray(self.rho, dtype=np.float64)
-        self.edges = tuple(float(e) for e in self.edges)
+        self.edges = check_edges(self.edges)
         self.class_names = tuple(self.class_names)
         z, n_classes = self.n_bins, len(self.class_names)
         if self.eta.shape != (z, n_classes) or self.rho.shape != (z, n_classes):
@@ -142,20 +184,19 @@ class CountTable:
                 f"eta and rho must have shape (bins, classes) = ({z}, {n_classes}), "
                 f"got {self.eta.shape} and {self.rho.shape}"
             )
-        if not np.all(np.diff(self.edges) > 0):
-            raise LsrInputError(f"bin edges must increase strictly, got {self.edges}")
         if not (np.isfinite(self.eta).all() and np.isfinite(self.rho).all()):
             raise LsrInputError("eta and rho must be finite (no NaN or infinity)")
         if (self.eta < 0).any() or (self.eta > 1).any():
             raise LsrInputError("eta must be fractions in [0, 1]")
         if (self.rho < 0).any() or (self.rho > 1).any():
             raise LsrInputError("rho must be fractions in [0, 1]")
-        if self.n is not None:
-            self.n = np.asarray(self.n, dtype=np.int64)
-            if self.n.shape != (z,) or (self.n < 0).any():
+        if self.n is not None:  # whole counts: int64 would cut 2.7 to 2 without a word
+            n = np.asarray(self.n, dtype=np.float64)
+            if n.shape != (z,) or not np.isfinite(n).all() or (n < 0).any() or (n % 1).any():
                 raise LsrInputError(
-                    f"n (estimates per bin) must be {z} counts ≥ 0, got {self.n.tolist()}"
+                    f"n (estimates per bin) must be {z} whole counts ≥ 0, got {n.tolist()}"
                 )
+            self.n = n.astype(np.int64)
         self._flag_degenerate_bins()
 
     def _flag_degenerate_bins(self) -> None:
@@ -212,6 +253,7 @@ class CountTable:
             )
         if len(class_names) != 2:
             raise LsrInputError("estimates give cancer vs non-cancer: exactly two classes")
+        edges = check_edges(edges)
         n_bins = len(edges) - 1
         if zs.size and (not np.issubdtype(zs.dtype, np.integer)):
             if not np.all(np.isfinite(zs.astype(np.float64))) or np.any(zs != np.round(zs)):
@@ -246,8 +288,11 @@ class CountTable:
                 f"all {pc.size} estimates lie in 0-1 (largest {pc.max():g}): these look like "
                 "fractions, but percent_cancer is in percent (0-100); multiply them by 100"
             )
-        if fallback is not None and tuple(fallback.edges) != tuple(float(e) for e in edges):
-            raise LsrInputError("the fallback table has different bin edges")
+        if fallback is not None and not same_edges(fallback.edges, edges):
+            raise LsrInputError(
+                f"the fallback table's bin edges {_edge_list(fallback.edges)} differ from the "
+                f"estimates' {_edge_list(edges)}: it can only fill bins it has"
+            )
 
         eta = np.zeros((n_bins, 2))
         rho = np.zeros((n_bins, 2))
@@ -255,10 +300,15 @@ class CountTable:
         flagged: dict[int, str] = {}
         missing = [b for b in range(n_bins) if counts[b] == 0]
         if missing and fallback is None:
+            example = (
+                " (lsr table from-estimates --fallback paper-table1; Python: "
+                "fallback=CountTable.paper_table1())"
+                if same_edges(edges, PAPER_EDGES)
+                else f" with the same bin edges {_edge_list(edges)}"
+            )
             raise LsrInputError(
                 f"bins {missing} have no estimate; estimate at least two blocks in each, "
-                "or pass a fallback table to fill them (lsr table from-estimates --fallback "
-                "paper-table1; Python: fallback=CountTable.paper_table1())"
+                f"or pass a fallback table to fill them{example}"
             )
         for b in range(n_bins):
             vals = pc[zs == b] / 100.0
@@ -468,6 +518,10 @@ class CountTable:
             edges = tuple(float(e) for e in data["edges"])
         except (TypeError, ValueError) as err:
             raise LsrInputError(f"non-numeric eta/rho/edges ({err})", path) from None
+        try:  # before the shape checks: percent edges are the problem, not the bin count
+            edges = check_edges(edges)
+        except LsrInputError as err:
+            raise LsrInputError(err.problem, path) from None
         if eta.ndim != 2 or rho.shape != eta.shape:
             raise LsrInputError(
                 f"eta and rho must be (bins, classes), got {eta.shape}, {rho.shape}", path
@@ -566,6 +620,7 @@ class CountTable:
         rows: dict[int, dict[str, float]] = {}
         for i, raw in enumerate(reader, start=2):  # line 1 is the header
             where = f"row {i}"
+            check_row_fields(raw, header, path, where)
             if not any((v or "").strip() for v in raw.values() if isinstance(v, str)):
                 continue
             rec: dict[str, float] = {}
@@ -707,6 +762,24 @@ class CountTable:
                 raise LsrInputError(
                     f"not saved: the table would not read back ({err.problem})", path, err.where
                 ) from None
+
+
+def check_row_fields(row: dict, header: Sequence[str], path: PathType, where: str) -> None:
+    """Raise when a CSV row holds more values than its header has columns.
+
+    Why: :class:`csv.DictReader` files the surplus under the key None, so a decimal comma
+    (``0,10,5`` for 10.5 under ``z,percent_cancer``) silently read as 10. Empty surplus
+    fields (a spreadsheet's padding, ``0,10,,``) are harmless and accepted.
+    """
+    surplus = row.get(None) or []
+    if any((v or "").strip() for v in surplus):
+        values = [row.get(h) or "" for h in header] + list(surplus)
+        raise LsrInputError(
+            f"{len(values)} values ({','.join(values)}) for {len(header)} columns "
+            f"({','.join(header)}): a decimal comma? lsr reads 10.5, not 10,5",
+            path,
+            where,
+        )
 
 
 def _non_number(value: Any) -> str:

@@ -10,7 +10,7 @@ from rich.console import Console
 from rich.table import Table
 
 from lsr.atomic import check_replaceable
-from lsr.counttable import CountTable, Estimate
+from lsr.counttable import PAPER_EDGES, CountTable, Estimate, check_row_fields, same_edges
 from lsr.csvfile import csv_reader, require_columns
 from lsr.errors import LsrInputError
 
@@ -46,11 +46,15 @@ def print_problems(console: Console, table: CountTable) -> None:
 
 def read_estimates(path: Path) -> list[Estimate]:
     """Read an estimates CSV: columns ``z`` and ``percent_cancer`` (optional: expert,
-    slide, block, skipped); one row per block the expert looked at."""
+    slide, block, skipped); one row per block the expert looked at.
+
+    A file without a counted estimate (only a header, or only skips) is an error: with a
+    fallback it would silently become a copy of the fallback table."""
     reader, header = csv_reader(path)
     require_columns(header, ["z", "percent_cancer"], path)
     out, bad = [], []
     for i, row in enumerate(reader, start=2):
+        check_row_fields(row, header, path, f"row {i}")
         skipped = (row.get("skipped") or "").strip()
         try:
             z = int(row["z"])
@@ -84,6 +88,9 @@ def read_estimates(path: Path) -> list[Estimate]:
             values = ", ".join(f"{v:g}" for _, v in rows[:5])
             problem = f"cancer percentages must lie in 0-100, got {values}"
         raise LsrInputError(problem, path, where)
+    if not any(not e.skipped for e in out):
+        why = "every row is skipped" if out else "only a header"
+        raise LsrInputError(f"no estimates in the file ({why})", path)
     return out
 
 
@@ -112,9 +119,15 @@ def from_estimates(
     refuse_to_clobber(output, estimates)
     records = read_estimates(estimates)
     fb = CountTable.load(fallback) if fallback else None
+    if fb is not None and not same_edges(fb.edges, PAPER_EDGES):  # the fallback's fault
+        raise LsrInputError(
+            f"its bin edges ({', '.join(f'{e:g}' for e in fb.edges)}) are not the paper's, "
+            "which the estimates' z use: a fallback can only fill bins it has",
+            fallback,
+        )
     try:
         table = CountTable.from_estimate_list(
-            records, fallback=fb, provenance={"estimates_file": str(estimates)}
+            records, edges=PAPER_EDGES, fallback=fb, provenance={"estimates_file": str(estimates)}
         )
     except LsrInputError as err:
         raise LsrInputError(err.problem, estimates) from None
