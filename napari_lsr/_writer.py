@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import warnings
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -34,9 +35,53 @@ def _notify(message: str) -> None:
 
 def _problem(err: Exception, path: str) -> str:
     """One line naming the file: LsrInputError's own, or an OSError's (as the CLI says it)."""
-    from lsr.errors import os_problem
+    from lsr.errors import LsrInputError, os_problem
 
-    return os_problem(err, path) if isinstance(err, OSError) else str(err)
+    if isinstance(err, OSError):
+        return os_problem(err, path)
+    if isinstance(err, LsrInputError) and err.path is None:  # about the layer: name the file
+        return str(LsrInputError(err.problem, path, err.where))
+    return str(err)
+
+
+def _layer_sources() -> set[Path]:
+    """Files the current viewer's layers were opened from (resolved)."""
+    try:
+        import napari
+
+        viewer = napari.current_viewer()
+    except Exception:
+        return set()
+    out = set()
+    for layer in getattr(viewer, "layers", ()):
+        src = getattr(getattr(layer, "source", None), "path", None)
+        if src:
+            out.add(Path(src).resolve())
+    return out
+
+
+def _check_target(path: str, ours: Any, what: str) -> None:
+    """Refuse to replace a file a layer is open from (the slide itself) or a file of another
+    kind (napari's Save dialog asks before replacing, ``layer.save()`` does not): writing is
+    atomic, but the user's slide or notes would still be gone."""
+    from lsr.atomic import check_replaceable
+    from lsr.errors import LsrInputError
+
+    p = Path(path)
+    if p.exists() and p.resolve() in _layer_sources():
+        raise LsrInputError(
+            "a layer in napari is open from this file; saving over it would replace what the "
+            "layer shows: choose another name",
+            p,
+        )
+    check_replaceable(p, ours, what, "file name")
+
+
+def _is_geojson(path: Path) -> bool:
+    import json
+
+    data = json.loads(path.read_text(encoding="utf-8"))
+    return isinstance(data, dict) and data.get("type") in ("FeatureCollection", "Feature")
 
 
 def _viewer_slide() -> dict[str, Any] | None:
@@ -92,6 +137,10 @@ def shapes_to_geometry(data: list[np.ndarray], attributes: dict[str, Any]) -> An
     if mpp is None:
         warnings.warn("no slide pixel size known: writing world coordinates", stacklevel=2)
         mpp = 1.0
+    from lsr.errors import LsrInputError
+
+    if not (np.isfinite(float(mpp)) and float(mpp) > 0):
+        raise LsrInputError(f"the slide's pixel size is {mpp}, not a positive number")
     scale = np.asarray(attributes.get("scale", (1.0, 1.0)), float)[-2:]
     translate = np.asarray(attributes.get("translate", (0.0, 0.0)), float)[-2:]
     types = attributes.get("shape_type") or ["polygon"] * len(data)
@@ -101,6 +150,8 @@ def shapes_to_geometry(data: list[np.ndarray], attributes: dict[str, Any]) -> An
         if kind == "ellipse":
             v = _ellipse(v)
         yx = (v * scale + translate) / float(mpp)
+        if not np.isfinite(yx).all():
+            raise LsrInputError("a shape has a vertex that is not a number (NaN or infinite)")
         xy = yx[:, ::-1]
         if kind in ("line",) or len(xy) < 3:
             n_lines += 1
@@ -128,6 +179,8 @@ def shapes_to_geometry(data: list[np.ndarray], attributes: dict[str, Any]) -> An
 
 def write_shapes_geojson(path: str, data: Any, attributes: dict) -> list[str]:
     """npe2 single-layer writer: a shapes layer → one QuPath annotation in a GeoJSON file."""
+    import shapely.errors
+
     from lsr.errors import LsrInputError
     from lsr.geojson import clip_to_slide, export_geojson
 
@@ -138,6 +191,7 @@ def write_shapes_geojson(path: str, data: Any, attributes: dict) -> list[str]:
         edge = np.asarray(attributes.get("edge_color", [[1.0, 0.8, 0.0, 1.0]]), float)
         colour = tuple(round(255 * c) for c in (edge[0] if edge.ndim == 2 else edge)[:3])
     try:
+        _check_target(path, _is_geojson, "a GeoJSON file")
         geom = shapes_to_geometry(list(data), attributes)
         if geom.is_empty:
             raise LsrInputError("the shapes layer holds no area to export", path)
@@ -159,6 +213,9 @@ def write_shapes_geojson(path: str, data: Any, attributes: dict) -> list[str]:
     except (LsrInputError, OSError) as err:  # OSError: a folder or no permission there
         _notify(f"Cannot write the GeoJSON: {_problem(err, path)}")
         return []
+    except (ValueError, shapely.errors.GEOSException) as err:  # NaN vertices, a NaN pixel size
+        _notify(f"Cannot write the GeoJSON: {path}: the shapes cannot be converted ({err})")
+        return []
     return [path]
 
 
@@ -170,22 +227,29 @@ def write_labels_tiff(path: str, data: Any, attributes: dict) -> list[str]:
     (level 0, whose µm/px the scale is); the file gets its own pyramid, by the nearest
     pixel (a mean would invent labels).
     """
+    from lsr.arrays import is_single_channel
     from lsr.errors import LsrInputError
     from lsr.slide import write_pyramidal_tiff
 
     if isinstance(data, Sequence) or attributes.get("multiscale"):
         data = data[0]  # level 0 (napari's MultiScaleData is a Sequence, not a list)
     arr = np.asarray(data)
-    if arr.ndim != 2:
+    if arr.ndim != 2 or arr.size == 0:
         _notify(f"Cannot write {path}: only 2-D labels are supported, got shape {arr.shape}")
         return []
-    top = int(arr.max()) if arr.size else 0
+    if not (np.issubdtype(arr.dtype, np.integer) or arr.dtype == bool) and not (
+        np.isfinite(arr).all() and (arr == np.round(arr)).all()
+    ):
+        _notify(f"Cannot write {path}: labels must be whole numbers (NaN or fractions found)")
+        return []
+    top = int(arr.max())
     if arr.min(initial=0) < 0 or top > 65535:
         _notify(f"Cannot write {path}: label values must lie in 0..65535")
         return []
     arr = arr.astype(np.uint8 if top <= 255 else np.uint16)
     mpp = float(np.asarray(attributes.get("scale", (1.0, 1.0)), float)[-1])
     try:
+        _check_target(path, is_single_channel, "a one-channel (labels or mask) image")
         write_pyramidal_tiff(path, arr, mpp=mpp, compression="zlib", tile=256, downsample="nearest")
     except (LsrInputError, OSError) as err:
         _notify(f"Cannot write the TIFF: {_problem(err, path)}")

@@ -460,7 +460,7 @@ def test_single_channel_check_reads_only_headers_of_npy_tif_png(tmp_path):
     import tifffile
     from skimage import io
 
-    from lsr.cli.evaluate import _is_single_channel
+    from lsr.arrays import is_single_channel as _is_single_channel
 
     grey, rgb = np.zeros((8, 9), np.uint8), np.zeros((8, 9, 3), np.uint8)
     for name, arr, want in (("g", grey, True), ("c", rgb, False)):

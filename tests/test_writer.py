@@ -167,3 +167,64 @@ def test_shapes_are_cut_to_the_slide(tmp_path, monkeypatch) -> None:
     assert import_geojson(out, slide_shape_level0=(10, 20)).equals(
         shapely.geometry.box(0, 0, 20, 10)
     )
+
+
+def test_writers_never_replace_a_slide_notes_or_a_file_a_layer_is_open_from(
+    tmp_path, monkeypatch
+) -> None:
+    """`layer.save()` asks nobody: the labels writer replaced the open slide, the shapes
+    writer a notes file. A file of the writer's own kind is replaced (napari's Save dialog
+    has asked), unless a layer is open from it."""
+    from lsr.slide import write_pyramidal_tiff
+
+    got: list[str] = []
+    monkeypatch.setattr(_writer, "_notify", got.append)
+    monkeypatch.setattr(_writer, "_layer_sources", set)
+    slide = tmp_path / "myslide.tif"
+    write_pyramidal_tiff(slide, np.full((64, 64, 3), 200, np.uint8), mpp=1.0)
+    before = slide.read_bytes()
+    labels = np.ones((8, 8), np.uint8)
+    assert _writer.write_labels_tiff(str(slide), labels, {"scale": (1, 1)}) == []
+    assert "is not a one-channel (labels or mask) image" in got[-1] and "myslide.tif" in got[-1]
+    assert slide.read_bytes() == before
+    notes = tmp_path / "notes.geojson"
+    notes.write_text("my notes")
+    square = [np.array([[0, 0], [0, 4], [4, 4], [4, 0]], float)]
+    attrs = {"name": "x", "metadata": {"lsr_boundary": {"level0_mpp": 1.0}}}
+    assert _writer.write_shapes_geojson(str(notes), square, attrs) == []
+    assert "is not a GeoJSON file" in got[-1] and notes.read_text() == "my notes"
+
+    mask = tmp_path / "mask.tif"  # the writers' own kinds are replaced
+    assert _writer.write_labels_tiff(str(mask), labels, {"scale": (1, 1)}) == [str(mask)]
+    assert _writer.write_labels_tiff(str(mask), 2 * labels, {"scale": (1, 1)}) == [str(mask)]
+    assert _level0(mask).max() == 2
+    qupath = tmp_path / "q.geojson"
+    qupath.write_text(json.dumps({"type": "FeatureCollection", "features": []}))
+    assert _writer.write_shapes_geojson(str(qupath), square, attrs) == [str(qupath)]
+    assert import_geojson(qupath).area == pytest.approx(16)
+
+    monkeypatch.setattr(_writer, "_layer_sources", lambda: {mask.resolve(), qupath.resolve()})
+    assert _writer.write_labels_tiff(str(mask), labels, {"scale": (1, 1)}) == []
+    assert "a layer in napari is open from this file" in got[-1] and _level0(mask).max() == 2
+    assert _writer.write_shapes_geojson(str(qupath), square, attrs) == []
+    assert "open from this file" in got[-1]
+
+
+def test_nan_shapes_and_labels_are_notified_not_raised(tmp_path, monkeypatch) -> None:
+    got: list[str] = []
+    monkeypatch.setattr(_writer, "_notify", got.append)
+    square = np.array([[0, 0], [0, 4], [4, 4], [4, 0]], float)
+    attrs = {"name": "x", "metadata": {"lsr_boundary": {"level0_mpp": 1.0}}}
+    bad = square.copy()
+    bad[1, 0] = np.nan
+    assert _writer.write_shapes_geojson(str(tmp_path / "n.geojson"), [bad], attrs) == []
+    assert "not a number (NaN or infinite)" in got[-1] and "n.geojson" in got[-1]
+    nan_mpp = {"name": "x", "metadata": {"lsr_boundary": {"level0_mpp": float("nan")}}}
+    assert _writer.write_shapes_geojson(str(tmp_path / "m.geojson"), [square], nan_mpp) == []
+    assert "pixel size is nan" in got[-1] and "m.geojson" in got[-1]
+    labels = np.ones((8, 8))
+    labels[2, 2] = np.nan
+    assert _writer.write_labels_tiff(str(tmp_path / "l.tif"), labels, {"scale": (1, 1)}) == []
+    assert "whole numbers" in got[-1]
+    assert _writer.write_labels_tiff(str(tmp_path / "e.tif"), np.zeros((0, 0)), {}) == []
+    assert not any(tmp_path.iterdir())

@@ -48,3 +48,29 @@ def read_npy(path: str | os.PathLike[str], mmap: bool = False) -> np.ndarray:
         raise LsrInputError(f"damaged .npy file ({err})", p) from None
     except (OSError, EOFError) as err:
         raise LsrInputError(f"damaged or truncated .npy file ({err})", p) from None
+
+
+def is_single_channel(path: str | os.PathLike[str]) -> bool:
+    """True when the file (.npy, TIFF, PNG …) holds a one-channel image (a mask, labels),
+    read from its header only: an RGB(A) picture is never ground truth, nor a file a labels
+    writer may replace. False for anything unreadable."""
+    path = Path(path)
+    try:
+        if path.suffix.lower() == ".npy":
+            shape = np.load(path, mmap_mode="r", allow_pickle=False).shape
+        elif path.suffix.lower() in (".tif", ".tiff"):
+            import tifffile
+
+            from lsr.slide import quiet_tifffile
+
+            with quiet_tifffile(), tifffile.TiffFile(path) as tf:
+                shape = tf.series[0].shape
+        else:
+            from PIL import Image
+
+            with Image.open(path) as im:
+                return im.mode in ("1", "L", "I", "I;16", "F", "P")
+    except Exception:
+        return False
+    squeezed = [d for d in shape if d != 1]
+    return len(squeezed) == 2

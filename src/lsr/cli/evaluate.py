@@ -13,7 +13,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from lsr.arrays import read_npy
+from lsr.arrays import is_single_channel, read_npy
 from lsr.atomic import atomic_write_text, check_replaceable
 from lsr.cli.console import interrupted
 from lsr.errors import LsrInputError
@@ -97,30 +97,6 @@ def _unfinished_predictions(paths: list[Path]) -> list[str]:
     return notes
 
 
-def _is_single_channel(path: Path) -> bool:
-    """True when the file holds a one-channel image (a mask), read from its header only:
-    an RGB(A) picture is never ground truth."""
-    try:
-        if path.suffix.lower() == ".npy":
-            shape = np.load(path, mmap_mode="r", allow_pickle=False).shape
-        elif path.suffix.lower() in (".tif", ".tiff"):
-            import tifffile
-
-            from lsr.slide import quiet_tifffile
-
-            with quiet_tifffile(), tifffile.TiffFile(path) as tf:
-                shape = tf.series[0].shape
-        else:
-            from PIL import Image
-
-            with Image.open(path) as im:
-                return im.mode in ("1", "L", "I", "I;16", "F", "P")
-    except Exception:
-        return False
-    squeezed = [d for d in shape if d != 1]
-    return len(squeezed) == 2
-
-
 def _expand_gt(paths: list[Path]) -> list[Path]:
     """Ground-truth files: a folder stands for its ``*_gt.*`` / ``*_mask.*`` files; a folder
     without any such file (``gt/x.png`` for ``preds/x.png``) for its one-channel images that
@@ -135,7 +111,7 @@ def _expand_gt(paths: list[Path]) -> list[Path]:
                 gts = [
                     q
                     for q in found
-                    if not _stem(q).lower().endswith("_grid") and _is_single_channel(q)
+                    if not _stem(q).lower().endswith("_grid") and is_single_channel(q)
                 ]
             if found and not gts:
                 raise LsrInputError(
