@@ -326,6 +326,13 @@ def _check_geometry(g: Any, p: Path, where: str) -> list[BaseGeometry]:
         geom = shapely.geometry.shape(g)
     except Exception as exc:
         raise LsrInputError(f"invalid {kind}: {exc}", p, where) from exc
+    if not geom.is_valid:  # repaired (make_valid) later; a hole outside its shell, for one,
+        # becomes more cancer than was drawn: the user should look at the region
+        warnings.warn(
+            f"{p}, {where}: the {kind} is not valid ({shapely.is_valid_reason(geom)}) and is "
+            "repaired; check that region, its area may differ from what was meant",
+            stacklevel=4,
+        )
     return [geom]
 
 
@@ -367,7 +374,8 @@ def import_geojson(
     Feature or a bare geometry. With ``classification``, only features of that class name
     are kept (error if none). Raises LsrInputError for bad JSON, open rings, unknown
     geometry types, and, given ``slide_shape_level0 = (H, W)``, coordinates outside the
-    slide. Points and lines are ignored with a warning; invalid polygons are repaired.
+    slide. Points and lines are ignored with a warning; invalid polygons are repaired, with a
+    warning naming the feature.
     """
     p = Path(path)
     if not p.exists():
