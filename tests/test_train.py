@@ -133,7 +133,8 @@ def test_defaults_per_loss_and_overrides() -> None:
 @pytest.mark.parametrize(
     ("setting", "why"),
     [
-        ({"rho_floor": 2.0}, "rho_floor=2.0: a fraction in [0, 1)"),
+        ({"rho_floor": 2.0}, "rho_floor=2.0: a fraction in (0, 1)"),
+        ({"rho_floor": 0.0}, "rho_floor=0.0: a fraction in (0, 1)"),
         ({"rho_floor": float("nan")}, "rho_floor=nan: a fraction"),
         ({"rmsprop_alpha": 2.0}, "rmsprop_alpha=2.0: RMSprop's smoothing constant"),
         ({"rmsprop_eps": 0.0}, "rmsprop_eps=0.0: must be > 0"),
@@ -226,7 +227,7 @@ def test_wrongly_typed_settings_name_key_type_and_file(
 @pytest.mark.parametrize(
     ("line", "message"),
     [
-        ("rho_floor = 1.5", "bad setting rho_floor=1.5: a fraction in [0, 1)"),
+        ("rho_floor = 1.5", "bad setting rho_floor=1.5: a fraction in (0, 1)"),
         ('loss = "intr"', "unknown loss 'intr'"),
         ("depth = 9", "bad setting depth=9: 9 halvings"),
         ('loss = "intra"\nbatch_size = -3', "bad setting batch_size=-3: must be ≥ 1"),

@@ -260,8 +260,8 @@ class TrainConfig:
             raise bad("prior", "'table', 'none' or a list of class fractions")
         # numbers the optimizer and the losses take as they are: out of range they fail
         # steps later as NaN, or train in silence with a meaningless setting
-        if not 0 <= self.rho_floor < 1:
-            raise bad("rho_floor", "a fraction in [0, 1) (the smallest ρ the losses use)")
+        if not 0 < self.rho_floor < 1:  # 0 would make the Gaussian forms infinite at ρ = 0
+            raise bad("rho_floor", "a fraction in (0, 1) (the smallest ρ the losses use)")
         if not 0 <= self.rmsprop_alpha < 1:
             raise bad("rmsprop_alpha", "RMSprop's smoothing constant, in [0, 1)")
         if not self.rmsprop_eps > 0:
