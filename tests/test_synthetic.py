@@ -311,6 +311,16 @@ def test_every_shipped_config_loads():
     assert load_config("default") == SyntheticConfig()
 
 
+def test_a_folder_given_as_the_config_says_the_output_goes_after_o(tmp_path):
+    """`lsr synth .` (for `lsr synth -o .`) said "config file not found" of a folder."""
+    from lsr.synthetic_config import shipped_names
+
+    with pytest.raises(LsrInputError) as err:
+        load_config(tmp_path)
+    assert str(tmp_path) in str(err.value) and "is a folder, not a config" in str(err.value)
+    assert "goes after -o" in str(err.value) and "paper_scale" in shipped_names()
+
+
 def test_config_errors(tmp_path):
     bad = tmp_path / "bad.toml"
     bad.write_text("[tumour]\nnest_size = 3\n")

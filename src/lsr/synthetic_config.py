@@ -308,6 +308,12 @@ def load_config(path: str | PathLike[str] | None) -> SyntheticConfig:
     p = Path(path)
     if not p.exists() and p.parent == Path(".") and (shipped := shipped_config(p.stem)):
         p = shipped
+    if p.is_dir():  # `lsr synth .` for `lsr synth -o .`: the output goes after -o
+        raise LsrInputError(
+            "is a folder, not a config: the config is a .toml/.json file or a shipped name "
+            f"({', '.join(shipped_names())}); the output folder goes after -o",
+            path=p,
+        )
     if not p.is_file():
         raise LsrInputError("config file not found", path=p)
     text = p.read_text(encoding="utf-8")
@@ -321,8 +327,16 @@ def load_config(path: str | PathLike[str] | None) -> SyntheticConfig:
     return config_from_dict(data, p)
 
 
+#: Where the shipped configs lie (a source checkout).
+SHIPPED_DIR = Path(__file__).resolve().parents[2] / "configs" / "synthetic"
+
+
 def shipped_config(name: str) -> Path | None:
     """Path of a config shipped in ``configs/synthetic/<name>.toml`` (source checkout)."""
-    root = Path(__file__).resolve().parents[2] / "configs" / "synthetic"
-    cand = root / f"{name}.toml"
+    cand = SHIPPED_DIR / f"{name}.toml"
     return cand if cand.is_file() else None
+
+
+def shipped_names() -> list[str]:
+    """Names of the shipped configs (``default``, ``paper_scale``, …), sorted."""
+    return sorted(p.stem for p in SHIPPED_DIR.glob("*.toml"))
