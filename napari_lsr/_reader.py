@@ -189,6 +189,9 @@ def read_slide(path: str | list[str]) -> LayerData:
             )
         _notify(f"Cannot open the slide: {err}.{hint}")
         return [(None,)]
+    except (ValueError, OSError, MemoryError) as err:  # a file no check foresaw: named
+        _notify(f"Cannot open the slide: {p}: {type(err).__name__}: {err}")
+        return [(None,)]
 
 
 # --- grids -------------------------------------------------------------------------------

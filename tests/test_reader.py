@@ -130,6 +130,19 @@ def test_bad_files_notify(files, errors, tmp_path):
     assert _reader.read_grid(str(side)) == [(None,)] and "c_grid.json" in errors[-1]
 
 
+def test_a_slide_error_no_check_foresaw_is_a_notification_naming_the_file(
+    files, errors, monkeypatch
+):
+    """A 4200 x 1 flat TIFF raised dask's ValueError through napari as a traceback."""
+
+    def unforeseen(path):
+        raise ValueError("Empty tuples are not allowed in chunks")
+
+    monkeypatch.setattr(_reader, "slide_layer_data", unforeseen)
+    assert _reader.read_slide(str(files["nompp"])) == [(None,)]
+    assert "nompp.tif: ValueError: Empty tuples" in errors[-1]
+
+
 def test_viewer_opens_all_and_table_opens_widget(make_napari_viewer, files, errors):
     viewer = make_napari_viewer()
     viewer.open(files["slide"], plugin="napari-lsr")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pickle
+import re
 import tracemalloc
 import warnings
 
@@ -478,6 +479,47 @@ def test_72_dpi_alone_names_the_value_and_asks_for_mpp(tmp_path):
     assert "not in the file's metadata" not in text  # it is there, and it was ignored
 
 
+def test_print_dpi_and_impossible_pixel_sizes_are_not_taken_for_the_scanners(tmp_path):
+    """An OME-TIFF saved by an editor (300 dpi tags beside PhysicalSizeX 0.25) was drawn 339x
+    too large; 300 dpi alone gave 84.7 µm/px, and tags of 1e-6 µm/px were taken as they are."""
+    ome = tmp_path / "edited.ome.tif"
+    meta = {"axes": "YXS", "PhysicalSizeX": 0.25}
+    tifffile.imwrite(ome, smooth_rgb(64, 64), photometric="rgb", resolution=(300, 300),
+                     resolutionunit="INCH", metadata=meta)  # fmt: skip
+    with open_slide(ome) as s:
+        assert s.mpp == pytest.approx(0.25)
+    for dpi in (300, 600):
+        path = tmp_path / f"print{dpi}.tif"
+        tifffile.imwrite(path, smooth_rgb(32, 32), photometric="rgb", resolution=(dpi, dpi),
+                         resolutionunit="INCH")  # fmt: skip
+        with pytest.raises(LsrInputError, match=f"only pixel size is {dpi} dpi") as err:
+            open_slide(path)
+        assert f"print{dpi}.tif" in str(err.value) and "--mpp" in str(err.value)
+        with open_slide(path, mpp=0.5) as s:  # the way out works
+            assert s.mpp == 0.5
+    scanner = tmp_path / "scanner.tif"  # 0.25 µm/px in inches: 101600 dpi, taken
+    tifffile.imwrite(scanner, smooth_rgb(32, 32), photometric="rgb",
+                     resolution=(101600, 101600), resolutionunit="INCH")  # fmt: skip
+    with open_slide(scanner) as s:
+        assert s.mpp == pytest.approx(0.25)
+    tiny = tmp_path / "tiny.tif"
+    tifffile.imwrite(tiny, smooth_rgb(32, 32), photometric="rgb", resolution=(1e6, 1e6),
+                     resolutionunit="MICROMETER")  # fmt: skip
+    with pytest.raises(LsrInputError, match="1e-06 µm/px, is not a microscope's"):
+        open_slide(tiny)
+
+
+def test_imagej_calibration_in_other_units_is_read(tmp_path):
+    """Fiji's unit may be mm or nm: such files were refused as having no pixel size."""
+    for unit, px_per_unit in (("mm", 4000.0), ("nm", 0.004), ("micron", 4.0)):
+        path = tmp_path / f"fiji_{unit}.tif"
+        res = (px_per_unit, px_per_unit)
+        tifffile.imwrite(path, smooth_rgb(32, 48), imagej=True, resolution=res,
+                         metadata={"unit": unit})  # fmt: skip
+        with open_slide(path) as s:
+            assert s.mpp == pytest.approx(0.25), unit
+
+
 def test_imagej_micron_calibration_is_read(tmp_path):
     path = tmp_path / "fiji.tif"
     tifffile.imwrite(path, smooth_rgb(32, 48), imagej=True, resolution=(2.5, 2.5),
@@ -630,3 +672,54 @@ def test_a_level_of_rounded_size_is_read_at_its_integer_downsample(tmp_path, h, 
         want = img[: 2 * h2, : 2 * w2].reshape(h2, 2, w2, 2, 3).mean(axis=(1, 3))
         got = s.read_working(0, 0, h2, w2, working_mpp=1.0).astype(float)
         assert np.abs(got - want).max() <= 1.0
+
+
+@pytest.mark.parametrize(
+    ("name", "data", "kw", "said"),
+    [
+        ("cmyk", np.full((64, 64, 4), 255, np.uint8) * np.array([1, 0, 0, 0], np.uint8),
+         {"photometric": "separated"}, "CMYK"),
+        ("inverted", np.zeros((64, 64), np.uint8), {"photometric": "miniswhite"}, "MinIsWhite"),
+        ("palette", np.ones((64, 64), np.uint8),
+         {"photometric": "palette", "colormap": np.zeros((3, 256), np.uint16)}, "a palette"),
+        ("grey_alpha", np.zeros((64, 64, 2), np.uint8),
+         {"photometric": "minisblack", "extrasamples": [2]}, "2 channels"),
+        ("if5", np.zeros((5, 64, 64), np.uint16),
+         {"photometric": "minisblack", "ome": True, "metadata": {"axes": "CYX"}}, "5 channels"),
+        ("if4", np.zeros((4, 64, 64), np.uint16),
+         {"photometric": "minisblack", "ome": True, "metadata": {"axes": "CYX"}},
+         "4 channels (not RGB)"),
+    ],
+)  # fmt: skip
+def test_images_that_are_not_rgb_or_grey_are_refused_naming_their_colours(
+    tmp_path, name, data, kw, said
+):
+    """CMYK cyan was drawn white (K taken as alpha), MinIsWhite white as black, a palette's
+    red as grey; 2- and 5-channel images crashed napari when their layer was added."""
+    path = tmp_path / f"{name}.tif"
+    tifffile.imwrite(path, data, resolution=(2e4, 2e4), resolutionunit="CENTIMETER", **kw)
+    with pytest.raises(LsrInputError, match=re.escape(said)) as err:
+        open_slide(path)
+    assert f"{name}.tif" in str(err.value)
+
+
+def test_rgba_and_grey_still_open(tmp_path):
+    for name, data, kw in (
+        ("rgba", np.full((64, 64, 4), 200, np.uint8), {"photometric": "rgb", "extrasamples": [2]}),
+        ("grey", np.full((64, 64), 90, np.uint8), {"photometric": "minisblack"}),
+    ):
+        tifffile.imwrite(tmp_path / f"{name}.tif", data, resolution=(2e4, 2e4),
+                         resolutionunit="CENTIMETER", **kw)  # fmt: skip
+        with open_slide(tmp_path / f"{name}.tif") as s:
+            assert s.read_working(0, 0, 8, 8, s.mpp).shape == (8, 8, 3)
+
+
+def test_a_thin_flat_strip_gets_display_levels_without_an_empty_one(tmp_path):
+    """A 4200 x 1 flat TIFF: halving for display made a level of width 0 (dask raised)."""
+    path = tmp_path / "strip.tif"
+    tifffile.imwrite(path, np.full((4200, 1, 3), 128, np.uint8), photometric="rgb",
+                     resolution=(2e4, 2e4), resolutionunit="CENTIMETER")  # fmt: skip
+    with open_slide(path) as s:
+        levels = s.multiscale()
+        assert all(min(lv.shape[:2]) >= 1 for lv in levels)
+        assert np.asarray(levels[-1]).shape[0] >= 1

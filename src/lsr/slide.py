@@ -42,6 +42,14 @@ MAX_PLAUSIBLE_MPP: float = 100.0
 """Pixel sizes read from metadata above this (µm/px) are treated as missing: they come from
 screen-resolution defaults (72 dpi = 353 µm/px), never from a microscope."""
 
+MIN_PLAUSIBLE_MPP: float = 0.01
+"""Pixel sizes read from metadata below this (µm/px) are treated as missing: an oil
+objective's scan is ≈ 0.1 µm/px, and 1e-6 comes from a unit mix-up, not a microscope."""
+
+SCREEN_DPI: frozenset[int] = frozenset({72, 96, 100, 150, 200, 300, 400, 600, 1200})
+"""Resolution tags in pixels per *inch* with one of these values are an image editor's print
+resolution (300 dpi = 84.7 µm/px), not the scanner's: treated as missing."""
+
 #: Name start of the folder a pyramid's lower levels are staged in beside the TIFF being
 #: written (removed when the write ends; a killed process leaves it: lsr synth --overwrite
 #: and the next lsr predict of the slide clear it).
@@ -347,8 +355,10 @@ class Slide:
                     name=f"lsr-slide-{token}-{i}",
                 )
             )
-        while self.level_count == 1 and max(levels[-1].shape[:2]) > 1024:
+        while self.level_count == 1:
             prev = levels[-1]
+            if max(prev.shape[:2]) <= 1024 or min(prev.shape[:2]) < 2:  # a 4200 x 1 strip
+                break  # would halve to an empty level
             axes = {0: 2, 1: 2} | ({2: 1} if prev.ndim == 3 else {})
             nxt = da.coarsen(np.mean, prev, axes, trim_excess=True).astype(prev.dtype)
             levels.append(nxt)
@@ -438,6 +448,7 @@ class TiffSlideSlide(Slide):
             self.channels = 0
         else:
             raise LsrInputError(f"unsupported image layout (axes {axes!r})", path)
+        _check_colour_model(ts.ts_tifffile, self.channels, path)
         _check_first_series_is_the_slide(ts.ts_tifffile, path)
         self.level_dimensions = tuple((int(w), int(h)) for w, h in ts.level_dimensions)
         self.level_downsamples = tuple(float(d) for d in ts.level_downsamples)
@@ -578,10 +589,11 @@ def _mpp_from_properties(props: Any, key: str, path: Path) -> float:
         value = float(props.get(key))
     except (TypeError, ValueError):
         raise LsrInputError(_MPP_HINT, path) from None
-    if not (0 < value <= MAX_PLAUSIBLE_MPP):
+    if not (MIN_PLAUSIBLE_MPP <= value <= MAX_PLAUSIBLE_MPP):
         raise LsrInputError(
             f"the metadata's pixel size, {value:.4g} µm/px, is not a microscope's (a screen "
-            "resolution such as 72 dpi?) and no other pixel size was found; " + _MPP_PASS,
+            "resolution such as 72 dpi, or a unit mix-up?) and no other pixel size was found; "
+            + _MPP_PASS,
             path,
         )
     key_y = key.replace("-x", "-y")
@@ -618,34 +630,101 @@ def _mpp_from_ome(ts: Any) -> float | None:
     return None
 
 
+#: µm per unit of an ImageJ description's ``unit``.
+_IMAGEJ_UNITS = {"micron": 1.0, "microns": 1.0, "um": 1.0, "µm": 1.0, "nm": 1e-3,
+                 "nanometer": 1e-3, "mm": 1e3, "millimeter": 1e3, "cm": 1e4}  # fmt: skip
+
+
 def _mpp_from_imagej(ts: Any) -> float | None:
-    """µm/px of an ImageJ TIFF (``unit=micron`` in its description, pixels per unit in the
-    resolution tags, which tiffslide ignores because their ResolutionUnit is NONE)."""
+    """µm/px of an ImageJ TIFF (``unit=micron``, nm, mm … in its description, pixels per
+    unit in the resolution tags, which tiffslide ignores as their ResolutionUnit is NONE)."""
     tf = ts.ts_tifffile
     meta = getattr(tf, "imagej_metadata", None) or {}
     unit = str(meta.get("unit", "")).replace("\\u00B5", "µ").lower()
-    if unit not in ("micron", "microns", "um", "µm"):
+    per_um = _IMAGEJ_UNITS.get(unit)
+    if per_um is None:
         return None
     tag = tf.pages[0].tags.get("XResolution")
     if tag is None:
         return None
     num, den = tag.value
-    return float(den) / float(num) if num else None
+    return float(den) / float(num) * per_um if num else None
+
+
+def _screen_dpi(ts: Any) -> int | None:
+    """The dpi of the first page's resolution tags when they are an editor's print
+    resolution (inches, a :data:`SCREEN_DPI` value): what tiffslide reads from them is then
+    not the scanner's pixel size. None otherwise."""
+    import tifffile
+
+    with contextlib.suppress(Exception):
+        page = ts.ts_tifffile.pages[0]
+        unit = page.tags.get("ResolutionUnit")
+        if unit is None or unit.value != tifffile.RESUNIT.INCH:
+            return None
+        num, den = page.tags["XResolution"].value
+        dpi = num / den
+        if abs(dpi - round(dpi)) < 1e-6 and round(dpi) in SCREEN_DPI:
+            return round(dpi)
+    return None
 
 
 def _mpp_from_metadata(ts: Any, path: Path) -> float:
-    """Level-0 µm/px: tiffslide's reading (Aperio, resolution tags, ...), then OME-XML, then
-    ImageJ's description; an implausible value (72 dpi) falls through to the next source."""
-    props = ts.properties
+    """Level-0 µm/px: OME-XML's PhysicalSizeX (a physical size, written on purpose), then
+    tiffslide's reading (Aperio's MPP, resolution tags), then ImageJ's description. An
+    implausible value (72 dpi, 1e-6 µm/px) or an editor's print resolution (300 dpi in
+    inches) falls through to the next source."""
+    sources: list[tuple[str, Any]] = []
+    if (ome := _mpp_from_ome(ts)) is not None:
+        sources.append(("x", {"x": ome}))
+    if (dpi := _screen_dpi(ts)) is None:
+        sources.append(("tiffslide.mpp-x", ts.properties))
+    if (imagej := _mpp_from_imagej(ts)) is not None:
+        sources.append(("x", {"x": imagej}))
+    first_error: LsrInputError | None = None
+    for key, props in sources:
+        try:
+            return _mpp_from_properties(props, key, path)
+        except LsrInputError as exc:
+            first_error = first_error or exc
+    if first_error is None and dpi is not None:
+        raise LsrInputError(
+            f"the file's only pixel size is {dpi} dpi ({25400 / dpi:.4g} µm/px), an image "
+            "editor's print resolution, not the scanner's; " + _MPP_PASS,
+            path,
+        )
+    raise first_error or LsrInputError(_MPP_HINT, path)
+
+
+#: TIFF colour models whose samples are not the picture's RGB or grey values: read as RGB
+#: they would show the wrong colours (CMYK's K as transparency, a palette's indices as grey).
+_FOREIGN_COLOURS = {0: "MinIsWhite (inverted grey)", 3: "a palette", 5: "CMYK (separated)",
+                    8: "CIELab", 9: "ICCLab", 10: "ITULab", 32803: "a colour filter array",
+                    32844: "LogL", 32845: "LogLuv"}  # fmt: skip
+
+
+def _check_colour_model(tf: Any, channels: int, path: Path) -> None:
+    """Refuse images whose samples are not RGB(A) or grey: napari-lsr reads brightfield
+    (H&E) slides, and anything else would be drawn in wrong colours or crash napari (2 or 5
+    channels of fluorescence). ``channels``: 0 for (H, W)."""
     try:
-        return _mpp_from_properties(props, "tiffslide.mpp-x", path)
-    except LsrInputError as exc:
-        first_error = exc
-    for other in (_mpp_from_ome(ts), _mpp_from_imagej(ts)):
-        if other is not None:
-            with contextlib.suppress(LsrInputError):
-                return _mpp_from_properties({"x": other}, "x", path)
-    raise first_error
+        page = tf.series[0].keyframe
+        photometric = int(page.photometric)
+    except Exception:  # no series to look at: the reader's own checks speak
+        return
+    if photometric in _FOREIGN_COLOURS:
+        raise LsrInputError(
+            f"its colour model is {_FOREIGN_COLOURS[photometric]}, not RGB or grey, and would "
+            "be shown in wrong colours: save the slide as RGB (e.g. an OME-TIFF from QuPath)",
+            path,
+        )
+    rgb = photometric in (2, 6)  # RGB, YCbCr (JPEG)
+    if channels not in (0, 1, 3, 4) or (channels == 4 and not rgb):
+        raise LsrInputError(
+            f"{channels} channels{'' if rgb else ' (not RGB)'}: napari-lsr reads brightfield "
+            "slides, RGB (or RGBA) or grey, not a fluorescence or multi-channel image",
+            path,
+        )
 
 
 def _yx_pixels(series: Any) -> int:
