@@ -78,10 +78,14 @@ def _check_target(path: str, ours: Any, what: str) -> None:
 
 
 def _is_geojson(path: Path) -> bool:
+    """Whether ``path`` holds GeoJSON in a layout :func:`lsr.geojson.import_geojson` reads:
+    a FeatureCollection, QuPath's list of Features, a Feature or a bare geometry."""
     import json
 
-    data = json.loads(path.read_text(encoding="utf-8"))
-    return isinstance(data, dict) and data.get("type") in ("FeatureCollection", "Feature")
+    data = json.loads(path.read_text(encoding="utf-8-sig"))
+    if isinstance(data, list):
+        return all(isinstance(f, dict) and f.get("type") == "Feature" for f in data)
+    return isinstance(data, dict) and isinstance(data.get("type"), str)
 
 
 def _viewer_slide() -> dict[str, Any] | None:

@@ -778,12 +778,17 @@ def test_an_unusable_synth_manifest_is_named_not_silently_replaced_by_defaults(
     test = tmp_path / "synth" / "test"
     test.mkdir(parents=True)
     (test.parent / "manifest.json").write_text(manifest)
-    np.save(test / "p_gt.npy", np.ones((B, B), np.uint8))
-    np.save(tmp_path / "p_pred.npy", np.ones((B, B), np.float32))
-    res = runner.invoke(app, ["evaluate", "-p", str(tmp_path / "p_pred.npy"), "--gt", str(test),
+    preds = tmp_path / "preds"
+    preds.mkdir()
+    for name in ("p", "q", "r"):  # three patches: still one line about the manifest
+        np.save(test / f"{name}_gt.npy", np.ones((B, B), np.uint8))
+        np.save(preds / f"{name}.npy", np.ones((B, B), np.float32))
+    gts = [arg for name in ("p", "q", "r") for arg in ("--gt", str(test / f"{name}_gt.npy"))]
+    res = runner.invoke(app, ["evaluate", "-p", str(preds), *gts,
                               "--json", str(tmp_path / "o.json")])  # fmt: skip
     assert res.exit_code == 0, res.output
     text = " ".join(res.output.split())
+    assert text.count(why) == 1
     assert str(test.parent / "manifest.json") in "".join(res.output.split())
     assert why in text and f"using the default --band {DEFAULT_BAND_PX}" in text
     assert json.loads((tmp_path / "o.json").read_text())["band"] == DEFAULT_BAND_PX

@@ -285,7 +285,16 @@ def test_demo_refuses_a_folder_of_the_users_files_and_adopts_an_earlier_demos(tm
         claim_out_dir(study)
     claim_out_dir(study, also=("job.log",))
     claim_out_dir(tmp_path / "new")  # made
-    for folder in (old, interrupted, study, tmp_path / "new"):
+    hidden = tmp_path / "hidden"  # a file browser's or Jupyter's hidden entries: no harm
+    (hidden / ".ipynb_checkpoints").mkdir(parents=True)
+    (hidden / ".DS_Store").write_text("")
+    claim_out_dir(hidden)
+    mixed = tmp_path / "mixed"  # an earlier demo's folder, plus the user's notes: named alone
+    (mixed / "data").mkdir(parents=True)
+    (mixed / "notes.txt").write_text("mine")
+    with pytest.raises(LsrInputError, match=r"did not write \(notes\.txt\)"):
+        claim_out_dir(mixed)
+    for folder in (old, interrupted, study, hidden, tmp_path / "new"):
         assert json.loads((folder / MARKER).read_text())["format"] == "napari-lsr demo"
         claim_out_dir(folder)  # marked: taken as it is
     (mine / MARKER).write_text("{")  # a damaged marker does not make the folder the demo's

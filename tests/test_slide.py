@@ -679,9 +679,6 @@ def test_a_level_of_rounded_size_is_read_at_its_integer_downsample(tmp_path, h, 
     [
         ("cmyk", np.full((64, 64, 4), 255, np.uint8) * np.array([1, 0, 0, 0], np.uint8),
          {"photometric": "separated"}, "CMYK"),
-        ("inverted", np.zeros((64, 64), np.uint8), {"photometric": "miniswhite"}, "MinIsWhite"),
-        ("palette", np.ones((64, 64), np.uint8),
-         {"photometric": "palette", "colormap": np.zeros((3, 256), np.uint16)}, "a palette"),
         ("grey_alpha", np.zeros((64, 64, 2), np.uint8),
          {"photometric": "minisblack", "extrasamples": [2]}, "2 channels"),
         ("if5", np.zeros((5, 64, 64), np.uint16),
@@ -701,6 +698,32 @@ def test_images_that_are_not_rgb_or_grey_are_refused_naming_their_colours(
     with pytest.raises(LsrInputError, match=re.escape(said)) as err:
         open_slide(path)
     assert f"{name}.tif" in str(err.value)
+
+
+def test_one_channel_palette_and_inverted_masks_open_with_their_stored_values(tmp_path):
+    """Masks saved with a colour map (PIL "P") or as MinIsWhite (Fiji) are label images:
+    their stored values are what they mean, so they open as before (cancer = nonzero)."""
+    mask = np.zeros((64, 64), np.uint8)
+    mask[8:40, 8:20] = 1
+    for name, kw in (("palette", {"photometric": "palette",
+                                  "colormap": np.zeros((3, 256), np.uint16)}),
+                     ("inverted", {"photometric": "miniswhite"})):  # fmt: skip
+        path = tmp_path / f"{name}_mask.tif"
+        tifffile.imwrite(path, mask, resolution=(2e4, 2e4), resolutionunit="CENTIMETER", **kw)
+        with open_slide(path) as s:
+            stored = np.asarray(s.read_level(0, 0, 0, 64, 64))
+            np.testing.assert_array_equal(stored.reshape(64, 64, -1)[..., 0] > 0, mask > 0)
+
+
+def test_an_aperio_mpp_beside_print_dpi_tags_is_the_scanners(tmp_path):
+    """Only a pixel size that came from the 72-dpi tags is skipped, not Aperio's MPP."""
+    path = tmp_path / "scan.svs"
+    tifffile.imwrite(path, smooth_rgb(64, 64), photometric="rgb", tile=(32, 32),
+                     resolution=(72, 72), resolutionunit="INCH",
+                     description="Aperio Image Library v12.0.0\n64x64 (32x32) NONE|MPP = 0.25",
+                     metadata=None)  # fmt: skip
+    with open_slide(path) as s:
+        assert s.mpp == pytest.approx(0.25)
 
 
 def test_rgba_and_grey_still_open(tmp_path):

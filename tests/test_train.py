@@ -1559,3 +1559,16 @@ def test_cli_second_ctrl_c_during_an_overwrite_names_the_run_put_back(
     assert "this run kept no checkpoint, and the run it was to replace (--overwrite) is back" in err
     assert "(step 3)" in err and "continues from there" not in err
     assert json.loads((tmp_path / "run" / "latest.json").read_text())["step"] == 3
+
+
+def test_the_trained_network_predicts_at_its_scale_and_class_as_a_loaded_one(
+    pairs: list[tuple[str, str]], tmp_path: Path
+) -> None:
+    """predict_slide's defaults come from the network: TrainResult.model carried neither
+    its scale nor its class names (only lsr.model.load set them)."""
+    from lsr.model import load
+
+    result = train(tiny_config(tmp_path, pairs, steps=1, loss="intra"))
+    loaded, _ = load(result.out_dir)
+    for net in (result.model, loaded):
+        assert net.working_mpp == WORKING_MPP and net.class_names == ("cancer", "non-cancer")

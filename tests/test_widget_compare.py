@@ -97,6 +97,10 @@ def test_compare_draws_scores_and_exports(make_napari_viewer, qtbot, data, tmp_p
             assert np.allclose(layer.edge_color[:, :3], np.array(rgb) / 255)
     assert viewer.layers["boundary: ground truth"].nshapes > 0
     assert viewer.layers["boundary: low-resolution model"].nshapes > 0
+    with tifffile.TiffFile(data / "s.tif") as tf:  # the writer cuts saved shapes to it
+        level0 = list(tf.series[0].levels[0].shape[:2])
+    recorded = viewer.layers["boundary: ground truth"].metadata["lsr_boundary"]
+    assert recorded["level0_shape"] == level0
     prob = viewer.layers["p(cancer): intra+inter-instance (a)"]
     assert not prob.visible and prob.data.shape == (480, 600)
     assert list(w._legend_checks) == ["low_res", "intra_inter", "ground_truth"]

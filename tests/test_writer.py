@@ -198,10 +198,22 @@ def test_writers_never_replace_a_slide_notes_or_a_file_a_layer_is_open_from(
     assert _writer.write_labels_tiff(str(mask), labels, {"scale": (1, 1)}) == [str(mask)]
     assert _writer.write_labels_tiff(str(mask), 2 * labels, {"scale": (1, 1)}) == [str(mask)]
     assert _level0(mask).max() == 2
-    qupath = tmp_path / "q.geojson"
-    qupath.write_text(json.dumps({"type": "FeatureCollection", "features": []}))
-    assert _writer.write_shapes_geojson(str(qupath), square, attrs) == [str(qupath)]
-    assert import_geojson(qupath).area == pytest.approx(16)
+    feature = {
+        "type": "Feature",
+        "properties": {},
+        "geometry": {"type": "Polygon", "coordinates": [[[0, 0], [1, 0], [1, 1], [0, 0]]]},
+    }
+    layouts = {  # every GeoJSON layout import_geojson reads is replaced
+        "collection": json.dumps({"type": "FeatureCollection", "features": []}),
+        "qupath_list": json.dumps([feature]),  # QuPath's default export
+        "bare": json.dumps(feature["geometry"]),
+        "bom": "\ufeff" + json.dumps([feature]),
+    }  # fmt: skip
+    for name, text in layouts.items():
+        qupath = tmp_path / f"{name}.geojson"
+        qupath.write_text(text, encoding="utf-8")
+        assert _writer.write_shapes_geojson(str(qupath), square, attrs) == [str(qupath)], name
+        assert import_geojson(qupath).area == pytest.approx(16)
 
     monkeypatch.setattr(_writer, "_layer_sources", lambda: {mask.resolve(), qupath.resolve()})
     assert _writer.write_labels_tiff(str(mask), labels, {"scale": (1, 1)}) == []

@@ -154,11 +154,17 @@ def _read_json(path: Path) -> Any:
         return None
 
 
+def _listed(out: Path) -> set[str]:
+    """Names in ``out`` but hidden ones (.DS_Store, .ipynb_checkpoints: never the user's
+    results, and the demo never writes such names)."""
+    return {p.name for p in out.iterdir() if not p.name.startswith(".")}
+
+
 def _earlier_demo(out: Path, also: Sequence[str]) -> bool:
     """Whether ``out`` is the folder of a demo that predates :data:`MARKER`: only names lsr
     demo writes (and ``also``), with a demo's results.json or, interrupted before results,
     its data folder."""
-    names = {p.name for p in out.iterdir()}
+    names = _listed(out)
     if not names <= {*OUTPUTS, *also}:
         return False
     if "results.json" in names:
@@ -180,9 +186,10 @@ def claim_out_dir(out: Path, also: Sequence[str] = ()) -> None:
     marker = _read_json(out / MARKER)
     if isinstance(marker, dict) and marker.get("format") == MARK["format"]:
         return
-    held = sorted(p.name for p in out.iterdir()) if out.is_dir() else []
+    held = _listed(out) if out.is_dir() else set()
     if held and not _earlier_demo(out, also):
-        shown = ", ".join(held[:4]) + (", …" if len(held) > 4 else "")
+        foreign = sorted(held - {*OUTPUTS, *also}) or sorted(held)  # else: no demo results.json
+        shown = ", ".join(foreign[:4]) + (", …" if len(foreign) > 4 else "")
         raise LsrInputError(
             f"holds files lsr demo did not write ({shown}); lsr demo replaces its results "
             "there by name, so choose a new or empty --out",

@@ -114,6 +114,18 @@ def _halve(a: np.ndarray, nearest: bool = False) -> np.ndarray:
     return r.mean(axis=(1, 3), dtype=np.float64).astype(a.dtype)
 
 
+def _fraction_halved(band: np.ndarray) -> np.ndarray:
+    """Fraction of each 2×2 of an (H, W) 0/255 mask band that is set, float32 (odd edges
+    replicated, as :func:`_halve`). Counted in uint8: a float copy of the band would be four
+    times its size (a 256 MB band of a wide mask)."""
+    a = band > 0
+    h, w = a.shape
+    if h % 2 or w % 2:
+        a = np.pad(a, [(0, h % 2), (0, w % 2)], mode="edge")
+    counts = a.reshape(a.shape[0] // 2, 2, a.shape[1] // 2, 2).sum(axis=(1, 3), dtype=np.uint8)
+    return counts.astype(np.float32) * np.float32(0.25)
+
+
 def _to_rgb_uint8(arr: np.ndarray, path: Path | None) -> np.ndarray:
     """(h, w[, 1|3|4]) uint8 -> (h, w, 3) uint8: grey replicated, RGBA composited over white
     (transparent = no tissue, as OpenSlide does), so every backend gives the same pixels."""
@@ -677,7 +689,11 @@ def _mpp_from_metadata(ts: Any, path: Path) -> float:
     sources: list[tuple[str, Any]] = []
     if (ome := _mpp_from_ome(ts)) is not None:
         sources.append(("x", {"x": ome}))
-    if (dpi := _screen_dpi(ts)) is None:
+    dpi = _screen_dpi(ts)
+    with contextlib.suppress(TypeError, ValueError):  # the tags' value, not Aperio's MPP
+        if dpi is not None and abs(float(ts.properties.get("tiffslide.mpp-x")) * dpi - 25400) > 1:
+            dpi = None
+    if dpi is None:
         sources.append(("tiffslide.mpp-x", ts.properties))
     if (imagej := _mpp_from_imagej(ts)) is not None:
         sources.append(("x", {"x": imagej}))
@@ -712,7 +728,9 @@ def _check_colour_model(tf: Any, channels: int, path: Path) -> None:
         photometric = int(page.photometric)
     except Exception:  # no series to look at: the reader's own checks speak
         return
-    if photometric in _FOREIGN_COLOURS:
+    if photometric in _FOREIGN_COLOURS and not (photometric in (0, 3) and channels in (0, 1)):
+        # (a one-channel MinIsWhite or palette TIFF is read as its stored values: what a
+        # mask or label image means; only as a slide would its grey be off)
         raise LsrInputError(
             f"its colour model is {_FOREIGN_COLOURS[photometric]}, not RGB or grey, and would "
             "be shown in wrong colours: save the slide as RGB (e.g. an OME-TIFF from QuPath)",
@@ -1055,10 +1073,14 @@ def write_pyramidal_tiff(
             for y in range(0, h, band_rows):
                 band = convert(image[y : min(y + band_rows, h)])
                 if maps:
-                    staged = band if stage_dtype == store_dtype else (band > 0).astype(stage_dtype)
-                    half = _halve(staged, nearest)
-                    del staged
-                    maps[0][y // 2 : y // 2 + half.shape[0]] = half
+                    if stage_dtype != store_dtype:  # majority: 1024 rows at a time
+                        for sy in range(0, band.shape[0], 1024):
+                            half = _fraction_halved(band[sy : sy + 1024])
+                            at = (y + sy) // 2
+                            maps[0][at : at + half.shape[0]] = half
+                    else:
+                        half = _halve(band, nearest)
+                        maps[0][y // 2 : y // 2 + half.shape[0]] = half
                 yield from _tiles_of_band(band, tile)
                 del band
 

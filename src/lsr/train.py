@@ -1255,6 +1255,8 @@ def _train(
 
     torch.manual_seed(cfg.seed)
     model = UNet(len(table.class_names), cfg.width, cfg.depth, cfg.norm)
+    # what lsr.model.load gives a checkpoint's network: TrainResult.model predicts as trained
+    model.working_mpp, model.class_names = float(cfg.working_mpp), tuple(table.class_names)
     prior = _prior(cfg, table)
     if prior is not None:
         model.init_prior(prior)

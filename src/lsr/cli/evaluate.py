@@ -522,8 +522,9 @@ def find_manifest(paths: list[Path], unreadable: list[str] | None = None) -> Pat
                 try:
                     data = json.loads(candidate.read_text(encoding="utf-8"))
                 except (OSError, ValueError) as err:
-                    if unreadable is not None:
-                        unreadable.append(f"{candidate}: cannot read it ({err})")
+                    line = f"{candidate}: cannot read it ({err})"
+                    if unreadable is not None and line not in unreadable:  # once, not per file
+                        unreadable.append(line)
                     continue
                 if isinstance(data, dict) and data.get("format") == MANIFEST_FORMAT:
                     return candidate
