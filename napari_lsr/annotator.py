@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import getpass
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -912,6 +913,14 @@ def check_autosave_folder(folder: str | Path) -> None:
                 if q != p:
                     problem = f"is a file, so the autosave folder {p} cannot be made in it"
                 raise LsrInputError(f"{problem}: choose another autosave folder", q)
+            try:  # a read-only share: every estimate would live in memory only
+                tempfile.TemporaryFile(dir=q).close()
+            except OSError as err:
+                raise LsrInputError(
+                    f"cannot write there ({err.strerror or err}), so the estimates could not "
+                    "be autosaved: choose another autosave folder",
+                    q,
+                ) from None
             return
 
 

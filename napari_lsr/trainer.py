@@ -739,7 +739,7 @@ class TrainerWidget(QWidget):
             return None
         try:
             return kind(float(text)) if kind is int else kind(text)
-        except ValueError:
+        except (ValueError, OverflowError):  # "inf", "1e400" for a whole number
             raise LsrInputError(f"'{text}' is not a number") from None
 
     def configs(self) -> list[Any]:

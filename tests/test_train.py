@@ -141,6 +141,8 @@ def test_defaults_per_loss_and_overrides() -> None:
         ({"grad_clip": -1.0}, "grad_clip=-1.0: a gradient norm ≥ 0"),
         ({"weight_decay": -0.1}, "weight_decay=-0.1: must be ≥ 0"),
         ({"seed": -1}, "seed=-1: must be ≥ 0"),
+        ({"lr": float("inf")}, "lr=inf: must be a finite number > 0"),
+        ({"batch_size": 10**6}, "batch_size=1000000: 1,000,000 blocks per step; at most 65,536"),
         ({"depth": 8, "block_px": 240}, "depth=8: 8 halvings shrink the network's 240-px input"),
         (
             {"depth": 6, "block_px": 16, "context_px": 8},
@@ -156,6 +158,13 @@ def test_out_of_range_settings_fail_before_training(setting: dict, why: str) -> 
         TrainConfig(loss="intra", **setting).resolved()
     assert TrainConfig(loss="intra", **base).resolved()  # the defaults pass
     assert TrainConfig(loss="intra", block_px=16, context_px=8, depth=5).resolved()  # 32 px → 1
+
+
+def test_groups_past_any_memory_are_refused_before_a_process_starts() -> None:
+    """The Trainer's 1e12 groups per batch only failed, in its process, as out of memory."""
+    with pytest.raises(LsrInputError, match=r"groups_per_batch=10000000: 40,000,000 blocks"):
+        TrainConfig(loss="inter", groups_per_batch=10**7, group_size=4).resolved()
+    assert TrainConfig(loss="intra", groups_per_batch=10**7).resolved()  # intra has no groups
 
 
 @pytest.mark.parametrize(

@@ -298,6 +298,31 @@ def test_an_autosave_folder_that_is_a_file_is_refused_at_start(
     assert afile.read_text() == "mine"
 
 
+def test_an_autosave_folder_that_cannot_be_written_is_refused_at_start(
+    make_napari_viewer, tmp_path, errors, monkeypatch
+):
+    """A read-only share: Start succeeded and every estimate lived in memory only (each
+    Enter said "Autosave failed")."""
+    import napari_lsr.annotator as ann
+
+    slide, grid = write_slide(tmp_path)
+    viewer = make_napari_viewer()
+    w = open_annotator(viewer, slide, grid)
+    share = tmp_path / "share"
+    share.mkdir()
+    w.folder.setText(str(share / "not-yet"))
+
+    def read_only(*args, **kw):
+        raise OSError(30, "Read-only file system")
+
+    monkeypatch.setattr(ann.tempfile, "TemporaryFile", read_only)
+    assert not w.start() and w.session is None
+    assert f"{share}: cannot write there (Read-only file system)" in errors[-1]
+    assert "choose another autosave folder" in errors[-1] and not (share / "not-yet").exists()
+    monkeypatch.undo()
+    assert w.start() and w.session is not None  # a writable folder is taken
+
+
 def test_saving_coarse_labels_replaces_only_a_coarse_grid_saved_before(
     make_napari_viewer, tmp_path, errors
 ):

@@ -398,6 +398,16 @@ def test_a_fresh_trainer_starts_from_lsr_trains_defaults(make_napari_viewer, dat
     w2.detach()
 
 
+@pytest.mark.parametrize("text", ["inf", "1e400", "abc"])
+def test_a_number_field_that_is_no_whole_number_is_named_not_raised(widget, data, text) -> None:
+    """'inf' in Batch raised OverflowError through napari; the status stayed "Ready."."""
+    widget.set_pairs(tp.find_pairs(data))
+    widget.batch_size.setText(text)
+    with pytest.raises(LsrInputError, match=f"'{text}' is not a number"):
+        widget.configs()  # what Train calls, and says as "Cannot start training: …"
+    widget.batch_size.setText("")
+
+
 def test_a_folder_sets_block_size_from_its_sidecars_and_refuses_two_that_disagree(
     widget, tmp_path
 ) -> None:

@@ -72,6 +72,10 @@ from lsr.errors import LsrInputError
 from lsr.model import NORMS, UNet, normalise_rgb
 from lsr.sampler import GroupBatchSampler, SamplerWarning, ShuffledBatchSampler
 
+#: Most blocks one training step may take (batch_size, or groups × group size): far past
+#: any GPU's memory; a larger number is a typo that would only fail as out of memory.
+MAX_BLOCKS_PER_STEP = 65_536
+
 LOSSES: tuple[str, ...] = ("intra", "inter", "intra_inter", "intra_plus_inter")
 """The paper's three losses, then ``intra_plus_inter``: intra's per-block term plus the
 inter term (:func:`lsr.losses.intra_plus_inter_loss`; not in the paper, docs/results.md)."""
@@ -246,8 +250,19 @@ class TrainConfig:
         for name in ("context_px", "warmup_steps", "num_workers", "depth", "seed"):
             if int(getattr(self, name)) < 0:
                 raise bad(name, "must be ≥ 0")
-        if self.lr is not None and not self.lr > 0:
-            raise bad("lr", "must be > 0")
+        if self.lr is not None and not 0 < self.lr < math.inf:  # inf: NaN at the first step
+            raise bad("lr", "must be a finite number > 0")
+        if self.loss == "intra":
+            per_step, name = int(self.batch_size or 0), "batch_size"
+        else:
+            per_step = int(self.groups_per_batch or 0) * int(self.group_size or 0)
+            name = "groups_per_batch"
+        if per_step > MAX_BLOCKS_PER_STEP:  # 1e12 groups "ran out of host memory" in a process
+            raise bad(
+                name,
+                f"{per_step:,} blocks per step; at most {MAX_BLOCKS_PER_STEP:,} (a 240-px block "
+                "with its context is about 1 MB of input, before the network's activations)",
+            )
         if not self.working_mpp > 0:
             raise bad("working_mpp", "must be > 0")
         if not 0 <= self.min_tissue <= 1:
