@@ -139,6 +139,7 @@ class AnnotatorWidget(QWidget):
         self._worker = None
         # (expert, its CloseWatch) while tissue blocks are being found
         self._starting: tuple[str, CloseWatch] | None = None
+        self._painted_text = ""  # the percentage field as the last paint stroke set it
         self._hidden_grids: list = []  # grid layers hidden while the bin is hidden
 
         # -- setup
@@ -482,6 +483,8 @@ class AnnotatorWidget(QWidget):
         """Record the typed (or slider / painted) percentage and go to the next block."""
         if self.session is None:
             return
+        if self.percent.text() == self._painted_text and self._layer(PAINT_LAYER) is not None:
+            self._painted()  # napari's undo/redo of a stroke emits no paint event: read it now
         text = self.percent.text().strip().rstrip("%").replace(",", ".").strip()
         if not text:
             self.message.setText("Type the cancer percentage (0-100), then Enter.")
@@ -676,6 +679,7 @@ class AnnotatorWidget(QWidget):
         layer = self._layer(PAINT_LAYER)
         if layer is not None:
             self.percent.setText(f"{100.0 * float((np.asarray(layer.data) > 0).mean()):.0f}")
+            self._painted_text = self.percent.text()
             self._text_to_slider(self.percent.text())
 
     def paint_coarse_labels(self) -> None:

@@ -172,6 +172,17 @@ def test_tissue_only_and_painting(make_napari_viewer, qtbot, tmp_path, errors):
     w.record_typed()
     assert w.session.results[0].percent_cancer == 25
     assert not np.asarray(paint.data).any()  # fresh paint for the next block
+    # a stroke, then napari's undo (which emits no paint event): Enter records what is painted
+    paint.brush_size = 40
+    paint.paint((50, 50), 1)  # (a mouse stroke's paint event comes once it is committed:)
+    paint.events.paint(value=[])
+    stroke = w.percent.text()
+    assert float(stroke) == pytest.approx(100 * (np.asarray(paint.data) > 0).mean(), abs=0.5)
+    assert float(stroke) > 5
+    paint.undo()
+    assert not np.asarray(paint.data).any() and w.percent.text() == stroke  # stale field …
+    w.record_typed()
+    assert w.session.results[1].percent_cancer == 0  # … but the block is recorded unpainted
     # coarse labels for users without a classifier, saved as a grid the reader opens
     w.paint_coarse_labels()
     coarse = viewer.layers["coarse labels (paint z)"]
