@@ -705,6 +705,16 @@ class AnnotatorWidget(QWidget):
             block_px = max(1, round(b / max(WORKING_MPP, slide["mpp"])))
         shape = tuple(int(np.ceil(e / b - 0.005)) for e in slide["extent_um"])
         layer = self._layer(COARSE_LAYER)
+        owner = (layer.metadata.get("lsr_coarse") or {}).get("slide") if layer else None
+        if layer is not None and (owner != slide["name"] or tuple(layer.data.shape) != shape):
+            # another slide's painting: reused, it was saved as this slide's grid (wrong size)
+            self._notify(
+                f"The layer '{COARSE_LAYER}' holds the coarse labels of {owner or 'another slide'}"
+                f" ({layer.data.shape[0]} x {layer.data.shape[1]} blocks; {slide['name']} needs "
+                f"{shape[0]} x {shape[1]}): save them (Save grid) and delete or rename that "
+                f"layer to paint {slide['name']}."
+            )
+            return
         if layer is None:
             from napari_lsr._reader import _z_colormap
 

@@ -207,6 +207,18 @@ def test_tissue_only_and_painting(make_napari_viewer, qtbot, tmp_path, errors):
     assert w.save_coarse_grid(tmp_path / "roi") is None and "not a grid sidecar" in errors[-1]
     assert not (tmp_path / "roi_grid.npy").exists()  # no grid saved without its sidecar
     assert "FeatureCollection" in (tmp_path / "roi_grid.json").read_text()
+    # another slide chosen: s's painting is not reused as its labels (saved at the wrong size)
+    other = tmp_path / "t"
+    other.mkdir()
+    write_pyramidal_tiff(other / "t.tif", np.full((H + B, W, 3), 200, np.uint8), mpp=MPP,
+                         tile=256, compression="zlib", min_size=128)  # fmt: skip
+    viewer.open(other / "t.tif", plugin="napari-lsr")
+    w.slide_combo.setCurrentText("t")
+    painted = np.asarray(coarse.data).copy()
+    w.paint_coarse_labels()
+    assert "holds the coarse labels of s.tif (4 x 5 blocks; t.tif needs 5 x 5)" in errors[-1]
+    assert np.array_equal(coarse.data, painted) and coarse.data.shape == (4, 5)
+    w.slide_combo.setCurrentText("s")
     # ground truth and Compare's layers are no low-res labels
     mask = np.zeros((H, W), np.uint8)
     viewer.add_labels(mask, name="gt", metadata={"lsr_slide": {"path": "x_gt.tif"}})
