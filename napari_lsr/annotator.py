@@ -54,7 +54,7 @@ from napari_lsr._reader import UNITS
 from napari_lsr._sample_data import is_shipped
 from napari_lsr.closing import CloseWatch
 from napari_lsr.counttable_widget import CountTableWidget
-from napari_lsr.layer_choice import follow_renames, refill
+from napari_lsr.layer_choice import follow_renames, follow_slide, named_after, refill
 from napari_lsr.viewer_compat import camera as _camera
 from napari_lsr.viewer_compat import canvas_size as _canvas_size
 
@@ -147,6 +147,7 @@ class AnnotatorWidget(QWidget):
         self.slide_combo.setToolTip("The whole-slide image (opened with napari-lsr: µm scale)")
         self.grid_combo = QComboBox()
         self.grid_combo.setToolTip("Low-resolution labels: one pixel per block (z or p)")
+        self.slide_combo.currentTextChanged.connect(self._follow_slide)
         self.expert = QLineEdit(_user())
         self.expert.setToolTip("Your name: each expert has an autosave file of their own")
         self.per_bin = QSpinBox()
@@ -320,7 +321,12 @@ class AnnotatorWidget(QWidget):
                 grids.append(layer.name)  # not a slide-sized mask (ground truth)
         refill(self.slide_combo, slides)
         z_names = [n for n in grids if n.endswith(" z")]  # prefer the z labels of a grid reader
-        refill(self.grid_combo, grids, z_names[-1] if z_names else None)
+        own = named_after(z_names, self.slide_combo.currentText())  # the slide's own grid
+        refill(self.grid_combo, grids, own or (z_names[-1] if z_names else None))
+
+    def _follow_slide(self, slide: str) -> None:
+        """Another slide chosen: its own grid's z labels, when a layer is named so."""
+        follow_slide(self.grid_combo, slide, prefer=" z")
 
     def _layer(self, name: str):
         try:

@@ -47,7 +47,7 @@ from lsr.errors import LsrInputError
 from lsr.metrics import PAPER_TABLE2 as PAPER
 from napari_lsr._reader import UNITS
 from napari_lsr.closing import CloseWatch
-from napari_lsr.layer_choice import follow_renames, refill
+from napari_lsr.layer_choice import follow_renames, follow_slide, named_after, refill
 from napari_lsr.viewer_compat import camera as _camera
 from napari_lsr.viewer_compat import canvas_size
 
@@ -127,6 +127,7 @@ class CompareWidget(QWidget):
         data = QGroupBox("Data")
         form = QFormLayout(data)
         self.slide_combo, self.grid_combo, self.gt_combo = QComboBox(), QComboBox(), QComboBox()
+        self.slide_combo.currentTextChanged.connect(self._follow_slide)
         self.gt_path = QLineEdit()
         self.gt_path.setPlaceholderText("mask .tif/.png or QuPath .geojson")
         self.gt_path.textEdited.connect(lambda _t: self.gt_combo.setCurrentText(FILE))
@@ -268,6 +269,11 @@ class CompareWidget(QWidget):
         return box
 
     # ------------------------------------------------------------------ inputs
+    def _follow_slide(self, slide: str) -> None:
+        """Another slide chosen: its own grid and ground truth, when layers are named so."""
+        follow_slide(self.grid_combo, slide)
+        follow_slide(self.gt_combo, slide)
+
     def refresh_layers(self, event: Any = None) -> None:
         """Fill the slide, grid and ground-truth choices from the viewer's layers (called
         when a layer is added, removed or renamed)."""
@@ -292,8 +298,10 @@ class CompareWidget(QWidget):
             and not ly.name.startswith("annotator:")
         ]
         refill(self.slide_combo, slides)
-        refill(self.grid_combo, grids)
-        refill(self.gt_combo, [NONE, FILE, *labels], labels[0] if labels else None)
+        slide = self.slide_combo.currentText()  # the slide's own grid and truth, when named so
+        refill(self.grid_combo, grids, named_after(grids, slide))
+        own_truth = named_after(labels, slide)
+        refill(self.gt_combo, [NONE, FILE, *labels], own_truth or (labels[0] if labels else None))
 
     def refresh_models(self) -> None:
         """List the finished models of the model folder (newest first), all checked."""

@@ -33,3 +33,27 @@ def follow_renames(layers: Iterable[Any], callback: Callable[..., Any]) -> None:
     """
     for layer in layers:
         layer.events.name.connect(callback)
+
+
+def named_after(items: Sequence[str], slide: str) -> str | None:
+    """The first of ``items`` named after the slide layer ``slide`` (the readers name a
+    layer after its file: ``s_grid z``, ``s_gt`` belong to slide ``s``), or None.
+
+    Why: with two cases open, a widget took the last grid or the first labels layer,
+    whichever slide they came from, and scored or sampled one case with the other's."""
+    if not slide:
+        return None
+    for name in items:
+        if name.startswith((f"{slide}_", f"{slide} ")):
+            return name
+    return None
+
+
+def follow_slide(combo: QComboBox, slide: str, prefer: str = "") -> None:
+    """Choose the item of ``combo`` named after ``slide``, when there is one; among them
+    one ending with ``prefer`` first (the annotator's `` z`` labels of a grid)."""
+    items = [combo.itemText(i) for i in range(combo.count())]
+    preferred = [n for n in items if n.endswith(prefer)] if prefer else []
+    match = named_after(preferred, slide) or named_after(items, slide)
+    if match is not None:
+        combo.setCurrentText(match)

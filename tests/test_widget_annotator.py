@@ -402,3 +402,23 @@ def test_closing_the_dock_while_tissue_is_found_starts_no_session(
     w.deleteLater()  # out of the dock, napari no longer owns it (its viewer check counts it)
     del w
     qtbot.wait(50)
+
+
+def test_with_two_cases_open_the_grid_follows_the_slide(make_napari_viewer, tmp_path, errors):
+    """Slides s and u with their grids: the annotator took the last grid (u's) for slide s
+    and sampled s by u's labels without a word."""
+    import shutil
+
+    slide, grid = write_slide(tmp_path)
+    for suffix in (".tif", "_grid.npy", "_grid.json"):
+        shutil.copy(tmp_path / f"s{suffix}", tmp_path / f"u{suffix}")
+    viewer = make_napari_viewer()
+    for path in (slide, grid, tmp_path / "u.tif", tmp_path / "u_grid.npy"):
+        viewer.open(path, plugin="napari-lsr")
+    _dock, w = viewer.window.add_plugin_dock_widget("napari-lsr", "Count-table annotator")
+    assert (w.slide_combo.currentText(), w.grid_combo.currentText()) == ("s", "s_grid z")
+    w.slide_combo.setCurrentText("u")
+    assert w.grid_combo.currentText() == "u_grid z"
+    w.slide_combo.setCurrentText("s")
+    assert w.grid_combo.currentText() == "s_grid z"
+    assert not errors

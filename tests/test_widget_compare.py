@@ -507,3 +507,26 @@ def test_close_watch_sees_the_dock_closed_or_the_window_closed_not_a_hidden_tab(
     watch.stop()  # the work ended: closing later calls nothing
     win.close()
     assert calls == []
+
+
+def test_with_two_cases_open_grid_and_truth_follow_the_slide(
+    make_napari_viewer, data, tmp_path, messages
+):
+    """Cases s and u: choosing slide u kept s's grid and ground truth, and Compare scored u
+    against the other slide's truth without a word."""
+    import shutil
+
+    for suffix in (".tif", "_grid.npy", "_grid.json", "_gt.tif"):
+        shutil.copy(data / f"s{suffix}", tmp_path / f"u{suffix}")
+    viewer = make_napari_viewer()
+    w = open_widget(viewer, data, tmp_path)
+    for name in ("u.tif", "u_grid.npy", "u_gt.tif"):
+        viewer.open(tmp_path / name, plugin="napari-lsr")
+    assert (w.slide_combo.currentText(), w.grid_combo.currentText(), w.gt_combo.currentText()) == (
+        "s", "s_grid p(cancer)", "s_gt",
+    )  # fmt: skip
+    w.slide_combo.setCurrentText("u")
+    assert (w.grid_combo.currentText(), w.gt_combo.currentText()) == ("u_grid p(cancer)", "u_gt")
+    w.slide_combo.setCurrentText("s")
+    assert (w.grid_combo.currentText(), w.gt_combo.currentText()) == ("s_grid p(cancer)", "s_gt")
+    assert not messages["error"]
