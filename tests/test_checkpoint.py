@@ -113,3 +113,40 @@ def test_the_newest_checkpoints_are_kept_past_step_999999(tmp_path):
     with pytest.raises(LsrInputError) as err:
         resolve(out)
     assert str(err.value).index("step-1000000") < str(err.value).index("step-999900")
+
+
+def test_a_run_killed_before_its_latest_json_resumes_from_its_whole_checkpoint(run):
+    """Killed between the checkpoint's rename and latest.json: `--resume OUT` and `lsr predict
+    -m OUT` said "not an lsr checkpoint", and only --overwrite (losing it) went on."""
+    (run / "latest.json").unlink()
+    (run / "checkpoints" / "step-000006").mkdir()  # a later one, not whole: never taken
+    assert resolve(run) == run / "checkpoints" / "step-000004"
+    read_model(run)
+    shutil.rmtree(run / "checkpoints")
+    with pytest.raises(LsrInputError, match="not an lsr checkpoint or training folder"):
+        resolve(run)
+
+
+def test_pruning_renames_a_checkpoint_away_before_deleting_it(tmp_path, monkeypatch):
+    """A kill while an old checkpoint was deleted left a half-deleted step-N under its name."""
+    import lsr.checkpoint as ck
+
+    out = tmp_path / "run"
+    net = UNet(2, width=4, depth=1)
+    opt = torch.optim.SGD(net.parameters(), lr=0.1)
+    deleting: list[tuple[str, bool]] = []
+    real_rmtree = shutil.rmtree
+
+    def watch(path, *args, **kw):
+        deleting.append((path.name, (out / "checkpoints" / "step-000001").exists()))
+        real_rmtree(path, *args, **kw)
+
+    monkeypatch.setattr(ck.shutil, "rmtree", watch)
+    for step in (1, 2, 3):
+        write_checkpoint(out, step, model_state=net.state_dict(), metadata={"model": net.config()},
+                         optimizer_state=opt.state_dict(), trainer_state={}, keep=2)  # fmt: skip
+    assert [name.startswith(".step-000001.old-") for name, _ in deleting] == [True]
+    assert deleting[0][1] is False  # step-000001 had left its name before any file went
+    assert sorted(p.name for p in (out / "checkpoints").iterdir()) == [
+        "step-000002", "step-000003",
+    ]  # fmt: skip

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -792,3 +793,19 @@ def test_an_unusable_synth_manifest_is_named_not_silently_replaced_by_defaults(
     assert str(test.parent / "manifest.json") in "".join(res.output.split())
     assert why in text and f"using the default --band {DEFAULT_BAND_PX}" in text
     assert json.loads((tmp_path / "o.json").read_text())["band"] == DEFAULT_BAND_PX
+
+
+def test_a_killed_saves_hidden_temporary_in_the_prediction_folder_is_not_a_patch(tmp_path, runner):
+    """A save killed before its rename leaves preds/.p.tmp-….npy: the rerun failed on it
+    ("no ground-truth file for patch ''")."""
+    preds, gts = tmp_path / "preds", tmp_path / "gts"
+    preds.mkdir()
+    gts.mkdir()
+    np.save(preds / "p.npy", np.ones((B, B), np.float32))
+    np.save(preds / ".p.tmp-1a2b3c.npy", np.ones((B, 1), np.float32))
+    np.save(gts / "p_gt.npy", np.ones((B, B), np.uint8))
+    res = runner.invoke(app, ["evaluate", "-p", str(preds), "--gt", str(gts), "--json",
+                              str(tmp_path / "o.json")])  # fmt: skip
+    assert res.exit_code == 0, res.output
+    rows = json.loads((tmp_path / "o.json").read_text())["per_patch"]
+    assert [Path(r["pred"]).name for r in rows] == ["p.npy"]

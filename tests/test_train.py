@@ -1581,3 +1581,19 @@ def test_the_trained_network_predicts_at_its_scale_and_class_as_a_loaded_one(
     loaded, _ = load(result.out_dir)
     for net in (result.model, loaded):
         assert net.working_mpp == WORKING_MPP and net.class_names == ("cancer", "non-cancer")
+
+
+def test_a_run_killed_before_latest_json_resumes_and_is_listed(
+    pairs: list[tuple[str, str]], tmp_path: Path
+) -> None:
+    """Killed between its checkpoint's rename and latest.json: only --overwrite went on."""
+    from lsr.training_process import has_checkpoint, list_models
+
+    out = tmp_path / "run"
+    assert train(tiny_config(tmp_path, pairs, steps=2, checkpoint_every=2, loss="intra")).ok
+    (out / "latest.json").unlink()
+    assert has_checkpoint(out) and [m.checkpoint for m in list_models(out)] == [
+        str(out / "checkpoints" / "step-000002")
+    ]
+    resumed = train(tiny_config(tmp_path, pairs, steps=4, loss="intra", resume=str(out)))
+    assert resumed.ok and resumed.step == 4 and read_checkpoint(out).step == 4

@@ -189,8 +189,7 @@ def write_checkpoint(
             atomic_write_bytes(tmp / name, data)
         atomic_write_text(tmp / METADATA, json.dumps(meta, indent=1, default=str) + "\n")
         if final.exists():
-            trash = Path(tempfile.mkdtemp(prefix=f".{final.name}.old-", dir=root))
-            os.replace(final, trash / final.name)
+            trash = _set_aside(final)
             os.replace(tmp, final)
             shutil.rmtree(trash, ignore_errors=True)
         else:
@@ -203,8 +202,23 @@ def write_checkpoint(
     if keep is not None:
         olds = [p for p in by_step(root) if p != final]
         for old in olds[: max(len(olds) - (keep - 1), 0)]:
-            shutil.rmtree(old, ignore_errors=True)
+            # renamed first: a process killed while deleting leaves a hidden .step-N.old-…
+            # (removed by the next run), never a half-deleted step-N under its own name
+            with contextlib.suppress(OSError):
+                shutil.rmtree(_set_aside(old), ignore_errors=True)
     return final
+
+
+def _set_aside(folder: Path) -> Path:
+    """Move checkpoint ``folder`` into a new hidden ``.<name>.old-…`` folder beside it (one
+    rename, so it is either whole under its name or gone from it); returns that folder."""
+    trash = Path(tempfile.mkdtemp(prefix=f".{folder.name}.old-", dir=folder.parent))
+    try:
+        os.replace(folder, trash / folder.name)
+    except OSError:
+        shutil.rmtree(trash, ignore_errors=True)
+        raise
+    return trash
 
 
 # ---------------------------------------------------------------------- reading
@@ -239,6 +253,11 @@ def resolve(path: str | os.PathLike[str]) -> Path:
                 latest,
             )
         return target
+    # a run killed between its first checkpoint and latest.json: the checkpoint is whole
+    # (it took its name in one rename, last), so the run resumes from it
+    whole = [c for c in by_step(p / CHECKPOINTS, newest_first=True) if (c / METADATA).exists()]
+    if whole:
+        return whole[0]
     raise LsrInputError(f"not an lsr checkpoint or training folder (no {METADATA} or {LATEST})", p)
 
 

@@ -288,7 +288,9 @@ def train_loss(
         out_dir=str(run_dir),
         **overrides,
     )  # fmt: skip
-    if (run_dir / "latest.json").exists():
+    from lsr.training_process import has_checkpoint
+
+    if has_checkpoint(run_dir):
         tcfg.resume = str(run_dir)
     elif run_json.exists():  # an attempt that stopped before its first checkpoint: start again
         tcfg.overwrite = True

@@ -202,7 +202,13 @@ def read_config(run_dir: str | os.PathLike[str]) -> dict[str, Any]:
 
 
 def has_checkpoint(run_dir: str | os.PathLike[str]) -> bool:
-    return (Path(run_dir) / LATEST).is_file()
+    """Whether the run has a checkpoint to continue from: ``latest.json``, or a whole
+    ``checkpoints/step-N`` of a run killed before it wrote ``latest.json`` (what
+    :func:`lsr.checkpoint.resolve` falls back to)."""
+    run = Path(run_dir)
+    if (run / LATEST).is_file():
+        return True
+    return any((c / "checkpoint.json").is_file() for c in (run / "checkpoints").glob("step-*"))
 
 
 def prepare_resume(run_dir: str | os.PathLike[str], steps: int | None = None) -> Path:
@@ -623,7 +629,7 @@ def _model_of(
 ) -> ModelInfo | None:
     from lsr.checkpoint import read_metadata
 
-    if not (run / LATEST).is_file():
+    if not has_checkpoint(run):
         return None
     try:
         folder, meta = read_metadata(run)

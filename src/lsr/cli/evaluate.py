@@ -31,8 +31,12 @@ def _expand(paths: list[Path], suffixes: tuple[str, ...] = _SUFFIXES) -> list[Pa
     grids may also be .csv), sorted by name."""
     out: list[Path] = []
     for p in paths:
-        if p.is_dir():
-            out += sorted(q for q in p.iterdir() if q.suffix.lower() in suffixes)
+        if p.is_dir():  # hidden names: a killed save's .x.tmp-….tif, .DS_Store, never data
+            out += sorted(
+                q
+                for q in p.iterdir()
+                if q.suffix.lower() in suffixes and not q.name.startswith(".")
+            )
         elif not p.exists():
             raise LsrInputError("file not found", p)
         else:
