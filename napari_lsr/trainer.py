@@ -753,6 +753,10 @@ class TrainerWidget(QWidget):
             raise LsrInputError("choose at least one loss")
         table, in_memory = self.current_table()
         init_from, init_net = self._init_from_model(in_memory or table)
+        chosen = in_memory
+        if chosen is None:
+            chosen = CountTable.paper_table1() if table == "paper" else CountTable.load(table)
+        tp.check_grid_bins([g for _, g in self._pairs], self.block_px.value(), chosen.edges)
         out = []
         for loss in losses:
             cfg = TrainConfig(

@@ -398,6 +398,23 @@ def test_a_fresh_trainer_starts_from_lsr_trains_defaults(make_napari_viewer, dat
     w2.detach()
 
 
+def test_a_table_with_fewer_bins_than_the_grids_is_refused_before_a_run_starts(
+    widget, data, tmp_path
+) -> None:
+    """A 5-bin table for grids of ready bins 0-9 failed only in the training process, once
+    the slides were read, and left a failed run folder with Resume enabled."""
+    from lsr.counttable import CountTable
+
+    edges = (0.0, 0.2, 0.4, 0.6, 0.8, 1.0)
+    eta = np.array([[0.05, 0.95], [0.2, 0.8], [0.4, 0.6], [0.6, 0.4], [0.8, 0.2]])
+    CountTable(eta, np.full_like(eta, 0.05), edges).save(tmp_path / "five.json")
+    assert widget.set_table_file(tmp_path / "five.json")
+    widget.add_folder(data)
+    with pytest.raises(LsrInputError, match=r"_grid\.npy: the grid's ready bins go up to 9"):
+        widget.configs()
+    assert not widget.train() and not list((tmp_path / "models").glob("*"))
+
+
 @pytest.mark.parametrize("text", ["inf", "1e400", "abc"])
 def test_a_number_field_that_is_no_whole_number_is_named_not_raised(widget, data, text) -> None:
     """'inf' in Batch raised OverflowError through napari; the status stayed "Ready."."""

@@ -138,6 +138,19 @@ def check_data(
     return shapes
 
 
+def check_grid_bins(grids: Iterable[str], block_px: int, edges: Sequence[float]) -> None:
+    """Refuse a grid of ready bins beyond the count table's (a 10-bin grid, a 5-bin table)
+    before a training process starts: there it failed only once the slides were read,
+    leaving a failed run folder. Reads the grids only (small), not the slides."""
+    from lsr.grid import load_grid
+
+    for grid_path in grids:
+        try:
+            load_grid(grid_path, block_px=block_px).bins(tuple(edges))
+        except LsrInputError as err:
+            raise LsrInputError(err.problem, grid_path, err.where) from None
+
+
 # ====================================================================== run folders
 def _now() -> str:
     return datetime.now().astimezone().isoformat(timespec="seconds")
