@@ -140,6 +140,8 @@ class AnnotatorWidget(QWidget):
         # (expert, its CloseWatch) while tissue blocks are being found
         self._starting: tuple[str, CloseWatch] | None = None
         self._painted_text = ""  # the percentage field as the last paint stroke set it
+        # the other experts' autosaves merged with this session, while the merged table shows
+        self._merged_paths: list[str | Path] | None = None
         self._hidden_grids: list = []  # grid layers hidden while the bin is hidden
 
         # -- setup
@@ -468,6 +470,7 @@ class AnnotatorWidget(QWidget):
             self._notify(f"Cannot start: {err}")
             return
         self.session = session
+        self._merged_paths = None  # a new session shows its own table
         if note:
             (self._notify if "corrupt" in note else self._info)(note)
         short = np.flatnonzero(session.sampled_per_bin() < session.per_bin)
@@ -789,9 +792,13 @@ class AnnotatorWidget(QWidget):
 
     # ------------------------------------------------------------------ tables
     def _update_table(self) -> None:
-        if self.session is not None:
-            table = self.session.table()
-            self.table_widget.set_table(table, f"live: {self.session.expert}")
+        if self.session is None:
+            return
+        if self._merged_paths is not None:
+            if self.merge(self._merged_paths) is not None:
+                return  # the merged table stays shown, with this estimate (the Trainer takes it)
+            self._merged_paths = None  # (said why once) the live table from now on
+        self.table_widget.set_table(self.session.table(), f"live: {self.session.expert}")
 
     def export(self, path: str | Path) -> bool:
         """Write this session's table as CSV or JSON (by suffix, atomic)."""
@@ -826,6 +833,7 @@ class AnnotatorWidget(QWidget):
             self._notify(f"Cannot merge: {err}")
             return None
         experts = " + ".join(sorted({s.expert for s in sessions}))
+        self._merged_paths = list(paths)
         self.merged = table
         self.table_widget.set_table(table, f"merged: {experts}")
         return table

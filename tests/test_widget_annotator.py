@@ -131,10 +131,17 @@ def test_two_experts_merge_and_export(make_napari_viewer, qtbot, tmp_path, error
     w.expert.setText("bob")
     w.start()
     assert w.session.expert == "bob" and w.session.n_done == 0
-    while not w.session.finished:
+
+    def bob_records() -> None:
         qtbot.keyClicks(w.percent, "8" if w.session.block.z < 9 else "70")
         qtbot.keyClick(w.percent, Qt.Key.Key_Return)
-    table = w.merge([ann_file])
+
+    while len(w.session.blocks) - w.session.n_done > 1:
+        bob_records()
+    before = w.merge([ann_file])
+    bob_records()  # the merged table stays shown and takes bob's last estimate (the Trainer
+    table = w.table  # took the live table again, with bob's alone)
+    assert len(table.estimates) == len(before.estimates) + 1 and w.session.finished
     assert {e.expert for e in table.estimates} == {"ann", "bob"}
     z9 = [e.percent_cancer for e in table.estimates if e.z == 9]
     assert sorted(z9) == [60, 60, 70, 70]
