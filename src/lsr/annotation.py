@@ -37,7 +37,7 @@ import numpy as np
 
 from lsr.atomic import atomic_write_text
 from lsr.counttable import PAPER_EDGES, CountTable, Estimate, check_edges, same_edges
-from lsr.errors import LsrInputError
+from lsr.errors import LsrInputError, check_version
 from lsr.grid import grid_fits
 
 SESSION_FORMAT = "napari-lsr annotation session"
@@ -360,13 +360,7 @@ class AnnotationSession:
             raise LsrInputError(
                 f'not an annotation session (no "format": "{SESSION_FORMAT}")', path
             )
-        version = data.get("version", SESSION_VERSION)
-        if type(version) is not int or version != SESSION_VERSION:
-            raise SessionVersionError(
-                f"annotation session version {version!r} is not one this napari-lsr reads "
-                f"(version {SESSION_VERSION}); a newer napari-lsr wrote it?",
-                path,
-            )
+        check_version(data, SESSION_VERSION, "annotation session", path, SessionVersionError)
         try:
             edges = check_edges(data["edges"])
             blocks = [SampledBlock(int(r), int(c), int(z)) for r, c, z in data["blocks"]]

@@ -28,7 +28,7 @@ import numpy as np
 
 from lsr.atomic import atomic_path, atomic_write_text
 from lsr.csvfile import csv_reader, read_text, require_columns
-from lsr.errors import LsrInputError
+from lsr.errors import LsrInputError, check_version
 
 #: The paper's bin edges, as fractions: 0-20, 20-30, ..., 90-95, 95-100 percent.
 PAPER_EDGES: tuple[float, ...] = (0.0, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 1.0)
@@ -494,13 +494,7 @@ class CountTable:
             raise LsrInputError("expected a JSON object", path)
         if data.get("format") != JSON_FORMAT:
             raise LsrInputError(f'not a count table (missing "format": "{JSON_FORMAT}")', path)
-        version = data.get("version", JSON_VERSION)
-        if type(version) is not int or version != JSON_VERSION:
-            raise LsrInputError(
-                f"count table version {version!r} is not one this napari-lsr reads "
-                f"(version {JSON_VERSION}); a newer napari-lsr wrote it?",
-                path,
-            )
+        check_version(data, JSON_VERSION, "count table", path)
         for key in ("edges", "class_names", "eta", "rho"):
             if key not in data:
                 raise LsrInputError(f"missing key '{key}'", path)

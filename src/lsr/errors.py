@@ -31,6 +31,24 @@ class LsrInputError(ValueError):
         super().__init__(f"{prefix}: {problem}" if prefix else problem)
 
 
+def check_version(
+    data: dict,
+    version: int,
+    what: str,
+    path: str | PathLike[str] | None,
+    error: type[LsrInputError] = LsrInputError,
+) -> None:
+    """Refuse a JSON file whose ``version`` (default: ``version``) is not the one this code
+    reads, saying a newer napari-lsr may have written it; ``what`` names the kind of file."""
+    found = data.get("version", version)
+    if type(found) is not int or found != version:
+        raise error(
+            f"{what} version {found!r} is not one this napari-lsr reads (version {version}); "
+            "a newer napari-lsr wrote it?",
+            path,
+        )
+
+
 def os_problem(err: OSError, path: str | PathLike[str] | None = None) -> str:
     """One line for an OSError on a path the user gave (an output that is a file, a folder
     or not writable): where (``err.filename``, else ``path``) and what is wrong, in words."""
