@@ -1004,10 +1004,10 @@ def write_pyramidal_tiff(
         )
     if downsample == "majority" and dtype != np.bool_:
         raise LsrInputError(f"downsample 'majority' is for bool masks, got {dtype}", path)
-    nearest = downsample == "nearest"
+    nearest, majority = downsample == "nearest", downsample == "majority"
     # majority: levels ≥ 1 are staged as the exact fraction of level-0 pixels set (float32
     # holds 4^-k exactly far past any pyramid's depth) and thresholded only when written
-    stage_dtype = np.dtype(np.float32) if downsample == "majority" else store_dtype
+    stage_dtype = np.dtype(np.float32) if majority else store_dtype
     compression = "none" if compression is None else str(compression).lower()
     if compression not in _COMPRESSIONS:
         raise LsrInputError(f"compression must be one of {sorted(_COMPRESSIONS)}", path)
@@ -1073,7 +1073,7 @@ def write_pyramidal_tiff(
             for y in range(0, h, band_rows):
                 band = convert(image[y : min(y + band_rows, h)])
                 if maps:
-                    if stage_dtype != store_dtype:  # majority: 1024 rows at a time
+                    if majority:  # counted 1024 rows at a time
                         for sy in range(0, band.shape[0], 1024):
                             half = _fraction_halved(band[sy : sy + 1024])
                             at = (y + sy) // 2
@@ -1088,7 +1088,7 @@ def write_pyramidal_tiff(
             src = maps[level - 1]
             for y in range(0, src.shape[0], tile):
                 band = np.asarray(src[y : y + tile])
-                if stage_dtype != store_dtype:  # majority: the fraction set -> 0/255
+                if majority:  # the fraction set -> 0/255
                     band = np.where(band >= 0.5, np.uint8(255), np.uint8(0))
                 yield from _tiles_of_band(band, tile)
 
