@@ -280,9 +280,9 @@ def load(
     ``path`` is a training output folder (its latest checkpoint is used), a checkpoint
     folder, or the ``model.safetensors`` inside one. The model carries the run's
     ``working_mpp`` and ``class_names``, which :func:`lsr.infer.predict_slide` defaults to.
-    ``metadata`` holds the training config,
-    the count table (dict), loss, distance, seed, step, versions and ``model`` (see
-    :meth:`UNet.config`). Weights are read with safetensors: nothing is unpickled.
+    ``metadata`` holds the training config, the count table (dict), loss, distance, seed,
+    step, versions and ``model`` (see :meth:`UNet.config`). Weights are read with
+    safetensors: nothing is unpickled.
     """
     from lsr.checkpoint import METADATA, MODEL, read_model
 
