@@ -143,6 +143,7 @@ class AnnotatorWidget(QWidget):
         # the other experts' autosaves merged with this session, while the merged table shows
         self._merged_paths: list[str | Path] | None = None
         self._hidden_grids: list = []  # grid layers hidden while the bin is hidden
+        self._session_watch: CloseWatch | None = None
 
         # -- setup
         self.slide_combo = QComboBox()
@@ -471,6 +472,8 @@ class AnnotatorWidget(QWidget):
             return
         self.session = session
         self._merged_paths = None  # a new session shows its own table
+        if self._session_watch is None:  # the dock closed mid-session tidies the canvas
+            self._session_watch = CloseWatch(self, self._dock_closed)
         if note:
             (self._notify if "corrupt" in note else self._info)(note)
         short = np.flatnonzero(session.sampled_per_bin() < session.per_bin)
@@ -605,6 +608,18 @@ class AnnotatorWidget(QWidget):
         camera = _camera(self.viewer)
         camera.center = (y0 + b / 2, x0 + b / 2)
         camera.zoom = min(_canvas_size(self.viewer)) / ((1 + 2 * CONTEXT_BLOCKS) * b)
+
+    def _dock_closed(self) -> None:
+        """The dock's ✕ (or napari's window) closed mid-session: show the grid layers hidden
+        with the bin again and take the annotator's own layers away (the session itself is
+        in its autosave; reopening the annotator resumes it)."""
+        self._session_watch = None
+        if self.viewer is None or self.parent() is not None:
+            return  # napari's window is closing: its layers go with it
+        self._hide_grids(False)
+        for name in (OUTLINE_LAYER, PAINT_LAYER):
+            if (layer := self._layer(name)) is not None:
+                self.viewer.layers.remove(layer)
 
     def _hide_grids(self, hide: bool) -> None:
         """Hide the visible grid layers (their colours show the bin), or show again those

@@ -411,6 +411,33 @@ def test_closing_the_dock_while_tissue_is_found_starts_no_session(
     qtbot.wait(50)
 
 
+def test_closing_the_dock_mid_session_shows_the_grid_again_and_resumes(
+    make_napari_viewer, qtbot, tmp_path, errors
+):
+    """The dock closed while annotating blind left the grid layer hidden and the block
+    outline on the canvas."""
+    slide, grid = write_slide(tmp_path)
+    viewer = make_napari_viewer()
+    w = open_annotator(viewer, slide, grid)
+    w.per_bin.setValue(2)
+    assert w.start()
+    z_layer = viewer.layers["s_grid z"]
+    assert not z_layer.visible and "annotator: block" in viewer.layers
+    qtbot.keyClicks(w.percent, "5")
+    qtbot.keyClick(w.percent, Qt.Key.Key_Return)
+    viewer.window.remove_dock_widget(w)
+    assert z_layer.visible and "annotator: block" not in viewer.layers
+    w.deleteLater()  # out of the dock, napari no longer owns it (its viewer check counts it)
+    del w
+    qtbot.wait(50)
+    _dock, again = viewer.window.add_plugin_dock_widget("napari-lsr", "Count-table annotator")
+    again.expert.setText("ann")
+    again.tissue_only.setChecked(False)
+    again.per_bin.setValue(2)
+    assert again.start() and again.session.n_done == 1  # the autosave resumes
+    assert not errors
+
+
 def test_with_two_cases_open_the_grid_follows_the_slide(make_napari_viewer, tmp_path, errors):
     """Slides s and u with their grids: the annotator took the last grid (u's) for slide s
     and sampled s by u's labels without a word."""
