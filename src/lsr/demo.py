@@ -36,6 +36,7 @@ from lsr.errors import LsrInputError
 from lsr.geojson import DEFAULT_NAMES as ROW_NAMES
 from lsr.metrics import METRICS, PAPER_TABLE2
 from lsr.metrics import TABLE2_ROWS as ROWS
+from lsr.training_process import has_checkpoint, read_json_object
 
 #: Shipped configs (source checkout): configs/demo/*.toml beside configs/synthetic/.
 CONFIG_DIR = Path(__file__).resolve().parents[2] / "configs"
@@ -146,14 +147,6 @@ OUTPUTS = ("data", "runs", "results.json", "results.md", "table1.md", "calibrati
            "fig4.png", "fig3.png", "geojson")  # fmt: skip
 
 
-def _read_json(path: Path) -> Any:
-    """The JSON in ``path``, or None when it is missing, unreadable or not JSON."""
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return None
-
-
 def _listed(out: Path) -> set[str]:
     """Names in ``out`` but hidden ones (.DS_Store, .ipynb_checkpoints: never the user's
     results, and the demo never writes such names)."""
@@ -168,8 +161,8 @@ def _earlier_demo(out: Path, also: Sequence[str]) -> bool:
     if not names <= {*OUTPUTS, *also}:
         return False
     if "results.json" in names:
-        done = _read_json(out / "results.json")
-        return isinstance(done, dict) and {"rows", "seeds", "config"} <= done.keys()
+        done = read_json_object(out / "results.json") or {}
+        return {"rows", "seeds", "config"} <= done.keys()
     return (out / "data").is_dir() or names <= set(also)
 
 
@@ -183,8 +176,7 @@ def claim_out_dir(out: Path, also: Sequence[str] = ()) -> None:
     """
     if out.exists() and not out.is_dir():
         raise LsrInputError("--out is a file, not a folder", out)
-    marker = _read_json(out / MARKER)
-    if isinstance(marker, dict) and marker.get("format") == MARK["format"]:
+    if (read_json_object(out / MARKER) or {}).get("format") == MARK["format"]:
         return
     held = _listed(out) if out.is_dir() else set()
     if held and not _earlier_demo(out, also):
@@ -207,8 +199,8 @@ def make_data(cfg: DemoConfig, seed: int, out: Path, say: Progress) -> dict:
     data_dir = out / "data" / f"seed{seed}"
     manifest_path = data_dir / "manifest.json"
     if manifest_path.exists():
-        manifest = _read_json(manifest_path)
-        if not isinstance(manifest, dict) or not {"train", "test", "tables"} <= manifest.keys():
+        manifest = read_json_object(manifest_path) or {}
+        if not {"train", "test", "tables"} <= manifest.keys():
             raise LsrInputError(
                 f"seed {seed}'s data set cannot be read (damaged?): delete {data_dir} and run "
                 "lsr demo again to generate it anew",
@@ -269,8 +261,8 @@ def train_loss(
 
     run_dir = out / "runs" / f"seed{seed}" / loss
     run_json = run_dir / "run.json"
-    done = _read_json(run_json)  # a damaged run.json: the run is resumed from its checkpoint
-    if isinstance(done, dict) and done.get("status") == "completed":
+    done = read_json_object(run_json) or {}  # damaged: resumed from the run's checkpoint
+    if done.get("status") == "completed":
         say(f"[seed {seed}] {loss}: reusing {run_dir}")
         return run_dir
     data_dir = _root(out, seed) / "train"
@@ -288,8 +280,6 @@ def train_loss(
         out_dir=str(run_dir),
         **overrides,
     )  # fmt: skip
-    from lsr.training_process import has_checkpoint
-
     if has_checkpoint(run_dir):
         tcfg.resume = str(run_dir)
     elif run_json.exists():  # an attempt that stopped before its first checkpoint: start again

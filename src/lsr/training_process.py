@@ -156,7 +156,9 @@ def _now() -> str:
     return datetime.now().astimezone().isoformat(timespec="seconds")
 
 
-def _read_json(path: Path) -> dict[str, Any] | None:
+def read_json_object(path: Path) -> dict[str, Any] | None:
+    """The JSON object in ``path``, or None when it is missing, unreadable, not JSON or not
+    an object (a run's own files, read while a process may be writing them)."""
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, json.JSONDecodeError, UnicodeDecodeError):
@@ -208,7 +210,7 @@ def prepare_run(
 def read_config(run_dir: str | os.PathLike[str]) -> dict[str, Any]:
     """The run's ``config.json`` as a dict (raises :class:`LsrInputError` if unreadable)."""
     path = Path(run_dir) / CONFIG
-    data = _read_json(path)
+    data = read_json_object(path)
     if data is None:
         raise LsrInputError("not a training run folder (no readable config.json)", path)
     return data
@@ -362,7 +364,7 @@ def attach(run_dir: str | os.PathLike[str]) -> TrainingJob:
     """The job of an existing run folder (running or not), e.g. after napari restarted."""
     run = Path(run_dir).resolve()
     read_config(run)
-    info = _read_json(run / PROCESS) or {}
+    info = read_json_object(run / PROCESS) or {}
     runs = [Path(r) for r in info.get("job", [str(run)])]
     if run not in runs:
         runs = [run]
@@ -492,7 +494,7 @@ class RunMonitor:
         self._offset = 0
         self._partial = b""
         self.state = RunState(self.run_dir, self.run_dir.name)
-        cfg = _read_json(self.run_dir / CONFIG) or {}
+        cfg = read_json_object(self.run_dir / CONFIG) or {}
         self.state.loss = str(cfg.get("loss", ""))
         self.state.distance = str(cfg.get("distance", ""))
         self.state.total_steps = int(cfg.get("steps", 0) or 0)
@@ -565,7 +567,7 @@ class RunMonitor:
     def _job_alive(self) -> bool:
         if self.job is not None:
             return self.job.alive
-        info = _read_json(self.run_dir / PROCESS) or {}
+        info = read_json_object(self.run_dir / PROCESS) or {}
         return pid_alive(int(info.get("pid", 0) or 0))
 
     def _died_event(self) -> dict[str, Any]:
@@ -595,7 +597,7 @@ def read_run(run_dir: str | os.PathLike[str]) -> RunState:
     monitor.poll()
     state = monitor.state
     if not (Path(run_dir) / EVENTS).exists():
-        summary = _read_json(Path(run_dir) / RUN_JSON)
+        summary = read_json_object(Path(run_dir) / RUN_JSON)
         if summary and summary.get("status") in FINISHED:  # trained by `lsr train`
             state.status = str(summary["status"])
             state.step = int(summary.get("step", 0))
@@ -650,11 +652,13 @@ def _model_of(
         if problems is not None:
             problems.append(str(err))
         return None
-    summary = _read_json(run / RUN_JSON) or {}
+    summary = read_json_object(run / RUN_JSON) or {}
     status = str(summary.get("status", "running"))
     if finished_only and status != "completed":
         return None
-    if status not in FINISHED and pid_alive(int((_read_json(run / PROCESS) or {}).get("pid", 0))):
+    if status not in FINISHED and pid_alive(
+        int((read_json_object(run / PROCESS) or {}).get("pid", 0))
+    ):
         return None  # still training: not a finished model
     losses = summary.get("losses") or []
     final = losses[-1] if losses else meta.get("final_loss")
@@ -846,7 +850,7 @@ def run_one(run_dir: str | os.PathLike[str]) -> str:
 
     run = Path(run_dir)
     log = _EventLog(run / EVENTS)
-    info = _read_json(run / PROCESS) or {}
+    info = read_json_object(run / PROCESS) or {}
     info.update({"pid": os.getpid(), "started": _now()})
     atomic_write_text(run / PROCESS, json.dumps(info, indent=1) + "\n")
     status = "failed"
@@ -886,7 +890,7 @@ def run_one(run_dir: str | os.PathLike[str]) -> str:
 
 
 def _latest_step(run: Path) -> int:
-    return int((_read_json(run / LATEST) or {}).get("step", 0))
+    return int((read_json_object(run / LATEST) or {}).get("step", 0))
 
 
 def main(argv: Sequence[str] | None = None) -> int:
