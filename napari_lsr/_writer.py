@@ -44,16 +44,21 @@ def _problem(err: Exception, path: str) -> str:
     return str(err)
 
 
-def _layer_sources() -> set[Path]:
-    """Files the current viewer's layers were opened from (resolved)."""
+def _viewer_layers() -> list[Any]:
+    """The current napari viewer's layers; none when there is no viewer (a script)."""
     try:
         import napari
 
         viewer = napari.current_viewer()
     except Exception:
-        return set()
+        return []
+    return list(getattr(viewer, "layers", ()))
+
+
+def _layer_sources() -> set[Path]:
+    """Files the current viewer's layers were opened from (resolved)."""
     out = set()
-    for layer in getattr(viewer, "layers", ()):
+    for layer in _viewer_layers():
         src = getattr(getattr(layer, "source", None), "path", None)
         if src:
             out.add(Path(src).resolve())
@@ -91,15 +96,7 @@ def _is_geojson(path: Path) -> bool:
 def _viewer_slide() -> dict[str, Any] | None:
     """The ``metadata["lsr_slide"]`` (``mpp``, ``shape`` (H, W) level-0 px, ``path``) of the
     first slide layer in the current viewer, or None."""
-    try:
-        import napari
-
-        viewer = napari.current_viewer()
-    except Exception:
-        return None
-    if viewer is None:
-        return None
-    for layer in viewer.layers:
+    for layer in _viewer_layers():
         meta = getattr(layer, "metadata", {}) or {}
         if "lsr_slide" in meta:
             return dict(meta["lsr_slide"])
