@@ -27,7 +27,7 @@ from typing import Any
 import numpy as np
 
 from lsr.atomic import atomic_path, atomic_write_text
-from lsr.csvfile import csv_reader, read_text, require_columns
+from lsr.csvfile import check_field_count, csv_reader, read_text, require_columns
 from lsr.errors import LsrInputError, check_version
 
 #: The paper's bin edges, as fractions: 0-20, 20-30, ..., 90-95, 95-100 percent.
@@ -759,21 +759,10 @@ class CountTable:
 
 
 def check_row_fields(row: dict, header: Sequence[str], path: PathType, where: str) -> None:
-    """Raise when a CSV row holds more values than its header has columns.
-
-    Why: :class:`csv.DictReader` files the surplus under the key None, so a decimal comma
-    (``0,10,5`` for 10.5 under ``z,percent_cancer``) silently read as 10. Empty surplus
-    fields (a spreadsheet's padding, ``0,10,,``) are harmless and accepted.
-    """
-    surplus = row.get(None) or []
-    if any((v or "").strip() for v in surplus):
-        values = [row.get(h) or "" for h in header] + list(surplus)
-        raise LsrInputError(
-            f"{len(values)} values ({','.join(values)}) for {len(header)} columns "
-            f"({','.join(header)}): a decimal comma? lsr reads 10.5, not 10,5",
-            path,
-            where,
-        )
+    """Raise when a :class:`csv.DictReader` row holds more values than its header has
+    columns (it files the surplus under the key None): :func:`lsr.csvfile.check_field_count`."""
+    values = [row.get(h) for h in header] + list(row.get(None) or [])
+    check_field_count(values, header, path, where)
 
 
 def _non_number(value: Any) -> str:

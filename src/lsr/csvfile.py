@@ -57,6 +57,37 @@ def separator_hint(header: Sequence[str]) -> str:
     return ""
 
 
+def check_field_count(
+    values: Sequence[str | None],
+    header: Sequence[str],
+    path: PathType,
+    where: str,
+    least: int = 0,
+    missing: str = "",
+) -> None:
+    """Refuse a row whose values do not line up with the header's columns.
+
+    Why: a decimal comma (``0,10,5`` for 10.5 under ``z,percent_cancer``) adds a value, and
+    csv readers drop or shift it without a word: 10 was read. Empty fields past the header
+    (a spreadsheet's padding, ``0,10,,``) are no values. With ``least``, a row of fewer
+    values is refused too, ``missing`` saying what to do instead.
+    """
+    texts = [v or "" for v in values]
+    named = [h.strip() for h in header]
+    while named and not named[-1]:  # the header's own padding
+        named.pop()
+    surplus = any(v.strip() for v in texts[len(header) :])
+    if not surplus and len(texts) >= least:
+        return
+    why = "a decimal comma? lsr reads 0.5, not 0,5" if surplus else "a value is missing"
+    raise LsrInputError(
+        f"{len(texts)} values ({','.join(texts)}) for {len(named)} columns ({','.join(named)}): "
+        + (why if surplus or not missing else f"{why} ({missing})"),
+        path,
+        where,
+    )
+
+
 def csv_reader(path: PathType) -> tuple[csv.DictReader, list[str]]:
     """A dict reader over the CSV at ``path`` and its header (names stripped), after
     :func:`read_text` and :func:`check_header`."""

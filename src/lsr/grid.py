@@ -240,7 +240,7 @@ def load_grid(path: PathType, *, block_px: int, origin: tuple[int, int] = (0, 0)
 
 
 def _load_csv(p: Path, block_px: int, origin: tuple[int, int]) -> BlockGrid:
-    from lsr.csvfile import check_header, read_text, separator_hint
+    from lsr.csvfile import check_field_count, check_header, read_text, separator_hint
 
     reader = csv.reader(io.StringIO(read_text(p)))
     header = next(reader, None)
@@ -265,7 +265,8 @@ def _load_csv(p: Path, block_px: int, origin: tuple[int, int]) -> BlockGrid:
         if not row or all(not v.strip() for v in row):
             continue
         where = f"line {line_no}"
-        _check_field_count(row, header, n_named, p, where)
+        check_field_count(row, header, p, where, least=n_named,
+                          missing="leave it empty for no label: 0,1,")  # fmt: skip
         try:
             r, c = int(row[ir]), int(row[ic])
             raw = row[iv].strip()
@@ -312,26 +313,6 @@ def _load_csv(p: Path, block_px: int, origin: tuple[int, int]) -> BlockGrid:
     for (r, c), v in cells.items():
         probs[r, c] = v
     return BlockGrid(probs, block_px, origin)
-
-
-def _check_field_count(
-    row: list[str], header: list[str], n_named: int, p: Path, where: str
-) -> None:
-    """Refuse a row whose values do not line up with the header's ``n_named`` columns:
-    ``0,0,0,7`` (a decimal comma) loaded prob 0 without a word. Empty fields beyond them
-    (a spreadsheet's padding, ``0,0,0.5,,``) are fine."""
-    surplus = any(v.strip() for v in row[len(header) :])
-    if len(row) >= n_named and not surplus:
-        return
-    why = (
-        "a decimal comma? lsr reads 0.7, not 0,7"
-        if surplus
-        else "a value is missing (leave it empty for no label: 0,1,)"
-    )
-    columns = ",".join(h.strip() for h in header[:n_named])
-    raise LsrInputError(
-        f"{len(row)} values ({','.join(row)}) for {n_named} columns ({columns}): {why}", p, where
-    )
 
 
 def save_grid(grid: BlockGrid, path: PathType) -> None:
