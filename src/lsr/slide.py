@@ -665,8 +665,9 @@ def _mpp_from_imagej(ts: Any) -> float | None:
 
 def _screen_dpi(ts: Any) -> int | None:
     """The dpi of the first page's resolution tags when they are an editor's print
-    resolution (inches, a :data:`SCREEN_DPI` value): what tiffslide reads from them is then
-    not the scanner's pixel size. None otherwise."""
+    resolution (inches, a :data:`SCREEN_DPI` value) and tiffslide's pixel size came from
+    them (not from an Aperio MPP beside them): that value is then not the scanner's. None
+    otherwise."""
     import tifffile
 
     with contextlib.suppress(Exception):
@@ -675,9 +676,10 @@ def _screen_dpi(ts: Any) -> int | None:
         if unit is None or unit.value != tifffile.RESUNIT.INCH:
             return None
         num, den = page.tags["XResolution"].value
-        dpi = num / den
-        if abs(dpi - round(dpi)) < 1e-6 and round(dpi) in SCREEN_DPI:
-            return round(dpi)
+        dpi = round(num / den)
+        from_tags = abs(float(ts.properties.get("tiffslide.mpp-x")) * dpi - 25400) <= 1
+        if abs(num / den - dpi) < 1e-6 and dpi in SCREEN_DPI and from_tags:
+            return dpi
     return None
 
 
@@ -689,11 +691,7 @@ def _mpp_from_metadata(ts: Any, path: Path) -> float:
     sources: list[tuple[str, Any]] = []
     if (ome := _mpp_from_ome(ts)) is not None:
         sources.append(("x", {"x": ome}))
-    dpi = _screen_dpi(ts)
-    with contextlib.suppress(TypeError, ValueError):  # the tags' value, not Aperio's MPP
-        if dpi is not None and abs(float(ts.properties.get("tiffslide.mpp-x")) * dpi - 25400) > 1:
-            dpi = None
-    if dpi is None:
+    if (dpi := _screen_dpi(ts)) is None:
         sources.append(("tiffslide.mpp-x", ts.properties))
     if (imagej := _mpp_from_imagej(ts)) is not None:
         sources.append(("x", {"x": imagej}))
