@@ -87,6 +87,11 @@ MIN_NAME_PX = 120
 _device_cache: dict[str, str] = {}
 
 
+#: The output folder of the last run watched in this napari session: a Trainer opened again
+#: (its dock closed during training) starts there, so it finds the run still training.
+_last_out_dir: Path | None = None
+
+
 def default_output_folder() -> Path:
     """Where models go unless the user picks a folder: the user data folder of napari-lsr."""
     from platformdirs import user_data_path
@@ -280,7 +285,12 @@ class TrainerWidget(QWidget):
         if self.viewer is not None:
             self.viewer.layers.events.inserted.connect(self._refresh_tables)
             self.viewer.layers.events.removed.connect(self._refresh_tables)
+        if _last_out_dir is not None:  # a reopened dock: the folder this session trained in
+            self.out_dir.setText(str(_last_out_dir))
         self.refresh_models()
+        self.installEventFilter(self)  # its dock closing: see eventFilter
+        # once napari has docked it (the close guard needs the main window)
+        QTimer.singleShot(0, self.attach_running)
 
     # ------------------------------------------------------------------ layout
     def _build(self) -> None:
@@ -902,6 +912,20 @@ class TrainerWidget(QWidget):
         self.refresh_models()
         return True
 
+    def attach_running(self) -> bool:
+        """Watch the newest training process still running in the output folder: a Trainer
+        whose dock was closed (or a napari that was quit) during training left it running,
+        and a Trainer opened later showed "Ready." beside it. Nothing when already watching."""
+        if self.job is not None:
+            return False
+        runs = tp.running_runs(Path(self.out_dir.text()).expanduser())
+        if not runs or not self.attach(runs[0]):
+            return False
+        if len(runs) > 1:
+            others = ", ".join(r.name for r in runs[1:])
+            self._notify(f"Also training in this folder: {others} (Attach… to watch)")
+        return True
+
     def _ask_attach(self) -> None:
         folder = QFileDialog.getExistingDirectory(self, "Run folder", self.out_dir.text())
         if folder:
@@ -913,8 +937,11 @@ class TrainerWidget(QWidget):
         return self.job is not None and any(m.state.active for m in self.monitors)
 
     def _watch(self, job: tp.TrainingJob, report_old: bool = True) -> None:
+        global _last_out_dir
         self._stop_poller()
         self.job = job
+        if job.runs:
+            _last_out_dir = job.runs[0].parent
         self.monitors = [tp.RunMonitor(r, job) for r in job.runs]
         self._close_pbar()
         for m in self.monitors:  # what is there now (attach: the history), read here once
@@ -1180,6 +1207,12 @@ class TrainerWidget(QWidget):
             if event.type() == QEvent.Resize:
                 self._fit_name_column()
             return False
+        if obj is self and event.type() == QEvent.ParentChange:
+            if self.parent() is None:
+                self._undocked()
+            elif self.running:
+                self._guard_close()  # docked (again): closing napari asks about the run
+            return False
         # (the process may have ended since the last poll: then nothing is left to ask about)
         alive = self.running and self.job is not None and self.job.alive
         if obj is self._guarded and event.type() == QEvent.Close and alive:
@@ -1191,6 +1224,18 @@ class TrainerWidget(QWidget):
                 self.cancel()
             self.detach()
         return False
+
+    def _undocked(self) -> None:
+        """The dock was closed (napari takes the widget out of it): the training goes on, but
+        a hidden widget watching it would report its end a second time beside the Trainer
+        the user opens next (which watches it again: :meth:`attach_running`)."""
+        if not self.running:
+            return
+        self.detach()
+        self._notify(
+            "Training goes on in the background; open the Trainer again to watch it "
+            f"({self.out_dir.text()})."
+        )
 
     def detach(self) -> None:
         """Stop watching; the training process goes on (it is in its own session)."""

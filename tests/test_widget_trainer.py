@@ -42,9 +42,11 @@ def data(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture
 def widget(make_napari_viewer, tmp_path, monkeypatch):
+    from napari_lsr import trainer
     from napari_lsr.trainer import TrainerWidget
 
     monkeypatch.setattr(TrainerWidget, "ask_close_choice", lambda self: "stop")
+    monkeypatch.setattr(trainer, "_last_out_dir", None)  # no folder of an earlier test
     viewer = make_napari_viewer()
     _dock, w = viewer.window.add_plugin_dock_widget("napari-lsr", "Trainer")
     w.out_dir.setText(str(tmp_path / "models"))
@@ -270,6 +272,64 @@ def test_close_asks_detach_then_reattach_and_stop(widget, data, qtbot, monkeypat
     final = tp.read_run(run)
     assert final.status == "cancelled" and final.checkpoint
     assert QEvent.Close == QCloseEvent().type()
+
+
+def test_closing_the_dock_leaves_training_running_and_a_reopened_trainer_watches_it(
+    widget, data, qtbot
+) -> None:
+    """Closing the Trainer's dock during training, then opening the Trainer again: the new
+    one watches the run (it said "Ready." and offered Train), and only it reports the end."""
+    from qtpy.QtWidgets import QDockWidget
+
+    widget.add_folder(data)
+    widget.steps.setValue(100_000)
+    assert widget.train()
+    qtbot.waitUntil(lambda: widget.current().state.step >= 1, timeout=TIMEOUT_MS)
+    job, run, folder = widget.job, widget.current().run_dir, widget.out_dir.text()
+    old_ends: list[tuple[str, str]] = []
+    widget.run_finished.connect(lambda *a: old_ends.append(a))
+    dock = widget.parentWidget()
+    while not isinstance(dock, QDockWidget):
+        dock = dock.parentWidget()
+    dock.destroyOnClose()  # the dock's ✕
+    qtbot.waitUntil(lambda: widget.parent() is None, timeout=5000)
+    assert not widget.timer.isActive() and widget._poller is None
+    assert any("goes on in the background" in m for m in notices("INFO"))
+    assert job.alive
+    _dock, again = widget.viewer.window.add_plugin_dock_widget("napari-lsr", "Trainer")
+    assert again is not widget
+    new_ends: list[tuple[str, str]] = []
+    again.run_finished.connect(lambda *a: new_ends.append(a))
+    qtbot.waitUntil(lambda: again.running, timeout=10_000)
+    assert again.out_dir.text() == folder and again.current().run_dir == run
+    assert again.cancel_button.isEnabled() and not again.train_button.isEnabled()
+    assert again.status.text() != "Ready."
+    again.cancel()
+    qtbot.waitUntil(lambda: bool(new_ends), timeout=TIMEOUT_MS)
+    assert new_ends == [(str(run), "cancelled")] and old_ends == []
+    job.wait(60)
+    assert not job.alive
+
+
+def test_running_runs_finds_one_folder_per_live_process(tmp_path) -> None:
+    """Only launched runs whose process lives; one per process (a job trains several runs);
+    a damaged process.json is no process."""
+    import os
+
+    def run(name: str, pid: object) -> Path:
+        folder = tmp_path / name
+        folder.mkdir()
+        (folder / tp.PROCESS).write_text(json.dumps({"pid": pid}))
+        return folder
+
+    mine = run("a", os.getpid())
+    run("b", os.getpid())  # a second run of the same job
+    run("gone", 2**22 + 12345)  # above Linux's pid_max: no such process
+    run("junk", "twelve")
+    (tmp_path / "not-launched").mkdir()
+    found = tp.running_runs(tmp_path)
+    assert len(found) == 1 and found[0] in (mine, tmp_path / "b")
+    assert tp.running_runs(tmp_path / "missing") == []
 
 
 def test_ground_truth_labels_layer_is_not_a_training_slide(data: Path) -> None:

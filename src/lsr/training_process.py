@@ -360,6 +360,31 @@ def launch(run_dirs: Sequence[str | os.PathLike[str]], python: str | None = None
     return TrainingJob(runs, process, process.pid)
 
 
+def process_pid(run_dir: str | os.PathLike[str]) -> int:
+    """The pid of the process launched to train ``run_dir`` (0: never launched, or its
+    ``process.json`` unreadable)."""
+    info = read_json_object(Path(run_dir) / PROCESS) or {}
+    try:
+        return max(int(info.get("pid", 0) or 0), 0)
+    except (TypeError, ValueError):
+        return 0
+
+
+def running_runs(folder: str | os.PathLike[str]) -> list[Path]:
+    """One run folder per training process still alive under ``folder`` (its run folders),
+    newest launch first: what a Trainer opened later (its dock closed and reopened, napari
+    restarted) should watch. Only processes :func:`launch` started write ``process.json``."""
+    root = Path(folder).expanduser()
+    if not root.is_dir():
+        return []
+    found: dict[int, tuple[float, Path]] = {}
+    for run in root.iterdir():
+        pid = process_pid(run) if run.is_dir() else 0
+        if pid and pid not in found and pid_alive(pid):
+            found[pid] = ((run / PROCESS).stat().st_mtime, run)
+    return [run for _, run in sorted(found.values(), reverse=True)]
+
+
 def attach(run_dir: str | os.PathLike[str]) -> TrainingJob:
     """The job of an existing run folder (running or not), e.g. after napari restarted."""
     run = Path(run_dir).resolve()
@@ -368,7 +393,7 @@ def attach(run_dir: str | os.PathLike[str]) -> TrainingJob:
     runs = [Path(r) for r in info.get("job", [str(run)])]
     if run not in runs:
         runs = [run]
-    return TrainingJob(runs, None, int(info.get("pid", 0) or 0))
+    return TrainingJob(runs, None, process_pid(run))
 
 
 # ====================================================================== reading progress
@@ -567,8 +592,7 @@ class RunMonitor:
     def _job_alive(self) -> bool:
         if self.job is not None:
             return self.job.alive
-        info = read_json_object(self.run_dir / PROCESS) or {}
-        return pid_alive(int(info.get("pid", 0) or 0))
+        return pid_alive(process_pid(self.run_dir))
 
     def _died_event(self) -> dict[str, Any]:
         code = self.job.returncode if self.job is not None else None
@@ -656,9 +680,7 @@ def _model_of(
     status = str(summary.get("status", "running"))
     if finished_only and status != "completed":
         return None
-    if status not in FINISHED and pid_alive(
-        int((read_json_object(run / PROCESS) or {}).get("pid", 0))
-    ):
+    if status not in FINISHED and pid_alive(process_pid(run)):
         return None  # still training: not a finished model
     losses = summary.get("losses") or []
     final = losses[-1] if losses else meta.get("final_loss")
