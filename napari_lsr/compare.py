@@ -442,11 +442,14 @@ class CompareWidget(QWidget):
         self._cancel.set()
         self.status.setText("cancelling…")
 
-    def _set_done(self, done: bool) -> None:
+    def _set_done(self, done: bool, cancellable: bool = True) -> None:
+        """Buttons for a job that ended (``done``) or started; scoring and exports take
+        seconds and cannot stop part-way: Cancel stays off (it said "cancelling…", then the
+        scores or the files came all the same)."""
         if done:
             self.worker = None
         self.run_btn.setEnabled(done)
-        self.cancel_btn.setEnabled(not done)
+        self.cancel_btn.setEnabled(not done and cancellable)
         has = self.comparison is not None
         for b in (self.eval_btn, self.geojson_btn, self.png_btn, self.results_btn):
             b.setEnabled(done and has)
@@ -672,7 +675,7 @@ class CompareWidget(QWidget):
         self.worker.returned.connect(self._show_scores)
         self.worker.errored.connect(self._failed)
         self.worker.finished.connect(lambda: self._set_done(True))
-        self._set_done(False)
+        self._set_done(False, cancellable=False)
         self.worker.start()
         return True
 
@@ -794,7 +797,7 @@ class CompareWidget(QWidget):
         self.worker.returned.connect(lambda paths: self._exported(what, paths))
         self.worker.errored.connect(lambda err: self._export_failed(what, err))
         self.worker.finished.connect(lambda: self._set_done(True))
-        self._set_done(False)
+        self._set_done(False, cancellable=False)
         self.worker.start()
         return True
 

@@ -219,6 +219,7 @@ def test_compare_draws_scores_and_exports(make_napari_viewer, qtbot, data, tmp_p
     w.region_combo.setCurrentText("visible region")
     region = w.visible_region()
     assert w.evaluate()
+    assert not w.cancel_btn.isEnabled() and not w.run_btn.isEnabled()  # scoring cannot stop
     wait_idle(qtbot, w)
     y0, x0, y1, x1 = region
     assert w.region == region
@@ -373,6 +374,7 @@ def test_export_refuses_the_users_file_and_stays_usable(
     assert w.scores is not None and not messages["error"]
 
     assert w.export_geojson()
+    assert not w.cancel_btn.isEnabled()  # an export cannot stop part-way
     wait_idle(qtbot, w)
     assert gt.read_bytes() == mine and sorted(p.name for p in out.iterdir()) == [gt.name]
     assert "not exported" in w.status.text() and str(gt) in w.status.text()
