@@ -776,6 +776,34 @@ def test_a_cancel_before_the_first_periodic_checkpoint_keeps_the_replaced_run(
     assert (out / "notes.txt").read_text() == "mine"
 
 
+def test_a_set_aside_run_holding_only_its_summary_is_removed_once_not_warned_forever(
+    pairs: list[tuple[str, str]], tmp_path: Path
+) -> None:
+    """A killed ``--overwrite`` of a run that had no checkpoint leaves a ``replaced-run-*``
+    with only that run's run.json: nothing to continue, so the next run removes it (saying
+    so) instead of telling the user on every run to move it back. A set-aside run with a
+    checkpoint (or anything else) stays, and is still warned about."""
+    out = tmp_path / "run"
+    summary_only = out / f"{REPLACED_PREFIX}20261202-120000-abc"
+    summary_only.mkdir(parents=True)
+    (summary_only / "run.json").write_text('{"status": "failed"}')
+    (summary_only / "checkpoints").mkdir()  # emptied by the moves: no file in it
+    with_ckpt = out / f"{REPLACED_PREFIX}20261202-130000-def"
+    (with_ckpt / "checkpoints" / "step-000002").mkdir(parents=True)
+    (with_ckpt / "checkpoints" / "step-000002" / "model.safetensors").write_bytes(b"x")
+    (with_ckpt / "run.json").write_text('{"status": "cancelled"}')
+    with pytest.warns(TrainWarning) as seen:
+        assert train(tiny_config(tmp_path, pairs, steps=2, loss="intra")).ok
+    said = [str(w.message) for w in seen]
+    assert any(m.startswith(f"removed {summary_only}") for m in said)
+    assert any(m.startswith(f"{with_ckpt}: a run that --overwrite set aside") for m in said)
+    assert replaced_runs(out) == [with_ckpt] and not summary_only.exists()
+    with pytest.warns(TrainWarning) as seen:  # the next run: only the one worth keeping
+        assert train(tiny_config(tmp_path, pairs, steps=2, loss="intra", overwrite=True)).ok
+    assert not any("removed" in str(w.message) for w in seen)
+    assert sum(str(with_ckpt) in str(w.message) for w in seen) == 1
+
+
 def test_overwrite_puts_the_old_run_back_even_when_run_json_cannot_be_written(
     pairs: list[tuple[str, str]], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -1072,6 +1072,14 @@ def replaced_runs(out_dir: str | os.PathLike[str]) -> list[Path]:
     return sorted(p for p in out.glob(f"{REPLACED_PREFIX}*") if p.is_dir())
 
 
+def _holds_only_a_summary(aside: Path) -> bool:
+    """True when a ``replaced-run-*`` folder holds only the ``run.json`` of the run set
+    aside (a run that failed or was cancelled before any checkpoint, replaced by one killed
+    before its own): it was warned about on every later run, as if it could be continued."""
+    files = [p for p in aside.rglob("*") if not p.is_dir()]
+    return [p.relative_to(aside).as_posix() for p in files] == [RUN_JSON]
+
+
 def _flagged_bins_in_use(table: CountTable, labels: np.ndarray) -> str:
     """The table's flagged bins (one estimate, std 0, filled from a fallback) that training
     blocks carry, with each bin's reason and block count; '' when none. A flagged bin nobody
@@ -1379,6 +1387,13 @@ def _train(
         metadata["init_from"] = ckpt.metadata["init_from"]
     if is_main:
         for left in replaced_runs(out_dir):
+            if _holds_only_a_summary(left):  # a run with no checkpoint: nothing to continue
+                shutil.rmtree(left)
+                warn(
+                    f"removed {left}: --overwrite had set it aside and it held only the "
+                    f"{RUN_JSON} of a run without a checkpoint (nothing to continue)"
+                )
+                continue
             warn(
                 f"{left}: a run that --overwrite set aside and kept (the run replacing it "
                 f"was cancelled or killed before its first periodic checkpoint); move its "
