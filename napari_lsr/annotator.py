@@ -57,6 +57,7 @@ from napari_lsr.counttable_widget import CountTableWidget
 from napari_lsr.layer_choice import follow_renames, follow_slide, named_after, refill
 from napari_lsr.viewer_compat import camera as _camera
 from napari_lsr.viewer_compat import canvas_size as _canvas_size
+from napari_lsr.viewer_compat import make_worker
 
 #: Context shown around the block, in blocks on each side.
 CONTEXT_BLOCKS = 0.5
@@ -412,11 +413,9 @@ class AnnotatorWidget(QWidget):
         self.autosave = autosave
         self.start_button.setEnabled(False)
         if self.tissue_only.isChecked():
-            from napari.qt.threading import create_worker
-
             self.message.setText("Finding tissue blocks…")
             self._starting = (expert, CloseWatch(self, lambda: None))  # closed meanwhile?
-            self._worker = create_worker(_tissue_fraction, slide_layer, grid)
+            self._worker = make_worker(_tissue_fraction, slide_layer, grid)
             self._worker.returned.connect(self._tissue_found)
             self._worker.errored.connect(self._tissue_failed)
             self._worker.start()

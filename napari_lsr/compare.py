@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from qtpy.QtCore import QObject, Qt, QTimer, Signal
+from qtpy.QtCore import QEvent, QObject, Qt, QTimer, Signal
 from qtpy.QtGui import QBrush, QColor, QIcon, QPixmap
 from qtpy.QtWidgets import (
     QCheckBox,
@@ -49,7 +49,7 @@ from napari_lsr._reader import UNITS
 from napari_lsr.closing import CloseWatch
 from napari_lsr.layer_choice import follow_renames, follow_slide, named_after, refill
 from napari_lsr.viewer_compat import camera as _camera
-from napari_lsr.viewer_compat import canvas_size
+from napari_lsr.viewer_compat import canvas_size, make_worker
 
 NONE = "(none)"
 FILE = "file (below)"
@@ -102,6 +102,7 @@ class CompareWidget(QWidget):
         self.region: tuple[int, int, int, int] | None = None
         self.worker: Any = None
         self.exported: list[Path] = []
+        self._undocked = False  # the dock was closed (see eventFilter)
         self._evaluate_next = False
         self._drawing: list[Any] = []  # GUI steps left of the drawing of a comparison
         self._worker_done = False
@@ -119,7 +120,28 @@ class CompareWidget(QWidget):
         self.refresh_layers()
         self.viewer.layers.events.inserted.connect(self.refresh_layers)
         self.viewer.layers.events.removed.connect(self.refresh_layers)
-        _camera(self.viewer).events.zoom.connect(lambda e=None: self._zoom_timer.start())
+        # bound methods: napari's events hold them weakly (a lambda kept the closed
+        # widget, its comparison's arrays and its layers' data alive)
+        _camera(self.viewer).events.zoom.connect(self._zoomed)
+        self.installEventFilter(self)  # its dock closing: see eventFilter
+
+    def eventFilter(self, obj: QObject, event: QEvent) -> bool:
+        """The dock's ✕ takes the widget out of its dock (parent None) without deleting it,
+        and Qt's connections to its lambdas keep it alive: let go of the comparison's
+        slide-sized arrays then (at once, or when the job still running ends)."""
+        if obj is self and event.type() == QEvent.ParentChange:
+            self._undocked = self.parent() is None
+            if self._undocked and self.worker is None and not self._drawing:
+                self._release()
+        return False
+
+    def _release(self) -> None:
+        self.comparison = self.scores = self.calib = None
+        self._band_data = None
+
+    def _zoomed(self, _event: Any = None) -> None:
+        """Re-fit the outlines' width once the zoom settles (not at every wheel tick)."""
+        self._zoom_timer.start()
 
     # ------------------------------------------------------------------ layout
     def _build(self) -> None:
@@ -374,8 +396,6 @@ class CompareWidget(QWidget):
     def run(self) -> bool:
         """Start predicting and outlining in a worker thread; False (and a notification)
         when the input is incomplete."""
-        from napari.qt.threading import create_worker
-
         if self.worker is not None:
             _error("A comparison is already running; cancel it first")
             return False
@@ -418,7 +438,7 @@ class CompareWidget(QWidget):
         zoom = float(_camera(self.viewer).zoom) or 1.0
         edge_width = self.line_width.value() / zoom / float(geo["working_mpp"])
 
-        self.worker = create_worker(work, _start_thread=False, _ignore_errors=True)
+        self.worker = make_worker(work)
         self.worker.returned.connect(self._show)
         self.worker.errored.connect(self._failed)
         self.worker.finished.connect(self._run_finished)
@@ -448,6 +468,8 @@ class CompareWidget(QWidget):
         scores or the files came all the same)."""
         if done:
             self.worker = None
+            if self._undocked:  # the dock was closed while this job ran
+                self._release()
         self.run_btn.setEnabled(done)
         self.cancel_btn.setEnabled(not done and cancellable)
         has = self.comparison is not None
@@ -655,8 +677,6 @@ class CompareWidget(QWidget):
 
     def evaluate(self) -> bool:
         """Score every boundary (Table 2) and the calibration table in a worker thread."""
-        from napari.qt.threading import create_worker
-
         comp = self.comparison
         if comp is None:
             _error("Nothing to evaluate: run Predict & compare first")
@@ -671,7 +691,7 @@ class CompareWidget(QWidget):
             scores = lc.evaluate(comp, region) if comp.gt is not None else None
             return scores, lc.calibration(comp, region), region
 
-        self.worker = create_worker(work, _start_thread=False, _ignore_errors=True)
+        self.worker = make_worker(work)
         self.worker.returned.connect(self._show_scores)
         self.worker.errored.connect(self._failed)
         self.worker.finished.connect(lambda: self._set_done(True))
@@ -788,12 +808,10 @@ class CompareWidget(QWidget):
         return Path(folder), Path(self.comparison.slide_path).stem
 
     def _export(self, fn: Any, what: str) -> bool:
-        from napari.qt.threading import create_worker
-
         target = self._export_target()
         if target is None:
             return False
-        self.worker = create_worker(fn, *target, _start_thread=False, _ignore_errors=True)
+        self.worker = make_worker(fn, *target)
         self.worker.returned.connect(lambda paths: self._exported(what, paths))
         self.worker.errored.connect(lambda err: self._export_failed(what, err))
         self.worker.finished.connect(lambda: self._set_done(True))

@@ -433,6 +433,47 @@ def test_closing_the_dock_during_a_run_stops_it_and_draws_nothing(
     qtbot.wait(50)
 
 
+def test_a_closed_dock_lets_go_of_the_comparisons_arrays(
+    make_napari_viewer, qtbot, data, tmp_path, messages
+):
+    """A comparison replaced by the next is freed; the dock's ✕ leaves the widget alive
+    (Qt's connections to its lambdas, and a lambda on the camera's zoom event napari held),
+    and with it the slide-sized masks, probability maps and band of its last comparison:
+    they are let go; the layers drawn stay."""
+    import gc
+    import weakref
+
+    viewer = make_napari_viewer()
+    w = open_widget(viewer, data, tmp_path)
+    w.add_model(str(data / "models" / "a"))
+    assert w.run()
+    qtbot.waitUntil(lambda: w.comparison is not None and w.scores is not None, timeout=TIMEOUT_MS)
+    wait_idle(qtbot, w)
+    first = weakref.ref(w.comparison)
+    assert w.run()  # a second comparison replaces the first: its arrays go (napari's
+    # create_worker kept every worker, and the comparison its closure held, for good)
+    qtbot.waitUntil(
+        lambda: w.comparison is not first() and w.scores is not None, timeout=TIMEOUT_MS
+    )
+    wait_idle(qtbot, w)
+    gc.collect()
+    assert first() is None
+    drawn = [ly.name for ly in viewer.layers]
+    comp = weakref.ref(w.comparison)
+    viewer.window.remove_dock_widget(w)  # the dock's ✕
+    gc.collect()
+    assert comp() is None and w.comparison is None and w._band_data is None
+    assert [ly.name for ly in viewer.layers] == drawn
+    from napari_lsr.viewer_compat import camera as camera_of
+
+    camera = camera_of(viewer)
+    camera.zoom = camera.zoom * 2  # no callback of the closed widget is left to fail
+    assert not messages["error"]
+    w.deleteLater()
+    del w
+    qtbot.wait(50)
+
+
 def test_closing_the_dock_while_the_layers_go_in_finishes_them_unscored(
     make_napari_viewer, qtbot, data, tmp_path, messages, monkeypatch
 ):
