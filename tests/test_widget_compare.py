@@ -469,8 +469,7 @@ def test_a_closed_dock_lets_go_of_the_comparisons_arrays(
     camera = camera_of(viewer)
     camera.zoom = camera.zoom * 2  # no callback of the closed widget is left to fail
     assert not messages["error"]
-    w.deleteLater()
-    del w
+    w.deleteLater()  # out of the dock, napari no longer owns it
     qtbot.wait(50)
 
 
