@@ -184,6 +184,13 @@ def test_single_channel_float_and_bool_maps_are_lossless(tmp_path):
         np.testing.assert_allclose(lvl1, prob.reshape(300, 2, 350, 2).mean((1, 3)), atol=1e-6)
         with pytest.raises(LsrInputError, match="8-bit RGB"):
             s.read_working(0, 0, 10, 10)
+    with tifffile.TiffFile(tmp_path / "p.tif") as tf:  # Bio-Formats (QuPath) refuses 3
+        assert all(
+            p.predictor == tifffile.PREDICTOR.NONE for p in [tf.pages[0], *tf.pages[0].pages]
+        )
+    write_pyramidal_tiff(tmp_path / "u.tif", (prob * 255).astype(np.uint8), mpp=WORKING_MPP)
+    with tifffile.TiffFile(tmp_path / "u.tif") as tf:  # integers keep differencing
+        assert tf.pages[0].predictor == tifffile.PREDICTOR.HORIZONTAL
     mask = prob > 0.5
     write_pyramidal_tiff(tmp_path / "m.tif", mask, mpp=WORKING_MPP, compression="jpeg")
     with tifffile.TiffFile(tmp_path / "m.tif") as tf:

@@ -1035,7 +1035,9 @@ def write_pyramidal_tiff(
     if compression == "jpeg":
         comp_kw = {"compression": "jpeg", "compressionargs": {"level": int(jpeg_quality)}}
     elif compression in ("zlib", "lzw"):
-        comp_kw = {"compression": compression, "predictor": True}
+        # horizontal differencing (Predictor 2) for integers only: for floats tifffile
+        # writes Predictor 3, which Bio-Formats (QuPath's reader of such files) refuses
+        comp_kw = {"compression": compression, "predictor": store_dtype.kind in "ui"}
     common: dict[str, Any] = {
         "tile": (tile, tile),
         "photometric": photometric if is_rgb else "minisblack",
