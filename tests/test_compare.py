@@ -404,12 +404,13 @@ def test_the_qupath_script_removes_every_class_lsr_writes_and_never_tumor() -> N
     doc = (Path(__file__).parents[1] / "docs" / "qupath.md").read_text(encoding="utf-8")
     listed = re.search(r"def lsrClasses = \[(.*?)\] as Set", doc, re.S).group(1)
     classes = set(re.findall(r"'([^']*)'", listed))
+    old_keys = re.search(r"def oldClasses = \[(.*?)\]", doc, re.S).group(1)
+    old = {f"Tumor ({k})" for k in re.findall(r"'([^']*)'", old_keys)}
     assert "lsrClasses.any { c.startsWith(it + ' (') }" in doc  # the predicate mirrored:
+    assert "c in lsrClasses || c in oldClasses ||" in doc
 
     def is_lsr(c: str) -> bool:
-        return (
-            c in classes or c.startswith("Tumor (") or any(c.startswith(k + " (") for k in classes)
-        )
+        return c in classes or c in old or any(c.startswith(k + " (") for k in classes)
 
     losses = [*(k for k in DEFAULT_NAMES if k not in ("ground_truth", "low_res")), "odd", ""]
     compare_names = [b.name for b in compare.model_boundaries([(f"run-{k}", k) for k in losses])]
@@ -418,6 +419,9 @@ def test_the_qupath_script_removes_every_class_lsr_writes_and_never_tumor() -> N
     assert len(set(compare_names)) == len(losses)  # every model its own class in QuPath
     assert all(is_lsr(c) for c in written), sorted(c for c in written if not is_lsr(c))
     assert not is_lsr(DEFAULT_NAMES["ground_truth"]) and not is_lsr("Tumor")
+    assert not is_lsr("Tumor (grade 2)")  # the user's own class
+    earlier = [k for k in DEFAULT_NAMES if k not in ("ground_truth", "low_res")]
+    assert all(is_lsr(f"Tumor ({k})") for k in earlier)  # what older versions wrote
 
 
 def test_low_res_mask_of_a_grid_of_bins_equals_its_probabilities() -> None:

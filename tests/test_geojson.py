@@ -152,8 +152,40 @@ def test_export_custom_names_colours_and_skips_empty(tmp_path):
     feats = json.loads(path.read_text())["features"]
     assert len(feats) == 1
     assert feats[0]["properties"]["classification"] == {"name": "Region A", "color": [1, 2, 3]}
+    assert feats[0]["properties"]["color"] == [1, 2, 3]  # QuPath keeps an existing class's
     with pytest.raises(LsrInputError):
         export_geojson(path, {"a": box(0, 0, 1, 1)}, colours={"a": (300, 0, 0)})
+
+
+@pytest.mark.parametrize(
+    ("name", "written"),
+    [
+        ("boundary: Intra-instance (run-1)", "boundary - Intra-instance (run-1)"),
+        ("two\nlines", "two lines"),
+        ("tab\there  and\rthere", "tab here and there"),
+        ("   ", "LSR prediction"),
+        ("Tumor (grade 2)", "Tumor (grade 2)"),
+    ],
+)
+def test_class_names_are_ones_qupath_takes_whole(tmp_path, name, written):
+    """QuPath splits a class name at ':' into sub-classes, and refuses a blank name or one
+    with a line break (the file's whole import fails); other names pass unchanged."""
+    path = tmp_path / "b.geojson"
+    export_geojson(path, {"a": box(0, 0, 1, 1)}, names={"a": name})
+    (feat,) = json.loads(path.read_text())["features"]
+    assert feat["properties"]["classification"]["name"] == written == feat["properties"]["name"]
+    assert ":" not in written and written.strip() == written and written.isprintable()
+
+
+def test_import_names_a_qupath_sub_class_by_its_names(tmp_path):
+    """QuPath writes a derived class as {"names": ["Tumor", "Positive"]}: it is the class
+    "Tumor: Positive" (QuPath's own spelling), not a feature without a class."""
+    f = feature()
+    f["properties"]["classification"] = {"names": ["Tumor", "Positive"], "color": [1, 2, 3]}
+    p = write(tmp_path, {"type": "FeatureCollection", "features": [f]})
+    assert import_geojson(p, classification="Tumor: Positive").area == pytest.approx(100)
+    with pytest.raises(LsrInputError, match="Tumor: Positive"):
+        import_geojson(p, classification="Tumor")
 
 
 # --- import ------------------------------------------------------------------------------

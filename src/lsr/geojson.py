@@ -15,6 +15,8 @@ from __future__ import annotations
 
 import json
 import math
+import re
+import unicodedata
 import uuid
 import warnings
 from collections.abc import Iterable
@@ -210,6 +212,16 @@ def _colour(value: Any, key: str) -> list[int]:
     return rgb
 
 
+def qupath_class_name(name: str, default: str = "LSR prediction") -> str:
+    """``name`` as a QuPath class name: QuPath splits a class name at ``:`` into a class and
+    sub-classes (a layer named ``boundary: Intra-instance`` became class ``boundary``), and
+    refuses a blank one or one with a line break, failing the whole file's import. Colons
+    become `` - ``, control characters spaces, runs of spaces one; blank: ``default``."""
+    text = re.sub(r"\s*:\s*", " - ", str(name))
+    text = " ".join("".join(" " if unicodedata.category(c)[0] == "C" else c for c in text).split())
+    return text or default
+
+
 def _geometry_json(geom: BaseGeometry) -> dict[str, Any]:
     """Polygon for one part, MultiPolygon for several; exterior rings counter-clockwise."""
     multi = _as_multipolygon(geom)
@@ -245,7 +257,8 @@ def export_geojson(
             warnings.warn(f"{path}: {key!r}: empty boundary, not exported", stacklevel=2)
             empty.append(key)
             continue
-        class_name = names.get(key, key)
+        class_name = qupath_class_name(names.get(key, key))
+        rgb = _colour(colours.get(key, _FALLBACK_COLOUR), key)
         features.append(
             {
                 "type": "Feature",
@@ -254,10 +267,10 @@ def export_geojson(
                 "properties": {
                     "objectType": "annotation",
                     "name": class_name,
-                    "classification": {
-                        "name": class_name,
-                        "color": _colour(colours.get(key, _FALLBACK_COLOUR), key),
-                    },
+                    # the object's own colour too: QuPath keeps a class's colour once the
+                    # class exists (its Tumor is (200, 0, 0)), and draws this one first
+                    "color": rgb,
+                    "classification": {"name": class_name, "color": rgb},
                     "isLocked": False,
                 },
             }
@@ -275,6 +288,8 @@ def _class_name(props: Any) -> str | None:
     if not isinstance(props, dict):
         return None
     cls = props.get("classification")
+    if isinstance(cls, dict) and isinstance(cls.get("names"), list) and "name" not in cls:
+        return ": ".join(map(str, cls["names"]))  # QuPath's sub-classes: ["Tumor", "Positive"]
     if isinstance(cls, dict):
         return cls.get("name")
     if isinstance(cls, str):
