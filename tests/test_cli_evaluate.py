@@ -809,3 +809,32 @@ def test_a_killed_saves_hidden_temporary_in_the_prediction_folder_is_not_a_patch
     assert res.exit_code == 0, res.output
     rows = json.loads((tmp_path / "o.json").read_text())["per_patch"]
     assert [Path(r["pred"]).name for r in rows] == ["p.npy"]
+
+
+@pytest.mark.parametrize("suffix", [".tif", ".npy"])
+def test_a_ground_truth_of_another_size_is_refused_before_it_is_read(
+    tmp_path, runner, monkeypatch, suffix
+):
+    """A ground truth at the slide's level 0 beside a prediction at the working resolution
+    was read whole (2.4 GB for a 30000 x 40000 slide) before its size was compared: the
+    header says the size, the pixels are never read."""
+    import lsr.cli.evaluate as ev
+    from lsr.slide import write_pyramidal_tiff
+
+    np.save(tmp_path / "a_pred.npy", np.zeros((3 * B, 4 * B), "f4"))
+    gt = np.zeros((30 * B, 40 * B), bool)
+    if suffix == ".tif":
+        write_pyramidal_tiff(tmp_path / "a_gt.tif", gt, mpp=1.0, min_size=64)
+    else:
+        np.save(tmp_path / "a_gt.npy", gt)
+
+    def never(path):
+        raise AssertionError(f"{path} was read")
+
+    monkeypatch.setattr(ev, "read_mask", never)
+    res = runner.invoke(app, ["evaluate", "-p", str(tmp_path / "a_pred.npy"), "-g",
+                              str(tmp_path / f"a_gt{suffix}"), "--band", str(B)])  # fmt: skip
+    assert isinstance(res.exception, LsrInputError), res.output
+    assert f"shape ({3 * B}, {4 * B}) differs from ground truth" in str(res.exception)
+    assert f"({30 * B}, {40 * B})" in str(res.exception)
+    assert ev.stored_shape(tmp_path / f"a_gt{suffix}") == gt.shape

@@ -251,6 +251,30 @@ def read_prediction(path: Path, kind: str = "auto") -> tuple[np.ndarray, bool]:
     )
 
 
+def stored_shape(path: Path) -> tuple[int, int] | None:
+    """(H, W) of a TIFF's full-resolution image or a ``.npy``'s array, from its header
+    alone; None when the header does not tell (the full read then says what is wrong).
+    Why: a ground truth at the slide's level 0 (30000 x 40000) was read whole, 2.4 GB,
+    only to be refused for not matching a prediction at the working resolution."""
+    try:
+        if path.suffix.lower() in (".tif", ".tiff"):
+            import tifffile
+
+            from lsr.slide import quiet_tifffile
+
+            with quiet_tifffile(), tifffile.TiffFile(path) as tf:
+                series = tf.series[0]
+                axes, shape = series.axes, series.shape
+            if "Y" in axes and "X" in axes:
+                return int(shape[axes.index("Y")]), int(shape[axes.index("X")])
+        elif path.suffix.lower() == ".npy":
+            shape = np.load(path, mmap_mode="r", allow_pickle=False).shape
+            return (int(shape[0]), int(shape[1])) if len(shape) >= 2 else None
+    except Exception:  # noqa: BLE001 - the full read names the problem
+        return None
+    return None
+
+
 def _is_pyramid(path: Path) -> bool:
     import tifffile
 
@@ -587,7 +611,12 @@ def _scores(
         task = bar.add_task("reading", total=len(pairs))
         for p, g in pairs:
             prob, is_probability = read_prediction(p, pred_kind)
-            pm, gm = prob >= 0.5, read_mask(g)
+            pm = prob >= 0.5
+            gt_shape = stored_shape(g)  # before reading it: it may be level 0 of a slide
+            # (an empty one is read, and named so)
+            if gt_shape is not None and min(gt_shape) > 0 and gt_shape != pm.shape:
+                raise LsrInputError(f"shape {pm.shape} differs from ground truth {g} {gt_shape}", p)
+            gm = read_mask(g)
             kinds.append("probability" if is_probability else "mask")
             if pm.shape != gm.shape:
                 raise LsrInputError(f"shape {pm.shape} differs from ground truth {g} {gm.shape}", p)
