@@ -270,7 +270,7 @@ def stored_shape(path: Path) -> tuple[int, int] | None:
         elif path.suffix.lower() == ".npy":
             shape = np.load(path, mmap_mode="r", allow_pickle=False).shape
             return (int(shape[0]), int(shape[1])) if len(shape) >= 2 else None
-    except Exception:  # noqa: BLE001 - the full read names the problem
+    except Exception:  # the full read names the problem
         return None
     return None
 
