@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import itertools
 import threading
+import time
 
 import numpy as np
 import pytest
@@ -423,6 +424,38 @@ def test_cancel_stops_within_a_tile_and_leaves_the_model_as_it_was(core_only):
     for p in probes:
         p.remove()
     assert all(not m._forward_pre_hooks for m in model.modules())  # lsr's hooks are gone
+
+
+def test_a_ctrl_c_ends_the_read_under_way_at_its_next_chunk(monkeypatch):
+    """A Ctrl-C (here: raised in the forward pass of the first batch) while the next batch
+    is read: the thread pool's exit waited for that whole read (about a minute on a slide
+    without a pyramid, read as one tile) before the process could end."""
+    import lsr.slide
+
+    class SlowSlide(RecordingSlide):
+        def _read_level(self, level, y, x, h, w):
+            time.sleep(0.002)
+            return super()._read_level(level, y, x, h, w)
+
+    monkeypatch.setattr(lsr.slide, "_CHUNK_SOURCE_PX", 64)  # 16 x 16 chunks per tile
+    model = eval_unet(depth=2)
+    img = np.repeat(np.repeat(tissue_image(128, 256), 4, axis=0), 4, axis=1)  # 0.25 µm/px
+    kw = dict(working_mpp=1.0, tile=128, batch_size=1, prefetch=1)
+    normal = SlowSlide(img, mpp=0.25)
+    predict_slide(model, normal, **kw)
+    per_tile = len(normal.calls) / 2  # two tiles of 128 x 128 working px
+
+    def ctrl_c(module, inputs):
+        time.sleep(0.05)  # the next batch's read is under way
+        raise KeyboardInterrupt
+
+    handle = model.encoder[0].register_forward_pre_hook(ctrl_c)
+    slide = SlowSlide(img, mpp=0.25)
+    with pytest.raises(KeyboardInterrupt):
+        predict_slide(model, slide, **kw)
+    handle.remove()
+    time.sleep(0.2)  # a read still going on would add calls now
+    assert per_tile >= 50 and len(slide.calls) < 1.5 * per_tile
 
 
 def test_read_errors_in_the_background_thread_reach_the_caller():

@@ -402,13 +402,20 @@ def _output_array(out: Any, shape: tuple[int, int]) -> tuple[Any, bool]:
 # --- the tiled loop -----------------------------------------------------------------------
 
 
-def _read_batch(slide: Slide, tiles: list[Tile], working_mpp: float, pin: bool) -> Tensor:
-    """(B, h, w, 3) uint8 tensor of the tiles' read boxes (white beyond the slide)."""
+def _read_batch(
+    slide: Slide,
+    tiles: list[Tile],
+    working_mpp: float,
+    pin: bool,
+    stop: Callable[[], bool] | None = None,
+) -> Tensor:
+    """(B, h, w, 3) uint8 tensor of the tiles' read boxes (white beyond the slide); when
+    ``stop`` says True the reads end early and the batch is not to be used."""
     rh, rw = tiles[0].read_h, tiles[0].read_w
     batch = torch.empty((len(tiles), rh, rw, 3), dtype=torch.uint8, pin_memory=pin)
     view = batch.numpy()
     for i, t in enumerate(tiles):
-        view[i] = slide.read_working(*t.read_box, working_mpp=working_mpp)
+        view[i] = slide.read_working(*t.read_box, working_mpp=working_mpp, stop=stop)
     return batch
 
 
@@ -519,6 +526,11 @@ def predict_slide(
         return (slice(0, t.h), slice(0, t.w)) if fast is not None else t.core_in_output
 
     pending: collections.deque[tuple[list[Tile], Future[Tensor]]] = collections.deque()
+    gave_up = threading.Event()  # set when the loop ends early (an error, Ctrl-C, cancel)
+
+    def stop_reading() -> bool:
+        return gave_up.is_set() or (cancel is not None and cancel.is_set())
+
     with (
         ThreadPoolExecutor(read_threads, thread_name_prefix="lsr-read") as pool,
         _cancel_within(model, cancel, lambda: f"cancelled during tile {done + 1} of {total}"),
@@ -531,7 +543,9 @@ def predict_slide(
                     nxt = next(queue, None)
                     if nxt is None:
                         return
-                    pending.append((nxt, pool.submit(_read_batch, slide, nxt, working_mpp, pin)))
+                    pending.append(
+                        (nxt, pool.submit(_read_batch, slide, nxt, working_mpp, pin, stop_reading))
+                    )
 
             refill()
             while pending:
@@ -540,6 +554,8 @@ def predict_slide(
                 tiles, fut = pending.popleft()
                 t0 = time.perf_counter()
                 rgb = fut.result()
+                if cancel is not None and cancel.is_set():  # (the read may have ended early)
+                    raise InferenceCancelled(f"cancelled after {done} of {total} tiles")
                 refill()
                 t1 = time.perf_counter()
                 with torch.inference_mode():
@@ -556,6 +572,9 @@ def predict_slide(
                 done += len(tiles)
                 if progress is not None:
                     progress(done, total)
+        except BaseException:
+            gave_up.set()  # the read under way ends at its next chunk: the pool's exit
+            raise  # waits for it, and a Ctrl-C on a slide without a pyramid waited ~1 min
         finally:
             for _, fut in pending:
                 fut.cancel()

@@ -26,7 +26,7 @@ import shutil
 import tempfile
 import uuid
 import warnings
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -296,13 +296,22 @@ class Slide:
         return arr
 
     def read_working(
-        self, y: int, x: int, h: int, w: int, working_mpp: float = WORKING_MPP
+        self,
+        y: int,
+        x: int,
+        h: int,
+        w: int,
+        working_mpp: float = WORKING_MPP,
+        stop: Callable[[], bool] | None = None,
     ) -> np.ndarray:
         """An (h, w, 3) uint8 RGB region at ``working_mpp``; y, x, h, w in working px.
 
         Reads the nearest finer pyramid level and area-averages it (exact for non-integer
         factors), chunk by chunk so that at most ~1024² source pixels are held at once.
-        Out-of-bounds pixels are white (255).
+        Out-of-bounds pixels are white (255). ``stop``: asked before each chunk; when it
+        says True the read ends there, the rest of the region unread (its caller gave up:
+        a read of a slide without a pyramid can take a minute, and a thread pool waits for
+        its running read before a Ctrl-C can end the process).
         """
         h, w = int(h), int(w)
         if h < 0 or w < 0:
@@ -320,6 +329,8 @@ class Slide:
             iy0 = math.floor(fy0)
             iy1 = math.ceil((y + oy + ch) * sy - 1e-9)
             for ox in range(0, w, step_x):
+                if stop is not None and stop():
+                    return out
                 cw = min(step_x, w - ox)
                 fx0 = (x + ox) * sx
                 ix0 = math.floor(fx0)
