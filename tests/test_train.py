@@ -1625,3 +1625,17 @@ def test_a_run_killed_before_latest_json_resumes_and_is_listed(
     ]
     resumed = train(tiny_config(tmp_path, pairs, steps=4, loss="intra", resume=str(out)))
     assert resumed.ok and resumed.step == 4 and read_checkpoint(out).step == 4
+
+
+def test_training_without_amp_never_enters_torch_autocast(
+    pairs: list[tuple[str, str]], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """torch.autocast(enabled=False) on device "mps" raises before torch 2.5: every step of
+    an MPS run without AMP crashed. Without AMP, no autocast at all."""
+
+    def refuse(*_a, **_k):
+        raise RuntimeError("User specified an unsupported autocast device_type 'mps'")
+
+    monkeypatch.setattr(torch, "autocast", refuse)
+    result = train(tiny_config(tmp_path, pairs, steps=2, loss="intra"))
+    assert result.ok and result.step == 2

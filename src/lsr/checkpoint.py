@@ -374,9 +374,11 @@ def read_checkpoint(path: str | os.PathLike[str]) -> Checkpoint:
 
 
 def rng_state() -> dict[str, torch.Tensor]:
-    """Torch's global RNG states (CPU, and CUDA when present) as tensors."""
+    """Torch's global RNG states (CPU, and CUDA when in use) as tensors. CUDA's only once
+    this process has started CUDA: asking for them starts it (a CPU run on a GPU machine
+    took GPU memory and start-up time for nothing)."""
     out = {"cpu": torch.get_rng_state()}
-    if torch.cuda.is_available():
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
         with contextlib.suppress(RuntimeError):
             for i, s in enumerate(torch.cuda.get_rng_state_all()):
                 out[f"cuda{i}"] = s

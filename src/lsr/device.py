@@ -44,10 +44,20 @@ def select_device(name: str = "auto", local_rank: int | None = None) -> torch.de
     if name.startswith("cuda"):
         if not torch.cuda.is_available():
             raise LsrInputError("device 'cuda' requested but PyTorch sees no CUDA GPU")
+        count = torch.cuda.device_count()
         if name == "cuda":
-            index = (local_rank or 0) % max(torch.cuda.device_count(), 1)
-            return torch.device("cuda", index)
-        return torch.device(name)
+            return torch.device("cuda", (local_rank or 0) % max(count, 1))
+        index = name.partition(":")[2]
+        if not index.isdigit() or int(index) >= count:
+            raise LsrInputError(
+                f"device '{name}': PyTorch sees {count} CUDA GPU(s), numbered 0 to {count - 1}"
+            )
+        if int(os.environ.get("WORLD_SIZE", "1")) > 1:  # every rank would take that one GPU
+            raise LsrInputError(
+                f"device '{name}' under torchrun: give 'cuda' (each process takes the GPU of "
+                "its LOCAL_RANK), or choose GPUs with CUDA_VISIBLE_DEVICES"
+            )
+        return torch.device("cuda", int(index))
     if name == "mps":
         if not mps_available():
             raise LsrInputError("device 'mps' requested but Apple MPS is not available")

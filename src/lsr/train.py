@@ -67,7 +67,7 @@ from lsr.checkpoint import (
 )
 from lsr.counttable import CountTable
 from lsr.dataset import BlockDataset, BlockSource
-from lsr.device import describe_device, select_device
+from lsr.device import describe_device, mps_available, select_device
 from lsr.errors import LsrInputError
 from lsr.model import NORMS, UNet, normalise_rgb
 from lsr.sampler import GroupBatchSampler, SamplerWarning, ShuffledBatchSampler
@@ -679,6 +679,20 @@ def final_check_blocks(labels: np.ndarray, seed: int, n: int = FINAL_CHECK_BLOCK
     return np.sort(np.array([i for _, _, i in ranked[:n]], dtype=np.int64))
 
 
+def class_counts(p: torch.Tensor) -> torch.Tensor:
+    """(L,) float32: how many pixels of the probabilities ``p`` (B, L, H, W) each class wins
+    (argmax; ties to the lower class). Not ``torch.bincount``: on Apple MPS it is slow on
+    millions of values in one bin (a step's 1.7 M pixels) and crashed in some releases."""
+    winners = p.argmax(dim=1, keepdim=True)
+    classes = torch.arange(p.shape[1], device=p.device).view(1, -1, 1, 1)
+    return (winners == classes).sum(dim=(0, 2, 3)).float()
+
+
+def class_shares(p: torch.Tensor) -> torch.Tensor:
+    """(L,) the share of the pixels of ``p`` (B, L, H, W) each class wins (sums to 1)."""
+    return class_counts(p) / (p.numel() // p.shape[1])
+
+
 def check_final_network(
     model: torch.nn.Module,
     dataset: BlockDataset,
@@ -709,10 +723,9 @@ def check_final_network(
                                       for i in idx[start : start + chunk]])  # fmt: skip
                 logits = model(images.to(device))
                 p = F.softmax(crop_to_block(logits, cfg.context_px).float(), dim=1)
-                n_cls = p.shape[1]
                 mus.append(p[:, 0].mean(dim=(-2, -1)).cpu())
                 softs.append(p.sum(dim=(0, 2, 3)).cpu())
-                hards.append(torch.bincount(p.argmax(dim=1).flatten(), minlength=n_cls).cpu())
+                hards.append(class_counts(p).cpu())
     finally:
         model.train(was_training)
     mu = torch.cat(mus).numpy()
@@ -865,14 +878,29 @@ def _emit(callbacks: Sequence[Any], name: str, *args: Any) -> list[Any]:
     return out
 
 
+def ddp_backend(device: str) -> str:
+    """The process-group backend for training on ``device`` (a :data:`lsr.device.DEVICE_CHOICES`
+    name or ``cuda:N``): NCCL for CUDA tensors, gloo for CPU ones — not NCCL whenever a GPU is
+    visible (``torchrun … --device cpu`` on a GPU machine sent CPU tensors to NCCL)."""
+    name = str(device).strip().lower()
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "mps" if mps_available() else "cpu"
+    if name == "mps":
+        raise LsrInputError(
+            "distributed training (torchrun) runs on CUDA or CPU, not on Apple MPS: "
+            "give --device cpu, or train in one process"
+        )
+    return "nccl" if name.startswith("cuda") else "gloo"
+
+
 @contextlib.contextmanager
-def _distributed() -> Iterator[tuple[int, int]]:
-    """Initialise the process group under torchrun (WORLD_SIZE > 1); yield (rank, world)."""
+def _distributed(device: str = "auto") -> Iterator[tuple[int, int]]:
+    """Initialise the process group under torchrun (WORLD_SIZE > 1) with the backend for
+    ``device`` (:func:`ddp_backend`); yield (rank, world)."""
     world = int(os.environ.get("WORLD_SIZE", "1"))
     owned = False
     if world > 1 and not dist.is_initialized():
-        backend = "nccl" if torch.cuda.is_available() else "gloo"
-        dist.init_process_group(backend=backend)
+        dist.init_process_group(backend=ddp_backend(device))
         owned = True
     try:
         if dist.is_initialized():
@@ -1170,7 +1198,7 @@ def train(
     ``config.data`` with already-opened slides and grids (tests, the GUI).
     Returns a :class:`TrainResult`; ``run.json`` of the run is written to ``out_dir``.
     """
-    with _distributed() as (rank, world):
+    with _distributed(config.device) as (rank, world):
         cfg = config.resolved()
         record = _RunRecord()
         try:
@@ -1430,9 +1458,17 @@ def _train(
     blocks_per_step = (cfg.batch_size or 0) * world
     step = start
 
-    def sync() -> None:
+    def sync() -> None:  # so that each phase's time is its own
         if device.type == "cuda":
             torch.cuda.synchronize(device)
+        elif device.type == "mps":
+            torch.mps.synchronize()
+
+    def autocast() -> contextlib.AbstractContextManager[Any]:
+        # not torch.autocast(enabled=False): before torch 2.5 it refuses device "mps" even off
+        if not use_amp:
+            return contextlib.nullcontext()
+        return torch.autocast(device_type=device.type, dtype=torch.float16)
 
     def save(step_done: int, cancelled: bool = False) -> None:
         """Write a checkpoint. The first one deletes the run ``--overwrite`` replaced, unless
@@ -1489,11 +1525,12 @@ def _train(
         lr = learning_rate(cfg, step)
         for group in optimizer.param_groups:
             group["lr"] = lr
-        images = batch["image"].to(device, non_blocking=True)
+        # non-blocking only from pinned memory (CUDA): MPS may read a buffer being reused
+        images = batch["image"].to(device, non_blocking=device.type == "cuda")
         eta = batch["eta"].to(device)
         rho = batch["rho"].to(device)
         gid = batch["group"].to(device)
-        with torch.autocast(device_type=device.type, dtype=torch.float16, enabled=use_amp):
+        with autocast():
             logits = net(images)
         probs = F.softmax(crop_to_block(logits, cfg.context_px).float(), dim=1)
         sync()
@@ -1531,7 +1568,7 @@ def _train(
             n_cls = p.shape[1]
             mu = p[:, 0].mean(dim=(-2, -1))  # (B,) block fractions of class 0
             soft = p.mean(dim=(0, 2, 3))  # (L,) mean probabilities
-            hard = torch.bincount(p.argmax(dim=1).flatten(), minlength=n_cls) / (p.numel() // n_cls)
+            hard = class_shares(p)
             stats = torch.cat([soft, hard, mu]).cpu().tolist()  # one device sync per step
         degenerate = mask_monitor.update(stats[:n_cls], stats[n_cls : 2 * n_cls])
         # A network starting from the table's prior has every pixel on one side of 0.5 for
@@ -1578,6 +1615,8 @@ def _train(
             break
         if step % cfg.checkpoint_every == 0 or step == cfg.steps:
             save(step)
+    if world > 1:  # rank 0's last checkpoint (and its pruning) is done before any rank
+        dist.barrier()  # reads the checkpoints in the final check below
     if status == "completed" and monitor.collapsed:
         status = "failed"
         failure = f"collapsed: predicted fraction spread {monitor.spread:.2g} < {cfg.collapse_std}"
