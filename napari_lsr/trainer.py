@@ -26,6 +26,7 @@ import contextlib
 import math
 import threading
 import time
+import weakref
 from pathlib import Path
 from typing import Any
 
@@ -87,9 +88,15 @@ MIN_NAME_PX = 120
 _device_cache: dict[str, str] = {}
 
 
-#: The output folder of the last run watched in this napari session: a Trainer opened again
-#: (its dock closed during training) starts there, so it finds the run still training.
-_last_out_dir: Path | None = None
+#: The Trainers of this process (weakly): a Trainer opened again after its dock was closed
+#: during training takes the job over from the closed one, which watched and reported it
+#: meanwhile, so that each run's end is reported once (see :meth:`TrainerWidget.attach_running`).
+_TRAINERS: weakref.WeakSet[TrainerWidget] = weakref.WeakSet()
+
+
+def _same(viewer: Any, other: Any) -> bool:
+    """The same napari viewer: napari hands each widget its own proxy of it."""
+    return getattr(viewer, "__wrapped__", viewer) is getattr(other, "__wrapped__", other)
 
 
 def default_output_folder() -> Path:
@@ -285,10 +292,10 @@ class TrainerWidget(QWidget):
         if self.viewer is not None:
             self.viewer.layers.events.inserted.connect(self._refresh_tables)
             self.viewer.layers.events.removed.connect(self._refresh_tables)
-        if _last_out_dir is not None:  # a reopened dock: the folder this session trained in
-            self.out_dir.setText(str(_last_out_dir))
         self.refresh_models()
-        self.installEventFilter(self)  # its dock closing: see eventFilter
+        self.closed_dock = False  # its dock was closed (napari keeps the widget): eventFilter
+        self.installEventFilter(self)
+        _TRAINERS.add(self)
         # once napari has docked it (the close guard needs the main window)
         QTimer.singleShot(0, self.attach_running)
 
@@ -913,17 +920,40 @@ class TrainerWidget(QWidget):
         return True
 
     def attach_running(self) -> bool:
-        """Watch the newest training process still running in the output folder: a Trainer
-        whose dock was closed (or a napari that was quit) during training left it running,
-        and a Trainer opened later showed "Ready." beside it. Nothing when already watching."""
+        """Watch a training still running that nobody watches (a Trainer opened later
+        showed "Ready." beside it). Nothing when already watching. In turn:
+
+        - the job of a Trainer of this viewer whose dock was closed: taken over (that one
+          watched and would report it; now this one does, once);
+        - else the newest job in the output folder launched by a napari that is gone
+          (quit or restarted during training; ``lsr.training_process.running_runs``), and
+          not watched by another Trainer of this process.
+        """
         if self.job is not None:
             return False
-        runs = tp.running_runs(Path(self.out_dir.text()).expanduser())
+        for other in list(_TRAINERS):
+            if other is self or not _same(other.viewer, self.viewer) or not other.closed_dock:
+                continue
+            job = other.job
+            if job is not None and other.running and job.alive:
+                other.detach()
+                self.out_dir.setText(str(job.runs[0].parent))
+                self._watch(job, report_old=False)
+                self.refresh_models()
+                return True
+        watched = {w.job.pid for w in list(_TRAINERS) if w is not self and w.job is not None}
+        runs = [
+            r
+            for r in tp.running_runs(Path(self.out_dir.text()).expanduser())
+            if tp.process_pid(r) not in watched
+        ]
         if not runs or not self.attach(runs[0]):
             return False
         if len(runs) > 1:
             others = ", ".join(r.name for r in runs[1:])
-            self._notify(f"Also training in this folder: {others} (Attach… to watch)")
+            self._notify(
+                f"Also training in this folder: {others} (Attach… watches it once this one ends)"
+            )
         return True
 
     def _ask_attach(self) -> None:
@@ -937,11 +967,8 @@ class TrainerWidget(QWidget):
         return self.job is not None and any(m.state.active for m in self.monitors)
 
     def _watch(self, job: tp.TrainingJob, report_old: bool = True) -> None:
-        global _last_out_dir
         self._stop_poller()
         self.job = job
-        if job.runs:
-            _last_out_dir = job.runs[0].parent
         self.monitors = [tp.RunMonitor(r, job) for r in job.runs]
         self._close_pbar()
         for m in self.monitors:  # what is there now (attach: the history), read here once
@@ -1208,8 +1235,12 @@ class TrainerWidget(QWidget):
                 self._fit_name_column()
             return False
         if obj is self and event.type() == QEvent.ParentChange:
-            if self.parent() is None:
-                self._undocked()
+            self.closed_dock = self.parent() is None
+            if self.closed_dock and self.running:
+                self._notify(
+                    "Training goes on in the background; open the Trainer again to watch it "
+                    f"({self.out_dir.text()})."
+                )
             elif self.running:
                 self._guard_close()  # docked (again): closing napari asks about the run
             return False
@@ -1224,18 +1255,6 @@ class TrainerWidget(QWidget):
                 self.cancel()
             self.detach()
         return False
-
-    def _undocked(self) -> None:
-        """The dock was closed (napari takes the widget out of it): the training goes on, but
-        a hidden widget watching it would report its end a second time beside the Trainer
-        the user opens next (which watches it again: :meth:`attach_running`)."""
-        if not self.running:
-            return
-        self.detach()
-        self._notify(
-            "Training goes on in the background; open the Trainer again to watch it "
-            f"({self.out_dir.text()})."
-        )
 
     def detach(self) -> None:
         """Stop watching; the training process goes on (it is in its own session)."""

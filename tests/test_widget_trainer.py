@@ -42,11 +42,9 @@ def data(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture
 def widget(make_napari_viewer, tmp_path, monkeypatch):
-    from napari_lsr import trainer
     from napari_lsr.trainer import TrainerWidget
 
     monkeypatch.setattr(TrainerWidget, "ask_close_choice", lambda self: "stop")
-    monkeypatch.setattr(trainer, "_last_out_dir", None)  # no folder of an earlier test
     viewer = make_napari_viewer()
     _dock, w = viewer.window.add_plugin_dock_widget("napari-lsr", "Trainer")
     w.out_dir.setText(str(tmp_path / "models"))
@@ -274,13 +272,22 @@ def test_close_asks_detach_then_reattach_and_stop(widget, data, qtbot, monkeypat
     assert QEvent.Close == QCloseEvent().type()
 
 
-def test_closing_the_dock_leaves_training_running_and_a_reopened_trainer_watches_it(
+def _close_dock(widget, qtbot) -> None:
+    """The dock's ✕ (napari takes the widget out of its dock and keeps it)."""
+    from qtpy.QtWidgets import QDockWidget
+
+    dock = widget.parentWidget()
+    while not isinstance(dock, QDockWidget):
+        dock = dock.parentWidget()
+    dock.destroyOnClose()
+    qtbot.waitUntil(lambda: widget.parent() is None, timeout=5000)
+
+
+def test_a_trainer_opened_again_takes_over_the_run_its_closed_dock_left_running(
     widget, data, qtbot
 ) -> None:
     """Closing the Trainer's dock during training, then opening the Trainer again: the new
     one watches the run (it said "Ready." and offered Train), and only it reports the end."""
-    from qtpy.QtWidgets import QDockWidget
-
     widget.add_folder(data)
     widget.steps.setValue(100_000)
     assert widget.train()
@@ -288,48 +295,92 @@ def test_closing_the_dock_leaves_training_running_and_a_reopened_trainer_watches
     job, run, folder = widget.job, widget.current().run_dir, widget.out_dir.text()
     old_ends: list[tuple[str, str]] = []
     widget.run_finished.connect(lambda *a: old_ends.append(a))
-    dock = widget.parentWidget()
-    while not isinstance(dock, QDockWidget):
-        dock = dock.parentWidget()
-    dock.destroyOnClose()  # the dock's ✕
-    qtbot.waitUntil(lambda: widget.parent() is None, timeout=5000)
-    assert not widget.timer.isActive() and widget._poller is None
+    _close_dock(widget, qtbot)
+    assert widget.closed_dock and widget.timer.isActive()  # it still watches meanwhile
     assert any("goes on in the background" in m for m in notices("INFO"))
     assert job.alive
     _dock, again = widget.viewer.window.add_plugin_dock_widget("napari-lsr", "Trainer")
-    assert again is not widget
+    assert again is not widget and again.out_dir.text() != folder  # (the default folder)
     new_ends: list[tuple[str, str]] = []
     again.run_finished.connect(lambda *a: new_ends.append(a))
     qtbot.waitUntil(lambda: again.running, timeout=10_000)
-    assert again.out_dir.text() == folder and again.current().run_dir == run
+    assert again.job is job and again.out_dir.text() == folder
+    assert again.current().run_dir == run and again.status.text() != "Ready."
     assert again.cancel_button.isEnabled() and not again.train_button.isEnabled()
-    assert again.status.text() != "Ready."
+    assert not widget.timer.isActive() and widget._poller is None  # taken over
     again.cancel()
     qtbot.waitUntil(lambda: bool(new_ends), timeout=TIMEOUT_MS)
+    qtbot.wait(300)
     assert new_ends == [(str(run), "cancelled")] and old_ends == []
     job.wait(60)
     assert not job.alive
 
 
-def test_running_runs_finds_one_folder_per_live_process(tmp_path) -> None:
-    """Only launched runs whose process lives; one per process (a job trains several runs);
-    a damaged process.json is no process."""
-    import os
+def test_a_closed_trainer_still_reports_its_run_and_another_viewer_leaves_it_alone(
+    widget, data, qtbot, make_napari_viewer
+) -> None:
+    """With no Trainer opened again, the closed one reports the run's end (a failure after
+    its dock was closed was shown to nobody); a Trainer of another viewer, in the same
+    folder, does not watch (and report) the run a second time."""
+    from napari_lsr.trainer import TrainerWidget
 
-    def run(name: str, pid: object) -> Path:
+    widget.add_folder(data)
+    widget.steps.setValue(100_000)
+    assert widget.train()
+    qtbot.waitUntil(lambda: widget.current().state.step >= 1, timeout=TIMEOUT_MS)
+    job, run = widget.job, widget.current().run_dir
+    ends: list[tuple[str, str]] = []
+    widget.run_finished.connect(lambda *a: ends.append(a))
+    _close_dock(widget, qtbot)
+    other_viewer = make_napari_viewer()
+    _dock, other = other_viewer.window.add_plugin_dock_widget("napari-lsr", "Trainer")
+    other.out_dir.setText(widget.out_dir.text())
+    assert not other.attach_running() and other.job is None
+    job.cancel()
+    qtbot.waitUntil(lambda: bool(ends), timeout=TIMEOUT_MS)
+    assert ends == [(str(run), "cancelled")]
+    assert any("Training cancelled" in m for m in notices("INFO"))
+    job.wait(60)
+    assert isinstance(other, TrainerWidget) and other.job is None
+
+
+def test_running_runs_finds_jobs_nobody_watches_once(tmp_path) -> None:
+    """One folder per live training process (a job trains several runs), not: a run that
+    ended, a pid that is no training process (reused after a reboot), a job whose launcher
+    (another napari) still lives, a damaged or dead pid."""
+    import os
+    import subprocess
+    import sys
+
+    def fake_training() -> subprocess.Popen:  # its command line names lsr.training_process
+        return subprocess.Popen(
+            [sys.executable, "-c", "import time; time.sleep(60)", "lsr.training_process"]
+        )
+
+    def run(name: str, pid: object, **more: object) -> Path:
         folder = tmp_path / name
         folder.mkdir()
-        (folder / tp.PROCESS).write_text(json.dumps({"pid": pid}))
+        (folder / tp.PROCESS).write_text(json.dumps({"pid": pid, **more}))
         return folder
 
-    mine = run("a", os.getpid())
-    run("b", os.getpid())  # a second run of the same job
-    run("gone", 2**22 + 12345)  # above Linux's pid_max: no such process
-    run("junk", "twelve")
-    (tmp_path / "not-launched").mkdir()
-    found = tp.running_runs(tmp_path)
-    assert len(found) == 1 and found[0] in (mine, tmp_path / "b")
-    assert tp.running_runs(tmp_path / "missing") == []
+    job, elsewhere, launcher = fake_training(), fake_training(), fake_training()
+    try:
+        mine = run("a", job.pid, launcher=2**22 + 7)  # its napari is gone
+        run("b", job.pid)  # a second run of the same job
+        ended = run("c-ended", fake_training_pid := elsewhere.pid)
+        (ended / tp.RUN_JSON).write_text(json.dumps({"status": "completed"}))
+        run("d-watched", fake_training_pid, launcher=launcher.pid)
+        run("e-not-ours", os.getpid())  # alive, but this is pytest
+        run("gone", 2**22 + 12345)  # above Linux's pid_max: no such process
+        run("junk", "twelve")
+        (tmp_path / "not-launched").mkdir()
+        found = tp.running_runs(tmp_path)
+        assert len(found) == 1 and found[0] in (mine, tmp_path / "b")
+        assert tp.running_runs(tmp_path / "missing") == []
+    finally:
+        for proc in (job, elsewhere, launcher):
+            proc.kill()
+            proc.wait()
 
 
 def test_ground_truth_labels_layer_is_not_a_training_slide(data: Path) -> None:

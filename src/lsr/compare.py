@@ -40,7 +40,7 @@ from shapely.geometry import MultiPolygon
 
 from lsr.atomic import atomic_path, atomic_write_text
 from lsr.errors import LsrInputError
-from lsr.geojson import DEFAULT_NAMES, FIG4_COLOURS
+from lsr.geojson import DEFAULT_NAMES, FIG4_COLOURS, qupath_class_name
 from lsr.metrics import METRICS, cancer_mask
 from lsr.metrics import TABLE2_ROWS as ROW_ORDER
 
@@ -110,7 +110,8 @@ def model_boundaries(models: Sequence[tuple[str, str]]) -> list[Boundary]:
     for name, loss in models:
         loss_label = LABELS.get(loss, loss or "model")
         known = loss in DEFAULT_NAMES and loss not in ("low_res", "ground_truth")
-        qupath = f"{DEFAULT_NAMES[loss] if known else PREDICTION_CLASS} ({name})"
+        # as the file will hold it (the legend's tooltip shows this name)
+        qupath = qupath_class_name(f"{DEFAULT_NAMES[loss] if known else PREDICTION_CLASS} ({name})")
         if loss in FIG4_COLOURS and known and loss not in taken:
             taken.add(loss)
             out.append(Boundary(loss, f"{loss_label} ({name})", FIG4_COLOURS[loss], qupath))

@@ -243,7 +243,8 @@ def export_geojson(
 
     ``polygons``: name -> Polygon/MultiPolygon in level-0 px. ``colours``: name -> (r, g, b)
     (default :data:`FIG4_COLOURS`, else orange). ``names``: name -> QuPath classification
-    name (default :data:`DEFAULT_NAMES`, else the key). Empty geometries are skipped with a
+    name (default :data:`DEFAULT_NAMES`, else the key), made one QuPath takes whole by
+    :func:`qupath_class_name` (no ``:``, no line break). Empty geometries are skipped with a
     warning (QuPath cannot show an annotation without a shape). ``members``: extra top-level
     members of the FeatureCollection (RFC 7946 §6.1 "foreign members", ignored by QuPath and
     :func:`import_geojson`), e.g. a mark saying which lsr tool wrote the file, so a later

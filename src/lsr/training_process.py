@@ -354,7 +354,12 @@ def launch(run_dirs: Sequence[str | os.PathLike[str]], python: str | None = None
             close_fds=True,
             **kwargs,
         )
-    info = {"pid": process.pid, "job": [str(r) for r in runs], "launched": _now()}
+    info = {
+        "pid": process.pid,
+        "job": [str(r) for r in runs],
+        "launched": _now(),
+        "launcher": os.getpid(),  # napari, say: while it lives, its Trainer watches the job
+    }
     for run in runs:
         atomic_write_text(run / PROCESS, json.dumps(info, indent=1) + "\n")
     return TrainingJob(runs, process, process.pid)
@@ -370,17 +375,39 @@ def process_pid(run_dir: str | os.PathLike[str]) -> int:
         return 0
 
 
+def is_training_process(pid: int) -> bool:
+    """True when ``pid`` is alive and runs ``lsr.training_process`` (where ``/proc`` tells;
+    elsewhere, alive): a run killed by a reboot keeps its pid in ``process.json``, and
+    another program may hold that pid later."""
+    if not pid_alive(pid):
+        return False
+    try:
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return True
+    return b"lsr.training_process" in cmdline
+
+
 def running_runs(folder: str | os.PathLike[str]) -> list[Path]:
-    """One run folder per training process still alive under ``folder`` (its run folders),
-    newest launch first: what a Trainer opened later (its dock closed and reopened, napari
-    restarted) should watch. Only processes :func:`launch` started write ``process.json``."""
+    """One run folder per training job still running under ``folder`` (its run folders)
+    whose launcher (the napari that started it) is gone, newest launch first: what a
+    Trainer opened in a napari started again should watch. Runs that ended (``run.json``)
+    are skipped, and pids that are no training process. Only :func:`launch` writes
+    ``process.json``."""
     root = Path(folder).expanduser()
     if not root.is_dir():
         return []
     found: dict[int, tuple[float, Path]] = {}
     for run in root.iterdir():
         pid = process_pid(run) if run.is_dir() else 0
-        if pid and pid not in found and pid_alive(pid):
+        if not pid or pid in found:
+            continue
+        if str((read_json_object(run / RUN_JSON) or {}).get("status")) in FINISHED:
+            continue  # (the job may go on with a later run: found through that one)
+        launcher = (read_json_object(run / PROCESS) or {}).get("launcher")
+        if isinstance(launcher, int) and launcher != os.getpid() and pid_alive(launcher):
+            continue  # another napari watches it
+        if is_training_process(pid):
             found[pid] = ((run / PROCESS).stat().st_mtime, run)
     return [run for _, run in sorted(found.values(), reverse=True)]
 
