@@ -92,6 +92,9 @@ _device_cache: dict[str, str] = {}
 #: during training takes the job over from the closed one, which watched and reported it
 #: meanwhile, so that each run's end is reported once (see :meth:`TrainerWidget.attach_running`).
 _TRAINERS: weakref.WeakSet[TrainerWidget] = weakref.WeakSet()
+#: Closed Trainers still watching a run, held here: napari keeps no reference to a widget
+#: whose dock it closed, and the next garbage collection took it, and the run's report, away.
+_CLOSED_WATCHING: set[TrainerWidget] = set()
 
 
 def _same(viewer: Any, other: Any) -> bool:
@@ -931,17 +934,23 @@ class TrainerWidget(QWidget):
         """
         if self.job is not None:
             return False
-        for other in list(_TRAINERS):
-            if other is self or not _same(other.viewer, self.viewer) or not other.closed_dock:
-                continue
+        for other in list(_CLOSED_WATCHING):
             job = other.job
-            if job is not None and other.running and job.alive:
-                other.detach()
-                self.out_dir.setText(str(job.runs[0].parent))
-                self._watch(job, report_old=False)
-                self.refresh_models()
-                return True
-        watched = {w.job.pid for w in list(_TRAINERS) if w is not self and w.job is not None}
+            if not _same(other.viewer, self.viewer) or job is None or not job.alive:
+                continue
+            # its reports: those it made or queued are not made again; queued ones are ours
+            self._reported |= other._reported
+            self._to_report.extend(other._to_report)
+            other._to_report.clear()
+            other.detach()
+            other.job, other.monitors = None, []  # (never taken over twice)
+            self.out_dir.setText(str(job.runs[0].parent))
+            self._watch(job)  # ends it had not seen yet are reported here
+            if self._to_report:
+                QTimer.singleShot(REPORT_MS, self._report_ended)
+            self.refresh_models()
+            return True
+        watched = {pid for w in list(_TRAINERS) if w is not self and (pid := w.watched_pid())}
         runs = [
             r
             for r in tp.running_runs(Path(self.out_dir.text()).expanduser())
@@ -960,6 +969,13 @@ class TrainerWidget(QWidget):
         folder = QFileDialog.getExistingDirectory(self, "Run folder", self.out_dir.text())
         if folder:
             self.attach(folder)
+
+    def watched_pid(self) -> int | None:
+        """The pid of the job this Trainer watches now (None: none, or its widget is gone)."""
+        with contextlib.suppress(RuntimeError):  # a Trainer whose window was deleted
+            if self.job is not None and self.timer.isActive():
+                return self.job.pid
+        return None
 
     # ------------------------------------------------------------------ watching
     @property
@@ -1141,6 +1157,8 @@ class TrainerWidget(QWidget):
     def _report_ended(self) -> None:
         while self._to_report:
             self._report_end(self._to_report.pop(0))
+        if not self.running:  # a closed Trainer whose run ended has nothing left to say
+            _CLOSED_WATCHING.discard(self)
 
     def _report_end(self, s: tp.RunState) -> None:
         name = f"{LOSS_LABELS.get(s.loss, s.loss)} ({s.run_dir.name})"
@@ -1237,12 +1255,15 @@ class TrainerWidget(QWidget):
         if obj is self and event.type() == QEvent.ParentChange:
             self.closed_dock = self.parent() is None
             if self.closed_dock and self.running:
+                _CLOSED_WATCHING.add(self)
                 self._notify(
                     "Training goes on in the background; open the Trainer again to watch it "
                     f"({self.out_dir.text()})."
                 )
-            elif self.running:
-                self._guard_close()  # docked (again): closing napari asks about the run
+            elif not self.closed_dock:  # docked (again)
+                _CLOSED_WATCHING.discard(self)
+                if self.running:
+                    self._guard_close()  # closing napari asks about the run
             return False
         # (the process may have ended since the last poll: then nothing is left to ask about)
         alive = self.running and self.job is not None and self.job.alive
@@ -1258,6 +1279,7 @@ class TrainerWidget(QWidget):
 
     def detach(self) -> None:
         """Stop watching; the training process goes on (it is in its own session)."""
+        _CLOSED_WATCHING.discard(self)
         self.timer.stop()
         self._refresh_again = False  # a refresh interrupted by this shows nothing more
         self._stop_poller()

@@ -40,14 +40,10 @@ def data(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return folder
 
 
-@pytest.fixture
-def widget(make_napari_viewer, tmp_path, monkeypatch):
-    from napari_lsr.trainer import TrainerWidget
-
-    monkeypatch.setattr(TrainerWidget, "ask_close_choice", lambda self: "stop")
-    viewer = make_napari_viewer()
+def open_trainer(viewer, out: Path):
+    """A Trainer docked in ``viewer`` as napari's menu opens it, set up for tiny runs."""
     _dock, w = viewer.window.add_plugin_dock_widget("napari-lsr", "Trainer")
-    w.out_dir.setText(str(tmp_path / "models"))
+    w.out_dir.setText(str(out))
     w.refresh_models()  # (setText does not: else the list shows the user's default folder)
     w.block_px.setValue(BLOCK)
     w.working_mpp.setValue(MPP)
@@ -58,6 +54,16 @@ def widget(make_napari_viewer, tmp_path, monkeypatch):
     w.augment.setChecked(False)
     w.checkpoint_every.setValue(1000)
     w.device.setCurrentText("cpu")
+    return w
+
+
+@pytest.fixture
+def widget(make_napari_viewer, tmp_path, monkeypatch):
+    from napari_lsr.trainer import TrainerWidget
+
+    monkeypatch.setattr(TrainerWidget, "ask_close_choice", lambda self: "stop")
+    viewer = make_napari_viewer()
+    w = open_trainer(viewer, tmp_path / "models")
     yield w
     if w.job is not None and w.job.alive:  # never leave a process behind
         w.job.cancel()
@@ -308,40 +314,60 @@ def test_a_trainer_opened_again_takes_over_the_run_its_closed_dock_left_running(
     assert again.current().run_dir == run and again.status.text() != "Ready."
     assert again.cancel_button.isEnabled() and not again.train_button.isEnabled()
     assert not widget.timer.isActive() and widget._poller is None  # taken over
-    again.cancel()
-    qtbot.waitUntil(lambda: bool(new_ends), timeout=TIMEOUT_MS)
+    assert widget.job is None  # and never taken over again:
+    _close_dock(again, qtbot)
+    _dock, third = widget.viewer.window.add_plugin_dock_widget("napari-lsr", "Trainer")
+    third_ends: list[tuple[str, str]] = []
+    third.run_finished.connect(lambda *a: third_ends.append(a))
+    qtbot.waitUntil(lambda: third.running, timeout=10_000)
+    assert third.job is job and again.job is None and not again.timer.isActive()
+    third.cancel()
+    qtbot.waitUntil(lambda: bool(third_ends), timeout=TIMEOUT_MS)
     qtbot.wait(300)
-    assert new_ends == [(str(run), "cancelled")] and old_ends == []
+    assert third_ends == [(str(run), "cancelled")] and new_ends == old_ends == []
     job.wait(60)
     assert not job.alive
 
 
 def test_a_closed_trainer_still_reports_its_run_and_another_viewer_leaves_it_alone(
-    widget, data, qtbot, make_napari_viewer
+    make_napari_viewer, data, tmp_path, qtbot
 ) -> None:
-    """With no Trainer opened again, the closed one reports the run's end (a failure after
-    its dock was closed was shown to nobody); a Trainer of another viewer, in the same
-    folder, does not watch (and report) the run a second time."""
-    from napari_lsr.trainer import TrainerWidget
+    """With no Trainer opened again, the closed one reports the run's end, though nothing
+    but lsr holds it (napari keeps no reference to a widget whose dock it closed: the next
+    garbage collection took it, and the failure report, away); a Trainer of another viewer,
+    in the same folder, does not watch (and report) the run a second time."""
+    import gc
+    import weakref
 
-    widget.add_folder(data)
-    widget.steps.setValue(100_000)
-    assert widget.train()
-    qtbot.waitUntil(lambda: widget.current().state.step >= 1, timeout=TIMEOUT_MS)
-    job, run = widget.job, widget.current().run_dir
+    viewer = make_napari_viewer()
+    w = open_trainer(viewer, tmp_path / "models")
+    w.add_folder(data)
+    w.steps.setValue(100_000)
+    assert w.train()
+    qtbot.waitUntil(lambda t=w: t.current().state.step >= 1, timeout=TIMEOUT_MS)
+    job, run, folder = w.job, w.current().run_dir, w.out_dir.text()
     ends: list[tuple[str, str]] = []
-    widget.run_finished.connect(lambda *a: ends.append(a))
-    _close_dock(widget, qtbot)
+    w.run_finished.connect(lambda *a: ends.append(a))
+    _close_dock(w, qtbot)
+    closed = weakref.ref(w)
+    del w
+    gc.collect()
+    assert closed() is not None  # still watching
     other_viewer = make_napari_viewer()
-    _dock, other = other_viewer.window.add_plugin_dock_widget("napari-lsr", "Trainer")
-    other.out_dir.setText(widget.out_dir.text())
+    other = open_trainer(other_viewer, Path(folder))
     assert not other.attach_running() and other.job is None
-    job.cancel()
-    qtbot.waitUntil(lambda: bool(ends), timeout=TIMEOUT_MS)
-    assert ends == [(str(run), "cancelled")]
-    assert any("Training cancelled" in m for m in notices("INFO"))
-    job.wait(60)
-    assert isinstance(other, TrainerWidget) and other.job is None
+    before = len(notices("INFO"))
+    try:
+        job.cancel()
+        qtbot.waitUntil(lambda: bool(ends), timeout=TIMEOUT_MS)
+        qtbot.wait(300)
+        assert ends == [(str(run), "cancelled")]
+        assert sum("Training cancelled" in m for m in notices("INFO")[before:]) == 1
+    finally:
+        job.cancel()
+        job.wait(60)
+    gc.collect()
+    assert other.job is None
 
 
 def test_running_runs_finds_jobs_nobody_watches_once(tmp_path) -> None:
@@ -369,13 +395,20 @@ def test_running_runs_finds_jobs_nobody_watches_once(tmp_path) -> None:
         run("b", job.pid)  # a second run of the same job
         ended = run("c-ended", fake_training_pid := elsewhere.pid)
         (ended / tp.RUN_JSON).write_text(json.dumps({"status": "completed"}))
+        resumed = run("f-resumed", job.pid)  # last attempt's "cancelled", older than the launch
+        (resumed / tp.RUN_JSON).write_text(json.dumps({"status": "cancelled"}))
+        os.utime(resumed / tp.RUN_JSON, (1e9, 1e9))
         run("d-watched", fake_training_pid, launcher=launcher.pid)
         run("e-not-ours", os.getpid())  # alive, but this is pytest
         run("gone", 2**22 + 12345)  # above Linux's pid_max: no such process
         run("junk", "twelve")
         (tmp_path / "not-launched").mkdir()
         found = tp.running_runs(tmp_path)
-        assert len(found) == 1 and found[0] in (mine, tmp_path / "b")
+        assert len(found) == 1 and found[0] in (mine, tmp_path / "b", resumed)
+        os.utime(ended / tp.RUN_JSON)  # (it ended after the launch: skipped)
+        (mine / tp.PROCESS).unlink()
+        (tmp_path / "b" / tp.PROCESS).unlink()
+        assert tp.running_runs(tmp_path) == [resumed]  # found through the resumed run alone
         assert tp.running_runs(tmp_path / "missing") == []
     finally:
         for proc in (job, elsewhere, launcher):

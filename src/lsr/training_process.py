@@ -388,6 +388,17 @@ def is_training_process(pid: int) -> bool:
     return b"lsr.training_process" in cmdline
 
 
+def _ended_in_this_job(run: Path) -> bool:
+    """The run's ``run.json`` says it ended, and was written since its job was launched: a
+    resumed run keeps its last attempt's "cancelled" until its turn comes."""
+    try:
+        summary = run / RUN_JSON
+        ended = str((read_json_object(summary) or {}).get("status")) in FINISHED
+        return ended and summary.stat().st_mtime >= (run / PROCESS).stat().st_mtime
+    except OSError:
+        return False
+
+
 def running_runs(folder: str | os.PathLike[str]) -> list[Path]:
     """One run folder per training job still running under ``folder`` (its run folders)
     whose launcher (the napari that started it) is gone, newest launch first: what a
@@ -402,7 +413,7 @@ def running_runs(folder: str | os.PathLike[str]) -> list[Path]:
         pid = process_pid(run) if run.is_dir() else 0
         if not pid or pid in found:
             continue
-        if str((read_json_object(run / RUN_JSON) or {}).get("status")) in FINISHED:
+        if _ended_in_this_job(run):
             continue  # (the job may go on with a later run: found through that one)
         launcher = (read_json_object(run / PROCESS) or {}).get("launcher")
         if isinstance(launcher, int) and launcher != os.getpid() and pid_alive(launcher):
