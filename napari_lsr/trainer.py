@@ -1262,8 +1262,8 @@ class TrainerWidget(QWidget):
                 )
             elif not self.closed_dock:  # docked (again)
                 _CLOSED_WATCHING.discard(self)
-                if self.running:
-                    self._guard_close()  # closing napari asks about the run
+                if self.running:  # closing napari asks about the run; once napari has
+                    QTimer.singleShot(0, self._guard_close)  # put the dock in its window
             return False
         # (the process may have ended since the last poll: then nothing is left to ask about)
         alive = self.running and self.job is not None and self.job.alive

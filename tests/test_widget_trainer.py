@@ -370,6 +370,25 @@ def test_a_closed_trainer_still_reports_its_run_and_another_viewer_leaves_it_alo
     assert other.job is None
 
 
+def test_a_closed_trainer_docked_again_guards_the_main_window(widget, data, qtbot) -> None:
+    """Docked again by a script, the closed Trainer moved its watch of napari's close to its
+    new dock (not yet in the main window when the widget moved in): napari closed without
+    asking, the run went on unwatched."""
+    from qtpy.QtWidgets import QMainWindow
+
+    from napari_lsr import trainer
+
+    widget.add_folder(data)
+    widget.steps.setValue(100_000)
+    assert widget.train()
+    qtbot.waitUntil(lambda: widget.current().state.step >= 1, timeout=TIMEOUT_MS)
+    _close_dock(widget, qtbot)
+    assert widget in trainer._CLOSED_WATCHING  # (still guarding napari's window)
+    widget.viewer.window.add_dock_widget(widget, name="Trainer again")
+    qtbot.wait(100)
+    assert isinstance(widget._guarded, QMainWindow) and widget not in trainer._CLOSED_WATCHING
+
+
 def test_running_runs_finds_jobs_nobody_watches_once(tmp_path) -> None:
     """One folder per live training process (a job trains several runs), not: a run that
     ended, a pid that is no training process (reused after a reboot), a job whose launcher
