@@ -296,8 +296,7 @@ class TrainerWidget(QWidget):
             self.viewer.layers.events.inserted.connect(self._refresh_tables)
             self.viewer.layers.events.removed.connect(self._refresh_tables)
         self.refresh_models()
-        self.closed_dock = False  # its dock was closed (napari keeps the widget): eventFilter
-        self.installEventFilter(self)
+        self.installEventFilter(self)  # its dock closing: eventFilter
         _TRAINERS.add(self)
         # once napari has docked it (the close guard needs the main window)
         QTimer.singleShot(0, self.attach_running)
@@ -1253,14 +1252,14 @@ class TrainerWidget(QWidget):
                 self._fit_name_column()
             return False
         if obj is self and event.type() == QEvent.ParentChange:
-            self.closed_dock = self.parent() is None
-            if self.closed_dock and self.running:
+            closed = self.parent() is None  # the dock's ✕: napari keeps the widget
+            if closed and self.running:
                 _CLOSED_WATCHING.add(self)
                 self._notify(
                     "Training goes on in the background; open the Trainer again to watch it "
                     f"({self.out_dir.text()})."
                 )
-            elif not self.closed_dock:  # docked (again)
+            elif not closed:  # docked (again)
                 _CLOSED_WATCHING.discard(self)
                 if self.running:  # closing napari asks about the run; once napari has
                     QTimer.singleShot(0, self._guard_close)  # put the dock in its window

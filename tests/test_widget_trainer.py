@@ -302,7 +302,9 @@ def test_a_trainer_opened_again_takes_over_the_run_its_closed_dock_left_running(
     old_ends: list[tuple[str, str]] = []
     widget.run_finished.connect(lambda *a: old_ends.append(a))
     _close_dock(widget, qtbot)
-    assert widget.closed_dock and widget.timer.isActive()  # it still watches meanwhile
+    from napari_lsr.trainer import _CLOSED_WATCHING
+
+    assert widget in _CLOSED_WATCHING and widget.timer.isActive()  # it still watches
     assert any("goes on in the background" in m for m in notices("INFO"))
     assert job.alive
     _dock, again = widget.viewer.window.add_plugin_dock_widget("napari-lsr", "Trainer")

@@ -368,9 +368,12 @@ def launch(run_dirs: Sequence[str | os.PathLike[str]], python: str | None = None
 def process_pid(run_dir: str | os.PathLike[str]) -> int:
     """The pid of the process launched to train ``run_dir`` (0: never launched, or its
     ``process.json`` unreadable)."""
-    info = read_json_object(Path(run_dir) / PROCESS) or {}
+    return _pid_of(read_json_object(Path(run_dir) / PROCESS) or {})
+
+
+def _pid_of(info: dict[str, Any], key: str = "pid") -> int:
     try:
-        return max(int(info.get("pid", 0) or 0), 0)
+        return max(int(info.get(key, 0) or 0), 0)
     except (TypeError, ValueError):
         return 0
 
@@ -401,22 +404,22 @@ def _ended_in_this_job(run: Path) -> bool:
 
 def running_runs(folder: str | os.PathLike[str]) -> list[Path]:
     """One run folder per training job still running under ``folder`` (its run folders)
-    whose launcher (the napari that started it) is gone, newest launch first: what a
-    Trainer opened in a napari started again should watch. Runs that ended (``run.json``)
-    are skipped, and pids that are no training process. Only :func:`launch` writes
-    ``process.json``."""
+    whose launcher (the napari that started it) is gone or is this process, newest launch
+    first: what a Trainer opened in a napari started again should watch. Runs that ended
+    (``run.json``) are skipped, and pids that are no training process. Only :func:`launch`
+    writes ``process.json``."""
     root = Path(folder).expanduser()
     if not root.is_dir():
         return []
     found: dict[int, tuple[float, Path]] = {}
     for run in root.iterdir():
-        pid = process_pid(run) if run.is_dir() else 0
+        info = (read_json_object(run / PROCESS) or {}) if run.is_dir() else {}
+        pid, launcher = _pid_of(info), _pid_of(info, "launcher")
         if not pid or pid in found:
             continue
         if _ended_in_this_job(run):
             continue  # (the job may go on with a later run: found through that one)
-        launcher = (read_json_object(run / PROCESS) or {}).get("launcher")
-        if isinstance(launcher, int) and launcher != os.getpid() and pid_alive(launcher):
+        if launcher and launcher != os.getpid() and pid_alive(launcher):
             continue  # another napari watches it
         if is_training_process(pid):
             found[pid] = ((run / PROCESS).stat().st_mtime, run)
