@@ -36,13 +36,13 @@ from lsr.grid import grid_geometry, grid_sidecar
 
 SLIDE_SUFFIXES = (".svs", ".ndpi", ".tif", ".tiff", ".scn", ".mrxs", ".vms", ".vmu", ".bif")
 GRID_PATTERN = re.compile(r"[._]grid\.(npy|csv|tif|tiff)$", re.IGNORECASE)
-GT_PATTERN = re.compile(r"_(gt|mask)\.(tif|tiff)$", re.IGNORECASE)
+GT_PATTERN = re.compile(r"_(gt|mask)(\.ome)?\.(tif|tiff)$", re.IGNORECASE)
 #: Colour of a ground-truth mask layer (deep orange): none of the boundary colours (Fig. 4's
 #: red, green, blue, cyan, magenta, yellow; lsr.compare.EXTRA_COLOURS), so a filled area
 #: is never taken for a model's line.
 GT_COLOUR = "#ff6a00"
 #: Labels TIFFs (as the plugin's labels writer names them): label values kept as they are.
-LABELS_PATTERN = re.compile(r"_labels\.(tif|tiff)$", re.IGNORECASE)
+LABELS_PATTERN = re.compile(r"_labels(\.ome)?\.(tif|tiff)$", re.IGNORECASE)
 #: ``lsr predict``'s per-slide outputs (``OUT/<slide>/probability.tif``, ``mask.tif``).
 PREDICT_OUTPUTS = ("probability.tif", "probability.tiff", "mask.tif", "mask.tiff")
 #: Shape of a plain TIFF above which it is treated as a slide (px, longer side).
@@ -118,14 +118,14 @@ def slide_layer_data(path: str | Path) -> tuple:
     file's values.
     Raises LsrInputError (e.g. no pixel size in the file).
     """
-    from lsr.slide import open_slide
+    from lsr.slide import open_slide, slide_name
 
     slide = open_slide(path)
     levels = slide.multiscale()
     mpp = float(slide.mpp)
     meta = {"lsr_slide": {"path": str(path), "mpp": mpp, "shape": list(slide.shape)}}
     kwargs: dict[str, Any] = {
-        "name": Path(path).stem,
+        "name": slide_name(path),
         "scale": (mpp, mpp),
         "translate": (mpp / 2, mpp / 2),
         "units": UNITS,

@@ -45,6 +45,7 @@ from qtpy.QtWidgets import (
 from lsr import compare as lc
 from lsr.errors import LsrInputError
 from lsr.metrics import PAPER_TABLE2 as PAPER
+from lsr.slide import slide_name
 from napari_lsr._reader import UNITS
 from napari_lsr.closing import CloseWatch
 from napari_lsr.layer_choice import follow_renames, follow_slide, named_after, refill
@@ -805,7 +806,7 @@ class CompareWidget(QWidget):
         if not folder:
             _error("Choose an export folder first")
             return None
-        return Path(folder), Path(self.comparison.slide_path).stem
+        return Path(folder), slide_name(self.comparison.slide_path)
 
     def _export(self, fn: Any, what: str) -> bool:
         target = self._export_target()

@@ -102,6 +102,22 @@ def test_slide_and_grid_layers_align_in_micrometres(files):
     assert block_centre == pytest.approx((np.array([r, c]) + 0.5) * s)
 
 
+def test_ome_tiff_layers_are_named_as_lsr_predict_names_the_slide(tmp_path):
+    """``case.ome.tif`` is slide ``case`` (as ``lsr predict``'s folder and QuPath's
+    getNameWithoutExtension have it), and ``case_gt.ome.tif`` is its ground truth."""
+    img = np.full((512, 512, 3), 200, np.uint8)
+    gt = np.zeros((512, 512), np.uint8)
+    gt[100:300, 100:300] = 255
+    write_pyramidal_tiff(tmp_path / "case.ome.tif", img, mpp=MPP, tile=256)
+    write_pyramidal_tiff(tmp_path / "case_gt.OME.TIFF", gt, mpp=MPP, tile=256)
+    ((_, kw, kind),) = _reader.read_slide(str(tmp_path / "case.ome.tif"))
+    assert (kw["name"], kind) == ("case", "image")
+    ((data, kw, kind),) = _reader.read_slide(str(tmp_path / "case_gt.OME.TIFF"))
+    assert (kw["name"], kind) == ("case_gt", "labels")
+    level0 = np.asarray(data[0] if isinstance(data, list) else data)
+    assert set(np.unique(level0)) == {0, 1} and level0[200, 200] == 1
+
+
 def test_grid_without_sidecar_uses_paper_geometry_and_says_so(files, errors):
     (_, kw, _), _ = _reader.read_grid(str(files["grid"]))
     assert not errors  # with its sidecar: nothing to say

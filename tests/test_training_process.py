@@ -86,6 +86,14 @@ def test_find_pairs_by_name(tmp_path: Path) -> None:
         ("s2.tiff", "s2.grid.csv"),
     ]
     assert tp.grid_beside(tmp_path / "lonely.tif") is None
+    # OME-TIFFs: the name is the file's without ".ome.tif(f)" (either case), and an OME
+    # ground truth with a grid of its own is still not a slide
+    (tmp_path / "s3.OME.TIFF").write_bytes(b"")
+    (tmp_path / "s3_grid.npy").write_bytes(b"")
+    (tmp_path / "s3_gt.ome.tif").write_bytes(b"")
+    (tmp_path / "s3_gt_grid.npy").write_bytes(b"")
+    names = [(Path(s).name, Path(g).name) for s, g in tp.find_pairs(tmp_path)]
+    assert names[-1] == ("s3.OME.TIFF", "s3_grid.npy") and len(names) == 4
     with pytest.raises(LsrInputError, match="no slide with a grid"):
         tp.find_pairs(_empty(tmp_path))
 

@@ -456,13 +456,15 @@ def test_a_closed_dock_lets_go_of_the_comparisons_arrays(
         lambda: w.comparison is not first() and w.scores is not None, timeout=TIMEOUT_MS
     )
     wait_idle(qtbot, w)
-    gc.collect()
-    assert first() is None
+    # (the pool thread that ran a worker holds its arguments until it has returned, a
+    # moment after the worker's "finished" reached the widget)
+    freed = lambda ref: gc.collect() >= 0 and ref() is None  # noqa: E731
+    qtbot.waitUntil(lambda: freed(first), timeout=5000)
     drawn = [ly.name for ly in viewer.layers]
     comp = weakref.ref(w.comparison)
     viewer.window.remove_dock_widget(w)  # the dock's ✕
-    gc.collect()
-    assert comp() is None and w.comparison is None and w._band_data is None
+    assert w.comparison is None and w._band_data is None
+    qtbot.waitUntil(lambda: freed(comp), timeout=5000)
     assert [ly.name for ly in viewer.layers] == drawn
     from napari_lsr.viewer_compat import camera as camera_of
 
@@ -573,3 +575,21 @@ def test_with_two_cases_open_grid_and_truth_follow_the_slide(
     w.slide_combo.setCurrentText("s")
     assert (w.grid_combo.currentText(), w.gt_combo.currentText()) == ("s_grid p(cancer)", "s_gt")
     assert not messages["error"]
+
+
+def test_exports_are_named_as_lsr_predict_names_the_slide(qtbot, tmp_path):
+    """An OME-TIFF slide's exports are ``case_*`` (not ``case.ome_*``): the name QuPath's
+    getNameWithoutExtension and ``lsr predict``'s folder give it."""
+    from types import SimpleNamespace
+
+    from qtpy.QtWidgets import QLineEdit
+
+    from napari_lsr.compare import CompareWidget
+
+    folder = QLineEdit(str(tmp_path))
+    qtbot.addWidget(folder)
+    for file, stem in [("case.ome.tif", "case"), ("CASE.OME.TIFF", "CASE"), ("s.svs", "s")]:
+        widget = SimpleNamespace(
+            comparison=SimpleNamespace(slide_path=str(tmp_path / file)), export_folder=folder
+        )
+        assert CompareWidget._export_target(widget) == (tmp_path, stem)

@@ -37,6 +37,7 @@ from torch.utils.data import Dataset
 from lsr.augment import NO_AUGMENT, AugmentConfig, augment
 from lsr.errors import LsrInputError
 from lsr.model import normalise_rgb
+from lsr.slide import slide_name
 
 #: A pixel is background when all of R, G, B are at least this (uint8) — white glass.
 WHITE_LEVEL = 220
@@ -130,7 +131,7 @@ class BlockDataset(Dataset):
         self.seed = int(seed)
         self.min_tissue = float(min_tissue)
         self.epoch = 0
-        self.names = [s.name or Path(str(s.slide)).stem for s in self.sources]
+        self.names = [s.name or slide_name(str(s.slide)) for s in self.sources]
         self.grids = [_open_grid(s.grid, block_px, self.working_mpp) for s in self.sources]
         self._slides: dict[int, SlideLike] = {}
         self._slides_pid = -1
@@ -203,10 +204,10 @@ class BlockDataset(Dataset):
         try:
             check(shape_of(self.working_mpp))
         except LsrInputError as err:
-            slide_name = getattr(slide, "path", None) or self.names[si]
+            which = getattr(slide, "path", None) or self.names[si]
             grid_path = None if hasattr(source.grid, "z") else source.grid
             raise LsrInputError(
-                f"{err.problem} (slide {slide_name} at {self.working_mpp:g} µm/px)",
+                f"{err.problem} (slide {which} at {self.working_mpp:g} µm/px)",
                 grid_path if grid_path is not None else err.path,
             ) from None
 

@@ -52,6 +52,7 @@ from lsr.slide import (
     WORKING_MPP,
     Slide,
     open_slide,
+    slide_name,
     write_pyramidal_tiff,
 )
 
@@ -69,7 +70,6 @@ COHORT = "cohort.json"
 LEFTOVER_S = 600.0
 COHORT_FORMAT = "napari-lsr cohort prediction"
 OUTPUTS: tuple[str, ...] = (PROBABILITY, MASK, BOUNDARIES, SUMMARY)
-_MULTI_SUFFIXES = (".ome.tiff", ".ome.tif")
 _BAND_ROWS = 1024  # working-resolution rows handled at once when post-processing
 PREDICTION_CLASS = "LSR prediction"
 """QuPath class of a model whose loss is not recorded (never ``Tumor``: that is the user's)."""
@@ -171,15 +171,6 @@ class SlideResult:
 
 
 # --- names and state of output folders ------------------------------------------------------
-
-
-def slide_name(path: str | os.PathLike[str]) -> str:
-    """Folder name for a slide: its file name without the extension (``.ome.tif`` as one)."""
-    name = Path(path).name
-    for suffix in _MULTI_SUFFIXES:
-        if name.lower().endswith(suffix):
-            return name[: -len(suffix)]
-    return Path(name).stem
 
 
 def read_summary(folder: str | os.PathLike[str]) -> dict[str, Any] | None:

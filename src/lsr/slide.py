@@ -67,6 +67,21 @@ _LEVEL_TOLERANCE = 1.01  # a level up to 1 % coarser than asked still counts as 
 # --- resampling -------------------------------------------------------------------------
 
 
+_MULTI_SUFFIXES = (".ome.tiff", ".ome.tif")
+
+
+def slide_name(path: str | os.PathLike[str]) -> str:
+    """A slide's name: its file name without the extension, ``.ome.tif`` taken off as one
+    (as QuPath's ``GeneralTools.getNameWithoutExtension`` does). It names ``lsr predict``'s
+    folder, the napari layer, Compare's exports and the grid looked for beside the slide,
+    so all of them match."""
+    name = Path(path).name
+    for suffix in _MULTI_SUFFIXES:
+        if name.lower().endswith(suffix):
+            return name[: -len(suffix)]
+    return Path(name).stem
+
+
 def _area_resample_axis(
     a: np.ndarray, axis: int, start: float, scale: float, n_out: int
 ) -> np.ndarray:

@@ -49,6 +49,7 @@ from typing import TYPE_CHECKING, Any
 
 from lsr.atomic import atomic_write_text
 from lsr.errors import LsrInputError
+from lsr.slide import slide_name
 
 if TYPE_CHECKING:  # pragma: no cover
     from lsr.counttable import CountTable
@@ -80,7 +81,7 @@ _NOT_SLIDES = re.compile(r"([._-]grid|_gt|[._-]mask|[._-]probs?)$", re.IGNORECAS
 def grid_beside(slide: str | os.PathLike[str]) -> Path | None:
     """The grid file next to ``slide`` named by :data:`GRID_PATTERNS`, or None."""
     p = Path(slide)
-    stem = p.name[: -len(".ome.tif")] if p.name.lower().endswith(".ome.tif") else p.stem
+    stem = slide_name(p)
     for pattern in GRID_PATTERNS:
         for ext in GRID_SUFFIXES:
             candidate = p.with_name(pattern.format(stem=stem, ext=ext))
@@ -103,7 +104,7 @@ def find_pairs(folder: str | os.PathLike[str]) -> list[tuple[str, str]]:
     for p in sorted(root.iterdir()):
         if not p.is_file() or p.suffix.lower() not in SLIDE_SUFFIXES:
             continue
-        if _NOT_SLIDES.search(p.stem):
+        if _NOT_SLIDES.search(slide_name(p)):
             continue
         grid = grid_beside(p)
         if grid is not None:
