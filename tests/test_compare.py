@@ -89,6 +89,14 @@ def test_boundary_colours_follow_fig4_and_stay_distinct() -> None:
     assert len(set(colours)) == len(colours)
     assert len({b.key for b in bs}) == len(bs)
     assert compare.paper_boundary("low_res").hex == "#00ff00"
+    assert len({b.name for b in bs}) == len(bs)  # every model its own QuPath class
+    # the same run name twice, and two names that are the same once made safe for QuPath
+    same = compare.model_boundaries([("a:b", "intra"), ("a - b", "intra"), ("a:b", "intra")])
+    assert [b.name for b in same] == [
+        "Intra-instance (a - b)",
+        "Intra-instance (a - b #2)",
+        "Intra-instance (a - b #3)",
+    ]
 
 
 def test_comparison_masks_and_cache(setup, comp) -> None:

@@ -99,19 +99,27 @@ def model_boundaries(models: Sequence[tuple[str, str]]) -> list[Boundary]:
     intra, magenta inter; yellow for the sum loss) and the run name in its label; later
     ones and unknown losses take :data:`EXTRA_COLOURS` in turn, so no two boundaries share
     a colour. The QuPath class is ``lsr predict``'s with the run name, e.g.
-    ``Intra+inter-instance (run-1)`` or ``LSR prediction (run-2)``: distinct per model, and
-    matched by the Groovy script of docs/qupath.md that removes earlier imports.
+    ``Intra+inter-instance (run-1)`` or ``LSR prediction (run-2)``: distinct per model (a
+    name met again, or made the same by :func:`lsr.geojson.qupath_class_name`, gets `` #2``,
+    ...), and matched by the Groovy script of docs/qupath.md that removes earlier imports.
     """
     from lsr.predict import PREDICTION_CLASS
 
     out: list[Boundary] = []
     taken: set[str] = set()
+    classes: set[str] = set()
     extra = 0
     for name, loss in models:
         loss_label = LABELS.get(loss, loss or "model")
         known = loss in DEFAULT_NAMES and loss not in ("low_res", "ground_truth")
         # as the file will hold it (the legend's tooltip shows this name)
-        qupath = qupath_class_name(f"{DEFAULT_NAMES[loss] if known else PREDICTION_CLASS} ({name})")
+        head = DEFAULT_NAMES[loss] if known else PREDICTION_CLASS
+        qupath = qupath_class_name(f"{head} ({name})")
+        n = 1
+        while qupath in classes:  # same run name, or the same once made safe (a:b, a - b)
+            n += 1
+            qupath = qupath_class_name(f"{head} ({name} #{n})")
+        classes.add(qupath)
         if loss in FIG4_COLOURS and known and loss not in taken:
             taken.add(loss)
             out.append(Boundary(loss, f"{loss_label} ({name})", FIG4_COLOURS[loss], qupath))
