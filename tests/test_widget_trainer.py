@@ -40,33 +40,6 @@ def data(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return folder
 
 
-@pytest.fixture(autouse=True)
-def _no_training_left_behind(monkeypatch):
-    """Every training process a test launched ends with the test, pass or fail (a failed
-    assertion before a test's own cancel left one using a core for the rest of the run)."""
-    import subprocess
-
-    launched: list[tp.TrainingJob] = []
-    real = tp.launch
-
-    def recording(*args, **kwargs):
-        job = real(*args, **kwargs)
-        launched.append(job)
-        return job
-
-    monkeypatch.setattr(tp, "launch", recording)
-    yield
-    for job in launched:
-        if job.alive:
-            job.cancel()
-    for job in launched:
-        try:
-            job.wait(60)
-        except subprocess.TimeoutExpired:
-            job.process.kill()
-            job.process.wait()
-
-
 def open_trainer(viewer, out: Path):
     """A Trainer docked in ``viewer`` as napari's menu opens it, set up for tiny runs."""
     _dock, w = viewer.window.add_plugin_dock_widget("napari-lsr", "Trainer")
