@@ -75,3 +75,25 @@ def test_rng_state_does_not_start_cuda_in_a_cpu_run(monkeypatch) -> None:
         torch.cuda, "get_rng_state_all", lambda: [torch.zeros(3, dtype=torch.uint8)]
     )
     assert list(rng_state()) == ["cpu", "cuda0"]
+
+
+def test_local_predict_workers_share_the_gpus_tile_memory(monkeypatch) -> None:
+    """N local dask workers on one GPU: each sized its tiles to half of the free memory it
+    saw (together N halves); now they share that half. CPU, or a budget given: unchanged."""
+    import lsr.infer
+    from lsr.predict import PredictOptions, shared_gpu_options
+
+    free = 8 * 2**30
+    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda *_a: (free, 2 * free))
+    monkeypatch.setattr(lsr.infer, "resolve_device", lambda d: torch.device("cuda", 0))
+    alone = lsr.infer.tile_memory_budget("cuda") / 2**20  # what each worker took by itself
+    assert alone == pytest.approx(lsr.infer.CUDA_MEMORY_FRACTION * free / 2**20)
+    for n in (2, 4):
+        shared = shared_gpu_options(PredictOptions(device="cuda"), n)
+        assert shared.tile_memory_mib == pytest.approx(alone / n)
+        assert shared.device == "cuda" and shared.tile == "auto"
+    given = PredictOptions(device="cuda", tile_memory_mib=300)
+    assert shared_gpu_options(given, 4) == given
+    assert shared_gpu_options(PredictOptions(device="cuda"), 1).tile_memory_mib is None
+    monkeypatch.setattr(lsr.infer, "resolve_device", lambda d: torch.device("cpu"))
+    assert shared_gpu_options(PredictOptions(), 4).tile_memory_mib is None

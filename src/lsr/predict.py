@@ -814,6 +814,23 @@ def check_scheduler(scheduler: str | None) -> None:
         raise _bad_scheduler(scheduler, exc) from None
 
 
+def shared_gpu_options(options: PredictOptions, workers: int) -> PredictOptions:
+    """``options`` for one of ``workers`` local workers on this machine's GPU: with
+    ``tile_memory_mib`` unset each would size its tiles to half of the free GPU memory it
+    sees at its start (:func:`lsr.infer.tile_memory_budget`), all of them the same half; here
+    they share that half, ``1/workers`` each. On CPU, or with ``tile_memory_mib`` set:
+    unchanged (not a result-changing option: earlier outputs stay reusable)."""
+    if workers <= 1 or options.tile_memory_mib is not None:
+        return options
+    from lsr.infer import resolve_device, tile_memory_budget
+
+    device = resolve_device(options.device)
+    if device.type != "cuda":
+        return options
+    mib = tile_memory_budget(device) / 2**20 / workers
+    return replace(options, tile_memory_mib=max(mib, 1.0))
+
+
 def _run_distributed(
     paths: list[str],
     todo: list[int],
@@ -838,6 +855,7 @@ def _run_distributed(
                 options = PredictOptions(
                     **{**options.to_dict(), "torch_threads": max(1, cpus // n)}
                 )
+            options = shared_gpu_options(options, n)
             cluster = stack.enter_context(
                 LocalCluster(
                     n_workers=n, threads_per_worker=1, processes=processes,
