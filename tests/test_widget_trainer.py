@@ -391,7 +391,7 @@ def test_a_closed_trainer_docked_again_guards_the_main_window(widget, data, qtbo
     assert isinstance(widget._guarded, QMainWindow) and widget not in trainer._CLOSED_WATCHING
 
 
-def test_running_runs_finds_jobs_nobody_watches_once(tmp_path) -> None:
+def test_running_runs_finds_jobs_nobody_watches_once(tmp_path, monkeypatch) -> None:
     """One folder per live training process (a job trains several runs), not: a run that
     ended, a pid that is no training process (reused after a reboot), a job whose launcher
     (another napari) still lives, a damaged or dead pid."""
@@ -431,6 +431,11 @@ def test_running_runs_finds_jobs_nobody_watches_once(tmp_path) -> None:
         (tmp_path / "b" / tp.PROCESS).unlink()
         assert tp.running_runs(tmp_path) == [resumed]  # found through the resumed run alone
         assert tp.running_runs(tmp_path / "missing") == []
+        # without /proc (macOS, Windows) the command line comes from psutil: still only
+        # training processes count
+        monkeypatch.setattr(tp, "_PROC", tmp_path / "no-proc")
+        assert tp.is_training_process(job.pid) and not tp.is_training_process(os.getpid())
+        assert tp.running_runs(tmp_path) == [resumed]
     finally:
         for proc in (job, elsewhere, launcher):
             proc.kill()

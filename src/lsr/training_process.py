@@ -72,6 +72,7 @@ FINISHED = ("completed", "cancelled", "failed", "died")
 
 SLIDE_SUFFIXES = (".tif", ".tiff", ".svs", ".ndpi", ".scn", ".mrxs", ".vms", ".bif", ".png")
 GRID_SUFFIXES = (".npy", ".csv", ".tif", ".tiff")
+_PROC = Path("/proc")  # Linux: a process's command line (absent on macOS and Windows)
 #: How a grid beside a slide ``S.tif`` may be named (tried in this order).
 GRID_PATTERNS = ("{stem}_grid{ext}", "{stem}.grid{ext}", "{stem}-grid{ext}")
 _NOT_SLIDES = re.compile(r"([._-]grid|_gt|[._-]mask|[._-]probs?)$", re.IGNORECASE)
@@ -380,16 +381,24 @@ def _pid_of(info: dict[str, Any], key: str = "pid") -> int:
 
 
 def is_training_process(pid: int) -> bool:
-    """True when ``pid`` is alive and runs ``lsr.training_process`` (where ``/proc`` tells;
-    elsewhere, alive): a run killed by a reboot keeps its pid in ``process.json``, and
-    another program may hold that pid later."""
+    """True when ``pid`` is alive and runs ``lsr.training_process`` (its command line from
+    ``/proc``, else from psutil on macOS and Windows; alive when neither can tell): a run
+    killed by a reboot keeps its pid in ``process.json``, and another program may hold that
+    pid later."""
     if not pid_alive(pid):
         return False
     try:
-        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+        return b"lsr.training_process" in (_PROC / str(pid) / "cmdline").read_bytes()
     except OSError:
+        pass
+    import psutil  # (napari's and dask.distributed's dependency: always there)
+
+    try:
+        return any("lsr.training_process" in part for part in psutil.Process(pid).cmdline())
+    except psutil.NoSuchProcess:
+        return False
+    except psutil.Error:  # access denied, a zombie: cannot tell
         return True
-    return b"lsr.training_process" in cmdline
 
 
 def _ended_in_this_job(run: Path) -> bool:
