@@ -838,3 +838,45 @@ def test_a_ground_truth_of_another_size_is_refused_before_it_is_read(
     assert f"shape ({3 * B}, {4 * B}) differs from ground truth" in str(res.exception)
     assert f"({30 * B}, {40 * B})" in str(res.exception)
     assert ev.stored_shape(tmp_path / f"a_gt{suffix}") == gt.shape
+
+
+def test_patch_names_with_dots_tags_and_capitals_pair_with_their_own_files(tmp_path, runner):
+    """``S21.1234.A1`` is a name, not ``S21`` plus extensions (two such slides collided, or
+    one found no ground truth); one tag is taken off (``Liver_mask_gt`` is patch
+    ``Liver_mask``), in any case (``CASE_GT``); grids named ``X.grid.npy`` pair too."""
+    from lsr.metrics import pooled_scores
+
+    rng = np.random.default_rng(3)
+    out, gt, grids = tmp_path / "out", tmp_path / "gt", tmp_path / "grids"
+    for d in (gt, grids):
+        d.mkdir()
+    names = ["S21.1234.A1", "S21.1234.B2", "Liver_mask", "CASE"]
+    gt_files = ["S21.1234.A1_gt.npy", "S21.1234.B2_gt.ome.tif", "Liver_mask_gt.npy", "CASE_GT.npy"]
+    grid_files = ["S21.1234.A1_grid.npy", "S21.1234.B2.grid.npy", "Liver_mask-grid.npy",
+                  "CASE_GRID.npy"]  # fmt: skip
+    want_pred, want_gt = [], []
+    for name, gname, grid_name in zip(names, gt_files, grid_files, strict=True):
+        out.mkdir(exist_ok=True)
+        prob = rng.random((2 * B, 2 * B)).astype(np.float32)
+        g = (rng.random((2 * B, 2 * B)) > 0.5).astype(np.uint8)
+        np.save(out / f"{name}_prob.npy", prob)
+        if gname.endswith(".tif"):
+            import tifffile
+
+            tifffile.imwrite(gt / gname, g)
+        else:
+            np.save(gt / gname, g)
+        np.save(grids / grid_name, rng.integers(0, 10, (2, 2)).astype(np.int16))
+        want_pred.append(prob >= 0.5)
+        want_gt.append(g > 0)
+    preds = sorted(out.glob("*_prob.npy"))
+    order = [names.index(p.name.removesuffix("_prob.npy")) for p in preds]
+    res = runner.invoke(app, ["evaluate", "-p", str(out), "--gt", str(gt),
+                              "--grid", str(grids), "--block-px", str(B), "--band", str(B),
+                              "--json", str(tmp_path / "o.json")])  # fmt: skip
+    assert res.exit_code == 0, res.output
+    got = json.loads((tmp_path / "o.json").read_text())
+    assert [Path(r["gt"]).name for r in got["per_patch"]] == [gt_files[i] for i in order]
+    want = pooled_scores([want_pred[i] for i in order], [want_gt[i] for i in order], band=B)
+    assert got["iou"] == pytest.approx(want["iou"])
+    assert sum(row["n"] for row in got["calibration"]) == 4 * len(names)

@@ -17,6 +17,7 @@ from lsr.arrays import is_single_channel, read_npy
 from lsr.atomic import atomic_write_text, check_replaceable
 from lsr.cli.console import interrupted
 from lsr.errors import LsrInputError
+from lsr.slide import slide_name
 from lsr.synthetic_config import MANIFEST, MANIFEST_FORMAT
 
 _SUFFIXES = (".tif", ".tiff", ".png", ".npy")
@@ -24,6 +25,10 @@ _SUFFIXES = (".tif", ".tiff", ".png", ".npy")
 #: as the napari reader and the Trainer's folder scan recognise it); in a --gt folder nothing
 #: else (the H&E image ``<patch>.tif``, the grid ``<patch>_grid.npy``) may serve as ground truth.
 _GT_STEM = re.compile(r"_(gt|mask)$", re.IGNORECASE)
+#: Grids as the Trainer finds them beside a slide (lsr.training_process.GRID_PATTERNS).
+_GRID_STEM = re.compile(r"[_.-]grid$", re.IGNORECASE)
+#: The tag that tells a file's role, after the patch name.
+_TAG = re.compile(r"[_.-]grid$|_(gt|mask|pred|prediction|prob|probability)$", re.IGNORECASE)
 
 
 def _expand(paths: list[Path], suffixes: tuple[str, ...] = _SUFFIXES) -> list[Path]:
@@ -112,11 +117,7 @@ def _expand_gt(paths: list[Path]) -> list[Path]:
             found = _expand([p])
             gts = [q for q in found if _GT_STEM.search(_stem(q))]
             if found and not gts:
-                gts = [
-                    q
-                    for q in found
-                    if not _stem(q).lower().endswith("_grid") and is_single_channel(q)
-                ]
+                gts = [q for q in found if not _is_grid_name(q) and is_single_channel(q)]
             if found and not gts:
                 raise LsrInputError(
                     "no ground truth in this folder: ground truth is named <patch>_gt.* or "
@@ -126,7 +127,7 @@ def _expand_gt(paths: list[Path]) -> list[Path]:
                 )
             out += gts
         else:
-            if _stem(p).lower().endswith("_grid"):
+            if _is_grid_name(p):
                 raise LsrInputError("a grid is not ground truth: give it with --grid", p)
             out += _expand([p])
     return out
@@ -283,18 +284,22 @@ def _is_pyramid(path: Path) -> bool:
 
 
 def _stem(p: Path) -> str:
-    """The name without every suffix: ``patch_000_gt.ome.tif`` -> ``patch_000_gt``."""
-    return p.name.split(".")[0]
+    """The name without its extension (``.ome.tif`` as one), as ``lsr predict`` names a
+    slide's folder: ``S21.1234.A1_gt.ome.tif`` -> ``S21.1234.A1_gt`` (the dots are the
+    name's)."""
+    return slide_name(p)
+
+
+def _is_grid_name(p: Path) -> bool:
+    return bool(_GRID_STEM.search(_stem(p)))
 
 
 def _key(p: Path) -> str:
-    """The patch name a file stands for: ``patch_000_gt.tif`` -> ``patch_000``."""
-    stem = _stem(p)
+    """The patch name a file stands for: ``patch_000_gt.tif`` -> ``patch_000``. One tag is
+    taken off, in any case (``Liver_mask_gt`` is patch ``Liver_mask``; ``CASE_GT``, ``CASE``)."""
     if p.name.lower() in _PREDICT_OUTPUTS:  # lsr predict's OUT/<slide>/probability.tif
         return p.resolve().parent.name
-    for tag in ("_gt", "_mask", "_pred", "_prediction", "_prob", "_probability", "_grid"):
-        stem = stem.removesuffix(tag)
-    return stem
+    return _TAG.sub("", _stem(p), count=1)
 
 
 def _by_key(files: list[Path], what: str) -> dict[str, Path]:
@@ -474,8 +479,8 @@ def evaluate(
     from lsr.grid import GRID_SUFFIXES
 
     grids = _expand(list(grid), GRID_SUFFIXES)  # grid folders may hold .csv grids
-    # a folder of test patches also holds images and ground truth: keep its *_grid files
-    grids = [g for g in grids if "_grid" in g.name] or grids
+    # a folder of test patches also holds images and ground truth: keep its grid files
+    grids = [g for g in grids if _is_grid_name(g)] or grids
     block_px = _block_px_from_sidecars(grids, block_px, console)
     band, block_px = _scale_from_manifest(
         band, block_px, [*gt, *grid], console, (bool(gt), bool(grid))
