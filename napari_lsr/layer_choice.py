@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
@@ -35,18 +36,24 @@ def follow_renames(layers: Iterable[Any], callback: Callable[..., Any]) -> None:
         layer.events.name.connect(callback)
 
 
+#: What follows a slide's name in the name of a layer of its own: the readers name a layer
+#: after its file (``s_gt``, ``s_mask``; the grid ``s_grid.npy``, ``s.grid.csv`` or
+#: ``s-grid.tif`` as ``s_grid p(cancer)``, ``s.grid z``), napari may add `` [1]``.
+_OWN = r"(?:[_.-]grid|_gt|_mask)(?=$|\s)"
+
+
 def named_after(items: Sequence[str], slide: str) -> str | None:
-    """The first of ``items`` named after the slide layer ``slide`` (the readers name a
-    layer after its file: ``s_grid z``, ``s_gt`` belong to slide ``s``), or None.
+    """The first of ``items`` that is a layer of the slide layer ``slide``'s own (its grid
+    or ground truth: ``s_grid z``, ``s.grid p(cancer)``, ``s_gt`` belong to slide ``s``),
+    or None.
 
     Why: with two cases open, a widget took the last grid or the first labels layer,
-    whichever slide they came from, and scored or sampled one case with the other's."""
+    whichever slide they came from, and scored or sampled one case with the other's; a
+    prefix match then gave slide ``Case 1`` the grid and truth of ``Case 1 deeper``."""
     if not slide:
         return None
-    for name in items:
-        if name.startswith((f"{slide}_", f"{slide} ")):
-            return name
-    return None
+    own = re.compile(re.escape(slide) + _OWN, re.IGNORECASE)
+    return next((name for name in items if own.match(name)), None)
 
 
 def follow_slide(combo: QComboBox, slide: str, prefer: str = "") -> None:
