@@ -77,6 +77,31 @@ def comp(setup) -> compare.Comparison:
     )
 
 
+def test_a_slide_replaced_at_the_same_path_is_not_served_from_the_cache(setup, tmp_path):
+    """The cache key held the slide's path, not which file was there: a rescan at the same
+    path got the old slide's probability map back."""
+    import os
+    import shutil
+
+    from lsr.slide import open_slide
+    from lsr.synthetic import SyntheticConfig, write_slide
+
+    d = setup["dir"]
+    path = tmp_path / "s.tif"
+    shutil.copy(d / "s.tif", path)
+    cache = compare.PredictionCache(tmp_path / "cache")
+    ref = compare.model_ref(setup["models"][0])
+    first, hit = cache.predict(ref, open_slide(path), MPP)
+    assert not hit and cache.predict(ref, open_slide(path), MPP)[1]
+    stamp = os.stat(path)
+    write_slide(SyntheticConfig(), 2, tmp_path / "new", "s", 480, 600)  # another case
+    shutil.copy(tmp_path / "new" / "s.tif", path)
+    if os.stat(path).st_mtime_ns == stamp.st_mtime_ns:  # (a coarse file-system clock)
+        os.utime(path, ns=(stamp.st_atime_ns, stamp.st_mtime_ns + 10**9))
+    second, hit = cache.predict(ref, open_slide(path), MPP)
+    assert not hit and not np.array_equal(np.asarray(first), np.asarray(second))
+
+
 def test_boundary_colours_follow_fig4_and_stay_distinct() -> None:
     models = [("r1", "intra"), ("r2", "intra_inter"), ("r3", "intra"), ("r4", "inter")]
     bs = compare.model_boundaries([*models, ("r5", "x"), ("r6", "intra_plus_inter")])

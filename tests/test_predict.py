@@ -372,11 +372,42 @@ def test_older_summaries_are_reused_by_folder_and_step_and_a_new_slide_file_is_r
     summary["model"].pop("sha256")  # as written before the weights' hash was recorded
     summary_path.write_text(json.dumps(summary))
     assert predict_cohort([slide], model_dir, out, OPTS)[0].status == "skipped"
-    # the same name from another folder is another slide: redone
+    # the same name from another folder, the first slide still there: refused, its outputs
+    # kept (siteB/a.tif's replaced siteA/a.tif's without a word); --overwrite replaces them
     (tmp_path / "other").mkdir()
     moved = make_slide(tmp_path / "other" / "a.tif", square=(0, 8, 0, 8))
+    before = (out / "a" / "probability.tif").read_bytes()
+    with pytest.raises(LsrInputError, match="another slide of the same name") as err:
+        predict_cohort([moved], model_dir, out, OPTS)
+    assert str(slide.resolve()) in str(err.value) and "--overwrite" in str(err.value)
+    one = predict_one(str(moved), str(model_dir), str(out), OPTS)
+    assert one.status == "failed" and "same name" in one.error
+    assert (out / "a" / "probability.tif").read_bytes() == before
+    assert read_summary(out / "a")["slide"] == str(slide.resolve())
+    res = predict_cohort([moved], model_dir, out, OPTS, overwrite=True)[0]
+    assert res.status == "done" and res.summary["slide"] == str(moved.resolve())
+    # a slide that moved (its earlier file gone) is another slide of that name: redone
+    (tmp_path / "third").mkdir()
+    moved = moved.rename(tmp_path / "third" / "a.tif")
     res = predict_cohort([moved], model_dir, out, OPTS)[0]
     assert res.status == "done" and res.summary["slide"] == str(moved.resolve())
+
+
+def test_a_slide_replaced_at_the_same_path_is_predicted_again(tmp_path, model_dir):
+    """A rescan (or ``lsr synth --overwrite``) puts another file at the slide's path: its
+    outputs were kept, as if they were of the new file."""
+    slide = make_slide(tmp_path / "a.tif")
+    out = tmp_path / "out"
+    first = predict_cohort([slide], model_dir, out, OPTS)[0]
+    assert predict_cohort([slide], model_dir, out, OPTS)[0].status == "skipped"
+    stamp = os.stat(slide)
+    make_slide(slide, square=(0, 8, 0, 8))
+    if os.stat(slide).st_mtime_ns == stamp.st_mtime_ns:  # (a coarse file-system clock)
+        os.utime(slide, ns=(stamp.st_atime_ns, stamp.st_mtime_ns + 10**9))
+    again = predict_cohort([slide], model_dir, out, OPTS)[0]
+    assert again.status == "done"
+    assert again.summary["cancer_area_mm2"] != first.summary["cancer_area_mm2"]
+    assert predict_cohort([slide], model_dir, out, OPTS)[0].status == "skipped"
 
 
 def test_someone_elses_files_in_a_slide_folder_or_cohort_json_are_never_replaced(

@@ -175,8 +175,15 @@ def model_ref(path: PathType) -> ModelRef:
 
 
 def cache_key(model_sha256: str, slide_path: PathType, working_mpp: float) -> str:
-    """Cache entry name: weights hash + absolute slide path + working µm/px."""
-    text = f"{model_sha256}|{Path(slide_path).resolve()}|{float(working_mpp):.6g}"
+    """Cache entry name: weights hash + absolute slide path + the file's size and time +
+    working µm/px (a slide replaced at the same path gave the old slide's map back)."""
+    from lsr.slide import file_stamp
+
+    stamp = file_stamp(slide_path)
+    text = (
+        f"{model_sha256}|{Path(slide_path).resolve()}|{stamp['size']}|{stamp['mtime_ns']}|"
+        f"{float(working_mpp):.6g}"
+    )
     return hashlib.sha256(text.encode()).hexdigest()[:32]
 
 

@@ -51,6 +51,7 @@ from lsr.slide import (
     PYRAMID_STAGE_PREFIX,
     WORKING_MPP,
     Slide,
+    file_stamp,
     open_slide,
     slide_name,
     write_pyramidal_tiff,
@@ -236,6 +237,22 @@ def check_output_folder(folder: str | os.PathLike[str]) -> None:
             "of an earlier version interrupted here: delete them)",
             folder,
         )
+
+
+def check_same_slide(folder: str | os.PathLike[str], slide: str | os.PathLike[str]) -> None:
+    """Raise when ``folder`` holds the complete prediction of another slide of the same name
+    whose file is still there (``siteA/case.tif`` predicted, then ``siteB/case.tif`` into the
+    same ``--out``: siteB's outputs replaced siteA's without a word). A slide that moved
+    (its old file gone) is predicted again as before; ``--overwrite`` replaces it."""
+    done = read_summary(folder)
+    other = None if done is None else done.get("slide")
+    if other is None or _same_path(other, slide) or not Path(other).exists():
+        return
+    raise LsrInputError(
+        f"holds the prediction of another slide of the same name, {other}; not replaced by "
+        f"that of {slide}: choose another --out, or give --overwrite to replace it",
+        folder,
+    )
 
 
 def _earlier_versions(folder: Path) -> bool:
@@ -431,14 +448,21 @@ def reusable_summary(
 ) -> dict[str, Any] | None:
     """The folder's complete summary if it was made from this ``slide`` file by this model
     (same weights) with these result-changing options, else None: a re-run with another
-    model, threshold or slide file redoes the slide instead of keeping outputs that no
-    longer match the command. Summaries written before the weights' SHA-256 was recorded
+    model, threshold or slide file (another path, or another file at the same path: its
+    size or time changed) redoes the slide instead of keeping outputs that no longer match
+    the command. Summaries written before the weights' SHA-256 was recorded
     are matched by the model's folder and step."""
     done = read_summary(folder)
     if done is None:
         return None
     if slide is not None and not _same_path(done.get("slide"), slide):
         return None
+    if slide is not None and done.get("slide_file") is not None:  # (older summaries: none)
+        try:
+            if file_stamp(slide) != done["slide_file"]:
+                return None  # another file at that path now (a rescan): predicted again
+        except OSError:
+            return None
     model = done.get("model", {})
     if model.get("sha256") is not None:
         if model["sha256"] != _model_sha256(metadata):
@@ -562,6 +586,7 @@ def predict_to_folder(
             "version": SUMMARY_VERSION,
             "status": "complete",
             "slide": str(Path(slide_path).resolve()),
+            "slide_file": file_stamp(slide_path),
             "name": slide_name(slide_path),
             "mpp": slide.mpp,
             "file_mpp": slide.file_mpp,
@@ -619,6 +644,8 @@ def predict_one(
     t0 = time.perf_counter()
     try:
         check_output_folder(folder)
+        if not overwrite:
+            check_same_slide(folder, slide_path)
     except LsrInputError as exc:  # someone else's files: not even an error.txt goes there
         return SlideResult(str(slide_path), name, "failed", 0.0, str(exc))
     if not overwrite:
@@ -754,6 +781,8 @@ def predict_cohort(
     check_replaceable(out / COHORT, _is_cohort, "a cohort summary of lsr predict", "--out")
     for s in slides:  # someone else's files in a slide's folder: refused before any work
         check_output_folder(out / slide_name(s))
+        if not overwrite:  # as another slide of the same name's outputs
+            check_same_slide(out / slide_name(s), s)
     for s in slides:
         adopt_earlier_run(out / slide_name(s), str(s))
     out.mkdir(parents=True, exist_ok=True)

@@ -82,6 +82,14 @@ def slide_name(path: str | os.PathLike[str]) -> str:
     return Path(name).stem
 
 
+def file_stamp(path: str | os.PathLike[str]) -> dict[str, int]:
+    """``{"size": bytes, "mtime_ns": ns}`` of a slide file: what tells a slide replaced at
+    the same path (a rescan, ``lsr synth --overwrite``) from the one an earlier prediction
+    was made of. Raises OSError when the file is gone."""
+    st = os.stat(path)
+    return {"size": int(st.st_size), "mtime_ns": int(st.st_mtime_ns)}
+
+
 def _area_resample_axis(
     a: np.ndarray, axis: int, start: float, scale: float, n_out: int
 ) -> np.ndarray:

@@ -92,7 +92,8 @@ def predict(
     overwrite: bool = typer.Option(
         False,
         help="Redo every slide, also those already done by this model with these options "
-        "(done by another model, slide file, threshold, ...: always redone).",
+        "(done by another model, threshold, ... or of a slide file changed since: always "
+        "redone), and replace the outputs of another slide of the same name.",
     ),
 ) -> None:
     """Predict every SLIDE and write its outputs under OUT/<slide name>/."""
