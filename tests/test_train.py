@@ -972,6 +972,32 @@ def test_cli_resume_with_slides_keeps_the_runs_settings_and_folder(
     assert [d["slide"] for d in meta["config"]["data"]] == [s for s, _ in reversed(pairs)]
 
 
+def test_cli_resume_from_another_folder_finds_data_given_by_relative_paths(
+    pairs: list[tuple[str, str]], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Slides, grids and the folder given relative to where training started: the run kept
+    them so, and ``lsr train --resume`` from another folder looked for the data there."""
+    import os
+
+    from lsr.cli import main
+
+    monkeypatch.chdir(Path(pairs[0][0]).parent.parent)
+    rel = [(os.path.relpath(s), os.path.relpath(g)) for s, g in pairs]
+    run = Path(os.path.relpath(tmp_path))
+    train(tiny_config(run, rel, steps=2, checkpoint_every=2, loss="intra"))
+    meta = read_checkpoint(tmp_path / "run").metadata
+    assert [d["slide"] for d in meta["config"]["data"]] == [str(Path(s).absolute()) for s, _ in rel]
+    assert Path(meta["config"]["out_dir"]).is_absolute()
+    assert all(Path(d["grid"]).is_absolute() for d in meta["config"]["data"])
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    with pytest.raises(SystemExit) as exc:
+        main(["train", "--resume", str(tmp_path / "run"), "--steps", "4"])
+    assert exc.value.code in (0, None)
+    assert json.loads((tmp_path / "run" / "run.json").read_text())["step"] == 4
+
+
 def test_cli_resume_with_another_loss_says_the_loss_cannot_change(
     pairs: list[tuple[str, str]], tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

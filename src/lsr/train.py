@@ -311,16 +311,27 @@ class TrainConfig:
         return None
 
     # ------------------------------------------------------------------ files
-    def to_dict(self) -> dict[str, Any]:
+    def to_dict(self, absolute: bool = False) -> dict[str, Any]:
         """Every setting as JSON-ready values, except ``overwrite``: replacing a run is one
         command's decision, never carried by a saved config, run.json or checkpoint (a later
-        start from that file would delete whatever run its out_dir then holds)."""
+        start from that file would delete whatever run its out_dir then holds).
+
+        ``absolute``: file paths made absolute (from the current folder), as a saved config,
+        run.json and a checkpoint hold them: ``lsr train --resume`` from another folder
+        looked for ``data/s.tif`` there."""
         d = dataclasses.asdict(self)
         d.pop("overwrite")
         d["data"] = [
             {"slide": p.slide, "grid": p.grid, **({} if p.mpp is None else {"mpp": p.mpp})}
             for p in self.data
         ]
+        if absolute:
+            for pair in d["data"]:
+                pair.update({k: str(Path(pair[k]).absolute()) for k in ("slide", "grid")})
+            for key in ("table", "out_dir", "resume", "init_from"):
+                value = d.get(key)
+                if isinstance(value, str) and value not in ("paper", "paper-table1"):
+                    d[key] = str(Path(value).absolute())
         return d
 
     @classmethod
@@ -407,14 +418,7 @@ class TrainConfig:
         )
         if p.suffix.lower() != ".json":
             raise LsrInputError("a saved config is JSON: give a name ending in .json", p)
-        data = self.to_dict()
-        for pair in data.get("data", []):
-            pair.update({k: str(Path(pair[k]).absolute()) for k in ("slide", "grid")})
-        for key in ("table", "out_dir", "resume", "init_from"):
-            value = data.get(key)
-            if isinstance(value, str) and value not in ("paper", "paper-table1"):
-                data[key] = str(Path(value).absolute())
-        atomic_write_text(p, json.dumps(data, indent=2) + "\n")
+        atomic_write_text(p, json.dumps(self.to_dict(absolute=True), indent=2) + "\n")
 
 
 def _type_name(value: Any) -> str:
@@ -1254,7 +1258,7 @@ class _RunRecord:
                 "step": self.step,
                 "losses": self.losses,
                 "checkpoint": self.checkpoint,
-                "config": cfg.to_dict(),
+                "config": cfg.to_dict(absolute=True),
             },
         )
 
@@ -1393,7 +1397,7 @@ def _train(
     )
     device_name = describe_device(device)
     metadata = {
-        "config": cfg.to_dict(),
+        "config": cfg.to_dict(absolute=True),
         "table": table.to_dict(),
         "class_names": list(table.class_names),
         "loss": cfg.loss,
@@ -1444,7 +1448,9 @@ def _train(
                 table_source(cfg, ckpt),
             ),
         )
-        _write_run_json(out_dir, {"status": "running", "step": start, "config": cfg.to_dict()})
+        _write_run_json(
+            out_dir, {"status": "running", "step": start, "config": cfg.to_dict(absolute=True)}
+        )
         record.started, record.step, record.losses = True, start, loss_history
         if ckpt is not None:
             record.checkpoint = str(ckpt.path)

@@ -205,7 +205,7 @@ def prepare_run(
     if table is not None:
         table.to_json(run / TABLE)
         cfg.table = str(run / TABLE)
-    atomic_write_text(run / CONFIG, json.dumps(cfg.to_dict(), indent=1) + "\n")
+    atomic_write_text(run / CONFIG, json.dumps(cfg.to_dict(absolute=True), indent=1) + "\n")
     return run
 
 
