@@ -291,6 +291,27 @@ def test_exports(comp, tmp_path) -> None:
     assert shapely.is_valid(comp.polygons["low_res"])
 
 
+def test_geojson_of_two_models_whose_names_are_one_file_name_keeps_both(comp, tmp_path) -> None:
+    """Runs ``run_b.v2`` and ``run_b_v2`` are one file name made safe: the second file
+    replaced the first, and the list of written files named it twice."""
+    import dataclasses
+
+    low = comp.boundaries[0]
+    keys = ["model:run_b.v2", "model:run_b_v2"]
+    polys = [comp.polygons["low_res"], comp.polygons["ground_truth"]]
+    twins = dataclasses.replace(
+        comp,
+        boundaries=[dataclasses.replace(low, key=k, name=f"LSR prediction ({k})") for k in keys],
+        polygons=dict(zip(keys, polys, strict=True)),
+    )
+    paths = compare.export_geojson(twins, tmp_path, "s")
+    assert len(set(paths)) == len(paths) == 3
+    for path, poly in zip(paths[1:], polys, strict=True):
+        got = import_geojson(path)
+        want = compare._scaled(poly, comp.scale_to_level0)
+        assert got.symmetric_difference(want).area < 1e-6 * max(want.area, 1)
+
+
 def test_exports_never_replace_the_users_files(comp, tmp_path) -> None:
     """An export refuses, before writing anything, a file of its name that lsr did not write
     (a QuPath ground truth named after the slide, the user's CSV, JSON or PNG); its own

@@ -750,8 +750,9 @@ def is_lsr_png(path: Path) -> bool:
 
 
 def export_geojson(comp: Comparison, folder: PathType, stem: str) -> list[Path]:
-    """One QuPath GeoJSON per boundary (``<stem>_<key>.geojson``, level-0 px) and one with
-    all of them (``<stem>_boundaries.geojson``). Empty boundaries are skipped.
+    """One QuPath GeoJSON per boundary (``<stem>_<key>.geojson``, level-0 px; ``_2``, ...
+    after a key that is another's once made safe for a file name) and one with all of them
+    (``<stem>_boundaries.geojson``, listed first). Empty boundaries are skipped.
 
     Each file carries :data:`GEOJSON_MARK`; a file of one of these names without it (the
     user's own annotations, e.g. a QuPath ground truth named after the slide) is refused
@@ -773,8 +774,13 @@ def export_geojson(comp: Comparison, folder: PathType, stem: str) -> list[Path]:
         colours[b.key], names[b.key] = b.colour, b.name
     if not geoms:
         return []
-    files = {folder / f"{stem}_{_safe(key)}.geojson": {key: g} for key, g in geoms.items()}
-    files[folder / f"{stem}_boundaries.geojson"] = geoms
+    files: dict[Path, dict[str, Any]] = {folder / f"{stem}_boundaries.geojson": geoms}
+    for key, g in geoms.items():  # run_b.v2 and run_b_v2 are one name made safe: _2
+        name, n = f"{stem}_{_safe(key)}", 1
+        while folder / f"{name}.geojson" in files:
+            n += 1
+            name = f"{stem}_{_safe(key)}_{n}"
+        files[folder / f"{name}.geojson"] = {key: g}
     _check_targets(files, is_geojson_export, "a GeoJSON export of lsr's Compare")
     folder.mkdir(parents=True, exist_ok=True)
     for path, part in files.items():
