@@ -58,6 +58,7 @@ from superqt import QCollapsible
 from lsr import training_process as tp
 from lsr.counttable import CountTable
 from lsr.errors import LsrInputError
+from lsr.slide import slide_name
 from napari_lsr.loss_plot import LossPlot
 
 POLL_S = 0.1  # seconds between reads of the progress files (worker thread)
@@ -125,8 +126,9 @@ def pairs_from_layers(layers: Any) -> tuple[list[tuple[str, str]], list[str], di
 
     Slides: layers with ``lsr_slide`` metadata (the plugin's reader) or RGB image layers
     with a source path. Grids: layers with ``lsr_grid`` metadata. A slide is paired with the
-    grid layer whose file is named like it (``S_grid.npy``, ``S.grid.csv``, ...), else with
-    such a grid file beside it, else (one slide, one grid) with the only grid. ``geometry``
+    grid layer whose file is named like it (``S_grid.npy``, ``S.grid.csv``, ...; the one
+    beside it first, else one opened from another folder), else with such a grid file
+    beside it, else (one slide, one grid) with the only grid. ``geometry``
     is the ``block_px``/``working_mpp`` of the grids' sidecars when they agree.
     """
     slides, grids, geometry = [], {}, {}
@@ -147,11 +149,23 @@ def pairs_from_layers(layers: Any) -> tuple[list[tuple[str, str]], list[str], di
             if path and path not in slides:
                 slides.append(path)
     pairs, problems = [], []
+    named: dict[str, list[str]] = {}  # grid layers by the slide name they are for
+    for path in grids.values():
+        named.setdefault(tp.grid_slide_name(path) or "", []).append(path)
     for slide in slides:
         beside = tp.grid_beside(slide)
+        layers = named.get(slide_name(slide), [])  # opened from any folder
         grid = None
         if beside is not None and str(beside.resolve()) in grids:
             grid = grids[str(beside.resolve())]
+        elif len(layers) > 1:
+            problems.append(
+                f"{Path(slide).name}: {len(layers)} grid layers named like it, none beside it "
+                f"({', '.join(layers)}): close all but its own"
+            )
+            continue
+        elif layers:
+            grid = layers[0]
         elif beside is not None:
             grid = str(beside)
         elif len(slides) == 1 and len(grids) == 1:

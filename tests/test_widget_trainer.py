@@ -456,6 +456,46 @@ def test_ground_truth_labels_layer_is_not_a_training_slide(data: Path) -> None:
     assert pairs == [(slide, grid)] and problems == []
 
 
+def test_grid_layers_from_another_folder_pair_with_their_slides(data: Path, tmp_path) -> None:
+    """Slides in one folder, their grids opened from another: the grid layers named like the
+    slides were ignored ("no grid layer or grid file named like it")."""
+    import shutil
+
+    from napari.layers import Image, Labels
+
+    from napari_lsr.trainer import pairs_from_layers
+
+    (tmp_path / "slides").mkdir()
+    (tmp_path / "grids").mkdir()
+    (tmp_path / "old").mkdir()
+    slides, grids = [], []
+    for i, grid_name in enumerate(["s0_grid.npy", "s1.grid.npy"]):
+        slides.append(str(shutil.copy(data / f"s{i}.tif", tmp_path / "slides")))
+        grids.append(str(shutil.copy(data / f"s{i}_grid.npy", tmp_path / "grids" / grid_name)))
+
+    def slide_layer(path: str) -> Image:
+        return Image(
+            np.zeros((8, 8, 3), np.uint8), rgb=True, metadata={"lsr_slide": {"path": path}}
+        )
+
+    def grid_layer(path: str) -> Labels:
+        return Labels(np.zeros((2, 2), np.uint8), metadata={"lsr_grid": {"path": path}})
+
+    layers = [
+        slide_layer(slides[0]),
+        grid_layer(grids[1]),
+        slide_layer(slides[1]),
+        grid_layer(grids[0]),
+    ]
+    pairs, problems, _geo = pairs_from_layers(layers)
+    assert pairs == list(zip(slides, grids, strict=True)) and problems == []
+    # two grid layers named like s0, neither beside it: which one is not guessed
+    other = str(shutil.copy(data / "s0_grid.npy", tmp_path / "old" / "s0_grid.npy"))
+    pairs, problems, _geo = pairs_from_layers([*layers, grid_layer(other)])
+    assert pairs == [(slides[1], grids[1])]
+    assert len(problems) == 1 and "s0.tif: 2 grid layers named like it" in problems[0]
+
+
 def test_placeholders_show_the_ticked_losses_defaults(widget, monkeypatch):
     import lsr.train
 

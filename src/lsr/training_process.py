@@ -91,6 +91,16 @@ def grid_beside(slide: str | os.PathLike[str]) -> Path | None:
     return None
 
 
+_GRID_TAG = re.compile(r"[._-]grid$")
+
+
+def grid_slide_name(grid: str | os.PathLike[str]) -> str | None:
+    """The name of the slide a grid file is named for by :data:`GRID_PATTERNS`
+    (``S_grid.npy``, ``S.grid.csv``, ``S-grid.tif`` -> ``S``), or None."""
+    name = slide_name(grid)
+    return name[:-5] if _GRID_TAG.search(name) else None
+
+
 def find_pairs(folder: str | os.PathLike[str]) -> list[tuple[str, str]]:
     """(slide, grid) path pairs of a folder: every slide with a grid beside it, sorted.
 
