@@ -96,10 +96,28 @@ def _looks_like_slide_tiff(path: Path) -> bool:
         return True  # a corrupt slide: claim it and say why it cannot be read
 
 
+def _is_photo_tiff(path: Path, lossy: bool = False) -> bool:
+    """A colour TIFF (3+ samples per pixel; with ``lossy``, also JPEG/JPEG 2000 compressed):
+    an H&E image whatever its name says (``TMA_grid.tif``, ``Liver_mask.tif``), never a
+    grid, and with ``lossy`` never a mask (lossy compression would blur its 0/1 values)."""
+    import tifffile
+
+    if path.suffix.lower() not in (".tif", ".tiff"):
+        return False
+    try:
+        with tifffile.TiffFile(path) as tf:
+            page = tf.pages[0]
+            colour = int(page.samplesperpixel) >= 3
+            jpeg = int(page.compression) in (6, 7, 33003, 33005, 34712, 50001, 50002)
+            return colour and (jpeg or not lossy)
+    except Exception:
+        return False  # unreadable: the reader its name chose says why
+
+
 def get_slide_reader(path: str | list[str]):
     """The slide reader for a whole-slide image, else None (grids and small TIFFs)."""
     p = _one_path(path)
-    if p is None or GRID_PATTERN.search(p):
+    if p is None or (GRID_PATTERN.search(p) and not _is_photo_tiff(Path(p))):
         return None
     pp = Path(p)
     if pp.suffix.lower() not in SLIDE_SUFFIXES or not pp.is_file():
@@ -138,7 +156,7 @@ def slide_layer_data(path: str | Path) -> tuple:
         return (labels if len(labels) > 1 else labels[0], kwargs, "labels")
     if Path(path).name.lower() in PREDICT_OUTPUTS:
         return _prediction_layer(Path(path), levels, slide.dtype, kwargs)
-    if GT_PATTERN.search(str(path)):
+    if GT_PATTERN.search(str(path)) and not _is_photo_tiff(Path(path), lossy=True):
         masks = [(lv[..., 0] if lv.ndim == 3 else lv) > 0 for lv in levels]
         masks = [m.astype(np.uint8) for m in masks]
         kwargs.update(opacity=0.4, colormap={1: GT_COLOUR, None: "transparent"})
@@ -200,6 +218,8 @@ def read_slide(path: str | list[str]) -> LayerData:
 def get_grid_reader(path: str | list[str]):
     p = _one_path(path)
     if p is None or not GRID_PATTERN.search(p) or not Path(p).is_file():
+        return None
+    if _is_photo_tiff(Path(p)):  # a slide named *_grid.tif: the slide reader's
         return None
     return read_grid
 

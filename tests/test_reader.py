@@ -118,6 +118,31 @@ def test_ome_tiff_layers_are_named_as_lsr_predict_names_the_slide(tmp_path):
     assert set(np.unique(level0)) == {0, 1} and level0[200, 200] == 1
 
 
+def test_a_slide_whose_name_ends_like_a_grid_or_mask_opens_as_a_slide(tmp_path):
+    """An H&E slide named ``TMA_grid.tif`` went to the grid reader (which failed: "a block
+    grid must be 2-D") and ``Liver_mask.tif`` opened as an all-1 labels layer; a colour
+    0/255 mask saved without loss is still a mask."""
+    img = np.full((512, 512, 3), 230, np.uint8)
+    img[100:300, 150:400] = (170, 90, 150)
+    for name in ("TMA_grid.tif", "Liver_mask.tif"):
+        write_pyramidal_tiff(tmp_path / name, img, mpp=MPP, tile=256)  # JPEG, as scanners do
+    mask = np.zeros((512, 512, 3), np.uint8)
+    mask[100:300, 150:400] = 255
+    write_pyramidal_tiff(tmp_path / "Real_mask.tif", mask, mpp=MPP, tile=256, compression="zlib")
+    tma = str(tmp_path / "TMA_grid.tif")
+    assert _reader.get_grid_reader(tma) is None
+    assert _reader.get_slide_reader(tma) is _reader.read_slide
+    for name in ("TMA_grid.tif", "Liver_mask.tif"):
+        ((data, kw, kind),) = _reader.read_slide(str(tmp_path / name))
+        assert kind == "image" and kw["rgb"]
+    ((data, kw, kind),) = _reader.read_slide(str(tmp_path / "Real_mask.tif"))
+    level0 = np.asarray(data[0] if isinstance(data, list) else data)
+    assert kind == "labels" and level0[200, 200] == 1 and level0[10, 10] == 0
+    grid = tmp_path / "real_grid.tif"
+    save_grid(BlockGrid(np.linspace(0, 1, 80, dtype=np.float32).reshape(8, 10), B), grid)
+    assert _reader.get_grid_reader(str(grid)) is _reader.read_grid
+
+
 def test_grid_without_sidecar_uses_paper_geometry_and_says_so(files, errors):
     (_, kw, _), _ = _reader.read_grid(str(files["grid"]))
     assert not errors  # with its sidecar: nothing to say
