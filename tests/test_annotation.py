@@ -152,7 +152,9 @@ def test_autosave_round_trip_and_resume(tmp_path):
     s.record(3)
     s.skip("unsure")
     path = autosave_path(tmp_path, "slide 1.svs", "Dr. Ann")
-    assert re.fullmatch(r"slide_1\.svs\.Dr\._Ann-[0-9a-f]{8}\.lsr-estimates\.json", path.name)
+    assert re.fullmatch(
+        r"slide_1\.svs-[0-9a-f]{8}\.Dr\._Ann-[0-9a-f]{8}\.lsr-estimates\.json", path.name
+    )
     s.save(path)
     t, msg = open_session(path, lambda: pytest.fail("should resume"), grid=s.grid)
     assert "2 of" in msg
@@ -170,6 +172,26 @@ def test_autosave_names_differ_per_expert_and_keep_safe_names(tmp_path):
     assert autosave_path(tmp_path, "s.tif", "Ann_B").name == "s.tif.Ann_B.lsr-estimates.json"
     for name in ("李", "Ann B", "Dr. Ann/x"):
         assert re.fullmatch(r"[A-Za-z0-9_.-]+", autosave_path(".", "s.tif", name).name)
+
+
+def test_autosave_names_differ_per_slide_whose_names_reduce_alike(tmp_path):
+    """Slides 患者甲.tif and 患者乙.tif (or Иванов.svs and Петров.svs, Case 12 HE.tif and
+    Case_12_HE.tif) shared one autosave name: the second slide could not be annotated."""
+    from lsr.annotation import find_autosave
+
+    for a, b in (("患者甲.tif", "患者乙.tif"), ("Иванов.svs", "Петров.svs"),
+                 ("Case 12 HE.tif", "Case_12_HE.tif")):  # fmt: skip
+        assert autosave_path(tmp_path, a, "ann") != autosave_path(tmp_path, b, "ann")
+        assert re.fullmatch(r"[A-Za-z0-9_.-]+", autosave_path(tmp_path, a, "ann").name)
+    # an autosave an earlier version named without the slide's hash resumes for its slide
+    # and expert, and is never taken for the other slide
+    old = tmp_path / "Case_12_HE.tif.ann.lsr-estimates.json"
+    session = make_session("ann")
+    session.slide = "Case 12 HE.tif"
+    session.save(old)
+    assert find_autosave(tmp_path, "Case 12 HE.tif", "ann") == old
+    other = find_autosave(tmp_path, "Case 12 HE?tif", "ann")
+    assert other != old and other == autosave_path(tmp_path, "Case 12 HE?tif", "ann")
 
 
 def test_another_experts_autosave_is_never_resumed(tmp_path):

@@ -121,42 +121,50 @@ def _safe(s: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]+", "_", s).strip("._") or "unnamed"
 
 
-def _expert_part(expert: str) -> str:
-    """The expert's part of the autosave name, distinct per distinct name.
+def _distinct_part(name: str) -> str:
+    """A slide's or an expert's part of the autosave name, distinct per distinct name.
 
-    Why: "Müller" and "Møller" (or "Ann B" and "Ann_B", or two names in Chinese) reduce to
-    one safe name and would share, and mix, one autosave. A name that is not safe as it is
-    gets a short hash of the exact name; a safe name is kept as is (its autosaves resume).
+    Why: "Müller" and "Møller" (or "Ann B" and "Ann_B", or two names in Chinese: slides
+    患者甲.tif and 患者乙.tif were both ``tif``) reduce to one safe name and would share one
+    autosave (the second slide was refused, its expert's session mixed). A name that is not
+    safe as it is gets a short hash of the exact name; a safe name is kept as is.
     """
-    safe = _safe(expert)
-    if safe == expert:
+    safe = _safe(name)
+    if safe == name:
         return safe
-    return f"{safe}-{hashlib.sha256(expert.encode('utf-8')).hexdigest()[:8]}"
+    return f"{safe}-{hashlib.sha256(name.encode('utf-8')).hexdigest()[:8]}"
 
 
 def autosave_path(folder: PathType, slide_name: str, expert: str) -> Path:
-    """``folder/<slide>.<expert>.lsr-estimates.json``: names reduced to safe characters, an
-    expert's name that changes in that reduction followed by a hash of it (see
-    :func:`_expert_part`)."""
-    return Path(folder) / f"{_safe(slide_name)}.{_expert_part(expert)}{AUTOSAVE_SUFFIX}"
+    """``folder/<slide>.<expert>.lsr-estimates.json``: names reduced to safe characters, a
+    name that changes in that reduction followed by a hash of it (see
+    :func:`_distinct_part`)."""
+    return Path(folder) / f"{_distinct_part(slide_name)}.{_distinct_part(expert)}{AUTOSAVE_SUFFIX}"
 
 
 def find_autosave(folder: PathType, slide_name: str, expert: str) -> Path:
-    """The autosave to resume or start: :func:`autosave_path`, or the name it had before
-    names got their hash, when only that one exists and holds this expert's session.
+    """The autosave to resume or start: :func:`autosave_path`, or a name it had in earlier
+    versions (no hash for the expert, or none for the slide), when only that one exists
+    and holds this expert's session of this slide.
 
     Why: an autosave made before names got their hash must keep resuming, but one holding
-    another expert's session under the shared name must never be taken for this expert's.
+    another expert's (or slide's) session under the shared name must never be taken for
+    this one's.
     """
     path = autosave_path(folder, slide_name, expert)
-    old = Path(folder) / f"{_safe(slide_name)}.{_safe(expert)}{AUTOSAVE_SUFFIX}"
-    if path.exists() or old == path or not old.is_file():
+    if path.exists():
         return path
-    try:
-        session = AnnotationSession.load(old)
-    except LsrInputError:
-        return path  # not provably this expert's: left alone
-    return old if session.expert == expert else path
+    slide, names = _safe(slide_name), (_distinct_part(expert), _safe(expert))
+    for old in (Path(folder) / f"{slide}.{e}{AUTOSAVE_SUFFIX}" for e in names):
+        if old == path or not old.is_file():
+            continue
+        try:
+            session = AnnotationSession.load(old)
+        except LsrInputError:
+            continue  # not provably this expert's: left alone
+        if session.expert == expert and session.slide in (slide_name, ""):
+            return old
+    return path
 
 
 def flag_bins(
